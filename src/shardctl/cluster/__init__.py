@@ -1,0 +1,1 @@
+"""The supervisor: REST discovery, planning, worker lifecycle, limiter policy, the public API."""

@@ -1,0 +1,1 @@
+"""ZeroMQ channels and their wire formats; the only package that imports zmq."""

@@ -1,0 +1,1 @@
+"""Workers: the websocket/anyio driver around ``gateway`` (the Shard) and the worker process."""
