@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shardctl._version import __version__
 from shardctl.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -32,6 +33,6 @@ __all__ = [
     "SessionBudgetError",
     "ShardctlError",
     "ShardingError",
+    "__version__",
 ]
 
-__version__ = "0.1.0"

@@ -1,0 +1,69 @@
+"""Control channel wire format: supervisor (ROUTER) ⇄ worker (DEALER).
+
+Every message is three ZeroMQ frames (after the ROUTER's identity frame on the supervisor
+side)::
+
+    b"SC1"          protocol version
+    kind            ASCII message kind, one of KINDS below
+    body            a JSON object (orjson), fields per kind
+
+Worker → supervisor: ``register`` {worker, pid}, ``beat`` {}, ``state`` {shards: [...]},
+``reply`` {id, ok, error}.  Supervisor → worker: ``assign`` {...}, ``beat`` {},
+``command`` {id, shard, name, args}, ``stop`` {code}.
+
+Anything else -- wrong frame count, unknown version or kind, a body that is not a JSON object
+-- raises :class:`~shardctl.errors.ProtocolError`; receivers log it and drop the message, so a
+stray or hostile peer can never crash the supervisor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from shardctl.errors import ProtocolError
+
+VERSION: Final = b"SC1"
+KINDS: Final = frozenset(
+    {"register", "beat", "state", "reply", "assign", "command", "stop"}
+)
+#: A control message is small; anything larger is a bug or an attack.
+MAX_BODY_BYTES: Final = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ControlMessage:
+    kind: str
+    body: dict[str, Any]
+
+
+def encode(kind: str, body: dict[str, Any] | None = None) -> list[bytes]:
+    if kind not in KINDS:
+        raise ValueError(f"unknown control message kind {kind!r}")
+    return [VERSION, kind.encode("ascii"), orjson.dumps(body or {})]
+
+
+def decode(frames: Sequence[bytes]) -> ControlMessage:
+    if len(frames) != 3:
+        raise ProtocolError(f"control message has {len(frames)} frames, expected 3")
+    version, kind_bytes, body_bytes = frames
+    if version != VERSION:
+        raise ProtocolError(f"unknown control protocol version {bytes(version[:16])!r}")
+    try:
+        kind = bytes(kind_bytes).decode("ascii")
+    except UnicodeDecodeError:
+        raise ProtocolError("control message kind is not ASCII") from None
+    if kind not in KINDS:
+        raise ProtocolError(f"unknown control message kind {kind[:32]!r}")
+    if len(body_bytes) > MAX_BODY_BYTES:
+        raise ProtocolError(f"control message body too large ({len(body_bytes)} bytes)")
+    try:
+        body = orjson.loads(body_bytes)
+    except orjson.JSONDecodeError:
+        raise ProtocolError(f"control message {kind!r} body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(f"control message {kind!r} body is not a JSON object")
+    return ControlMessage(kind, body)

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shardctl.errors import ProtocolError
+from shardctl.ipc.control import VERSION, decode, encode
+
+
+def test_round_trip() -> None:
+    frames = encode("state", {"shards": [{"id": 3, "state": "ready", "seq": 42}]})
+    message = decode(frames)
+    assert message.kind == "state"
+    assert message.body == {"shards": [{"id": 3, "state": "ready", "seq": 42}]}
+
+
+def test_encode_refuses_unknown_kind() -> None:
+    with pytest.raises(ValueError, match="unknown control message kind"):
+        encode("explode", {})
+
+
+@pytest.mark.parametrize(
+    ("frames", "match"),
+    [
+        ([VERSION, b"beat"], "2 frames"),
+        ([b"SC9", b"beat", b"{}"], "version"),
+        ([VERSION, b"explode", b"{}"], "unknown control message kind"),
+        ([VERSION, b"\xff", b"{}"], "not ASCII"),
+        ([VERSION, b"beat", b"not json"], "not JSON"),
+        ([VERSION, b"beat", b"[1, 2]"], "not a JSON object"),
+    ],
+)
+def test_decode_names_what_is_wrong(frames: list[bytes], match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        decode(frames)
+
+
+@given(st.lists(st.binary(max_size=64), max_size=5))
+def test_decode_never_fails_other_than_protocol_error(frames: list[bytes]) -> None:
+    try:
+        message = decode(frames)
+    except ProtocolError:
+        return
+    assert isinstance(message.body, dict)
