@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -43,3 +46,34 @@ def test_decode_never_fails_other_than_protocol_error(frames: list[bytes]) -> No
     except ProtocolError:
         return
     assert isinstance(message.body, dict)
+
+
+@pytest.mark.anyio
+async def test_server_and_client_exchange_and_drop_garbage(tmp_path: Path) -> None:
+    import zmq
+    import zmq.asyncio
+
+    from shardctl.ipc.control import ControlClient, ControlServer
+
+    context = zmq.asyncio.Context()
+    server = ControlServer(context, f"ipc://{tmp_path}/control")
+    client = ControlClient(context, server.endpoint)
+    raw = context.socket(zmq.DEALER)
+    raw.connect(server.endpoint)
+    try:
+        with anyio.fail_after(5):
+            await raw.send_multipart([b"garbage"])
+            await client.send("register", {"worker": 0, "pid": 1})
+            peer, message = await server.receive()
+            assert message.kind == "register"
+            assert message.body == {"worker": 0, "pid": 1}
+            assert await server.send(peer, "assign", {"shards": [0, 1]})
+            reply = await client.receive()
+            assert reply.kind == "assign"
+            assert reply.body["shards"] == [0, 1]
+            assert not await server.send(b"no-such-peer", "beat")
+    finally:
+        raw.close(linger=0)
+        client.close()
+        server.close()
+        context.term()

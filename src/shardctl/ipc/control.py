@@ -18,13 +18,18 @@ stray or hostile peer can never crash the supervisor.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
+import zmq
+import zmq.asyncio
 
 from shardctl.errors import ProtocolError
+
+log = logging.getLogger(__name__)
 
 VERSION: Final = b"SC1"
 KINDS: Final = frozenset(
@@ -67,3 +72,62 @@ def decode(frames: Sequence[bytes]) -> ControlMessage:
     if not isinstance(body, dict):
         raise ProtocolError(f"control message {kind!r} body is not a JSON object")
     return ControlMessage(kind, body)
+
+
+class ControlServer:
+    """The supervisor's end: a ROUTER that knows its peers by ZeroMQ identity."""
+
+    def __init__(self, context: zmq.asyncio.Context, endpoint: str) -> None:
+        self._socket = context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        # Commands to a worker that has gone away fail at once instead of queueing silently.
+        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._socket.bind(endpoint)
+        self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    async def receive(self) -> tuple[bytes, ControlMessage]:
+        """The next well-formed message; malformed ones are logged and dropped."""
+        while True:
+            frames = await self._socket.recv_multipart()
+            if len(frames) < 2:
+                continue
+            try:
+                return frames[0], decode(frames[1:])
+            except ProtocolError as exc:
+                log.warning("dropped a malformed control message: %s", exc)
+
+    async def send(self, peer: bytes, kind: str, body: dict[str, Any] | None = None) -> bool:
+        """False when the peer is gone (its message is dropped, never queued)."""
+        try:
+            await self._socket.send_multipart([peer, *encode(kind, body)])
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                return False
+            raise
+        return True
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+
+
+class ControlClient:
+    """A worker's end: a DEALER connected to the supervisor's ROUTER."""
+
+    def __init__(self, context: zmq.asyncio.Context, endpoint: str) -> None:
+        self._socket = context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(endpoint)
+
+    async def receive(self) -> ControlMessage:
+        while True:
+            frames = await self._socket.recv_multipart()
+            try:
+                return decode(frames)
+            except ProtocolError as exc:
+                log.warning("dropped a malformed control message: %s", exc)
+
+    async def send(self, kind: str, body: dict[str, Any] | None = None) -> None:
+        await self._socket.send_multipart(encode(kind, body))
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
