@@ -1,0 +1,98 @@
+"""The validated settings of one supervisor run (what ``shardctl run`` flags turn into)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+from urllib.parse import urlsplit
+
+from shardctl.cluster.discovery import DEFAULT_API_URL
+from shardctl.errors import ConfigurationError
+from shardctl.gateway.intents import Intents
+
+Compression = Literal["zlib-stream", "zstd-stream"] | None
+COMPRESSIONS: Final = ("zlib-stream", "zstd-stream", "none")
+#: Discord's pace: one IDENTIFY per 5 s per bucket.  Faster only against a local sandbox.
+DISCORD_IDENTIFY_INTERVAL: Final = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    token: str = field(repr=False)
+    api_url: str = DEFAULT_API_URL
+    #: None = Discord's recommended count.
+    shards: int | None = None
+    #: "A-B,C" subset of shard ids run by this instance; None = all.
+    shard_ids: str | None = None
+    processes: int = field(default_factory=lambda: os.cpu_count() or 1)
+    intents: Intents = field(default_factory=Intents.default)
+    compression: Compression = "zlib-stream"
+    identify_interval: float = DISCORD_IDENTIFY_INTERVAL
+    large_threshold: int = 50
+    events_endpoint: str | None = None
+    control_endpoint: str | None = None
+    #: A remote limiter service (``shardctl limiter``); None runs one in the supervisor.
+    limiter: str | None = None
+    state_file: Path | None = None
+    ignore_session_start_limit: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.token.strip():
+            raise ConfigurationError("the bot token is empty")
+        if self.shards is not None and self.shards < 1:
+            raise ConfigurationError(f"--shards must be at least 1 or 'auto' (got {self.shards})")
+        if self.processes < 1:
+            raise ConfigurationError(f"--processes must be at least 1 (got {self.processes})")
+        if not 50 <= self.large_threshold <= 250:
+            raise ConfigurationError("large_threshold must be between 50 and 250")
+        check_identify_interval(self.identify_interval, self.api_url)
+
+
+def check_identify_interval(interval: float, api_url: str) -> None:
+    """Refuse a pace faster than Discord's unless the API is on this machine (a sandbox)."""
+    if interval <= 0:
+        raise ConfigurationError(f"--identify-interval must be positive (got {interval})")
+    if interval < DISCORD_IDENTIFY_INTERVAL and not is_loopback_url(api_url):
+        raise ConfigurationError(
+            f"--identify-interval {interval:g} is faster than Discord allows "
+            f"(one IDENTIFY per {DISCORD_IDENTIFY_INTERVAL:g} s per bucket); smaller values are "
+            "only accepted when --api-url points at a loopback address (a local sandbox)")
+
+
+def is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_compression(text: str) -> Compression:
+    if text not in COMPRESSIONS:
+        raise ConfigurationError(
+            f"unknown compression {text!r}: choose one of {', '.join(COMPRESSIONS)}")
+    return None if text == "none" else text  # type: ignore[return-value]
+
+
+def parse_shards(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigurationError(f"--shards must be a number or 'auto' (got {text!r})") from None
+    if value < 1:
+        raise ConfigurationError(f"--shards must be at least 1 (got {value})")
+    return value
+
+
+def parse_intents(text: str) -> Intents:
+    try:
+        return Intents.parse(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"--intents: {exc}") from None
