@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+from shardctl.errors import ConfigurationError
+
 
 class Intents(enum.IntFlag):
     GUILDS = 1 << 0
@@ -42,7 +44,7 @@ class Intents(enum.IntFlag):
     def parse(cls, text: str) -> Intents:
         """Parse ``"513"``, ``"GUILDS,GUILD_MESSAGES"`` or ``"GUILDS|guild_messages"``."""
         text = text.strip()
-        if text.isdigit():
+        if text.isascii() and text.isdigit():
             return validate_intents(int(text))
         value = 0
         for raw in text.replace("|", ",").split(","):
@@ -56,7 +58,7 @@ class Intents(enum.IntFlag):
             elif name in cls.__members__:
                 value |= cls.__members__[name].value
             else:
-                raise ValueError(f"unknown intent {raw.strip()!r}")
+                raise ConfigurationError(f"unknown intent {raw.strip()!r}")
         return cls(value)
 
     @property
@@ -77,12 +79,12 @@ PRIVILEGED_INTENTS: Final = 33026
 def validate_intents(value: int) -> Intents:
     """Refuse a bitfield Discord would close with 4013 (negative or undocumented bits)."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"intents must be an int, not {type(value).__name__}")
+        raise ConfigurationError(f"intents must be an int, not {type(value).__name__}")
     if value < 0:
-        raise ValueError(f"intents must not be negative (got {value})")
+        raise ConfigurationError(f"intents must not be negative (got {value})")
     unknown = value & ~ALL_INTENTS
     if unknown:
-        raise ValueError(
+        raise ConfigurationError(
             f"intents has undocumented bits {unknown:#x} (valid mask {ALL_INTENTS:#x})"
         )
     return Intents(value)
