@@ -1,0 +1,567 @@
+"""The event bus: workers' :class:`EventPublisher` → supervisor's :class:`EventForwarder`.
+
+Wire formats live in :mod:`shardctl.ipc.events`; this module only moves bytes.
+
+Costs drive the shape (DESIGN.md §3): an ``await`` per message costs 12-16 µs, a sync
+non-blocking zmq call ~1-3 µs.  So both ends use plain sync sockets for every send and
+receive (``NOBLOCK``) and an asyncio shadow of the same socket only to *wait* until a
+socket is readable.  (A full XPUB cannot be awaited -- it always reports POLLOUT -- so a
+refused send is retried after a short, growing sleep.)  The publisher batches 32-64
+events (or 1-2 ms) into one frame; the forwarder drains whole batches and republishes one
+frame per event, so consumers can subscribe by type.
+
+Loss policy, end to end:
+
+- worker → supervisor: the worker's socket is an XPUB (a PUB that also sees subscriptions)
+  with ``XPUB_NODROP``.  It holds events until the supervisor's subscription has arrived, so
+  nothing is lost to the slow-joiner race, and a full pipe makes a send fail with EAGAIN
+  instead of dropping: events wait in the publisher's backlog (bounded by ``max_backlog``;
+  beyond it the oldest are dropped, counted and logged, and the per-shard sequence numbers
+  make the hole visible downstream).
+- supervisor → consumers: XPUB with ``XPUB_NODROP`` by default and a large HWM, so a slow
+  consumer pushes back on the forwarder (and, through the worker's pipes, on the workers)
+  rather than silently losing 25-60 % of a burst.  Operators who would rather lose events to
+  a stuck consumer than stall the cluster pass ``nodrop=False``; consumers then see the loss
+  as ``bus_seq`` gaps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import struct
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+import anyio
+import anyio.lowlevel
+import zmq
+import zmq.asyncio
+from anyio.abc import TaskStatus
+
+from shardctl.errors import ProtocolError
+from shardctl.ipc import endpoints
+from shardctl.ipc.events import (
+    BATCH_HEADER,
+    BUS,
+    BUS_OFFSET,
+    HAS_SEQ,
+    HEADER,
+    HEADER_SIZE,
+    LIFECYCLE_TYPES,
+    MAX_TYPE_LEN,
+    RECORD,
+    VERSION,
+    Event,
+    decode_event,
+    encode_record,
+    type_bytes,
+)
+
+log = logging.getLogger(__name__)
+
+#: pyzmq poll timeouts (ms).  Waiting is always bounded: a sync NOBLOCK call can consume the
+#: edge of zmq's edge-triggered FD, so a waiter re-checks the socket at least this often.
+_POLL_MS: Final = 250
+#: batches (worker side) or events (forwarder side) handled before yielding to other tasks
+_DRAIN_BUDGET: Final = 256
+_READY_TOPIC: Final = b"READY"
+#: seconds a full consumer pipe may hold the forwarder before each warning
+_STALL_WARNING: Final = 5.0
+#: Retry pacing after XPUB_NODROP's EAGAIN (seconds, doubling).  An XPUB always reports
+#: POLLOUT (libzmq's dist has_out() is constant true), so there is no readiness to await:
+#: polling would spin and starve the event loop.  We sleep instead, starting short so a
+#: brief stall costs little latency.
+_RETRY_MIN: Final = 0.0005
+_RETRY_MAX: Final = 0.02
+
+
+def wait_socket(shadow: zmq.asyncio.Socket, timeout_ms: int, flags: int) -> Awaitable[int]:
+    """``shadow.poll(timeout, flags)``: the events that became ready (0 on timeout)."""
+    # pyzmq's stub types _AsyncSocket.poll like Poller.poll (no flags); the runtime has flags.
+    poll = cast(Callable[[int, int], Awaitable[int]], shadow.poll)
+    return poll(timeout_ms, flags)
+
+
+def _sync_context(context: zmq.Context[Any] | None) -> zmq.Context[zmq.Socket[bytes]]:
+    """A sync view of the caller's context (an asyncio Context is shadowed, not copied)."""
+    if context is None:
+        return zmq.Context.instance()
+    return zmq.Context.shadow(context.underlying)
+
+
+# -- batching (pure) -------------------------------------------------------------------------
+
+
+class BatchBuilder:
+    """Accumulates encoded events; says when the batch must go.  Pure: time is an argument.
+
+    A batch is due when it holds ``max_events`` events or ``max_bytes`` bytes, or when its
+    first event is ``max_delay`` seconds old.
+    """
+
+    def __init__(self, *, max_events: int = 64, max_delay: float = 0.002,
+                 max_bytes: int = 256 * 1024) -> None:
+        if not 1 <= max_events <= 0xFFFF:
+            raise ValueError("max_events must be within 1..65535")
+        if max_delay < 0:
+            raise ValueError("max_delay must be >= 0")
+        self.max_events = max_events
+        self.max_delay = max_delay
+        self.max_bytes = max_bytes
+        self._records: list[bytes] = []
+        self._bytes = 0
+        self._first_at = 0.0
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def add(self, record: bytes, now: float) -> bool:
+        """Append one record; True if the batch is now full and should be sealed."""
+        if not self._records:
+            self._first_at = now
+        self._records.append(record)
+        self._bytes += len(record)
+        return len(self._records) >= self.max_events or self._bytes >= self.max_bytes
+
+    @property
+    def deadline(self) -> float | None:
+        """When the open batch must be sealed (None when empty)."""
+        return self._first_at + self.max_delay if self._records else None
+
+    def due(self, now: float) -> bool:
+        return bool(self._records) and now >= self._first_at + self.max_delay
+
+    def seal(self) -> tuple[bytes, int]:
+        """The batch frame and its event count; the builder is empty afterwards."""
+        records, self._records, self._bytes = self._records, [], 0
+        return BATCH_HEADER.pack(VERSION, 0, len(records)) + b"".join(records), len(records)
+
+
+# -- worker side -----------------------------------------------------------------------------
+
+
+class EventPublisher:
+    """A worker's outbound event stream.  ``publish()`` is sync and never blocks.
+
+    Start it with ``await tg.start(publisher.run)`` (started once connected); events published
+    before then wait in the backlog.  Full batches and lifecycle events are sent from inside
+    ``publish()`` itself, without a task switch; the ``run()`` task seals time-due batches and
+    retries when the supervisor pushes back.
+    """
+
+    def __init__(self, endpoint: str, *, context: zmq.Context[Any] | None = None,
+                 max_events: int = 64, max_delay: float = 0.002, max_bytes: int = 256 * 1024,
+                 max_backlog: int = 100_000, hwm: int = 1000, linger: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.endpoint = endpoint
+        self._context = context
+        self._builder = BatchBuilder(max_events=max_events, max_delay=max_delay,
+                                     max_bytes=max_bytes)
+        self._max_backlog = max_backlog
+        self._hwm = hwm
+        self._linger_ms = int(linger * 1000)
+        self._clock = clock
+        self._wall_ns = wall_clock_ns
+        self._pending: deque[tuple[bytes, int]] = deque()
+        self._pending_events = 0
+        self._sock: zmq.Socket[bytes] | None = None
+        self._topics: set[bytes] = set()
+        # created in run(): anyio primitives need a running event loop
+        self._wake: anyio.Event | None = None
+        self._progress: anyio.Event | None = None
+        self._type_cache: dict[str, bytes] = {}
+        #: events thrown away because the backlog overflowed
+        self.dropped = 0
+        #: events handed to zmq
+        self.sent = 0
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether the supervisor's subscription has arrived (sends are held until it has)."""
+        return bool(self._topics)
+
+    @property
+    def backlog(self) -> int:
+        """Events published but not yet accepted by zmq (open batch included)."""
+        return self._pending_events + len(self._builder)
+
+    def publish(self, shard: int, t: str, seq: int | None, payload: bytes, *,
+                received_at_ns: int | None = None, urgent: bool = False) -> None:
+        """Queue one event; ``seq`` is the gateway ``s`` (None for lifecycle events).
+
+        ``payload`` must be the decompressed gateway frame exactly as received (or
+        :func:`~shardctl.ipc.events.lifecycle_payload` for lifecycle events).  Lifecycle
+        events and ``urgent=True`` seal the batch and send at once.
+        """
+        tb = self._type_cache.get(t)
+        if tb is None:
+            tb = self._type_cache[t] = type_bytes(t)
+        ns = self._wall_ns() if received_at_ns is None else received_at_ns
+        builder = self._builder
+        if not len(builder) and self._wake is not None:
+            self._wake.set()  # the run() task starts the max_delay timer
+        if builder.add(encode_record(tb, shard, seq, ns, payload), self._clock()) or urgent \
+                or t in LIFECYCLE_TYPES:
+            self.flush_nowait()
+
+    def flush_nowait(self) -> None:
+        """Seal the open batch and send whatever zmq accepts now."""
+        if len(self._builder):
+            batch, count = self._builder.seal()
+            self._pending.append((batch, count))
+            self._pending_events += count
+            self._trim_backlog()
+        self._send_pending()
+
+    async def flush(self) -> None:
+        """Seal, then wait until every event so far is accepted by zmq (bound it with
+        ``anyio.move_on_after`` on shutdown: a gone supervisor never accepts)."""
+        self.flush_nowait()
+        while self._pending:
+            await self._progress_made()
+
+    async def wait_subscribed(self) -> None:
+        """Return once the supervisor's subscription has arrived."""
+        while not self._topics:
+            await self._progress_made()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Own the socket: connect, signal started, then flush on time and on back-pressure."""
+        sock = _sync_context(self._context).socket(zmq.XPUB)
+        try:
+            sock.setsockopt(zmq.XPUB_NODROP, 1)
+            sock.setsockopt(zmq.SNDHWM, self._hwm)
+            sock.setsockopt(zmq.LINGER, self._linger_ms)
+            sock.connect(self.endpoint)
+            self._sock = sock
+            shadow = zmq.asyncio.Socket.from_socket(sock)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read_subscriptions, sock, shadow)
+                task_status.started()
+                await self._flush_loop()
+        finally:
+            # Best effort on the way out: whatever zmq accepts now is delivered within
+            # ``linger``.  A graceful stop awaits flush() (bounded) before cancelling.
+            self.flush_nowait()
+            self._sock = None
+            sock.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _progress_made(self) -> None:
+        """Wait until a batch goes out or the subscriptions change."""
+        if self._progress is None or self._progress.is_set():
+            self._progress = anyio.Event()
+        await self._progress.wait()
+
+    def _notify_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.set()
+
+    async def _flush_loop(self) -> None:
+        retry = _RETRY_MIN
+        while True:
+            wake = self._wake = anyio.Event()
+            now = self._clock()
+            if self._builder.due(now):
+                self.flush_nowait()
+            else:
+                self._send_pending()
+            deadline = self._builder.deadline
+            delay = math.inf if deadline is None else max(0.0, deadline - now)
+            if self._pending and self._topics:
+                # XPUB_NODROP said EAGAIN: the supervisor's pipe is full (see _RETRY_MIN).
+                await anyio.sleep(min(delay, retry))
+                retry = min(retry * 2, _RETRY_MAX)
+                continue
+            retry = _RETRY_MIN
+            with anyio.move_on_after(delay):
+                await wake.wait()
+
+    async def _read_subscriptions(self, sock: zmq.Socket[bytes],
+                                  shadow: zmq.asyncio.Socket) -> None:
+        while True:
+            await wait_socket(shadow, _POLL_MS * 4, zmq.POLLIN)
+            changed = False
+            while True:
+                try:
+                    msg = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if msg[:1] == b"\x01":
+                    self._topics.add(msg[1:])
+                elif msg[:1] == b"\x00":
+                    self._topics.discard(msg[1:])
+                changed = True
+            if changed:
+                log.debug("event publisher %s: %d subscriptions", self.endpoint,
+                          len(self._topics))
+                if self._wake is not None:
+                    self._wake.set()
+                self._notify_progress()
+
+    def _send_pending(self) -> None:
+        sock = self._sock
+        if sock is None or not self._topics:
+            return
+        pending = self._pending
+        sent = 0
+        while pending:
+            batch, count = pending[0]
+            try:
+                sock.send(batch, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            pending.popleft()
+            sent += count
+        if sent:
+            self._pending_events -= sent
+            self.sent += sent
+            self._notify_progress()
+
+    def _trim_backlog(self) -> None:
+        while self._pending_events > self._max_backlog and len(self._pending) > 1:
+            _, count = self._pending.popleft()
+            self._pending_events -= count
+            self.dropped += count
+            log.warning("event publisher %s: backlog over %d events, dropped %d (total %d)",
+                        self.endpoint, self._max_backlog, count, self.dropped)
+
+
+# -- supervisor side -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ForwarderStats:
+    batches: int = 0
+    events: int = 0
+    #: batches (or their tails) rejected as malformed
+    malformed: int = 0
+    #: events dropped because their ``s`` was already forwarded (a RESUME replay)
+    duplicates: int = 0
+    #: times a shard's ``s`` jumped forward (events lost before reaching the supervisor)
+    upstream_gaps: int = 0
+    #: sends refused by a full consumer pipe (XPUB_NODROP back-pressure)
+    blocked: int = 0
+
+
+BatchHook = Callable[[Sequence[Event]], None]
+
+
+class EventForwarder:
+    """The supervisor's bus: SUB bound for workers, XPUB bound for consumers.
+
+    Each worker batch becomes one message per event, topic = the event type + NUL (exact
+    type subscriptions).  The forwarder stamps ``bus_seq`` (per type and shard) and
+    ``epoch``, tracks ``last_seq`` (shard → last gateway ``s`` forwarded: where a respawned
+    worker must RESUME from, DESIGN.md §7) and, with ``drop_duplicates``, drops dispatches
+    whose ``s`` was already forwarded, so a resume replay is never published twice.  READY
+    starts a new session and always passes.
+
+    ``on_batch`` is called after each batch is forwarded with its events decoded (only built
+    when a hook is set): the supervisor feeds in-process iterators from it.  It runs on the
+    forwarder's hot path: keep it short and non-blocking (e.g. ``send_nowait`` into memory
+    object streams); an exception from it stops the forwarder.
+
+    ``inbound``/``outbound`` are bound through :func:`shardctl.ipc.endpoints.bind` (locked
+    ipc:// paths, loopback-only tcp://); once ``run()`` has started they hold the actual
+    endpoints, so ``tcp://127.0.0.1:*`` can be used to pick free ports.
+    """
+
+    def __init__(self, inbound: str, outbound: str, *,
+                 context: zmq.Context[Any] | None = None, nodrop: bool = True,
+                 in_hwm: int = 10_000, out_hwm: int = 100_000,
+                 on_batch: BatchHook | None = None, drop_duplicates: bool = True,
+                 epoch: int | None = None) -> None:
+        self.inbound = inbound
+        self.outbound = outbound
+        self._context = context
+        self._nodrop = nodrop
+        self._in_hwm = in_hwm
+        self._out_hwm = out_hwm
+        self.on_batch = on_batch
+        self._drop_duplicates = drop_duplicates
+        #: identifies this run of the supervisor in every event (bus_seq restarts with it)
+        self.epoch = random.getrandbits(32) if epoch is None else epoch
+        #: shard → last gateway sequence number forwarded; may be seeded from saved state
+        self.last_seq: dict[int, int] = {}
+        self.stats = ForwarderStats()
+        #: subscription prefixes consumers hold right now (b"" = everything)
+        self.subscriptions: set[bytes] = set()
+        self._counters: dict[bytes, int] = {}
+        self._out: zmq.Socket[bytes] | None = None
+        self._changed: anyio.Event | None = None
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Bind both sockets, signal started, forward until cancelled."""
+        ctx = _sync_context(self._context)
+        sin = ctx.socket(zmq.SUB)
+        sout = ctx.socket(zmq.XPUB)
+        try:
+            sin.setsockopt(zmq.RCVHWM, self._in_hwm)
+            sin.setsockopt(zmq.LINGER, 0)
+            sin.setsockopt(zmq.SUBSCRIBE, b"")
+            sout.setsockopt(zmq.SNDHWM, self._out_hwm)
+            sout.setsockopt(zmq.LINGER, 0)
+            if self._nodrop:
+                sout.setsockopt(zmq.XPUB_NODROP, 1)
+            with contextlib.ExitStack() as binds:
+                # endpoints.bind: ipc:// binds are locked (no silent takeover), tcp:// must be
+                # loopback; ``tcp://127.0.0.1:*`` picks a port, so record what we got.
+                self.inbound = binds.enter_context(endpoints.bind(sin, self.inbound))
+                self.outbound = binds.enter_context(endpoints.bind(sout, self.outbound))
+                self._out = sout
+                ain = zmq.asyncio.Socket.from_socket(sin)
+                aout = zmq.asyncio.Socket.from_socket(sout)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._read_subscriptions, sout, aout)
+                    task_status.started()
+                    await self._pump(sin, ain)
+        finally:
+            self._out = None
+            sin.close()
+            sout.close()
+
+    async def wait_subscribed(self, prefix: bytes) -> None:
+        """Return once some consumer holds exactly this subscription prefix."""
+        while prefix not in self.subscriptions:
+            if self._changed is None or self._changed.is_set():
+                self._changed = anyio.Event()
+            await self._changed.wait()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _pump(self, sin: zmq.Socket[bytes], ain: zmq.asyncio.Socket) -> None:
+        while True:
+            await wait_socket(ain, _POLL_MS * 4, zmq.POLLIN)
+            for _ in range(_DRAIN_BUDGET):
+                try:
+                    batch = sin.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                await self._forward(batch)
+            await anyio.lowlevel.checkpoint()
+
+    async def _forward(self, batch: bytes) -> None:
+        self.stats.batches += 1
+        try:
+            version, _, count = BATCH_HEADER.unpack_from(batch, 0)
+            if version != VERSION:
+                raise ProtocolError(f"unknown event batch version {version}")
+            buf = bytearray(batch)
+            events: list[Event] | None = [] if self.on_batch is not None else None
+            off, remaining = BATCH_HEADER.size, count
+            blocked_since: float | None = None
+            retry = _RETRY_MIN
+            while True:
+                off, remaining = self._forward_some(batch, buf, off, remaining, events)
+                if not remaining:
+                    break
+                self.stats.blocked += 1
+                now = time.monotonic()
+                if blocked_since is None:
+                    blocked_since = now
+                elif now - blocked_since >= _STALL_WARNING:
+                    blocked_since = now
+                    log.warning("event forwarder: a consumer has not read for %.0f s; "
+                                "workers are held back (XPUB_NODROP)", _STALL_WARNING)
+                # XPUB_NODROP said EAGAIN: a consumer's pipe is full (see _RETRY_MIN).
+                await anyio.sleep(retry)
+                retry = min(retry * 2, _RETRY_MAX)
+            if off != len(batch):
+                raise ProtocolError("trailing bytes after the last event of a batch")
+        except (ProtocolError, struct.error) as exc:
+            # A broken worker must never take the supervisor down: drop the rest of the batch.
+            self._malformed(exc)
+            return
+        if events:
+            assert self.on_batch is not None
+            self.on_batch(events)
+
+    def _malformed(self, exc: Exception) -> None:
+        self.stats.malformed += 1
+        log.error("event forwarder: dropped a malformed worker batch: %s", exc)
+
+    def _forward_some(self, batch: bytes, buf: bytearray, off: int, remaining: int,
+                      events: list[Event] | None) -> tuple[int, int]:
+        """The hot loop: forward records until done or the out socket is full.
+
+        Returns (offset, records remaining); remaining > 0 means EAGAIN (XPUB_NODROP).
+        """
+        sout = self._out
+        assert sout is not None
+        send = sout.send
+        counters = self._counters
+        last_seq = self.last_seq
+        stats = self.stats
+        epoch = self.epoch
+        mv = memoryview(buf)
+        n = len(batch)
+        record_size, header_size = RECORD.size, HEADER_SIZE
+        while remaining:
+            mlen, tlen = RECORD.unpack_from(batch, off)
+            start = off + record_size
+            end = start + mlen
+            h = start + tlen + 1
+            if (end > n or not 0 < tlen <= MAX_TYPE_LEN or h + header_size > end
+                    or batch[h - 1] != 0):
+                raise ProtocolError("malformed event record in batch")
+            version, shard, flags, _, seq, _, _, _ = HEADER.unpack_from(batch, h)
+            if version != VERSION:
+                raise ProtocolError(f"unknown event version {version}")
+            jump = False
+            if flags & HAS_SEQ:
+                last = last_seq.get(shard)
+                if last is not None and seq != last + 1:
+                    if seq > last:
+                        jump = True
+                    elif self._drop_duplicates and batch[start:h - 1] != _READY_TOPIC:
+                        stats.duplicates += 1
+                        off, remaining = end, remaining - 1
+                        continue
+            key = batch[start:h + 5]  # type NUL version shard: one counter per (type, shard)
+            bus_seq = counters.get(key, 0) + 1
+            BUS.pack_into(buf, h + BUS_OFFSET, bus_seq, epoch)
+            try:
+                send(mv[start:end], zmq.NOBLOCK)
+            except zmq.Again:
+                return off, remaining
+            counters[key] = bus_seq
+            if flags & HAS_SEQ:
+                if jump:
+                    stats.upstream_gaps += 1
+                    log.warning("event forwarder: shard %d seq jumped %d -> %d",
+                                shard, last_seq[shard], seq)
+                last_seq[shard] = seq
+            stats.events += 1
+            if events is not None:
+                events.append(decode_event(bytes(mv[start:end])))
+            off, remaining = end, remaining - 1
+        return off, 0
+
+    async def _read_subscriptions(self, sout: zmq.Socket[bytes],
+                                  aout: zmq.asyncio.Socket) -> None:
+        while True:
+            await wait_socket(aout, _POLL_MS * 4, zmq.POLLIN)
+            changed = False
+            while True:
+                try:
+                    msg = sout.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if msg[:1] == b"\x01":
+                    self.subscriptions.add(msg[1:])
+                elif msg[:1] == b"\x00":
+                    self.subscriptions.discard(msg[1:])
+                changed = True
+            if changed:
+                log.debug("event forwarder: %d consumer subscriptions", len(self.subscriptions))
+                if self._changed is not None:
+                    self._changed.set()

@@ -1,0 +1,237 @@
+"""``Consumer``: subscribe to the supervisor's event bus from any process.
+
+::
+
+    async with Consumer("ipc:///run/shardctl/events.sock", types=["MESSAGE_CREATE"]) as bus:
+        async for event in bus:
+            handle(event.shard, event.d)
+
+Events arrive in the order the supervisor forwarded them.  The consumer drains its socket
+with non-blocking calls and hands out events from a local queue, so the per-event cost is a
+``recv`` and a header unpack, not an ``await`` on the socket (DESIGN.md §3).
+
+Gap detection (a :class:`Gap` is logged, appended to ``gaps``, counted in ``missed`` and
+passed to ``on_gap``; the iteration itself never stops for one):
+
+- ``bus`` gaps: the supervisor numbers events per (type, shard) in ``bus_seq``, so ANY
+  subscriber, whatever its type filter, sees what it lost between the supervisor and itself
+  (a full pipe with ``nodrop=False``, a reconnect).  A new supervisor ``epoch`` restarts
+  the numbering and is not a gap.
+- ``gateway`` gaps: a consumer that receives every type (``types=None``) also checks the
+  gateway ``s`` per shard, which catches loss anywhere between Discord and itself, across
+  supervisor restarts too.  READY starts a new session at ``s = 1`` (no gap); an ``s`` that
+  goes backwards is logged and followed, never dropped.  In this mode lifecycle events,
+  which have no ``s``, are still checked by ``bus_seq``; dispatches are not checked twice.
+
+The first event of each (type, shard) or shard only sets the expectation: what happened
+before a consumer connected is not a gap.  PUB/SUB cannot deliver what was sent before a
+subscription reached the supervisor, so a consumer starts receiving a few milliseconds after
+it connects.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Literal
+
+import anyio.lowlevel
+import zmq
+import zmq.asyncio
+
+from shardctl.errors import ProtocolError
+from shardctl.ipc.bus import wait_socket
+from shardctl.ipc.events import NEW_SESSION_TYPE, Event, decode_event, subscription_prefix
+
+log = logging.getLogger(__name__)
+
+_POLL_MS: Final = 1000
+_DRAIN_BUDGET: Final = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Events that should have arrived between two that did.
+
+    ``kind`` "bus": ``expected``/``received`` are ``bus_seq`` values of ``type`` on
+    ``shard``; "gateway": they are gateway ``s`` values of ``shard`` (``type`` is the type
+    of the event that revealed the gap).
+    """
+
+    kind: Literal["bus", "gateway"]
+    shard: int
+    type: str
+    expected: int
+    received: int
+
+    @property
+    def missing(self) -> int:
+        return self.received - self.expected
+
+
+class Consumer:
+    """An async iterator of :class:`~shardctl.ipc.events.Event` from an events endpoint.
+
+    ``types``: exact event types to receive (None: all).  ``shards``: shard ids to keep
+    (None: all); with ``types`` the filter runs in the supervisor, otherwise here.
+    """
+
+    def __init__(self, endpoint: str, types: Iterable[str] | None = None,
+                 shards: Iterable[int] | None = None, *,
+                 context: zmq.Context[Any] | None = None, hwm: int = 100_000,
+                 on_gap: Callable[[Gap], None] | None = None, keep_gaps: int = 1000) -> None:
+        self.endpoint = endpoint
+        self.types = None if types is None else frozenset(types)
+        self.shards = None if shards is None else frozenset(shards)
+        if self.types is not None and not self.types:
+            raise ValueError("types=[] would receive nothing; pass None for every type")
+        self._prefixes = self._subscriptions()
+        self._context = context
+        self._hwm = hwm
+        self.on_gap = on_gap
+        #: the most recent gaps (bounded); ``missed`` counts every missing event
+        self.gaps: deque[Gap] = deque(maxlen=keep_gaps)
+        self.missed = 0
+        #: messages that were not valid events (logged and skipped)
+        self.malformed = 0
+        self._check_gateway = self.types is None
+        self._queue: deque[Event] = deque()
+        self._sock: zmq.Socket[bytes] | None = None
+        self._shadow: zmq.asyncio.Socket | None = None
+        self._closed = False
+        self._epoch: int | None = None
+        self._next_bus: dict[tuple[str, int], int] = {}
+        self._next_seq: dict[int, int] = {}
+
+    def _subscriptions(self) -> list[bytes]:
+        if self.types is None:
+            return [b""]
+        if self.shards is None:
+            return [subscription_prefix(t) for t in sorted(self.types)]
+        return [subscription_prefix(t, s) for t in sorted(self.types) for s in sorted(self.shards)]
+
+    @property
+    def subscriptions(self) -> list[bytes]:
+        """The SUB prefixes this consumer holds (see :mod:`shardctl.ipc.events`)."""
+        return list(self._prefixes)
+
+    @property
+    def pending(self) -> int:
+        """Events already received and waiting to be iterated."""
+        return len(self._queue)
+
+    def open(self) -> None:
+        """Connect and subscribe (iteration does this on first use)."""
+        if self._sock is not None:
+            return
+        if self._closed:
+            raise RuntimeError("consumer is closed")
+        ctx: zmq.Context[Any] = zmq.Context.instance() if self._context is None \
+            else zmq.Context.shadow(self._context.underlying)
+        sock: zmq.Socket[bytes] = ctx.socket(zmq.SUB)
+        try:
+            sock.setsockopt(zmq.RCVHWM, self._hwm)
+            sock.setsockopt(zmq.LINGER, 0)
+            for prefix in self._prefixes:
+                sock.setsockopt(zmq.SUBSCRIBE, prefix)
+            sock.connect(self.endpoint)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._shadow = zmq.asyncio.Socket.from_socket(sock)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            self._shadow = None
+
+    async def aclose(self) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Consumer:
+        self.open()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def __aiter__(self) -> Consumer:
+        return self
+
+    async def __anext__(self) -> Event:
+        queue = self._queue
+        if queue:
+            return queue.popleft()
+        await anyio.lowlevel.checkpoint()  # a busy bus must not starve the consumer's peers
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            self.open()
+            self._drain()
+            if queue:
+                return queue.popleft()
+            assert self._shadow is not None
+            await wait_socket(self._shadow, _POLL_MS, zmq.POLLIN)
+
+    def _drain(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        shards = self.shards
+        append = self._queue.append
+        for _ in range(_DRAIN_BUDGET):
+            try:
+                message = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                event = decode_event(message)
+            except ProtocolError as exc:
+                self.malformed += 1
+                log.warning("consumer %s: skipped a malformed event: %s", self.endpoint, exc)
+                continue
+            if shards is not None and event.shard not in shards:
+                continue
+            self._check(event)
+            append(event)
+
+    def _check(self, event: Event) -> None:
+        """Update sequence expectations; report a gap when a number was skipped."""
+        if event.epoch != self._epoch:
+            if self._epoch is not None:
+                log.info("consumer %s: supervisor epoch changed; bus_seq restarts",
+                         self.endpoint)
+            self._epoch = event.epoch
+            self._next_bus.clear()
+        key = (event.type, event.shard)
+        expected = self._next_bus.get(key)
+        self._next_bus[key] = event.bus_seq + 1
+        seq = event.seq
+        if self._check_gateway and seq is not None:
+            expected_seq = self._next_seq.get(event.shard)
+            self._next_seq[event.shard] = seq + 1
+            if expected_seq is None or event.type == NEW_SESSION_TYPE or seq == expected_seq:
+                return
+            if seq > expected_seq:
+                self._report(Gap("gateway", event.shard, event.type, expected_seq, seq))
+            else:
+                log.info("consumer %s: shard %d seq went back %d -> %d (replay?)",
+                         self.endpoint, event.shard, expected_seq - 1, seq)
+            return
+        if expected is not None and event.bus_seq > expected:
+            self._report(Gap("bus", event.shard, event.type, expected, event.bus_seq))
+
+    def _report(self, gap: Gap) -> None:
+        self.gaps.append(gap)
+        self.missed += gap.missing
+        log.warning("consumer %s: %s gap on shard %d (%s): expected %d, got %d (%d missing)",
+                    self.endpoint, gap.kind, gap.shard, gap.type, gap.expected, gap.received,
+                    gap.missing)
+        if self.on_gap is not None:
+            self.on_gap(gap)

@@ -1,0 +1,151 @@
+"""The event bus wire format: the byte layout README.md promises, and its round trips."""
+
+from __future__ import annotations
+
+import struct
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shardctl.errors import ProtocolError
+from shardctl.ipc import events
+from shardctl.ipc.events import (
+    Event,
+    decode_batch,
+    decode_event,
+    encode_batch,
+    encode_event,
+    encode_record,
+    iter_batch,
+    lifecycle_payload,
+    subscription_prefix,
+)
+
+PAYLOAD = b'{"op":0,"s":42,"t":"MESSAGE_CREATE","d":{"content":"hi","id":"1"}}'
+
+
+def test_consumer_message_layout_is_the_documented_one() -> None:
+    msg = encode_event("MESSAGE_CREATE", 3, 42, 1_700_000_000_123_456_789, PAYLOAD,
+                       bus_seq=7, epoch=0xDEADBEEF)
+    assert msg[:15] == b"MESSAGE_CREATE\x00"
+    h = 15
+    assert msg[h] == 1  # version
+    assert struct.unpack_from(">I", msg, h + 1) == (3,)  # shard
+    assert msg[h + 5] == 1  # flags: HAS_SEQ
+    assert msg[h + 6:h + 8] == b"\0\0"  # reserved
+    assert struct.unpack_from(">Q", msg, h + 8) == (42,)
+    assert struct.unpack_from(">q", msg, h + 16) == (1_700_000_000_123_456_789,)
+    assert struct.unpack_from(">Q", msg, h + 24) == (7,)
+    assert struct.unpack_from(">I", msg, h + 32) == (0xDEADBEEF,)
+    assert msg[h + 36:] == PAYLOAD  # exactly as received, not re-serialised
+    assert events.HEADER_SIZE == 36
+
+
+def test_lifecycle_event_has_no_seq_flag_and_zero_seq() -> None:
+    msg = encode_event("SHARD_READY", 0, None, 5, lifecycle_payload({"session": "x"}))
+    h = len(b"SHARD_READY\x00")
+    assert msg[h + 5] == 0
+    assert struct.unpack_from(">Q", msg, h + 8) == (0,)
+    ev = decode_event(msg)
+    assert ev.seq is None
+    assert ev.d == {"session": "x"}
+
+
+def test_decode_event_round_trip_and_lazy_d() -> None:
+    ev = decode_event(encode_event("GUILD_CREATE", 9, 1, 2_000_000_000, PAYLOAD,
+                                   bus_seq=3, epoch=4))
+    assert (ev.type, ev.shard, ev.seq, ev.received_at_ns, ev.raw, ev.bus_seq, ev.epoch) == (
+        "GUILD_CREATE", 9, 1, 2_000_000_000, PAYLOAD, 3, 4)
+    assert ev.received_at == pytest.approx(2.0)
+    assert ev.d == {"content": "hi", "id": "1"}
+
+
+def test_json_line_is_the_events_contract() -> None:
+    ev = decode_event(encode_event("MESSAGE_CREATE", 3, 42, 0, PAYLOAD))
+    assert ev.to_json_line() == (
+        b'{"shard":3,"seq":42,"t":"MESSAGE_CREATE","d":{"content":"hi","id":"1"}}')
+    life = decode_event(encode_event("SHARD_DISCONNECT", 1, None, 0,
+                                     lifecycle_payload({"code": 4009})))
+    assert orjson.loads(life.to_json_line()) == {
+        "shard": 1, "seq": None, "t": "SHARD_DISCONNECT", "d": {"code": 4009}}
+
+
+def test_payload_that_is_not_a_json_object_raises_protocol_error_on_d_only() -> None:
+    ev = decode_event(encode_event("X", 0, 1, 0, b"[1,2]"))
+    assert ev.raw == b"[1,2]"
+    with pytest.raises(ProtocolError):
+        _ = ev.d
+    with pytest.raises(ProtocolError):
+        _ = decode_event(encode_event("X", 0, 1, 0, b"{nope")).d
+
+
+def test_subscription_prefixes_are_exact_per_type_and_shard() -> None:
+    a = encode_event("MESSAGE_CREATE", 3, 1, 0, b"{}")
+    b = encode_event("MESSAGE_CREATE_X", 3, 1, 0, b"{}")
+    c = encode_event("MESSAGE_CREATE", 31, 1, 0, b"{}")
+    p = subscription_prefix("MESSAGE_CREATE")
+    assert a.startswith(p) and c.startswith(p) and not b.startswith(p)
+    p3 = subscription_prefix("MESSAGE_CREATE", 3)
+    assert a.startswith(p3) and not c.startswith(p3) and not b.startswith(p3)
+    assert subscription_prefix() == b""
+    with pytest.raises(ValueError, match="needs a type"):
+        subscription_prefix(None, 3)
+
+
+@pytest.mark.parametrize("bad", ["", "A\0B", "MESSAGÉ", "X" * 65])
+def test_invalid_types_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        events.type_bytes(bad)
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda m: m[:10],                       # truncated header
+    lambda m: m.replace(b"\x00", b"_", 1),  # no terminator
+    lambda m: m[:15] + b"\x02" + m[16:],    # unknown version
+])
+def test_malformed_messages_raise_protocol_error(mutate: object) -> None:
+    msg = encode_event("MESSAGE_CREATE", 3, 42, 0, PAYLOAD)
+    with pytest.raises(ProtocolError):
+        decode_event(mutate(msg))  # type: ignore[operator]
+
+
+_types = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ_", min_size=1, max_size=64)
+_events = st.tuples(_types, st.integers(0, 2**32 - 1), st.none() | st.integers(0, 2**64 - 1),
+                    st.integers(-(2**63), 2**63 - 1), st.binary(max_size=300))
+
+
+@given(st.lists(_events, max_size=40))
+def test_batches_round_trip(evs: list[tuple[str, int, int | None, int, bytes]]) -> None:
+    batch = encode_batch([encode_record(*e) for e in evs])
+    decoded = decode_batch(batch)
+    assert [(e.type, e.shard, e.seq, e.received_at_ns, e.raw) for e in decoded] == evs
+    assert all(e.bus_seq == 0 and e.epoch == 0 for e in decoded)
+
+
+@given(_events)
+def test_batch_record_carries_the_consumer_message(ev: tuple[str, int, int | None, int,
+                                                              bytes]) -> None:
+    batch = encode_batch([encode_record(*ev)])
+    ((start, end, tlen),) = iter_batch(batch)
+    assert batch[start:end] == encode_event(*ev)
+    assert tlen == len(ev[0])
+
+
+@given(st.lists(_events, min_size=1, max_size=5), st.data())
+def test_truncated_or_padded_batches_are_rejected(
+        evs: list[tuple[str, int, int | None, int, bytes]], data: st.DataObject) -> None:
+    batch = encode_batch([encode_record(*e) for e in evs])
+    cut = data.draw(st.integers(0, len(batch) - 1))
+    with pytest.raises(ProtocolError):
+        iter_batch(batch[:cut])
+    with pytest.raises(ProtocolError):
+        iter_batch(batch + b"x")
+
+
+def test_event_equality_and_repr_hides_payload() -> None:
+    a = Event("T", 1, 2, 3, b"{}")
+    assert a == Event("T", 1, 2, 3, b"{}")
+    assert a != Event("T", 1, 3, 3, b"{}")
+    assert "bytes" in repr(a)

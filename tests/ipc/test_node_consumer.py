@@ -1,0 +1,98 @@
+"""The README's wire format is enough for another language: the Node example consumer.
+
+Runs examples/node-consumer/consumer.js (Node + the ``zeromq`` v6 package) against a real
+forwarder and checks it prints exactly what ``shardctl events`` prints.  ``npm install`` runs
+once into a cache directory keyed by package.json ($SHARDCTL_TEST_CACHE or ~/.cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from shardctl.ipc.bus import EventForwarder, EventPublisher
+from shardctl.ipc.events import Event, lifecycle_payload, subscription_prefix
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node-consumer"
+NODE = shutil.which("node")
+pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed: the Node "
+                                "example consumer cannot run here")
+
+
+@pytest.fixture(scope="module")
+def node_consumer() -> Path:
+    """A directory holding consumer.js with node_modules/zeromq installed."""
+    package = (EXAMPLE / "package.json").read_bytes()
+    base = Path(os.environ.get("SHARDCTL_TEST_CACHE", Path.home() / ".cache" / "shardctl-tests"))
+    target = base / f"node-consumer-{hashlib.sha256(package).hexdigest()[:12]}"
+    if not (target / "node_modules" / "zeromq").is_dir():
+        npm = shutil.which("npm")
+        assert npm is not None, "node is installed but npm is not"
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "package.json").write_bytes(package)
+        result = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--omit=dev"],
+                                cwd=target, capture_output=True, text=True, timeout=300,
+                                check=False)
+        assert result.returncode == 0, f"npm install failed:\n{result.stderr[-2000:]}"
+    shutil.copy(EXAMPLE / "consumer.js", target / "consumer.js")  # always the current file
+    return target
+
+
+@pytest.fixture
+def ipc_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="sn-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.anyio
+async def test_node_consumer_reads_the_documented_frames(node_consumer: Path,
+                                                         ipc_dir: Path) -> None:
+    seen: list[Event] = []
+    fwd = EventForwarder(f"ipc://{ipc_dir}/in", f"ipc://{ipc_dir}/out",
+                         on_batch=seen.extend)
+    pub = EventPublisher(fwd.inbound)
+    types = ["MESSAGE_CREATE", "SHARD_DISCONNECT"]
+    events: list[tuple[int, str, int | None, bytes]] = [
+        (7, "MESSAGE_CREATE", 41, b'{"op":0,"s":41,"t":"MESSAGE_CREATE","d":'
+                                  b'{"content":"hello \\u00e9","id":"1152921504606846976"}}'),
+        (7, "MESSAGE_CREATE_X", 42, b'{"op":0,"s":42,"t":"MESSAGE_CREATE_X","d":{}}'),
+        (7, "SHARD_DISCONNECT", None, lifecycle_payload({"code": 4009, "resumable": True})),
+        (2**32 - 1, "MESSAGE_CREATE", 2**53, b'{"op":0,"s":1,"t":"MESSAGE_CREATE","d":[1,2]}'),
+    ]
+    assert NODE is not None
+    async with anyio.create_task_group() as tg:
+        await tg.start(fwd.run)
+        await tg.start(pub.run)
+        async with await anyio.open_process(
+                [NODE, str(node_consumer / "consumer.js"), fwd.outbound, *types],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+            try:
+                with anyio.fail_after(20):
+                    for t in types:
+                        await fwd.wait_subscribed(subscription_prefix(t))
+                    await pub.wait_subscribed()
+                for shard, t, seq, payload in events:
+                    pub.publish(shard, t, seq, payload)
+                pub.flush_nowait()
+                assert proc.stdout is not None
+                out = b""
+                with anyio.fail_after(10):
+                    async for chunk in proc.stdout:
+                        out += chunk
+                        if out.count(b"\n") == 3:
+                            break
+            finally:
+                proc.kill()
+        tg.cancel_scope.cancel()
+    expected = [e.to_json_line().decode() for e in seen if e.type in types]
+    assert len(expected) == 3
+    assert out.decode("utf-8").splitlines() == expected
