@@ -1,0 +1,75 @@
+"""The session limiter: who may IDENTIFY when (protocol §9, DESIGN.md §6).
+
+Discord allows one IDENTIFY per identify bucket (``shard_id % max_concurrency``) every 5 s;
+a faster one gets op 9.  :class:`SessionLimiter` is the interface the Shard uses for every
+IDENTIFY (never for a RESUME, which takes no session start); :class:`LocalSessionLimiter` is
+the in-process implementation, and the cluster's ZeroMQ client implements the same Protocol
+so that the limit holds across processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol, runtime_checkable
+
+import anyio
+
+__all__ = ["LocalSessionLimiter", "SessionLimiter"]
+
+
+@runtime_checkable
+class SessionLimiter(Protocol):
+    """``async with limiter.identify(shard_id): send IDENTIFY``.
+
+    Entering waits for the shard's bucket slot; the slot counts as used once entered, even
+    if the send then fails: when in doubt, be slower, never faster than Discord allows.
+    """
+
+    def identify(self, shard_id: int) -> AbstractAsyncContextManager[None]: ...
+
+
+class LocalSessionLimiter:
+    """Per-bucket FIFO, one grant per bucket per ``interval`` seconds, in one process.
+
+    The bucket is held for the body of the ``async with`` (the IDENTIFY send) and the next
+    grant comes ``interval`` after the body ends, so two IDENTIFYs of one bucket leave the
+    process at least ``interval`` apart whatever the send took.
+    """
+
+    def __init__(self, max_concurrency: int = 1, interval: float = 5.0, *,
+                 clock: Callable[[], float] = anyio.current_time) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        if interval < 0:
+            raise ValueError("interval must not be negative")
+        self.max_concurrency = max_concurrency
+        self.interval = interval
+        self._clock = clock
+        self._locks: dict[int, anyio.Lock] = {}  # anyio.Lock wakes waiters in FIFO order
+        self._next_free: dict[int, float] = {}
+
+    def __repr__(self) -> str:
+        return (f"<LocalSessionLimiter max_concurrency={self.max_concurrency} "
+                f"interval={self.interval:g}>")
+
+    def bucket(self, shard_id: int) -> int:
+        return shard_id % self.max_concurrency
+
+    def identify(self, shard_id: int) -> AbstractAsyncContextManager[None]:
+        return self._identify(self.bucket(shard_id))
+
+    @asynccontextmanager
+    async def _identify(self, bucket: int) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(bucket, anyio.Lock())
+        async with lock:
+            wait = self._next_free.get(bucket, float("-inf")) - self._clock()
+            if wait > 0:
+                await anyio.sleep(wait)
+            # Consumed from here on, even if the body fails or is cancelled.
+            self._next_free[bucket] = self._clock() + self.interval
+            try:
+                yield
+            finally:
+                self._next_free[bucket] = max(self._next_free[bucket],
+                                              self._clock() + self.interval)

@@ -1,0 +1,560 @@
+"""The Shard: lacord.shard's API in Python, a thin websocket + anyio driver around ShardMachine.
+
+Everything the gateway protocol decides is decided by :class:`~shardctl.gateway.machine.
+ShardMachine`; this module only executes its actions (send, emit, close, acquire the session
+limiter, reconnect after a delay), feeds it what arrives, and sleeps until its next deadline.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import random
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final, TypeAlias
+
+import anyio
+import anyio.abc
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from shardctl.errors import ConfigurationError, GatewayFatalError, PayloadError
+from shardctl.gateway.machine import (
+    Action,
+    Close,
+    Emit,
+    Fatal,
+    NeedIdentify,
+    Reconnect,
+    Refused,
+    Send,
+    ShardMachine,
+    ShardState,
+    Stop,
+)
+from shardctl.gateway.opcodes import Op
+from shardctl.gateway.payloads import (
+    presence_frame,
+    request_guild_members_frame,
+    voice_state_frame,
+)
+from shardctl.worker.limiter import LocalSessionLimiter, SessionLimiter
+
+__all__ = ["USER_AGENT", "CommandResult", "Shard"]
+
+log = logging.getLogger(__name__)
+
+#: REST and gateway callers identify themselves like this (protocol §1).
+USER_AGENT: Final = "DiscordBot (https://github.com/shardctl/shardctl, 0.1.0)"
+#: Discord compresses in the payload, and READY of a big bot is large: be generous.
+MAX_MESSAGE_SIZE: Final = 64 * 2**20
+#: How long opening a socket (TCP + TLS + upgrade) or closing one may take.
+OPEN_TIMEOUT: Final = 15.0
+CLOSE_TIMEOUT: Final = 3.0
+#: Code used when the shard's task is cancelled from outside: not 1000/1001, so the session
+#: stays resumable by whoever takes over (protocol §7).
+CANCEL_CLOSE_CODE: Final = 4000
+
+Output: TypeAlias = Callable[["Shard", str, Any], Awaitable[None] | None]
+Gateway: TypeAlias = str | Callable[["Shard"], str | Awaitable[str]]
+
+
+class _StopSignal:
+    """The connection loop ends: shutdown, fatal close, or no auto-reconnect."""
+
+
+_STOP: Final = _StopSignal()
+_Outcome: TypeAlias = Reconnect | _StopSignal | None
+
+
+@dataclass(slots=True)
+class CommandResult:
+    """lacord's ``true`` / ``false, err``: truthy when sent; unpacks as ``ok, error``.
+
+    ``retry_after`` is set when a rate limit refused the command; ``value`` carries what a
+    command returns (the members of :meth:`Shard.fetch_guild_members`).
+    """
+
+    ok: bool
+    error: str | None = None
+    retry_after: float | None = None
+    value: Any = None
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __iter__(self) -> Any:
+        return iter((self.ok, self.error))
+
+
+@dataclass(slots=True)
+class _MemberCollector:
+    members: list[Any] = field(default_factory=list)
+    not_found: list[Any] = field(default_factory=list)
+    seen: set[int] = field(default_factory=set)
+    count: int | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+    def feed(self, d: Mapping[str, Any]) -> None:
+        index, count = d.get("chunk_index"), d.get("chunk_count")
+        if not isinstance(index, int) or not isinstance(count, int) or index in self.seen:
+            return
+        self.seen.add(index)
+        self.count = count
+        self.members.extend(d.get("members") or ())
+        self.not_found.extend(d.get("not_found") or ())
+        if len(self.seen) >= count:
+            self.done.set()
+
+
+def _compression(value: bool | str | None) -> str | None:
+    if value is True:
+        return "zlib-stream"
+    if value is False or value is None:
+        return None
+    if value in ("zlib-stream", "zstd-stream"):
+        return value
+    raise ConfigurationError(f"transport_compression must be True, False, 'zlib-stream' or "
+                     f"'zstd-stream', got {value!r}")
+
+
+class Shard:
+    """One gateway connection, reconnecting and resuming as the protocol requires.
+
+    Options are lacord's (``Shard(*, id, token, total_shard_count, gateway, output, intents,
+    transport_compression=True, auto_reconnect=True, receive_timeout=60.0,
+    large_threshold=50, presence=None, session_limiter=None)``).  ``gateway`` is a URL or a
+    callable (sync or async) called with the shard before every fresh connect (never before
+    a RESUME, which goes to the session's ``resume_gateway_url``).  ``output(shard, name,
+    data)`` (sync or async, awaited in order) gets every dispatch (``data`` = the parsed
+    ``d``) and the lifecycle events ``SHARD_READY``, ``SHARD_RESUMED``, ``INVALID_SESSION``
+    and ``DISCONNECT``, in the order they happened.
+
+    lacord's ``loop`` is anyio structured concurrency:
+
+    - ``await shard.connect()`` runs the connection, inside a task group the shard owns for
+      it, until the shard closes for good: :meth:`shutdown`, a close while
+      ``auto_reconnect`` is off, or a fatal close, which raises its
+      :class:`~shardctl.errors.GatewayFatalError` (no retry loop).  Run it as a task:
+      ``tg.start_soon(shard.connect)``, or ``await tg.start(shard.connect)`` to return once
+      the shard is READY (or RESUMED).  :meth:`run` is the same coroutine.
+    - ``async with shard:`` does that for you: it starts the connection in its own task group,
+      returns once READY, and on exit shuts the shard down (code 4009, session kept) and
+      waits for the connection to end.
+
+    Commands (:meth:`update_status`, :meth:`update_voice`, :meth:`request_guild_members`)
+    return a :class:`CommandResult` and never raise for a closed connection or a rate limit.
+    """
+
+    def __init__(
+        self,
+        *,
+        id: int,  # lacord's option name, shadowing the builtin on purpose
+        token: str,
+        total_shard_count: int,
+        gateway: Gateway,
+        output: Output,
+        intents: int,
+        transport_compression: bool | str = True,
+        auto_reconnect: bool = True,
+        receive_timeout: float = 60.0,
+        large_threshold: int = 50,
+        presence: Mapping[str, Any] | None = None,
+        session_limiter: SessionLimiter | None = None,
+    ) -> None:
+        if not 0 <= id < total_shard_count:
+            raise ConfigurationError(f"shard id {id} is outside 0..{total_shard_count - 1}")
+        self._id = id
+        self._gateway = gateway
+        self._output = output
+        self._limiter: SessionLimiter = session_limiter or LocalSessionLimiter()
+        self._machine = ShardMachine(
+            shard_id=id, shard_count=total_shard_count, token=token, intents=intents,
+            rng=random.Random(), compression=_compression(transport_compression),
+            large_threshold=large_threshold, presence=presence,
+            receive_timeout=receive_timeout, auto_reconnect=auto_reconnect)
+        self._ws: ClientConnection | None = None
+        self._running = False
+        self._outcome: _Outcome = None  # decided by disconnect()/shutdown() from other tasks
+        self._wake = anyio.Event()
+        self._attempt_scope: anyio.CancelScope | None = None
+        self._task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self._started = False
+        self._collectors: dict[str, _MemberCollector] = {}
+        self._group: anyio.abc.TaskGroup | None = None
+
+    def __repr__(self) -> str:
+        m = self._machine
+        return (f"<Shard id={self._id}/{m.shard_count} state={m.state.value} "
+                f"session={m.session_id!r} seq={m.seq}>")
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def id(self) -> int:
+        return self._id
+
+    @property
+    def total_shard_count(self) -> int:
+        return self._machine.shard_count
+
+    @property
+    def state(self) -> str:
+        """``closed``, ``connecting``, ``hello``, ``identifying``, ``resuming``, ``ready`` or
+        ``reconnecting`` (the machine's transition table)."""
+        return self._machine.state.value
+
+    @property
+    def session_id(self) -> str | None:
+        return self._machine.session_id
+
+    @property
+    def seq(self) -> int | None:
+        return self._machine.seq
+
+    @property
+    def latency(self) -> float | None:
+        """Seconds between the last heartbeat and its ACK (None before the first ACK)."""
+        return self._machine.latency
+
+    @property
+    def resume_gateway_url(self) -> str | None:
+        return self._machine.resume_gateway_url
+
+    @property
+    def auto_reconnect(self) -> bool:
+        return self._machine.auto_reconnect
+
+    @auto_reconnect.setter
+    def auto_reconnect(self, value: bool) -> None:
+        self._machine.auto_reconnect = value
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Shard:
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        try:
+            await group.start(self.connect)
+        except BaseException as exc:
+            try:
+                await group.__aexit__(type(exc), exc, exc.__traceback__)
+            except BaseExceptionGroup as group_exc:
+                # A fatal close before READY: raise it as itself, like connect() does.
+                inner = group_exc.exceptions
+                if len(inner) == 1 and isinstance(inner[0], GatewayFatalError):
+                    raise inner[0] from None
+                raise
+            raise
+        self._group = group
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> bool | None:
+        group, self._group = self._group, None
+        await self.shutdown()
+        if group is None:
+            return None
+        return await group.__aexit__(exc_type, exc, tb)
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Same as :meth:`connect`."""
+        await self.connect(task_status=task_status)
+
+    async def connect(self, *,
+                      task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                      ) -> None:
+        """Connect and stay connected until the shard closes for good (see the class doc).
+
+        With ``await tg.start(shard.connect)`` it reports started at the first READY or
+        RESUMED (or when the shard closes before either).
+        """
+        if self._running:
+            raise RuntimeError(f"shard {self._id} is already connected")
+        self._running = True
+        self._outcome = None
+        self._wake = anyio.Event()
+        self._task_status = task_status
+        self._started = False
+        try:
+            fatal = await self._loop()
+        finally:
+            self._running = False
+            self._ws = None
+            self._attempt_scope = None
+            if self._machine.state is not ShardState.CLOSED:
+                # Cancelled from outside: the socket was closed with CANCEL_CLOSE_CODE, so
+                # the session stays resumable by a later connect().
+                self._machine.shutdown(CANCEL_CLOSE_CODE, "cancelled", anyio.current_time())
+        if fatal is not None:
+            raise fatal
+        if not self._started:
+            self._started = True
+            task_status.started()  # closed before READY: let tg.start() return, not hang
+
+    async def _loop(self) -> GatewayFatalError | None:
+        m = self._machine
+        plan: Reconnect | None = m.start(anyio.current_time())
+        while plan is not None:
+            if plan.delay > 0:
+                with anyio.move_on_after(plan.delay):
+                    await self._wake.wait()
+            if self._outcome is _STOP or m.state is ShardState.CLOSED:
+                return None
+            outcome = await self._attempt(plan)
+            if isinstance(outcome, Fatal):
+                return outcome.error
+            plan = outcome
+        return None
+
+    async def _url(self, plan: Reconnect) -> str:
+        if plan.resume:
+            return plan.url
+        gateway = self._gateway
+        if isinstance(gateway, str):
+            return self._machine.use_gateway(gateway)
+        # Called before every fresh connect, never before a RESUME (lacord's gateway option).
+        base = gateway(self)
+        if inspect.isawaitable(base):
+            base = await base
+        return self._machine.use_gateway(base)
+
+    async def _attempt(self, plan: Reconnect) -> Reconnect | Fatal | None:
+        """One socket: open it, pump it, return what the machine decided next."""
+        m = self._machine
+        self._outcome = None
+        with anyio.CancelScope() as scope:
+            self._attempt_scope = scope
+            try:
+                url = await self._url(plan)
+            except ValueError as exc:
+                raise ConfigurationError(f"shard {self._id}: bad gateway URL: {exc}") from None
+            try:
+                ws = await ws_connect(
+                    url, compression=None, max_size=MAX_MESSAGE_SIZE,
+                    user_agent_header=USER_AGENT, open_timeout=OPEN_TIMEOUT,
+                    close_timeout=CLOSE_TIMEOUT, ping_interval=None)
+            except (OSError, TimeoutError, InvalidHandshake) as exc:
+                log.warning("shard %d: connecting failed: %s", self._id, type(exc).__name__)
+                failed = m.connect_failed(type(exc).__name__, anyio.current_time())
+                return await self._decide(failed)
+            try:
+                self._ws = ws
+                return await self._pump(ws)
+            finally:
+                self._ws = None
+                with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
+                    await ws.close(CANCEL_CLOSE_CODE, "shard stopped")
+        # Only reached when shutdown() cancelled the socket being opened.
+        return None
+
+    async def _decide(self, actions: list[Action]) -> Reconnect | Fatal | None:
+        """Execute actions that arrive with no socket; return the next plan."""
+        result: Reconnect | Fatal | None = None
+        for action in actions:
+            if isinstance(action, Emit):
+                await self._emit(action)
+            elif isinstance(action, (Reconnect, Fatal)):
+                result = action
+        return result
+
+    async def _pump(self, ws: ClientConnection) -> Reconnect | Fatal | None:
+        m = self._machine
+        async with anyio.create_task_group() as conn:
+            try:
+                outcome = await self._execute(m.opened(anyio.current_time()), ws, conn)
+                while outcome is None and self._outcome is None:
+                    outcome = await self._step(ws, conn)
+                if outcome is None:
+                    outcome = self._outcome
+            finally:
+                conn.cancel_scope.cancel()  # e.g. an identify still waiting for the limiter
+        if isinstance(outcome, (Reconnect, Fatal)):
+            return outcome
+        return None
+
+    async def _step(self, ws: ClientConnection, conn: anyio.abc.TaskGroup
+                    ) -> Reconnect | Fatal | _StopSignal | None:
+        m = self._machine
+        deadline = m.next_deadline()
+        timeout = None if deadline is None else max(0.0, deadline - anyio.current_time())
+        try:
+            with anyio.fail_after(timeout):
+                message = await ws.recv()
+        except TimeoutError:
+            return await self._execute(m.tick(anyio.current_time()), ws, conn)
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd is not None else None
+            reason = exc.rcvd.reason if exc.rcvd is not None else ""
+            actions = m.closed(code, reason, anyio.current_time())
+            outcome = await self._execute(actions, ws, conn)
+            return outcome if outcome is not None else (self._outcome or _STOP)
+        now = anyio.current_time()
+        outcome = await self._execute(m.receive(message, now), ws, conn)
+        if outcome is None:
+            deadline = m.next_deadline()
+            if deadline is not None and deadline <= now:
+                outcome = await self._execute(m.tick(now), ws, conn)
+        return outcome
+
+    async def _execute(self, actions: list[Action], ws: ClientConnection | None,
+                       conn: anyio.abc.TaskGroup | None
+                       ) -> Reconnect | Fatal | _StopSignal | None:
+        outcome: Reconnect | Fatal | _StopSignal | None = None
+        for action in actions:
+            if isinstance(action, Send):
+                if ws is not None:
+                    await self._send(ws, action.data)
+            elif isinstance(action, Emit):
+                await self._emit(action)
+            elif isinstance(action, Close):
+                if ws is not None:
+                    with anyio.move_on_after(CLOSE_TIMEOUT):
+                        await ws.close(action.code, action.reason[:120])
+            elif isinstance(action, NeedIdentify):
+                if ws is not None and conn is not None:
+                    conn.start_soon(self._identify, ws)
+            elif isinstance(action, (Reconnect, Fatal)):
+                outcome = action
+            elif isinstance(action, Stop):
+                outcome = _STOP
+        return outcome
+
+    async def _send(self, ws: ClientConnection, data: bytes) -> bool:
+        try:
+            await ws.send(data.decode())  # client frames are JSON text (protocol §8)
+        except ConnectionClosed:
+            return False  # the receive side reports the close to the machine
+        return True
+
+    async def _identify(self, ws: ClientConnection) -> None:
+        # Every IDENTIFY goes through the session limiter; a RESUME never does (protocol §5).
+        async with self._limiter.identify(self._id):
+            await self._execute(self._machine.identify(anyio.current_time()), ws, None)
+
+    async def _emit(self, action: Emit) -> None:
+        name, data = action.name, action.data
+        if name == "GUILD_MEMBERS_CHUNK" and isinstance(data, dict):
+            nonce = data.get("nonce")
+            collector = self._collectors.get(nonce) if isinstance(nonce, str) else None
+            if collector is not None:
+                collector.feed(data)
+        try:
+            result = self._output(self, name, data)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            # A bug in the consumer must not take the gateway connection down with it.
+            log.exception("shard %d: output callback failed for %s", self._id, name)
+        if name in ("SHARD_READY", "SHARD_RESUMED") and not self._started:
+            # After the output saw it, so whoever awaited tg.start() sees a READY shard.
+            self._started = True
+            self._task_status.started()
+
+    # ------------------------------------------------------------------ user requests
+
+    async def disconnect(self, why: str = "requested", code: int = 4009) -> None:
+        """Close the connection with ``code``; an auto-reconnecting shard reconnects.
+
+        4009 (the default) keeps the session resumable; 1000/1001 end it (protocol §7).
+        """
+        actions = self._machine.disconnect(code, why, anyio.current_time())
+        await self._apply_user(actions)
+
+    async def shutdown(self, why: str = "shutdown", code: int = 4009) -> None:
+        """Disconnect for good: no reconnect, ``connect()`` returns.  The session survives
+        unless ``code`` is 1000/1001, so a later ``connect()`` RESUMEs."""
+        was_open = self._machine.socket_open
+        actions = self._machine.shutdown(code, why, anyio.current_time())
+        self._outcome = _STOP
+        self._wake.set()
+        await self._apply_user(actions)
+        if not was_open and self._attempt_scope is not None:
+            self._attempt_scope.cancel()  # still opening the socket
+
+    async def _apply_user(self, actions: list[Action]) -> None:
+        # Publish the decision before closing: the pump wakes up on the close and reads it.
+        for action in actions:
+            if isinstance(action, Reconnect):
+                self._outcome = action
+            elif isinstance(action, Stop):
+                self._outcome = _STOP
+        await self._execute(actions, self._ws, None)
+
+    async def _command(self, data: bytes, op: int) -> CommandResult:
+        ws = self._ws
+        if ws is None:
+            return CommandResult(False, f"shard {self._id} is not connected")
+        decision = self._machine.command(data, anyio.current_time(), op=op)
+        if isinstance(decision, Refused):
+            return CommandResult(False, decision.reason, retry_after=decision.retry_after)
+        if not await self._send(ws, decision.data):
+            return CommandResult(False, f"shard {self._id}: the connection closed")
+        return CommandResult(True)
+
+    async def update_status(self, presence: Mapping[str, Any]) -> CommandResult:
+        """Op 3 presence update (5 per 20 s per shard)."""
+        try:
+            data = presence_frame(presence)
+        except PayloadError as exc:
+            return CommandResult(False, str(exc))
+        return await self._command(data, Op.PRESENCE_UPDATE)
+
+    async def update_voice(self, guild_id: int | str, channel_id: int | str | None,
+                           self_mute: bool = False, self_deaf: bool = False) -> CommandResult:
+        """Op 4 voice state update (``channel_id=None`` leaves)."""
+        try:
+            data = voice_state_frame(guild_id, channel_id, self_mute, self_deaf)
+        except PayloadError as exc:
+            return CommandResult(False, str(exc))
+        return await self._command(data, Op.VOICE_STATE_UPDATE)
+
+    async def request_guild_members(
+        self, guild_id: int | str, *, query: str | None = None, limit: int | None = None,
+        presences: bool = False, user_ids: int | str | Sequence[int | str] | None = None,
+        nonce: str | None = None,
+    ) -> CommandResult:
+        """Op 8; the members arrive as GUILD_MEMBERS_CHUNK dispatches on the output."""
+        try:
+            data = request_guild_members_frame(guild_id, query=query, limit=limit,
+                                               presences=presences, user_ids=user_ids,
+                                               nonce=nonce)
+        except PayloadError as exc:
+            return CommandResult(False, str(exc))
+        return await self._command(data, Op.REQUEST_GUILD_MEMBERS)
+
+    async def fetch_guild_members(
+        self, guild_id: int | str, *, query: str | None = None, limit: int | None = None,
+        presences: bool = False, user_ids: int | str | Sequence[int | str] | None = None,
+        timeout: float = 30.0,  # noqa: ASYNC109 - a timeout is a result here, not an exception
+    ) -> CommandResult:
+        """Op 8 with a fresh nonce; collects every chunk of that nonce.
+
+        Returns a :class:`CommandResult` whose ``value`` is the list of member objects (in
+        chunk order of arrival); ``error`` says why not on a refusal or a timeout.
+        """
+        nonce = secrets.token_hex(8)
+        collector = _MemberCollector()
+        self._collectors[nonce] = collector
+        try:
+            sent = await self.request_guild_members(
+                guild_id, query=query, limit=limit, presences=presences, user_ids=user_ids,
+                nonce=nonce)
+            if not sent:
+                return sent
+            with anyio.move_on_after(timeout):
+                await collector.done.wait()
+            if not collector.done.is_set():
+                got = len(collector.seen)
+                return CommandResult(
+                    False, f"timed out after {timeout:g} s waiting for member chunks "
+                    f"({got} of {collector.count if collector.count is not None else '?'})",
+                    value=collector.members)
+            return CommandResult(True, value=collector.members)
+        finally:
+            del self._collectors[nonce]

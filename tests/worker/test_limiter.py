@@ -1,0 +1,117 @@
+"""LocalSessionLimiter: one IDENTIFY per bucket per interval, FIFO within a bucket."""
+
+from __future__ import annotations
+
+import itertools
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shardctl.worker.limiter import LocalSessionLimiter, SessionLimiter
+
+pytestmark = pytest.mark.anyio
+
+
+async def _grab(limiter: LocalSessionLimiter, shard_id: int,
+                log: list[tuple[int, float]]) -> None:
+    async with limiter.identify(shard_id):
+        log.append((shard_id, anyio.current_time()))
+
+
+def test_implements_the_protocol() -> None:
+    assert isinstance(LocalSessionLimiter(), SessionLimiter)
+
+
+def test_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError):
+        LocalSessionLimiter(0)
+    with pytest.raises(ValueError):
+        LocalSessionLimiter(1, interval=-1.0)
+
+
+async def test_one_grant_per_interval_in_fifo_order() -> None:
+    limiter = LocalSessionLimiter(1, interval=0.1)
+    log: list[tuple[int, float]] = []
+    async with anyio.create_task_group() as tg:
+        for shard_id in range(4):
+            tg.start_soon(_grab, limiter, shard_id, log)
+            await anyio.wait_all_tasks_blocked()  # queue them in a known order
+    assert [s for s, _ in log] == [0, 1, 2, 3]
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(log)]
+    assert all(g >= 0.1 - 1e-3 for g in gaps)
+
+
+async def test_buckets_are_independent() -> None:
+    limiter = LocalSessionLimiter(2, interval=0.3)
+    log: list[tuple[int, float]] = []
+    start = anyio.current_time()
+    async with anyio.create_task_group() as tg:
+        for shard_id in (0, 1):  # bucket 0 and bucket 1: both at once
+            tg.start_soon(_grab, limiter, shard_id, log)
+    assert len(log) == 2 and all(t - start < 0.2 for _, t in log)
+    assert limiter.bucket(2) == 0 and limiter.bucket(3) == 1
+
+
+async def test_slot_is_used_even_if_the_send_fails() -> None:
+    limiter = LocalSessionLimiter(1, interval=0.2)
+    with pytest.raises(RuntimeError):
+        async with limiter.identify(0):
+            raise RuntimeError("socket closed")
+    t0 = anyio.current_time()
+    async with limiter.identify(0):
+        waited = anyio.current_time() - t0
+    assert waited >= 0.2 - 0.02
+
+
+async def test_next_grant_counts_from_the_end_of_the_send() -> None:
+    limiter = LocalSessionLimiter(1, interval=0.1)
+    async with limiter.identify(0):
+        await anyio.sleep(0.1)  # a slow send
+        sent_at = anyio.current_time()
+    async with limiter.identify(0):
+        assert anyio.current_time() - sent_at >= 0.1 - 1e-3
+
+
+async def test_injected_clock_is_used() -> None:
+    fake = [100.0]
+    limiter = LocalSessionLimiter(1, interval=5.0, clock=lambda: fake[0])
+    async with limiter.identify(0):
+        pass
+    fake[0] = 105.0  # five fake seconds later the bucket is free without real waiting
+    with anyio.fail_after(0.5):
+        async with limiter.identify(0):
+            pass
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 3), st.lists(st.tuples(st.integers(0, 5), st.floats(0.0, 0.03)),
+                                   min_size=1, max_size=6))
+def test_any_arrival_pattern_keeps_pacing_per_bucket(
+        mc: int, arrivals: list[tuple[int, float]]) -> None:
+    interval = 0.03
+
+    async def main() -> list[tuple[int, float, float]]:
+        limiter = LocalSessionLimiter(mc, interval=interval)
+        log: list[tuple[int, float, float]] = []  # (shard, asked at, granted at)
+
+        async def one(shard_id: int, delay: float) -> None:
+            await anyio.sleep(delay)
+            asked = anyio.current_time()
+            async with limiter.identify(shard_id):
+                log.append((shard_id, asked, anyio.current_time()))
+
+        async with anyio.create_task_group() as tg:
+            for shard_id, delay in arrivals:
+                tg.start_soon(one, shard_id, delay)
+        return log
+
+    log = anyio.run(main, backend="asyncio")
+    assert len(log) == len(arrivals)
+    for bucket in range(mc):
+        grants = [(asked, at) for s, asked, at in log if s % mc == bucket]
+        for (_, a), (_, b) in itertools.pairwise(grants):
+            assert b - a >= interval - 1e-3  # never faster than one per interval
+        asked_order = [asked for asked, _ in grants]
+        assert asked_order == sorted(asked_order)  # first come, first served
