@@ -1,1 +1,44 @@
-"""A local Discord: REST + gateway emulator with fault injection for tests and benchmarks."""
+"""A local Discord: REST + gateway emulator with fault injection for tests and benchmarks.
+
+Usage::
+
+    async with Sandbox(SandboxConfig(shard_count=2), port=0) as sb:
+        ...connect a client to sb.gateway_url / sb.api_url...
+        await sb.wait_for(lambda: len(sb.records("ready")) == 2, timeout=5)
+        await sb.inject(0, "reconnect")
+"""
+
+from __future__ import annotations
+
+from shardctl.sandbox.config import SandboxConfig
+from shardctl.sandbox.faults import (
+    Close,
+    Drop,
+    Fault,
+    GuildOutage,
+    InvalidSession,
+    Reconnect,
+    RequestHeartbeat,
+    ScheduledFault,
+    Zombie,
+    parse_fault,
+)
+from shardctl.sandbox.record import Record, Violation
+from shardctl.sandbox.server import Sandbox
+
+__all__ = [
+    "Close",
+    "Drop",
+    "Fault",
+    "GuildOutage",
+    "InvalidSession",
+    "Reconnect",
+    "Record",
+    "RequestHeartbeat",
+    "Sandbox",
+    "SandboxConfig",
+    "ScheduledFault",
+    "Violation",
+    "Zombie",
+    "parse_fault",
+]

@@ -1,0 +1,474 @@
+"""One gateway socket: a single reader task with every timer folded into its receive deadline.
+
+The reader waits for the next client frame inside a cancel scope whose deadline is the
+earliest timer (heartbeat deadline, op 7 grace, op 9 idle/delay, scheduled faults); arming a
+timer from elsewhere just lowers that deadline.  So a thousand idle sockets cost a thousand
+parked reads, nothing else.  All sends of one socket go through one lock, which keeps the
+compression context and the order of ``s`` consistent.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from shardctl.gateway.intents import PRIVILEGED_INTENTS
+from shardctl.gateway.opcodes import PRE_AUTH_OPS, Op
+from shardctl.sandbox import commands, wire
+from shardctl.sandbox.compress import compress_payload, new_compressor
+from shardctl.sandbox.faults import (
+    Close,
+    Drop,
+    Fault,
+    GuildOutage,
+    InvalidSession,
+    Reconnect,
+    RequestHeartbeat,
+    Zombie,
+)
+from shardctl.sandbox.rules import HeartbeatMonitor, SlidingWindow
+from shardctl.sandbox.session import Session
+from shardctl.sandbox.validate import (
+    Reject,
+    parse_frame,
+    validate_heartbeat,
+    validate_identify,
+    validate_resume,
+)
+
+if TYPE_CHECKING:
+    from shardctl.sandbox.server import Sandbox
+
+#: Server close codes after which the session stays resumable (§7 client action "Resume").
+KEEP_SESSION_CODES: Final = frozenset({4000, 4002, 4005, 4008, 1001})
+#: Close codes after which a client must not retry with the same settings (§7 "Stop").
+FATAL_CODES: Final = frozenset({4004, 4010, 4011, 4012, 4013, 4014})
+#: Client close codes that end the session at once (§7).
+ENDING_CLIENT_CODES: Final = frozenset({1000, 1001})
+_DISPATCH_QUIET: Final = 1.0
+#: Older docs: wait a random 1-5 s after op 9 before re-identifying (§6).
+REIDENTIFY_MIN_DELAY: Final = 1.0
+
+
+class Connection:
+    """State of one socket; ``run()`` is its only task."""
+
+    def __init__(self, sb: Sandbox, ws: ServerConnection, conn_id: int, path: str,
+                 query: dict[str, str]) -> None:
+        cfg = sb.config
+        self.sb, self.ws, self.id, self.path, self.query = sb, ws, conn_id, path, query
+        self.compressor = new_compressor(query.get("compress"), split=cfg.zlib_split,
+                                         zstd_level=cfg.zstd_level)
+        self.payload_compress = False
+        self.lock = anyio.Lock()
+        self.session: Session | None = None
+        self.shard_id: int | None = None
+        self.authed = False
+        self.closed = False
+        self.zombie = False
+        self.hb: HeartbeatMonitor | None = None
+        self.frames = SlidingWindow(cfg.frame_limit, cfg.frame_window,
+                                    fixed=cfg.frame_window_fixed)
+        self.presences = SlidingWindow(cfg.presence_limit, cfg.presence_window)
+        self.timers: dict[str, float] = {}
+        self.faults: list[tuple[float, Fault]] = []
+        self.last_s: int | None = None
+        self.last_send_at = -math.inf
+        self.op9_resumable = False
+        self.sent_op9 = False
+        self._scope: anyio.CancelScope | None = None
+
+    # -- recording helpers ------------------------------------------------------------------
+
+    def rec(self, kind: str, **details: Any) -> None:
+        self.sb.recorder.add(kind, shard_id=self.shard_id, conn=self.id, **details)
+
+    def violation(self, rule: str, detail: str) -> None:
+        self.rec("violation", rule=rule, detail=detail)
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def arm(self, name: str, at: float) -> None:
+        self.timers[name] = at
+        self._wake(at)
+
+    def _wake(self, at: float) -> None:
+        if self._scope is not None and at < self._scope.deadline:
+            self._scope.deadline = at
+
+    def next_deadline(self) -> float:
+        candidates = list(self.timers.values())
+        if self.hb is not None:
+            candidates.append(self.hb.deadline())
+        candidates.extend(at for at, _ in self.faults)
+        return min(candidates, default=math.inf)
+
+    def schedule(self, trigger: str, now: float) -> None:
+        for item in self.sb.take_scheduled(trigger, self.shard_id):
+            self.faults.append((now + item.after, item.fault))
+            self._wake(now + item.after)
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def send(self, frame: bytes, *, force_compress: bool = False) -> None:
+        async with self.lock:
+            await self.send_unlocked(frame, force_compress=force_compress)
+
+    async def send_unlocked(self, frame: bytes, *, force_compress: bool = False) -> None:
+        if self.closed:
+            return
+        try:
+            if self.compressor is not None:
+                for message in self.compressor.compress(frame):
+                    await self.ws.send(message)
+            elif self.payload_compress and (
+                    force_compress or len(frame) >= self.sb.config.payload_compress_threshold):
+                await self.ws.send(compress_payload(frame))
+            else:
+                await self.ws.send(frame, text=True)
+        except ConnectionClosed:
+            pass
+
+    async def invalid_session(self, resumable: bool, **details: Any) -> None:
+        """Send op 9; remember when a shard was told to start over (checklist 34)."""
+        await self.send(wire.invalid_session(resumable))
+        self.sent_op9 = True
+        self.op9_resumable = resumable
+        if not resumable and self.shard_id is not None:
+            self.sb.last_op9[self.shard_id] = anyio.current_time()
+        self.rec("invalid_session", resumable=resumable, **details)
+
+    def note_dispatch(self, seq: int) -> None:
+        self.last_s = seq
+        self.last_send_at = anyio.current_time()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        cfg = self.sb.config
+        now = anyio.current_time()
+        self.rec("connect", path=self.path, query=dict(self.query))
+        items = self.sb.take_scheduled("connect", None)
+        before_hello = [i for i in items if i.fault == Reconnect(before_hello=True)]
+        for item in items:
+            if item not in before_hello:
+                self.faults.append((now + item.after, item.fault))
+        if before_hello:
+            # §6: op 7 may arrive even instead of HELLO.
+            await self.apply(before_hello[0].fault, now)
+        else:
+            if self.query.get("v") != "10":
+                if cfg.hello_before_version_close:
+                    await self.send(wire.hello(cfg.heartbeat_interval_ms))
+                self.violation("invalid_api_version", f"v={self.query.get('v')!r}")
+                await self.close(4012, "invalid API version")
+                return
+            await self.send(wire.hello(cfg.heartbeat_interval_ms))
+            self.hb = HeartbeatMonitor(cfg.heartbeat_interval, cfg.heartbeat_tolerance,
+                                       anyio.current_time())
+            self.rec("hello", heartbeat_interval=cfg.heartbeat_interval_ms)
+        while not self.closed:
+            if self.next_deadline() < anyio.current_time():
+                # A chatty client must not starve the timers: check them before reading.
+                await self.on_timers(anyio.current_time())
+                continue
+            raw: bytes | None = None
+            with anyio.CancelScope(deadline=self.next_deadline()) as scope:
+                self._scope = scope
+                try:
+                    raw = await self.ws.recv(decode=False)
+                except ConnectionClosed as exc:
+                    self._scope = None
+                    self.on_closed(exc)
+                    return
+            self._scope = None
+            if raw is None:
+                await self.on_timers(anyio.current_time())
+            else:
+                await self.on_message(raw)
+
+    def on_closed(self, exc: ConnectionClosed) -> None:
+        if self.closed or self.sb.stopping:
+            self.closed = True
+            return
+        self.closed = True
+        code = exc.rcvd.code if exc.rcvd is not None else 1006
+        reason = exc.rcvd.reason if exc.rcvd is not None else ""
+        self.rec("client_close", code=code, reason=reason, tcp_drop=exc.rcvd is None)
+        self.detach(kill=code in ENDING_CLIENT_CODES)
+
+    def detach(self, *, kill: bool) -> None:
+        session, self.session = self.session, None
+        self.authed = False
+        if session is not None and session.conn is self:
+            session.conn = None
+            session.detached_at = anyio.current_time()
+            if kill:
+                self.sb.sessions.kill(session)
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.rec("server_close", code=code, reason=reason)
+        if code in FATAL_CODES and self.sb.attempts_after_fatal is None:
+            self.sb.attempts_after_fatal = 0
+        self.detach(kill=code not in KEEP_SESSION_CODES)
+        await self.ws.close(code, reason)
+
+    def drop(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.rec("drop")
+        self.detach(kill=False)
+        self.ws.transport.abort()
+
+    # -- timers firing ----------------------------------------------------------------------
+
+    async def on_timers(self, now: float) -> None:
+        if self.hb is not None and self.hb.expired(now):
+            self.violation("heartbeat_late",
+                           f"no heartbeat within {self.hb.interval * (1 + self.hb.tolerance):.3f}"
+                           " s")
+            await self.close(4000, "heartbeat deadline missed")
+            return
+        due = [name for name, at in self.timers.items() if at <= now]
+        for name in due:
+            del self.timers[name]
+            await self._fire(name, now)
+            if self.closed:
+                return
+        ready = [f for f in self.faults if f[0] <= now]
+        self.faults = [f for f in self.faults if f[0] > now]
+        for _, fault in ready:
+            await self.apply(fault, now)
+            if self.closed:
+                return
+
+    async def _fire(self, name: str, now: float) -> None:
+        if name == "op7_close":
+            self.violation("reconnect_ignored", "client still open after op 7")
+            await self.close(4000, "reconnect requested")
+        elif name == "op9_send":
+            await self.invalid_session(False, delayed=True)
+            self.arm("op9_idle", now + self.sb.config.op9_idle_timeout)
+        elif name == "op9_idle":
+            self.violation("invalid_session_idle", "client did nothing after op 9")
+            await self.close(4000 if self.op9_resumable else 4003, "idle after invalid session")
+        elif name == "beat_request":
+            self.violation("heartbeat_request_ignored",
+                           "no heartbeat after the server's op 1")
+        elif name.startswith("outage_end:"):
+            await commands.guild_back(self, int(name.split(":", 1)[1]))
+
+    # -- faults -----------------------------------------------------------------------------
+
+    async def apply(self, fault: Fault, now: float) -> None:
+        """Provoke ``fault`` on this socket (checklist "provoke" items)."""
+        self.rec("fault", fault=fault)
+        if isinstance(fault, Reconnect):
+            await self.send(wire.RECONNECT)
+            self.rec("reconnect")
+            self.arm("op7_close", now + self.sb.config.reconnect_close_after)
+        elif isinstance(fault, InvalidSession):
+            await self.invalid_session(fault.resumable)
+            self.detach(kill=not fault.resumable)
+            self.arm("op9_idle", now + self.sb.config.op9_idle_timeout)
+        elif isinstance(fault, Drop):
+            self.drop()
+        elif isinstance(fault, Zombie):
+            self.zombie = fault.on
+        elif isinstance(fault, Close):
+            await self.close(fault.code, fault.reason)
+        elif isinstance(fault, RequestHeartbeat):
+            await self.send(wire.HEARTBEAT_REQUEST)
+            self.rec("heartbeat_request")
+            self.arm("beat_request", now + self.sb.config.heartbeat_request_grace)
+        elif isinstance(fault, GuildOutage) and await commands.guild_down(self, fault.guild_id):
+            self.arm(f"outage_end:{fault.guild_id}", now + fault.duration)
+
+    # -- client frames ----------------------------------------------------------------------
+
+    async def on_message(self, raw: bytes) -> None:
+        now = anyio.current_time()
+        try:
+            if not self.frames.hit(now):
+                raise Reject(4008, "frame_rate",
+                             f"more than {self.frames.limit} frames in {self.frames.per} s")
+            op, d = parse_frame(raw, self.sb.config.max_payload_bytes)
+            if op == Op.HEARTBEAT:
+                await self.on_heartbeat(d, now)
+                return
+            if not self.authed and op not in PRE_AUTH_OPS:
+                raise Reject(4003, "not_authenticated", f"op {op} before IDENTIFY/RESUME")
+            if op in (Op.IDENTIFY, Op.RESUME):
+                self.count_attempt_after_fatal()
+            if op == Op.IDENTIFY:
+                await self.on_identify(d, now)
+            elif op == Op.RESUME:
+                await self.on_resume(d, now)
+            else:
+                self.rec("command", op=op)
+                await commands.handle(self, op, d, now)
+        except Reject as rej:
+            self.violation(rej.rule, rej.detail)
+            await self.close(rej.code, rej.rule)
+
+    async def on_heartbeat(self, d: Any, now: float) -> None:
+        seq = validate_heartbeat(d)
+        if self.hb is None:  # op 7 replaced HELLO; beats are still answered
+            self.hb = HeartbeatMonitor(self.sb.config.heartbeat_interval,
+                                       self.sb.config.heartbeat_tolerance, now)
+        first = self.hb.beats == 0
+        gap = self.hb.beat(now)
+        requested = self.timers.pop("beat_request", None) is not None
+        self.rec("heartbeat", d=seq, gap=gap, first=first, since_hello=now - self.hb.hello_at,
+                 expected=self.last_s, requested=requested)
+        if first and gap > self.hb.interval:
+            self.violation("heartbeat_first_late",
+                           f"first heartbeat {gap:.3f} s after HELLO > interval")
+        # Only judge sockets that sent dispatches: a resuming client rightly beats with the
+        # old socket's seq before RESUME.
+        if (self.last_s is not None and seq != self.last_s
+                and now - self.last_send_at > _DISPATCH_QUIET):
+            self.rec("warning", rule="heartbeat_seq", detail=f"d={seq} last s={self.last_s}")
+        if not self.zombie:
+            await self.send(wire.HEARTBEAT_ACK)
+
+    async def on_identify(self, d: Any, now: float) -> None:
+        sb, cfg = self.sb, self.sb.config
+        if self.authed:
+            raise Reject(4005, "already_authenticated", "IDENTIFY on an authenticated socket")
+        token = d.get("token") if isinstance(d, dict) else None
+        if isinstance(token, str) and not sb.token_ok(token):
+            # The token is judged before the rest of the payload (4004 beats 4013/4010).
+            raise Reject(4004, "authentication_failed", "unknown or reset token")
+        ident = validate_identify(d, strict=cfg.strict)
+        denied = ident.intents & PRIVILEGED_INTENTS & ~sb.privileged_intents
+        if denied:
+            raise Reject(4014, "disallowed_intents", f"privileged intents {denied} not enabled")
+        shard_id, num_shards = ident.shard or (0, 1)
+        self.shard_id = shard_id
+        if num_shards % cfg.required_shard_multiple:
+            raise Reject(4010, "invalid_shard",
+                         f"{num_shards} shards is not a multiple of "
+                         f"{cfg.required_shard_multiple}")
+        guilds = sb.world.guilds_for(shard_id, num_shards)
+        if len(guilds) > cfg.max_guilds_per_shard:
+            raise Reject(4011, "sharding_required",
+                         f"{len(guilds)} guilds > {cfg.max_guilds_per_shard} per shard")
+        self.timers.pop("op9_idle", None)
+        self.check_reidentify(shard_id, now)
+        bucket, gap = sb.pacer.key(shard_id), sb.pacer.gap(shard_id, now)
+        if not sb.pacer.try_acquire(shard_id, now):
+            self.rec("identify_rejected", reason="pacing", bucket=bucket, gap=gap,
+                     path=self.path)
+            self.violation("identify_pacing",
+                           f"bucket {bucket} identified again after {gap:.3f} s "
+                           f"< {cfg.identify_interval} s")
+            if cfg.op9_delay > 0:
+                self.arm("op9_send", now + cfg.op9_delay)
+            else:
+                await self.invalid_session(False)
+                self.arm("op9_idle", now + cfg.op9_idle_timeout)
+            return
+        if not sb.budget.take(now):
+            self.rec("identify_rejected", reason="session_budget", bucket=bucket, gap=gap,
+                     path=self.path)
+            self.violation("session_budget", "IDENTIFY past session_start_limit.total")
+            await sb.token_reset(self)
+            return
+        session = sb.sessions.create(
+            shard_id=shard_id, num_shards=num_shards, shard_sent=ident.shard is not None,
+            intents=ident.intents, large_threshold=ident.large_threshold, guilds=guilds,
+            query=dict(self.query), replay_depth=cfg.replay_buffer, created_at=now)
+        self.payload_compress = ident.compress and self.compressor is None
+        self.check_order(shard_id, num_shards)
+        self.rec("identify", session_id=session.id, bucket=bucket, gap=gap, path=self.path,
+                 shard=[shard_id, num_shards], intents=ident.intents, compress=ident.compress,
+                 properties=ident.properties)
+        await commands.start_session(self, session)
+        self.schedule("ready", now)
+
+    def count_attempt_after_fatal(self) -> None:
+        """Checklist 37: after 4004/4010-4014, at most one more attempt, never a loop."""
+        sb = self.sb
+        if sb.attempts_after_fatal is None:
+            return
+        sb.attempts_after_fatal += 1
+        if sb.attempts_after_fatal == 2:
+            self.violation("retry_after_fatal_close",
+                           "the client keeps connecting after a close that forbids it")
+
+    def check_order(self, shard_id: int, num_shards: int) -> None:
+        """§9: buckets go in ascending order; an earlier round left out is only logged."""
+        mc = self.sb.config.max_concurrency
+        done = self.sb.identified_shards.setdefault(num_shards, set())
+        skipped = [j for j in range(shard_id - shard_id % mc) if j not in done]
+        if skipped:
+            self.rec("warning", rule="identify_out_of_order",
+                     detail=f"shard {shard_id} before shards {skipped[:5]} of an earlier round")
+        done.add(shard_id)
+
+    def check_reidentify(self, shard_id: int, now: float) -> None:
+        """Log (never fail) IDENTIFYs on the resume URL, or < 1 s after op 9 (§6, item 34)."""
+        if self.path == "resume" and not self.sent_op9:
+            self.rec("warning", rule="identify_on_resume_url",
+                     detail="IDENTIFY should go to the cached connect url")
+        since = self.sb.last_op9.pop(shard_id, None)
+        if since is not None and now - since < REIDENTIFY_MIN_DELAY:
+            self.rec("warning", rule="reidentify_too_soon",
+                     detail=f"IDENTIFY {now - since:.3f} s after op 9 (advised: 1-5 s)")
+
+    async def on_resume(self, d: Any, now: float) -> None:
+        sb, cfg = self.sb, self.sb.config
+        if self.authed:
+            raise Reject(4005, "already_authenticated", "RESUME on an authenticated socket")
+        req = validate_resume(d)
+        if not sb.token_ok(req.token):
+            raise Reject(4004, "authentication_failed", "unknown or reset token")
+        self.timers.pop("op9_idle", None)
+        if self.path != "resume":
+            self.rec("warning", rule="resume_on_connect_url",
+                     detail="RESUME should go to resume_gateway_url")
+        session = sb.sessions.get(req.session_id, now)
+        seq = req.seq or 0
+        reason = None
+        if session is None:
+            reason = "unknown_or_expired"
+        elif seq > session.seq:
+            self.shard_id = session.shard_id
+            if not cfg.resume_seq_ahead_op9:
+                sb.sessions.kill(session)
+                raise Reject(4007, "invalid_seq", f"seq {seq} > last sent {session.seq}")
+            reason = "seq_ahead"
+        elif session.replay_after(seq) is None:
+            reason = "replay_evicted"
+        if reason is not None or session is None:
+            self.rec("resume_rejected", reason=reason, session_id=req.session_id, seq=req.seq,
+                     path=self.path)
+            await self.invalid_session(False)
+            self.arm("op9_idle", now + cfg.op9_idle_timeout)
+            return
+        self.shard_id = session.shard_id
+        if session.query != self.query:
+            self.rec("warning", rule="resume_query_mismatch",
+                     detail=f"{session.query} then {self.query}")
+            if cfg.strict and session.query.get("v") != self.query.get("v"):
+                raise Reject(4012, "invalid_api_version", "RESUME with a different v")
+        old = session.conn
+        if old is not None and old is not self:
+            # §5: the session moves; the old socket is closed 4000.
+            old.session = None
+            old.authed = False
+            session.conn = None
+            sb.spawn(old.close, 4000, "session resumed elsewhere")
+        self.rec("resume", session_id=session.id, seq=req.seq, path=self.path)
+        await commands.resume_session(self, session, seq)
+        self.schedule("ready", now)
+
