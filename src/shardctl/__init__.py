@@ -18,19 +18,28 @@ from shardctl.errors import (
     ShardingError,
 )
 from shardctl.gateway.intents import Intents
+from shardctl.ipc.consumer import Consumer, Gap
+from shardctl.ipc.events import Event
+from shardctl.worker.limiter import LocalSessionLimiter
+from shardctl.worker.shard import Shard
 
 __all__ = [
     "AuthenticationError",
     "ConfigurationError",
+    "Consumer",
     "DisallowedIntentsError",
     "DiscordError",
+    "Event",
+    "Gap",
     "GatewayFatalError",
     "Intents",
     "InvalidIntentsError",
+    "LocalSessionLimiter",
     "PayloadError",
     "ProtocolError",
     "RateLimitedError",
     "SessionBudgetError",
+    "Shard",
     "ShardctlError",
     "ShardingError",
     "__version__",

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from shardctl._version import __version__
@@ -16,4 +21,242 @@ def main() -> None:
 # -- sandbox command (owned by the sandbox work) ------------------------------------------
 
 
+def _sandbox_options(func: Callable[..., None]) -> Callable[..., None]:
+    """One ``--option`` per SandboxConfig field, typed and documented from the dataclass."""
+    from shardctl.sandbox.config import FIELD_HELP, SandboxConfig
+    from shardctl.sandbox.faults import parse_scheduled
+
+    def _faults(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+                ) -> tuple[object, ...]:
+        try:
+            return tuple(parse_scheduled(v) for v in value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    defaults = SandboxConfig()
+    for f in reversed(dataclasses.fields(SandboxConfig)):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = FIELD_HELP[f.name]
+        default = getattr(defaults, f.name)
+        if f.name == "faults":
+            option = click.option(flag, "--fault", "faults", multiple=True, callback=_faults,
+                                  metavar="KIND[:ARG]@SECONDS[/SHARD]", help=help_text)
+        elif f.name == "token":
+            option = click.option(flag, "token", default=default, envvar="SHARDCTL_SANDBOX_TOKEN",
+                                  show_default=False, show_envvar=True,
+                                  help=help_text + " [default: sandbox-token]")
+        elif isinstance(default, bool):
+            name = f.name.replace("_", "-")
+            option = click.option(f"--{name}/--no-{name}", f.name, default=default,
+                                  show_default=True, help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str, "int | None": int}[str(f.type)]
+            option = click.option(flag, f.name, type=kind, default=default, show_default=True,
+                                  help=help_text)
+        func = option(func)
+    return func
+
+
+@main.command("sandbox")
+@click.option("--host", default="127.0.0.1", show_default=True, help="interface to bind")
+@click.option("--port", default=8765, show_default=True, type=int,
+              help="port serving both REST and the gateway (0: any free port)")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@_sandbox_options
+def sandbox_command(host: str, port: int, log_level: str, **fields: Any) -> None:
+    """Run the local Discord emulator (REST + gateway) until interrupted.
+
+    Point a client's REST base at the printed api URL and its gateway at the gateway URL.
+    Every protocol rule the client breaks is logged as a violation.
+    """
+    import logging
+    import signal
+
+    import anyio
+
+    from shardctl.sandbox import Sandbox, SandboxConfig
+
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = SandboxConfig(**fields)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+    async def serve() -> None:
+        async with Sandbox(config, host=host, port=port) as sb:
+            click.echo(f"api:     {sb.api_url}")
+            click.echo(f"gateway: {sb.gateway_url}")
+            click.echo(f"resume:  {sb.resume_gateway_url}", nl=True)
+            # SIGTERM (and SIGINT, even where a shell ignores it for background jobs) stop
+            # the sandbox cleanly: every socket gets a close frame.
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    click.echo(f"stopping on {signal.Signals(signum).name}")
+                    return
+
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(serve)
+
+
+
 # -- limiter command (owned by the limiter work) ------------------------------------------
+
+
+@main.command("limiter")
+@click.option("--bind", "bind_endpoint", metavar="ENDPOINT", envvar="SHARDCTL_LIMITER_BIND",
+              default=None,
+              help="Where to serve: ipc://PATH or tcp://127.0.0.1:PORT (env "
+                   "SHARDCTL_LIMITER_BIND; default ipc://<runtime dir>/limiter.sock). Binds "
+                   "reachable from other hosts are refused until CURVE is supported: tunnel "
+                   "them.")
+@click.option("--max-concurrency", type=click.IntRange(min=1), default=1, show_default=True,
+              help="session_start_limit.max_concurrency: the number of identify buckets.")
+@click.option("--identify-interval", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, metavar="S",
+              help="Seconds between IDENTIFYs of one bucket. Below 5 only with --sandbox.")
+@click.option("--remaining", type=click.IntRange(min=0), default=None,
+              help="session_start_limit.remaining: session starts left (default: no budget "
+                   "enforced).")
+@click.option("--total", type=click.IntRange(min=0), default=None,
+              help="session_start_limit.total: starts per window after a reset (default: "
+                   "--remaining).")
+@click.option("--reset-after", type=click.IntRange(min=0), default=None, metavar="MS",
+              help="session_start_limit.reset_after: milliseconds until the budget refills.")
+@click.option("--sandbox", is_flag=True,
+              help="Pace for the local sandbox, not Discord: allows --identify-interval below "
+                   "5 s, and only on ipc:// or loopback endpoints.")
+def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify_interval: float,
+                    remaining: int | None, total: int | None, reset_after: int | None,
+                    sandbox: bool) -> None:
+    """Serve the session limiter on its own, for supervisors on several hosts of one bot.
+
+    Every IDENTIFY of every shard that uses this limiter waits for a grant: one per bucket
+    (shard_id % max-concurrency) per identify interval, and none while the session-start
+    budget is empty (grants are held until the reset, never refused).  A freshly started
+    limiter waits one interval before its first grant per bucket, since another one may have
+    granted just before.  Supervisors pass fresh limits from GET /gateway/bot over the wire.
+    Prints the bound endpoint on stdout; stops on SIGINT or SIGTERM.
+
+    Discord allows one IDENTIFY per bucket per 5 s: a shorter --identify-interval would earn
+    op 9 from the real gateway, so it needs --sandbox, which in turn refuses endpoints other
+    hosts could reach.
+    """
+    import logging
+    import signal
+
+    import anyio
+
+    from shardctl.cluster.limiter import DEFAULT_IDENTIFY_INTERVAL
+    from shardctl.cluster.limiter_service import LimiterServer
+    from shardctl.errors import ConfigurationError
+    from shardctl.ipc import endpoints
+
+    if identify_interval < DEFAULT_IDENTIFY_INTERVAL and not sandbox:
+        raise click.UsageError(
+            f"--identify-interval {identify_interval:g} is faster than Discord's 1 IDENTIFY "
+            "per bucket per 5 s; add --sandbox if this limiter paces a local sandbox")
+    if reset_after is not None and remaining is None:
+        raise click.UsageError("--reset-after needs --remaining")
+    if total is not None and remaining is None:
+        raise click.UsageError("--total needs --remaining")
+    try:
+        endpoint = bind_endpoint or endpoints.ipc_endpoint("limiter.sock")
+        if sandbox and not endpoints.is_loopback(endpoint):
+            raise click.UsageError("--sandbox serves loopback or ipc:// endpoints only")
+        server = LimiterServer(
+            endpoint, max_concurrency=max_concurrency, interval=identify_interval,
+            remaining=remaining, total=total,
+            reset_after=None if reset_after is None else reset_after / 1000.0,
+        )
+    except (ConfigurationError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def serve() -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+                bound = await tg.start(server.serve)
+                click.echo(bound)
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    break
+
+    try:
+        anyio.run(serve, backend="asyncio")
+    except (ConfigurationError, BaseExceptionGroup) as exc:
+        leaf: BaseException = exc
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, ConfigurationError):  # e.g. the endpoint is bound elsewhere
+            raise click.ClickException(str(leaf)) from None
+        raise
+
+
+
+# -- events command (owned by the event bus work) -----------------------------------------
+
+
+@main.command("events")
+@click.option("--endpoint", "-e", required=True, envvar="SHARDCTL_EVENTS_ENDPOINT",
+              help="The supervisor's events endpoint (env SHARDCTL_EVENTS_ENDPOINT).")
+@click.option("--type", "-t", "types", multiple=True, metavar="TYPE",
+              help="Exact event type to print; repeat for several (default: all).")
+@click.option("--shard", "-s", "shards", multiple=True, type=click.IntRange(min=0),
+              help="Shard id to print; repeat for several (default: all).")
+@click.option("--count", "-n", type=click.IntRange(min=1), default=None,
+              help="Exit after printing this many events.")
+def events_command(endpoint: str, types: tuple[str, ...], shards: tuple[int, ...],
+                   count: int | None) -> None:
+    """Print bus events as JSON lines: {"shard": 3, "seq": 42, "t": "...", "d": {...}}.
+
+    One object per line on stdout, in the order the supervisor forwarded them (a contract
+    other tools rely on; "seq" is null for lifecycle events).  Gaps go to stderr.
+    """
+    import os
+    import sys
+
+    import anyio
+
+    from shardctl.errors import ProtocolError
+    from shardctl.ipc.consumer import Consumer, Gap
+
+    def report_gap(gap: Gap) -> None:
+        click.echo(f"gap: shard {gap.shard} {gap.type}: {gap.missing} missing "
+                   f"({gap.kind} seq {gap.expected}..{gap.received - 1})", err=True)
+
+    try:
+        consumer = Consumer(endpoint, types=types or None, shards=shards or None,
+                            on_gap=report_gap)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--type") from None
+
+    async def print_events() -> None:
+        out = sys.stdout.buffer
+        printed = 0
+        async with consumer:
+            async for event in consumer:
+                try:
+                    line = event.to_json_line()
+                except ProtocolError as exc:
+                    click.echo(f"skipped an event of shard {event.shard}: {exc}", err=True)
+                    continue
+                out.write(line + b"\n")
+                printed += 1
+                if count is not None and printed >= count:
+                    break
+                if not consumer.pending:  # flush per burst, not per line
+                    out.flush()
+        out.flush()
+
+    try:
+        anyio.run(print_events)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        # `shardctl events | head`: the reader left; exit quietly like other filters.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

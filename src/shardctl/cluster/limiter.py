@@ -1,0 +1,377 @@
+"""The session-start scheduler: who may IDENTIFY, and when.  Pure: no I/O, no clock reads.
+
+Discord allows one IDENTIFY per 5 s per *bucket*, the bucket being
+``shard_id % max_concurrency``, for the whole bot across every process and host
+(gateway-protocol.md §9), and a daily budget of session starts
+(``session_start_limit.remaining``, refilled ``reset_after`` from now: milliseconds in
+Discord's answer, seconds everywhere here).  Identifying too
+fast costs an op 9; going past the budget resets the token.  So this scheduler errs on the
+slow side everywhere:
+
+- per-bucket FIFO queues; one grant per bucket per ``interval`` measured from the previous
+  grant's actual time, never from when it was due;
+- with ``hold_limit`` set, a grant is *held* until the requester releases it (its IDENTIFY is
+  sent) and the next grant of the bucket comes ``interval`` after the release: grants reach
+  different processes with different delays, releases are causally after the send, so
+  IDENTIFYs leave at least ``interval`` apart in real time.  A holder that never releases is
+  assumed to have sent by ``grant + hold_limit``;
+- a scheduler that starts without knowing the previous grant times treats every bucket as
+  if it had granted at start (another process may have identified a moment ago);
+- an empty budget *holds* grants until the refill, it never refuses them;
+- a ``max_concurrency`` change re-buckets the queue and starts every new bucket from the
+  latest grant in any old bucket, since Discord's keys under the new value are unknowable;
+- a budget report for the current window can only lower ``remaining``: ``/gateway/bot`` is a
+  snapshot that lags the grants made since it was fetched.
+
+Time is the caller's ``now`` (seconds, any monotonic clock).  The driver calls
+:meth:`IdentifyScheduler.poll` at :meth:`IdentifyScheduler.next_deadline` and after every
+request; ``poll`` hands each due grant to an optional ``deliver`` callback, and a grant the
+callback could not deliver (its requester is gone) consumes nothing: the slot goes to the
+next request at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Final, Generic, TypeVar
+
+from shardctl.gateway.sharding import bucket_for
+
+__all__ = ["DEFAULT_IDENTIFY_INTERVAL", "DEFAULT_WINDOW", "Grant", "IdentifyScheduler"]
+
+K = TypeVar("K", bound=Hashable)
+
+DEFAULT_IDENTIFY_INTERVAL: Final = 5.0
+"""Seconds between IDENTIFYs of one bucket: Discord's documented 1 per 5 s per key (§9)."""
+
+DEFAULT_WINDOW: Final = 86_400.0
+"""Length of a session-start window once refilled: Discord's budget is per 24 h (§9)."""
+
+SAME_WINDOW_SLACK: Final = 1.0
+"""Two reported reset times closer than this describe the same window (REST latency)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant(Generic[K]):
+    """Permission for the request ``key`` (shard ``shard_id``) to IDENTIFY, issued at ``at``."""
+
+    key: K
+    shard_id: int
+    bucket: int
+    at: float
+
+
+@dataclass(slots=True)
+class _Waiting(Generic[K]):
+    key: K
+    shard_id: int
+    order: int  # global arrival order: FIFO per bucket, and across buckets when budget is short
+
+
+def _check_interval(interval: float, what: str = "identify interval") -> float:
+    if not math.isfinite(interval) or interval <= 0:
+        raise ValueError(f"{what} must be a positive number of seconds, not {interval}")
+    return float(interval)
+
+
+def _check_concurrency(max_concurrency: int) -> int:
+    if max_concurrency < 1:
+        raise ValueError(f"max_concurrency must be >= 1, not {max_concurrency}")
+    return max_concurrency
+
+
+class IdentifyScheduler(Generic[K]):
+    """Per-bucket FIFO queues of IDENTIFY requests, paced by interval and budget.
+
+    ``key`` identifies one request (hashable, unique among waiting requests); ``remaining``
+    of ``None`` means no budget is known and none is enforced (tests, the sandbox).  Given
+    ``remaining`` without ``total``, a refill restores ``remaining`` (never more than known).
+    ``last_grants`` (bucket -> grant time, in the clock of ``now``) is the complete record of
+    recent grants: buckets missing from it are free at once.  Without it every bucket waits
+    one ``interval`` from ``now`` before its first grant.  ``hold_limit`` (seconds) turns on
+    held grants: see :meth:`release`.
+    """
+
+    def __init__(
+        self,
+        *,
+        now: float,
+        max_concurrency: int = 1,
+        interval: float = DEFAULT_IDENTIFY_INTERVAL,
+        remaining: int | None = None,
+        total: int | None = None,
+        reset_after: float | None = None,
+        window: float = DEFAULT_WINDOW,
+        last_grants: Mapping[int, float] | None = None,
+        hold_limit: float | None = None,
+    ) -> None:
+        self._mc = _check_concurrency(max_concurrency)
+        self._hold_limit = None if hold_limit is None else _check_interval(hold_limit,
+                                                                           "hold_limit")
+        self._holds: dict[K, tuple[int, float]] = {}  # key -> (shard_id, granted at)
+        self._interval = _check_interval(interval)
+        self._window = _check_interval(window, "window")
+        self._queues: dict[int, deque[_Waiting[K]]] = {}
+        self._index: dict[K, _Waiting[K]] = {}
+        self._order = 0
+        # Unknown history: assume every bucket granted at `now`; known: use it, -inf if absent.
+        self._default_last = now if last_grants is None else -math.inf
+        self._last: dict[int, float] = dict(last_grants or {})
+        if (remaining is not None and remaining < 0) or (total is not None and total < 0):
+            raise ValueError("remaining and total must be >= 0")
+        self._remaining = remaining
+        self._total = total if total is not None else remaining
+        self._reset_at = None if reset_after is None else now + max(0.0, reset_after)
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def max_concurrency(self) -> int:
+        return self._mc
+
+    @property
+    def interval(self) -> float:
+        return self._interval
+
+    @property
+    def remaining(self) -> int | None:
+        """Session starts left in this window, or ``None`` when no budget is enforced."""
+        return self._remaining
+
+    @property
+    def total(self) -> int | None:
+        return self._total
+
+    @property
+    def reset_at(self) -> float | None:
+        """When the budget refills; ``None`` until known (the window opens at the next grant)."""
+        return self._reset_at
+
+    @property
+    def hold_limit(self) -> float | None:
+        return self._hold_limit
+
+    def last_grants(self) -> dict[int, float]:
+        """Bucket -> last IDENTIFY time (held grants at their limit): hand it to the next
+        scheduler to skip the start-up wait."""
+        ended = {b: self._ended(b) for b in range(self._mc)}
+        return {b: t for b, t in ended.items() if t > -math.inf}
+
+    def holding(self) -> Iterator[tuple[K, int, float]]:
+        """(key, shard_id, granted at) of every grant not yet released."""
+        for key, (shard_id, at) in self._holds.items():
+            yield key, shard_id, at
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def waiting(self) -> Iterator[tuple[K, int]]:
+        """(key, shard_id) of every waiting request, in arrival order."""
+        for w in sorted(self._index.values(), key=lambda w: w.order):
+            yield w.key, w.shard_id
+
+    def budget_exhausted(self) -> bool:
+        """True when requests wait and only the budget holds them back."""
+        return bool(self._index) and self._remaining is not None and self._remaining <= 0
+
+    def bucket_of(self, shard_id: int) -> int:
+        # Identify key = shard_id % max_concurrency (gateway-protocol.md §9).
+        return bucket_for(shard_id, self._mc)
+
+    # -- input ----------------------------------------------------------------------------
+
+    def request(self, key: K, shard_id: int) -> bool:
+        """Queue ``shard_id`` for a grant; False (and no change) if ``key`` already waits."""
+        if shard_id < 0:
+            raise ValueError(f"shard_id must be >= 0, not {shard_id}")
+        if key in self._index:
+            return False
+        waiting = _Waiting(key, shard_id, self._order)
+        self._order += 1
+        self._index[key] = waiting
+        self._queues.setdefault(self.bucket_of(shard_id), deque()).append(waiting)
+        return True
+
+    def cancel(self, key: K) -> bool:
+        """Withdraw a waiting request; False if it is not waiting (granted, or unknown)."""
+        waiting = self._index.pop(key, None)
+        if waiting is None:
+            return False
+        queue = self._queues[self.bucket_of(waiting.shard_id)]
+        queue.remove(waiting)
+        return True
+
+    def release(self, key: K, now: float) -> bool:
+        """The holder of grant ``key`` is done (its IDENTIFY was sent, or never will be).
+
+        The bucket's next grant comes ``interval`` after ``now``.  False if ``key`` is not
+        held (unknown, already released, or past its ``hold_limit``).
+        """
+        held = self._holds.pop(key, None)
+        if held is None:
+            return False
+        bucket = self.bucket_of(held[0])
+        self._last[bucket] = max(self._last_of(bucket), now)
+        return True
+
+    def release_where(self, predicate: Callable[[K], bool], now: float) -> list[K]:
+        """Release every held grant whose key matches (e.g. its requester is gone)."""
+        keys = [k for k in self._holds if predicate(k)]
+        for key in keys:
+            self.release(key, now)
+        return keys
+
+    def cancel_where(self, predicate: Callable[[K], bool]) -> list[K]:
+        """Withdraw every waiting request whose key matches; returns their keys."""
+        keys = [k for k in self._index if predicate(k)]
+        for key in keys:
+            self.cancel(key)
+        return keys
+
+    def update(
+        self,
+        now: float,
+        *,
+        max_concurrency: int | None = None,
+        interval: float | None = None,
+        remaining: int | None = None,
+        total: int | None = None,
+        reset_after: float | None = None,
+    ) -> None:
+        """Apply new limits while running (e.g. a fresh ``/gateway/bot``)."""
+        if interval is not None:
+            self._interval = _check_interval(interval)
+        if max_concurrency is not None and _check_concurrency(max_concurrency) != self._mc:
+            self._rebucket(max_concurrency)
+        if total is not None:
+            if total < 0:
+                raise ValueError("total must be >= 0")
+            self._total = total
+        if remaining is not None:
+            self._merge_budget(now, remaining, reset_after)
+        elif reset_after is not None:
+            self._reset_at = now + max(0.0, reset_after)
+
+    def _rebucket(self, max_concurrency: int) -> None:
+        # Discord's keys under the new value are unknowable: every new bucket starts from
+        # the latest grant of any old bucket (slower once, never faster).
+        # A held grant may still be sent under any key: count it as sent at its limit.
+        latest = max((self._ended(b) for b in range(self._mc)), default=self._default_last)
+        self._holds.clear()
+        self._mc = max_concurrency
+        self._last = {}
+        self._default_last = latest
+        waiting = sorted(self._index.values(), key=lambda w: w.order)
+        self._queues = {}
+        for w in waiting:
+            self._queues.setdefault(self.bucket_of(w.shard_id), deque()).append(w)
+
+    def _merge_budget(self, now: float, remaining: int, reset_after: float | None) -> None:
+        if remaining < 0:
+            raise ValueError("remaining must be >= 0")
+        reported_reset = None if reset_after is None else now + max(0.0, reset_after)
+        if self._total is None:
+            self._total = remaining
+        # A report that names a later reset than ours describes a new window: believe it.
+        current = self._remaining
+        new_window = current is None or (
+            reported_reset is not None
+            and (self._reset_at is None or reported_reset > self._reset_at + SAME_WINDOW_SLACK)
+        )
+        if current is None or new_window:
+            self._remaining = remaining
+            if reported_reset is not None:
+                self._reset_at = reported_reset
+            return
+        # Same window: the report lags our own grants, so it may only lower the count.
+        self._remaining = min(current, remaining)
+        if reported_reset is not None:
+            self._reset_at = (
+                reported_reset if self._reset_at is None else max(self._reset_at, reported_reset)
+            )
+
+    # -- output ---------------------------------------------------------------------------
+
+    def _last_of(self, bucket: int) -> float:
+        return self._last.get(bucket, self._default_last)
+
+    def _ended(self, bucket: int) -> float:
+        """The latest time an IDENTIFY of ``bucket`` may have been (or be) sent."""
+        ended = self._last_of(bucket)
+        if self._hold_limit is not None:
+            for shard_id, at in self._holds.values():
+                if self.bucket_of(shard_id) == bucket:
+                    ended = max(ended, at + self._hold_limit)
+        return ended
+
+    def _free_at(self, bucket: int) -> float:
+        return self._ended(bucket) + self._interval
+
+    def _expire_holds(self, now: float) -> None:
+        assert self._hold_limit is not None
+        for key, (shard_id, at) in list(self._holds.items()):
+            if at + self._hold_limit <= now:
+                del self._holds[key]
+                bucket = self.bucket_of(shard_id)
+                self._last[bucket] = max(self._last_of(bucket), at + self._hold_limit)
+
+    def _refill(self, now: float) -> None:
+        if self._reset_at is not None and now >= self._reset_at:
+            self._remaining = self._total
+            # The next window's start is unknown: assume it opens at the next grant, which is
+            # when it opens at the latest, so we are on time or early on the refill, never late.
+            self._reset_at = None
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`poll` can next grant something; ``None`` if only new input can help."""
+        heads = [self._free_at(b) for b, q in self._queues.items() if q]
+        if not heads:
+            return None
+        due = min(heads)
+        if self._remaining is not None and self._remaining <= 0:
+            if self._reset_at is None:
+                return None
+            return max(due, self._reset_at)
+        return due
+
+    def poll(
+        self, now: float, deliver: Callable[[Grant[K]], bool] | None = None
+    ) -> list[Grant[K]]:
+        """Issue every grant that is due at ``now``, oldest request first.
+
+        ``deliver(grant)`` is called for each grant before it is committed; if it returns
+        False the request is dropped and its slot (and budget) stays free for the next one.
+        A delivered grant is used, whatever happens to it afterwards; with ``hold_limit`` it
+        is held until :meth:`release`.
+        """
+        self._refill(now)
+        if self._holds:
+            self._expire_holds(now)
+        granted: list[Grant[K]] = []
+        while True:
+            if self._remaining is not None and self._remaining <= 0:
+                return granted
+            ready = [q[0] for b, q in self._queues.items() if q and self._free_at(b) <= now]
+            if not ready:
+                return granted
+            head = min(ready, key=lambda w: w.order)
+            bucket = self.bucket_of(head.shard_id)
+            self._queues[bucket].popleft()
+            del self._index[head.key]
+            grant = Grant(head.key, head.shard_id, bucket, now)
+            if deliver is not None and not deliver(grant):
+                continue
+            self._last[bucket] = now
+            if self._hold_limit is not None:
+                self._holds[head.key] = (head.shard_id, now)
+            if self._remaining is not None:
+                self._remaining -= 1
+                if self._reset_at is None:
+                    self._reset_at = now + self._window
+            granted.append(grant)

@@ -1,0 +1,347 @@
+"""The session limiter as a service: the pure scheduler driven by the limiter channel.
+
+Where policy meets the wire.  The scheduler (``cluster/limiter.py``) decides who may IDENTIFY
+and when; the ROUTER end (``ipc/limiter.py``) moves the messages; this module decides what a
+message means for the queue and when a client is gone:
+
+- a grant is held until the client releases it (its IDENTIFY is sent): the bucket's next
+  grant comes an interval after the release, so IDENTIFYs leave the processes at least an
+  interval apart however late each grant arrived.  A holder whose connection is gone
+  (probed every ``probe_interval`` while it holds) counts as released when that is seen; one
+  that never answers, at ``hold_limit``;
+- a request is keyed ``(client id, request number)``; its grant goes to the routing id the
+  client last spoke from, so a client that reconnects still gets its grants;
+- a grant that fails to send (the client's connection is gone) is not a slot spent: the
+  scheduler gives the slot to the next request at once and every other request of that
+  client is dropped;
+- a client silent for ``client_timeout`` (no ping) loses its waiting requests; if it was only
+  slow, its next pong shows them missing and it asks again;
+- every grant that left is a slot spent, whatever happens to it afterwards (DESIGN.md §6).
+
+Run it in the supervisor (``await tg.start(server.serve)``) or on its own
+(``shardctl limiter``) so several supervisors share one pace.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+import anyio
+from anyio.abc import TaskStatus
+
+from shardctl.cluster.limiter import (
+    DEFAULT_IDENTIFY_INTERVAL,
+    DEFAULT_WINDOW,
+    Grant,
+    IdentifyScheduler,
+)
+from shardctl.ipc import endpoints
+from shardctl.ipc.limiter import (
+    Cancel,
+    ClientMessage,
+    Configure,
+    LimiterService,
+    Ping,
+    Release,
+    Request,
+)
+
+__all__ = ["DEFAULT_CLIENT_TIMEOUT", "LimiterEvent", "LimiterServer", "RequestKey"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CLIENT_TIMEOUT: Final = 10.0
+"""Seconds without a ping after which a client's waiting requests are dropped."""
+
+DEFAULT_PROBE_INTERVAL: Final = 0.05
+"""Seconds between reachability probes of a client that holds an unreleased grant.  Holds
+normally last the few milliseconds of one websocket send, so probes are rare."""
+
+RECORD_SIZE: Final = 10_000
+
+RequestKey = tuple[str, int]
+"""(client id, request number): one request of one client."""
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterEvent:
+    """One entry of the service's own record: ``grant``, ``drop`` (a client's waiting
+    requests, with the reason) or ``update`` (new limits)."""
+
+    kind: str
+    at: float
+    client: str
+    shard_id: int | None = None
+    bucket: int | None = None
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class _Client:
+    peer: bytes
+    last_seen: float
+
+
+def _wall(at: float, now: float) -> str:
+    """A service-clock time as UTC wall time, for operators reading logs."""
+    stamp = datetime.fromtimestamp(time.time() + (at - now), tz=UTC)
+    return stamp.isoformat(timespec="seconds")
+
+
+class LimiterServer:
+    """Serves the session limiter on ``endpoint`` until cancelled.
+
+    Times (``last_grants``, the record) are in the event loop's clock
+    (``anyio.current_time()``, monotonic).  ``remaining``/``total``/``reset_after``
+    (seconds) give the session-start budget; without them none is enforced.  ``hold_limit``
+    (default: the interval) bounds how long an unreleased grant blocks its bucket.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        max_concurrency: int = 1,
+        interval: float = DEFAULT_IDENTIFY_INTERVAL,
+        remaining: int | None = None,
+        total: int | None = None,
+        reset_after: float | None = None,
+        window: float = DEFAULT_WINDOW,
+        last_grants: Mapping[int, float] | None = None,
+        client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
+        hold_limit: float | None = None,
+        probe_interval: float = DEFAULT_PROBE_INTERVAL,
+    ) -> None:
+        endpoints.check_bind_allowed(endpoint)
+        self._endpoint = endpoint
+        self._max_concurrency = max_concurrency
+        self._interval = interval
+        self._remaining = remaining
+        self._total = total
+        self._reset_after = reset_after
+        self._window = window
+        self._last_grants = None if last_grants is None else dict(last_grants)
+        self._client_timeout = client_timeout
+        self._hold_limit = interval if hold_limit is None else hold_limit
+        self._probe_interval = probe_interval
+        self._scheduler: IdentifyScheduler[RequestKey] | None = None
+        self._service: LimiterService | None = None
+        self._clients: dict[str, _Client] = {}
+        self._wakeup = anyio.Event()
+        self._changed = anyio.Event()
+        self._held_logged: float | None = None
+        self.endpoint: str | None = None
+        self.record: deque[LimiterEvent] = deque(maxlen=RECORD_SIZE)
+        # Validate now, not when serving starts.
+        IdentifyScheduler[RequestKey](
+            now=0.0, max_concurrency=max_concurrency, interval=interval, remaining=remaining,
+            total=total, reset_after=reset_after, window=window, hold_limit=self._hold_limit,
+        )
+
+    # -- public ---------------------------------------------------------------------------
+
+    @property
+    def scheduler(self) -> IdentifyScheduler[RequestKey]:
+        if self._scheduler is None:
+            raise RuntimeError("the limiter is not serving")
+        return self._scheduler
+
+    def grants(self) -> list[LimiterEvent]:
+        return [e for e in self.record if e.kind == "grant"]
+
+    def last_grants(self) -> dict[int, float]:
+        """Bucket -> last grant time; give it to the next server to skip its start-up wait."""
+        return self.scheduler.last_grants()
+
+    def update(
+        self,
+        *,
+        max_concurrency: int | None = None,
+        remaining: int | None = None,
+        total: int | None = None,
+        reset_after: float | None = None,
+    ) -> None:
+        """New limits while running (``reset_after`` in seconds)."""
+        self.scheduler.update(
+            anyio.current_time(), max_concurrency=max_concurrency, remaining=remaining,
+            total=total, reset_after=reset_after,
+        )
+        log.info("limiter: limits updated: max_concurrency=%d remaining=%s total=%s",
+                 self.scheduler.max_concurrency, self.scheduler.remaining, self.scheduler.total)
+        self._note(LimiterEvent("update", anyio.current_time(), "", detail=(
+            f"max_concurrency={self.scheduler.max_concurrency} "
+            f"remaining={self.scheduler.remaining} total={self.scheduler.total}")))
+        self._pump()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds; re-checked after every message and grant."""
+        while not predicate():
+            await self._changed.wait()
+
+    async def serve(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Bind and serve; ``task_status.started`` receives the bound endpoint."""
+        async with LimiterService(self._endpoint) as service:
+            now = anyio.current_time()
+            self._scheduler = IdentifyScheduler[RequestKey](
+                now=now,
+                max_concurrency=self._max_concurrency,
+                interval=self._interval,
+                remaining=self._remaining,
+                total=self._total,
+                reset_after=self._reset_after,
+                window=self._window,
+                last_grants=self._last_grants,
+                hold_limit=self._hold_limit,
+            )
+            self._service = service
+            self.endpoint = service.endpoint
+            log.info("limiter: serving %s (max_concurrency=%d, interval=%.3gs, remaining=%s)",
+                     service.endpoint, self._scheduler.max_concurrency,
+                     self._scheduler.interval, self._scheduler.remaining)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._receive_loop, service)
+                    tg.start_soon(self._timer_loop)
+                    task_status.started(service.endpoint)
+            finally:
+                self._service = None
+
+    # -- loops ----------------------------------------------------------------------------
+
+    async def _receive_loop(self, service: LimiterService) -> None:
+        while True:
+            peer, message = await service.receive()
+            self._handle(peer, message, anyio.current_time())
+
+    async def _timer_loop(self) -> None:
+        while True:
+            now = anyio.current_time()
+            probe = now + self._probe_interval if any(self.scheduler.holding()) else None
+            deadlines = [d for d in (self.scheduler.next_deadline(), self._liveness_deadline(),
+                                     probe) if d is not None]
+            delay = max(0.0, min(deadlines) - now) if deadlines else math.inf
+            with anyio.move_on_after(delay):
+                await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            now = anyio.current_time()
+            self._expire_silent(now)
+            self._probe_holders(now)
+            self._pump(replan=False)  # this loop re-plans anyway; waking itself would spin
+
+    # -- policy ---------------------------------------------------------------------------
+
+    def _handle(self, peer: bytes, message: ClientMessage, now: float) -> None:
+        client = self._clients.get(message.client)
+        if client is None:
+            client = self._clients[message.client] = _Client(peer, now)
+            log.info("limiter: client %s connected", message.client)
+        client.peer, client.last_seen = peer, now
+        scheduler = self.scheduler
+        match message:
+            case Request(client_id, req, shard):
+                scheduler.request((client_id, req), shard)
+            case Cancel(client_id, req):
+                scheduler.cancel((client_id, req))
+            case Release(client_id, req):
+                scheduler.release((client_id, req), now)
+            case Ping(client_id, seq):
+                queued = [r for (c, r), _ in scheduler.waiting() if c == client_id]
+                self._service_or_raise().send_pong(peer, seq, queued)
+            case Configure(client_id, max_concurrency, remaining, total, reset_after):
+                try:
+                    self.update(max_concurrency=max_concurrency, remaining=remaining,
+                                total=total, reset_after=reset_after)
+                except ValueError as exc:  # a bad value from the wire: refuse, keep serving
+                    log.warning("limiter: ignored limits from client %s: %s", client_id, exc)
+                return
+        self._pump()
+
+    def _service_or_raise(self) -> LimiterService:
+        if self._service is None:
+            raise RuntimeError("the limiter is not serving")
+        return self._service
+
+    def _pump(self, *, replan: bool = True) -> None:
+        """Issue every grant that is due now, then (``replan``) wake the timer to re-plan."""
+        now = anyio.current_time()
+        service = self._service_or_raise()
+        gone: set[str] = set()
+
+        def deliver(grant: Grant[RequestKey]) -> bool:
+            client_id, req = grant.key
+            client = self._clients.get(client_id)
+            if client is None or client_id in gone:
+                return False
+            if service.send_grant(client.peer, req, grant.shard_id):
+                return True
+            gone.add(client_id)
+            return False
+
+        for grant in self.scheduler.poll(now, deliver):
+            self._note(LimiterEvent("grant", grant.at, grant.key[0], grant.shard_id, grant.bucket))
+        for client_id in gone:
+            self._drop(client_id, now, "connection gone")
+        self._log_budget(now)
+        if replan:
+            self._wakeup.set()
+        self._notify()
+
+    def _drop(self, client_id: str, now: float, reason: str) -> None:
+        self._clients.pop(client_id, None)
+        # Whatever it held was sent before now, if at all.
+        self.scheduler.release_where(lambda key: key[0] == client_id, now)
+        dropped = self.scheduler.cancel_where(lambda key: key[0] == client_id)
+        log.info("limiter: client %s gone (%s); dropped %d waiting request(s)",
+                 client_id, reason, len(dropped))
+        self._note(LimiterEvent("drop", now, client_id, detail=reason))
+
+    def _probe_holders(self, now: float) -> None:
+        service = self._service_or_raise()
+        gone: set[str] = set()
+        for (client_id, _), _, at in list(self.scheduler.holding()):
+            if now - at < self._probe_interval or client_id in gone:
+                continue
+            client = self._clients.get(client_id)
+            if client is None or not service.probe(client.peer):
+                gone.add(client_id)
+                self._drop(client_id, now, "connection gone while holding a grant")
+
+    def _liveness_deadline(self) -> float | None:
+        waiting = {c for (c, _), _ in self.scheduler.waiting()}
+        waiting |= {c for (c, _), _, _ in self.scheduler.holding()}
+        seen = [c.last_seen for cid, c in self._clients.items() if cid in waiting]
+        return min(seen) + self._client_timeout if seen else None
+
+    def _expire_silent(self, now: float) -> None:
+        for client_id, client in list(self._clients.items()):
+            if now - client.last_seen >= self._client_timeout:
+                self._drop(client_id, now, f"silent for {self._client_timeout:g}s")
+
+    def _log_budget(self, now: float) -> None:
+        scheduler = self.scheduler
+        if not scheduler.budget_exhausted():
+            self._held_logged = None
+            return
+        until = scheduler.reset_at
+        marker = math.inf if until is None else until
+        if self._held_logged == marker:
+            return
+        self._held_logged = marker
+        log.warning("session start budget exhausted; next grant at %s",
+                    "an unknown time (waiting for a budget update)" if until is None
+                    else _wall(until, now))
+
+    def _note(self, event: LimiterEvent) -> None:
+        self.record.append(event)
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()

@@ -1,0 +1,571 @@
+"""The session-limiter channel: its wire format and both of its ends.
+
+Shards in any process, on any host, ask one limiter "may shard S IDENTIFY?" and wait for the
+answer.  This module only moves messages; the pacing policy lives in ``cluster/``.
+
+Wire format, version 1 (a contract between hosts; change it only by bumping the version)
+---------------------------------------------------------------------------------------
+Every message is one ZeroMQ multipart message of three frames (the service's ROUTER adds and
+strips the peer's routing-id frame in front)::
+
+    [b"SL1", KIND, BODY]
+
+``KIND`` is an ASCII word, ``BODY`` a UTF-8 JSON object.  Unknown keys in a body are ignored,
+so fields may be added without a new version; a message with another version frame, an
+unknown kind, a body that is not an object or a field of the wrong type is logged and
+dropped, never answered.  Field types: ``ID`` a string of 1-64 characters
+``[A-Za-z0-9._:-]`` naming one client instance (random per process start); ``R`` a request
+number and ``N`` a ping number, integers in 0..2**53-1, increasing per client; ``S`` a shard
+id, an integer in 0..2**31-1.
+
+client (DEALER, connects) -> service (ROUTER, binds):
+
+    ping       {"client": ID, "seq": N}
+        sent on start and every ping interval: liveness, and a question answered by pong.
+    request    {"client": ID, "req": R, "shard": S}
+        shard S wants to IDENTIFY.  Idempotent: a request already waiting is not queued twice.
+    cancel     {"client": ID, "req": R}
+        withdraw a waiting request.  Too late once granted: a grant sent is a slot spent.
+    release    {"client": ID, "req": R}
+        the granted shard's IDENTIFY has been sent (or never will be).  The service may pace
+        the bucket's next grant from this moment, since a release is causally after the send.
+    configure  {"client": ID, "max_concurrency"?: int >= 1, "remaining"?: int >= 0,
+                "total"?: int >= 0, "reset_after"?: number >= 0 (seconds)}
+        new limits, e.g. from a fresh GET /gateway/bot (its reset_after is in ms: divide).
+
+service -> client:
+
+    grant      {"req": R, "shard": S}
+        shard S may send IDENTIFY now.  The slot counts as used from the moment this is sent.
+    pong       {"seq": N, "queued": [R, ...]}
+        the requests of this client the service holds, as of ping N.
+    probe      {}
+        sent to the holder of an unreleased grant to learn whether its connection is still
+        there (a failed send says it is not); clients ignore it.
+
+Recovery without a session: ZeroMQ keeps order on a connection, so the service handles ping N
+after every earlier message from that client and sends pong N after every earlier grant.  A
+request sent before ping N that is neither granted nor listed in pong N was lost (service
+restarted, connection dropped, client taken for dead): the client sends it again.  A grant
+that was lost on the way counts as used, and the re-sent request waits for a new slot.
+
+The service sets ``ROUTER_MANDATORY``: a grant (or probe) for a peer whose connection is gone
+fails to send, so the policy can give that slot to the next request instead of wasting it.
+(``ZMQ_ROUTER_NOTIFY`` would report disconnects directly, but it is a draft option that the
+libzmq 4.3.5 bundled with pyzmq 27 refuses with EINVAL, and a socket monitor reports file
+descriptors, not routing ids.)  ZMTP heartbeats on both ends close connections whose peer
+vanished without a FIN, so a dead remote host is noticed too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import re
+import secrets
+from asyncio import Future
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final, Self, cast
+
+import anyio
+import orjson
+import zmq
+import zmq.asyncio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from shardctl.errors import ProtocolError
+from shardctl.ipc import endpoints
+
+__all__ = [
+    "VERSION",
+    "Cancel",
+    "ClientMessage",
+    "Configure",
+    "GrantMessage",
+    "LimiterClient",
+    "LimiterService",
+    "Ping",
+    "Pong",
+    "Probe",
+    "Release",
+    "Request",
+    "ServiceMessage",
+    "decode_client_message",
+    "decode_service_message",
+    "encode",
+]
+
+log = logging.getLogger(__name__)
+
+VERSION: Final = b"SL1"
+MAX_ID: Final = 2**53 - 1  # exact in every JSON implementation's doubles
+MAX_SHARD: Final = 2**31 - 1
+_CLIENT_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+DEFAULT_PING_INTERVAL: Final = 1.0
+"""Seconds between client pings: bounds how long a lost request stays lost."""
+
+_HEARTBEAT_MS: Final = 1000
+_HEARTBEAT_TIMEOUT_MS: Final = 3000
+_RECONNECT_MS: Final = 100
+_RECONNECT_MAX_MS: Final = 2000
+
+
+# -- messages --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    client: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    client: str
+    req: int
+    shard: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    client: str
+    req: int
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    client: str
+    req: int
+
+
+@dataclass(frozen=True, slots=True)
+class Configure:
+    client: str
+    max_concurrency: int | None = None
+    remaining: int | None = None
+    total: int | None = None
+    reset_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GrantMessage:
+    req: int
+    shard: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    seq: int
+    queued: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    pass
+
+
+ClientMessage = Ping | Request | Cancel | Release | Configure
+ServiceMessage = GrantMessage | Pong | Probe
+
+_KINDS: Final[dict[type[Any], bytes]] = {
+    Ping: b"ping",
+    Request: b"request",
+    Cancel: b"cancel",
+    Release: b"release",
+    Configure: b"configure",
+    GrantMessage: b"grant",
+    Pong: b"pong",
+    Probe: b"probe",
+}
+
+
+def encode(message: ClientMessage | ServiceMessage) -> list[bytes]:
+    """The three frames of ``message`` (without any routing id)."""
+    body: dict[str, Any]
+    match message:
+        case Ping(client, seq):
+            body = {"client": client, "seq": seq}
+        case Request(client, req, shard):
+            body = {"client": client, "req": req, "shard": shard}
+        case Cancel(client, req) | Release(client, req):
+            body = {"client": client, "req": req}
+        case Configure(client, max_concurrency, remaining, total, reset_after):
+            body = {"client": client}
+            for key, value in (
+                ("max_concurrency", max_concurrency),
+                ("remaining", remaining),
+                ("total", total),
+                ("reset_after", reset_after),
+            ):
+                if value is not None:
+                    body[key] = value
+        case GrantMessage(req, shard):
+            body = {"req": req, "shard": shard}
+        case Pong(seq, queued):
+            body = {"seq": seq, "queued": list(queued)}
+        case Probe():
+            body = {}
+    return [VERSION, _KINDS[type(message)], orjson.dumps(body)]
+
+
+def _int(body: Mapping[str, Any], key: str, low: int, high: int, *, optional: bool = False
+         ) -> int | None:
+    value = body.get(key)
+    if value is None and optional:
+        return None
+    if type(value) is not int or not low <= value <= high:  # bool is not an int here
+        raise ProtocolError(f"field {key!r} must be an integer in {low}..{high}")
+    return value
+
+
+def _req_int(body: Mapping[str, Any], key: str, low: int, high: int) -> int:
+    value = _int(body, key, low, high)
+    assert value is not None
+    return value
+
+
+def _client(body: Mapping[str, Any]) -> str:
+    client = body.get("client")
+    if not isinstance(client, str) or not _CLIENT_ID.fullmatch(client):
+        raise ProtocolError("field 'client' must be 1-64 characters of [A-Za-z0-9._:-]")
+    return client
+
+
+def _body(frames: Sequence[bytes]) -> tuple[bytes, dict[str, Any]]:
+    if len(frames) != 3:
+        raise ProtocolError(f"expected 3 frames, got {len(frames)}")
+    version, kind, raw = frames
+    if version != VERSION:
+        raise ProtocolError(f"unsupported limiter protocol version {version[:16]!r}")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("body is not a JSON object")
+    return bytes(kind), body
+
+
+def decode_client_message(frames: Sequence[bytes]) -> ClientMessage:
+    """Parse what a client sent; :class:`ProtocolError` if it is not a valid SL1 message."""
+    kind, body = _body(frames)
+    if kind == b"ping":
+        return Ping(_client(body), _req_int(body, "seq", 0, MAX_ID))
+    if kind == b"request":
+        return Request(
+            _client(body), _req_int(body, "req", 0, MAX_ID), _req_int(body, "shard", 0, MAX_SHARD)
+        )
+    if kind == b"cancel":
+        return Cancel(_client(body), _req_int(body, "req", 0, MAX_ID))
+    if kind == b"release":
+        return Release(_client(body), _req_int(body, "req", 0, MAX_ID))
+    if kind == b"configure":
+        reset_after = body.get("reset_after")
+        if reset_after is not None and (
+            type(reset_after) not in (int, float) or not 0 <= reset_after < math.inf
+        ):
+            raise ProtocolError("field 'reset_after' must be a finite number >= 0 (seconds)")
+        return Configure(
+            _client(body),
+            max_concurrency=_int(body, "max_concurrency", 1, MAX_SHARD, optional=True),
+            remaining=_int(body, "remaining", 0, MAX_ID, optional=True),
+            total=_int(body, "total", 0, MAX_ID, optional=True),
+            reset_after=None if reset_after is None else float(reset_after),
+        )
+    raise ProtocolError(f"unknown client message kind {kind[:32]!r}")
+
+
+def decode_service_message(frames: Sequence[bytes]) -> ServiceMessage:
+    """Parse what the service sent; :class:`ProtocolError` if it is not a valid SL1 message."""
+    kind, body = _body(frames)
+    if kind == b"grant":
+        return GrantMessage(_req_int(body, "req", 0, MAX_ID), _req_int(body, "shard", 0, MAX_SHARD))
+    if kind == b"pong":
+        queued = body.get("queued")
+        if not isinstance(queued, list) or not all(
+            type(r) is int and 0 <= r <= MAX_ID for r in queued
+        ):
+            raise ProtocolError("field 'queued' must be a list of request numbers")
+        return Pong(_req_int(body, "seq", 0, MAX_ID), tuple(queued))
+    if kind == b"probe":
+        return Probe()
+    raise ProtocolError(f"unknown service message kind {kind[:32]!r}")
+
+
+def _heartbeats(sock: zmq.asyncio.Socket) -> None:
+    # ZMTP heartbeats close a connection whose peer vanished without a FIN (host down,
+    # cable pulled), so the ROUTER forgets it and the DEALER reconnects.
+    sock.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.LINGER, 0)
+
+
+# -- service end -----------------------------------------------------------------------------
+
+
+class LimiterService:
+    """The ROUTER end: binds, yields client messages, sends grants and pongs.
+
+    Use as ``async with LimiterService(endpoint) as service:``; ``service.endpoint`` is the
+    endpoint actually bound (a ``tcp://...:*`` bind names its port there).
+    """
+
+    def __init__(self, endpoint: str, *, context: zmq.asyncio.Context | None = None) -> None:
+        endpoints.check_bind_allowed(endpoint)
+        self._requested = endpoint
+        self._context = context or zmq.asyncio.Context.instance()
+        self._socket: zmq.asyncio.Socket | None = None
+        self._stack = contextlib.ExitStack()
+        self.endpoint = endpoint
+
+    async def __aenter__(self) -> Self:
+        sock = self._context.socket(zmq.ROUTER)
+        try:
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            _heartbeats(sock)
+            self.endpoint = self._stack.enter_context(endpoints.bind(sock, self._requested))
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        self._socket = sock
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        sock, self._socket = self._socket, None
+        try:
+            self._stack.close()
+        finally:
+            if sock is not None:
+                sock.close(linger=0)
+
+    def _sock(self) -> zmq.asyncio.Socket:
+        if self._socket is None:
+            raise RuntimeError("LimiterService is not open")
+        return self._socket
+
+    async def receive(self) -> tuple[bytes, ClientMessage]:
+        """The next valid client message and its sender's routing id.
+
+        Malformed messages are logged and skipped.  Not cancel-safe (a message that arrives
+        as the wait is cancelled is lost): call it from a task that is only cancelled at
+        shutdown.
+        """
+        sock = self._sock()
+        while True:
+            frames = await sock.recv_multipart()
+            if len(frames) < 2:
+                log.warning("limiter: dropped a message without a routing id")
+                continue
+            peer, payload = frames[0], frames[1:]
+            try:
+                return peer, decode_client_message(payload)
+            except ProtocolError as exc:
+                log.warning("limiter: dropped a malformed message from peer %s: %s",
+                            peer.hex(), exc)
+
+    def _send(self, peer: bytes, message: ServiceMessage) -> bool:
+        sent = self._sock().send_multipart([peer, *encode(message)], flags=zmq.NOBLOCK)
+        # NOBLOCK sends complete (or fail) before returning; read the outcome now.
+        try:
+            cast("Future[Any]", sent).result()
+        except zmq.ZMQError as exc:
+            # EHOSTUNREACH: the peer's connection is gone (ROUTER_MANDATORY).  EAGAIN: its
+            # queue is full or closing.  Either way nothing was queued for it.
+            log.debug("limiter: peer %s unreachable: %s", peer.hex(), exc)
+            return False
+        return True
+
+    def send_grant(self, peer: bytes, req: int, shard: int) -> bool:
+        """Send a grant; False if it certainly did not leave (the peer is gone)."""
+        return self._send(peer, GrantMessage(req, shard))
+
+    def send_pong(self, peer: bytes, seq: int, queued: Sequence[int]) -> bool:
+        return self._send(peer, Pong(seq, tuple(queued)))
+
+    def probe(self, peer: bytes) -> bool:
+        """False if ``peer``'s connection is certainly gone."""
+        return self._send(peer, Probe())
+
+
+# -- client end ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Pending:
+    shard: int
+    covered_by: int  # the first ping sent after this request; its pong proves receipt
+    granted: anyio.Event = field(default_factory=anyio.Event)
+    closed: bool = False
+
+
+class LimiterClient:
+    """The DEALER end, one per process, shared by all its shards: a ``SessionLimiter``.
+
+    ``async with LimiterClient(endpoint) as limiter:`` connects; then any task may
+    ``async with limiter.identify(shard_id): <send IDENTIFY>``.  Entering waits for the
+    grant for as long as it takes (an unreachable service means waiting, never identifying
+    without a grant).  A waiter that is cancelled withdraws its request so the slot goes to
+    the next shard; a grant that already arrived counts as used.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        ping_interval: float = DEFAULT_PING_INTERVAL,
+        context: zmq.asyncio.Context | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        endpoints.parse_endpoint(endpoint)
+        if client_id is not None and not _CLIENT_ID.fullmatch(client_id):
+            raise ValueError("client_id must be 1-64 characters of [A-Za-z0-9._:-]")
+        self.endpoint = endpoint
+        self.client_id = client_id or secrets.token_hex(8)
+        self._ping_interval = ping_interval
+        self._context = context or zmq.asyncio.Context.instance()
+        self._socket: zmq.asyncio.Socket | None = None
+        self._tg: TaskGroup | None = None
+        self._outbox: MemoryObjectSendStream[list[bytes]] | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._req_numbers = itertools.count()
+        self._ping_seq = 0  # last ping queued
+
+    async def __aenter__(self) -> Self:
+        sock = self._context.socket(zmq.DEALER)
+        try:
+            _heartbeats(sock)
+            sock.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_MS)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, _RECONNECT_MAX_MS)
+            sock.connect(self.endpoint)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        self._socket = sock
+        send, receive = anyio.create_memory_object_stream[list[bytes]](math.inf)
+        self._outbox = send
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        tg.start_soon(self._sender, sock, receive)
+        tg.start_soon(self._receiver, sock)
+        tg.start_soon(self._pinger)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        tg, self._tg = self._tg, None
+        try:
+            if tg is not None:
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(None, None, None)
+        finally:
+            if self._outbox is not None:
+                self._outbox.close()
+                self._outbox = None
+            if self._socket is not None:
+                self._socket.close(linger=0)
+                self._socket = None
+            for pending in self._pending.values():
+                pending.closed = True
+                pending.granted.set()
+
+    # The background tasks; each is cancelled only when the client closes.
+
+    async def _sender(
+        self, sock: zmq.asyncio.Socket, outbox: MemoryObjectReceiveStream[list[bytes]]
+    ) -> None:
+        async with outbox:
+            async for frames in outbox:
+                await sock.send_multipart(frames)
+
+    async def _receiver(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            frames = await sock.recv_multipart()
+            try:
+                message = decode_service_message(frames)
+            except ProtocolError as exc:
+                log.warning("limiter client: dropped a malformed message: %s", exc)
+                continue
+            if isinstance(message, GrantMessage):
+                pending = self._pending.get(message.req)
+                if pending is not None:
+                    pending.granted.set()
+                # else: the waiter was cancelled after the grant left; the slot is spent.
+            elif isinstance(message, Pong):
+                self._resync(message)
+
+    async def _pinger(self) -> None:
+        while True:
+            self._ping_seq += 1
+            self._post(Ping(self.client_id, self._ping_seq))
+            await anyio.sleep(self._ping_interval)
+
+    def _resync(self, pong: Pong) -> None:
+        held = set(pong.queued)
+        for req, pending in self._pending.items():
+            if pending.granted.is_set() or req in held or pending.covered_by > pong.seq:
+                continue
+            log.info("limiter client: service lost the request of shard %d; asking again",
+                     pending.shard)
+            pending.covered_by = self._ping_seq + 1
+            self._post(Request(self.client_id, req, pending.shard))
+
+    def _post(self, message: ClientMessage) -> None:
+        if self._outbox is None:
+            raise RuntimeError("LimiterClient is not open")
+        self._outbox.send_nowait(encode(message))
+
+    # The SessionLimiter interface.
+
+    def identify(self, shard_id: int) -> AbstractAsyncContextManager[None]:
+        """Wait for shard ``shard_id``'s IDENTIFY slot; the body runs holding the grant."""
+        if not 0 <= shard_id <= MAX_SHARD:
+            raise ValueError(f"shard_id out of range: {shard_id}")
+        return self._identify(shard_id)
+
+    @asynccontextmanager
+    async def _identify(self, shard_id: int) -> AsyncIterator[None]:
+        req = next(self._req_numbers)
+        pending = _Pending(shard_id, covered_by=self._ping_seq + 1)
+        self._post(Request(self.client_id, req, shard_id))
+        self._pending[req] = pending
+        try:
+            await pending.granted.wait()
+        except BaseException:
+            if not pending.granted.is_set() and self._outbox is not None:
+                # Withdraw: if the grant crossed this cancel, the service counts it as used.
+                self._post(Cancel(self.client_id, req))
+            raise
+        finally:
+            self._pending.pop(req, None)
+        if pending.closed:
+            raise anyio.ClosedResourceError("limiter client closed while waiting for a grant")
+        try:
+            yield
+        finally:
+            # Sent or not, the IDENTIFY is behind us: the bucket's next interval starts now.
+            if self._outbox is not None:
+                self._post(Release(self.client_id, req))
+
+    def configure(
+        self,
+        *,
+        max_concurrency: int | None = None,
+        remaining: int | None = None,
+        total: int | None = None,
+        reset_after: float | None = None,
+    ) -> None:
+        """Tell the service new limits (``reset_after`` in seconds); fire and forget."""
+        self._post(Configure(self.client_id, max_concurrency, remaining, total, reset_after))

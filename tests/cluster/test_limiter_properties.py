@@ -1,0 +1,270 @@
+"""Properties of the identify scheduler for any arrival pattern (hypothesis, fake clock).
+
+- pacing: no two grants of one bucket closer than the interval, and none closer than the
+  interval to any grant made before a ``max_concurrency`` change;
+- no idle interval: while a bucket has a queue, its next grant comes exactly when the
+  interval allows (the driver polls at ``next_deadline()``);
+- FIFO per bucket; every request that is not cancelled is granted exactly once;
+- the session-start budget is never exceeded in any window.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shardctl.cluster.limiter import Grant, IdentifyScheduler
+
+INTERVAL = 5.0
+
+# Dyadic steps keep the fake clock's sums exact, so "at least 5.0 apart" is tested exactly
+# (4.96875 and 5.03125 probe both sides of the interval).
+times = st.sampled_from([0.0, 0.0, 0.5, 1.0, 2.5, 4.96875, 5.0, 5.03125, 7.5, 12.0])
+
+
+@dataclass
+class Run:
+    scheduler: IdentifyScheduler[int]
+    now: float = 0.0
+    grants: list[Grant[int]] = field(default_factory=list)
+    arrival: dict[int, float] = field(default_factory=dict)
+    shard: dict[int, int] = field(default_factory=dict)
+    cancelled: set[int] = field(default_factory=set)
+    mc_changes: list[tuple[float, int]] = field(default_factory=list)
+    epoch: dict[int, int] = field(default_factory=dict)  # key -> mc changes before its grant
+
+    def poll(self) -> None:
+        for g in self.scheduler.poll(self.now):
+            self.grants.append(g)
+            self.epoch[g.key] = len(self.mc_changes)
+
+    def advance(self, to: float) -> None:
+        """Poll at every deadline up to ``to``, then at ``to`` itself."""
+        while (d := self.scheduler.next_deadline()) is not None and d <= to:
+            self.now = max(self.now, d)
+            self.poll()
+        self.now = max(self.now, to)
+        self.poll()
+
+    def finish(self, limit: int = 10_000) -> None:
+        for _ in range(limit):
+            d = self.scheduler.next_deadline()
+            if d is None:
+                return
+            self.advance(d)
+        raise AssertionError("scheduler did not drain")
+
+
+def play(run: Run, ops: list[tuple[str, float, int]]) -> None:
+    play_some(run, ops)
+    run.finish()
+
+
+def play_some(run: Run, ops: list[tuple[str, float, int]]) -> None:
+    for kind, dt, arg in ops:
+        key = len(run.arrival)
+        run.advance(run.now + dt)
+        s = run.scheduler
+        if kind == "arrive":
+            s.request(key, arg)
+            run.arrival[key], run.shard[key] = run.now, arg
+        elif kind == "cancel" and key:
+            victim = arg % key
+            if s.cancel(victim):
+                run.cancelled.add(victim)
+        elif kind == "mc":
+            if arg != s.max_concurrency:
+                run.mc_changes.append((run.now, arg))
+            s.update(run.now, max_concurrency=arg)
+        run.poll()
+
+
+arrive = st.tuples(st.just("arrive"), times, st.integers(0, 11))
+cancel = st.tuples(st.just("cancel"), times, st.integers(0, 1000))
+change_mc = st.tuples(st.just("mc"), times, st.integers(1, 4))
+
+
+def check_every_request_granted_once(run: Run) -> None:
+    granted = [g.key for g in run.grants]
+    assert len(granted) == len(set(granted))
+    assert set(granted) == set(run.arrival) - run.cancelled
+    assert not set(granted) & run.cancelled
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    mc=st.integers(1, 4),
+    history=st.booleans(),
+    ops=st.lists(st.one_of(arrive, arrive, cancel), max_size=40),
+)
+def test_pacing_fifo_and_no_idle_interval(
+    mc: int, history: bool, ops: list[tuple[str, float, int]]
+) -> None:
+    start = 100.0
+    s = IdentifyScheduler[int](now=start, max_concurrency=mc, interval=INTERVAL,
+                               last_grants={} if history else None)
+    run = Run(s, now=start)
+    play(run, ops)
+    check_every_request_granted_once(run)
+
+    by_bucket: dict[int, list[Grant[int]]] = {}
+    for g in run.grants:
+        assert g.bucket == run.shard[g.key] % mc
+        by_bucket.setdefault(g.bucket, []).append(g)
+    for grants in by_bucket.values():
+        # Without history every bucket acts as if it granted at start.
+        previous = -float("inf") if history else start
+        for g in grants:
+            assert g.at - previous >= INTERVAL
+            # No idle interval: granted the moment both the request and the slot existed.
+            assert g.at == max(run.arrival[g.key], previous + INTERVAL)
+            previous = g.at
+        # FIFO within the bucket.
+        arrivals = [run.arrival[g.key] for g in grants]
+        keys = [g.key for g in grants]
+        assert arrivals == sorted(arrivals)
+        assert keys == sorted(keys)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    mc=st.integers(1, 4),
+    ops=st.lists(st.one_of(arrive, arrive, arrive, cancel, change_mc), max_size=40),
+)
+def test_max_concurrency_changes_never_break_pacing(
+    mc: int, ops: list[tuple[str, float, int]]
+) -> None:
+    s = IdentifyScheduler[int](now=0.0, max_concurrency=mc, interval=INTERVAL)
+    run = Run(s)
+    play(run, ops)
+    check_every_request_granted_once(run)
+
+    for i, g2 in enumerate(run.grants):
+        for g1 in run.grants[:i]:
+            e1, e2 = run.epoch[g1.key], run.epoch[g2.key]
+            # Same bucket in one epoch, or any grant before a change: at least an interval.
+            if (e1 == e2 and g1.bucket == g2.bucket) or e1 != e2:
+                assert g2.at - g1.at >= INTERVAL, (g1, g2, run.mc_changes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    remaining=st.integers(0, 6),
+    total=st.integers(1, 6),
+    reset_after=st.sampled_from([1.0, 20.0, 60.0]),
+    window=st.sampled_from([15.0, 40.0]),
+    mc=st.integers(1, 3),
+    ops=st.lists(st.one_of(arrive, arrive, cancel), max_size=30),
+)
+def test_budget_is_never_exceeded_and_grants_are_held_not_refused(  # noqa: PLR0917
+    remaining: int, total: int, reset_after: float, window: float, mc: int,
+    ops: list[tuple[str, float, int]],
+) -> None:
+    s = IdentifyScheduler[int](now=0.0, max_concurrency=mc, interval=INTERVAL,
+                               remaining=remaining, total=total, reset_after=reset_after,
+                               window=window, last_grants={})
+    run = Run(s)
+    play(run, ops)
+    # Held, not refused: with refills, every waiting request is eventually granted.
+    check_every_request_granted_once(run)
+
+    # Replay the windows: the first ends at reset_after with `remaining` starts; each later
+    # one opens at its first grant, lasts `window` and allows `total`.
+    grants = sorted(g.at for g in run.grants)
+    first = [t for t in grants if t < reset_after]
+    assert len(first) <= remaining
+    rest = [t for t in grants if t >= reset_after]
+    while rest:
+        opened = rest[0]
+        inside = [t for t in rest if t < opened + window]
+        assert len(inside) <= total
+        rest = rest[len(inside):]
+    # Pacing still holds per bucket.
+    by_bucket: dict[int, list[float]] = {}
+    for g in run.grants:
+        by_bucket.setdefault(g.bucket, []).append(g.at)
+    for ats in by_bucket.values():
+        assert all(b - a >= INTERVAL for a, b in itertools.pairwise(ats))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.lists(st.one_of(arrive, arrive, cancel), min_size=1, max_size=30),
+    dead=st.sets(st.integers(0, 30)),
+)
+def test_undeliverable_grants_waste_no_slot(
+    ops: list[tuple[str, float, int]], dead: set[int]
+) -> None:
+    # A grant that cannot be delivered (its client is gone) is not a slot spent: the live
+    # grants alone must still satisfy "no idle interval".
+    s = IdentifyScheduler[int](now=0.0, interval=INTERVAL, remaining=1000, last_grants={})
+    run = Run(s)
+    orig_poll = s.poll
+
+    def poll(now: float, deliver: object = None) -> list[Grant[int]]:
+        return orig_poll(now, lambda g: g.key not in dead)
+
+    s.poll = poll  # type: ignore[method-assign,assignment]
+    play(run, ops)
+    live = [k for k in run.arrival if k not in run.cancelled and k not in dead]
+    assert sorted(g.key for g in run.grants) == sorted(live)
+    assert s.remaining == 1000 - len(live)
+    previous = -float("inf")
+    for g in run.grants:
+        assert g.at - previous >= INTERVAL
+        # Each live grant came as soon as it could: no slot went to a dead request.
+        waiting_since = run.arrival[g.key]
+        assert g.at == max(waiting_since, previous + INTERVAL)
+        previous = g.at
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    mc=st.integers(1, 3),
+    hold_limit=st.sampled_from([0.5, 2.5, 10.0]),
+    ops=st.lists(
+        st.one_of(arrive, arrive, cancel, st.tuples(st.just("release"), times,
+                                                    st.integers(0, 100))),
+        max_size=40,
+    ),
+)
+def test_held_grants_pace_the_bucket_from_their_release(
+    mc: int, hold_limit: float, ops: list[tuple[str, float, int]]
+) -> None:
+    s = IdentifyScheduler[int](now=0.0, max_concurrency=mc, interval=INTERVAL,
+                               last_grants={}, hold_limit=hold_limit)
+    run = Run(s)
+    released: dict[int, float] = {}
+    rest: list[tuple[str, float, int]] = []
+    for op in ops:
+        if op[0] != "release":
+            rest.append(op)
+            continue
+        # Interleave releases with the other operations at their own time offsets.
+        run_ops, rest = rest, []
+        play_some(run, run_ops)
+        run.advance(run.now + op[1])
+        held = sorted(k for k, _, _ in s.holding())
+        if held:
+            key = held[op[2] % len(held)]
+            assert s.release(key, run.now)
+            released[key] = run.now
+        run.poll()
+    play_some(run, rest)
+    run.finish()
+    check_every_request_granted_once(run)
+
+    by_bucket: dict[int, list[Grant[int]]] = {}
+    for g in run.grants:
+        by_bucket.setdefault(g.bucket, []).append(g)
+    for grants in by_bucket.values():
+        ended = -float("inf")
+        for g in grants:
+            # The next grant comes an interval after the holder released, or after its
+            # hold limit if it never did; never earlier, and no later (no idle interval).
+            assert g.at == max(run.arrival[g.key], ended + INTERVAL)
+            ended = released.get(g.key, g.at + hold_limit)
+            assert ended <= g.at + hold_limit

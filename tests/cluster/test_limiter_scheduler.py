@@ -1,0 +1,203 @@
+"""The pure identify scheduler on a fake clock: pacing, FIFO, budget, live updates."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from shardctl.cluster.limiter import Grant, IdentifyScheduler
+
+
+def drain(s: IdentifyScheduler[str], now: float, until: float) -> list[Grant[str]]:
+    """Poll at every deadline up to ``until``, as a driver would."""
+    grants = s.poll(now)
+    while (d := s.next_deadline()) is not None and d <= until:
+        grants += s.poll(max(d, now))
+    return grants
+
+
+def test_start_waits_one_interval_without_history() -> None:
+    s = IdentifyScheduler[str](now=100.0, interval=5.0)
+    s.request("a", 0)
+    assert s.poll(100.0) == []
+    assert s.next_deadline() == 105.0
+    assert s.poll(104.999) == []
+    assert [g.key for g in s.poll(105.0)] == ["a"]
+
+
+def test_given_history_skips_the_startup_wait() -> None:
+    s = IdentifyScheduler[str](now=100.0, interval=5.0, last_grants={0: 97.0})
+    s.request("a", 0)
+    assert s.poll(100.0) == []
+    assert s.next_deadline() == 102.0
+    t = IdentifyScheduler[str](now=100.0, interval=5.0, last_grants={})
+    t.request("a", 0)
+    assert [g.at for g in t.poll(100.0)] == [100.0]
+
+
+def test_one_grant_per_bucket_per_interval_fifo() -> None:
+    s = IdentifyScheduler[str](now=0.0, interval=5.0, last_grants={})
+    for i, key in enumerate("abcd"):
+        s.request(key, i)  # max_concurrency 1: one bucket
+    grants = drain(s, 0.0, 100.0)
+    assert [(g.key, g.at) for g in grants] == [("a", 0.0), ("b", 5.0), ("c", 10.0), ("d", 15.0)]
+
+
+def test_buckets_run_in_parallel_and_in_order() -> None:
+    # 32 shards with max_concurrency 16: shards 0-15 together, then 16-31 (protocol §9).
+    s = IdentifyScheduler[int](now=0.0, max_concurrency=16, interval=5.0, last_grants={})
+    for shard in range(32):
+        s.request(shard, shard)
+    first = s.poll(0.0)
+    assert [g.shard_id for g in first] == list(range(16))
+    assert s.next_deadline() == 5.0
+    assert [g.shard_id for g in s.poll(5.0)] == list(range(16, 32))
+
+
+def test_late_poll_paces_from_the_actual_grant() -> None:
+    s = IdentifyScheduler[str](now=0.0, interval=5.0, last_grants={})
+    s.request("a", 0)
+    s.request("b", 0)
+    assert [g.at for g in s.poll(1.5)] == [1.5]
+    assert s.next_deadline() == 6.5
+
+
+def test_cancelled_request_takes_no_slot() -> None:
+    s = IdentifyScheduler[str](now=0.0, interval=5.0, last_grants={})
+    for key in "abc":
+        s.request(key, 0)
+    assert [g.key for g in s.poll(0.0)] == ["a"]
+    assert s.cancel("b")
+    assert not s.cancel("a")  # already granted: too late, it counts
+    assert [(g.key, g.at) for g in s.poll(5.0)] == [("c", 5.0)]
+
+
+def test_undeliverable_grant_gives_the_slot_to_the_next_request() -> None:
+    s = IdentifyScheduler[str](now=0.0, interval=5.0, remaining=10, last_grants={})
+    for key in ("dead-1", "dead-2", "live"):
+        s.request(key, 0)
+    grants = s.poll(0.0, lambda g: not g.key.startswith("dead"))
+    assert [(g.key, g.at) for g in grants] == [("live", 0.0)]
+    assert s.remaining == 9
+    assert s.next_deadline() is None
+
+
+def test_duplicate_request_is_ignored() -> None:
+    s = IdentifyScheduler[str](now=0.0, last_grants={})
+    assert s.request("a", 3)
+    assert not s.request("a", 3)
+    assert len(s) == 1
+
+
+def test_budget_holds_grants_until_the_reset() -> None:
+    s = IdentifyScheduler[str](now=0.0, interval=1.0, remaining=2, total=5, reset_after=30.0,
+                               last_grants={})
+    for key in "abcd":
+        s.request(key, 0)
+    assert [g.key for g in drain(s, 0.0, 29.0)] == ["a", "b"]
+    assert s.remaining == 0
+    assert s.budget_exhausted()
+    assert s.next_deadline() == 30.0
+    assert [(g.key, g.at) for g in drain(s, 30.0, 31.0)] == [("c", 30.0), ("d", 31.0)]
+    assert s.remaining == 3
+    # The refilled window is assumed to open at its first grant.
+    assert s.reset_at == 30.0 + 86_400.0
+
+
+def test_budget_without_reset_time_waits_for_an_update() -> None:
+    s = IdentifyScheduler[str](now=0.0, remaining=0, last_grants={})
+    s.request("a", 0)
+    assert s.poll(10.0) == []
+    assert s.next_deadline() is None
+    s.update(10.0, remaining=1, reset_after=100.0)
+    assert [g.key for g in s.poll(10.0)] == ["a"]
+
+
+def test_budget_report_in_the_same_window_only_lowers_remaining() -> None:
+    s = IdentifyScheduler[str](now=0.0, remaining=10, total=10, reset_after=1000.0,
+                               last_grants={})
+    s.request("a", 0)
+    s.poll(0.0)
+    assert s.remaining == 9
+    # A /gateway/bot fetched before that grant still says 10: it lags, keep 9.
+    s.update(1.0, remaining=10, reset_after=999.0)
+    assert s.remaining == 9
+    s.update(2.0, remaining=4, reset_after=998.0)
+    assert s.remaining == 4
+    # A later reset time means a new window: believe it.
+    s.update(3.0, remaining=10, reset_after=5000.0)
+    assert s.remaining == 10
+    assert s.reset_at == 5003.0
+
+
+def test_max_concurrency_change_rebuckets_and_never_speeds_up() -> None:
+    s = IdentifyScheduler[int](now=0.0, max_concurrency=1, interval=5.0, last_grants={})
+    for shard in range(4):
+        s.request(shard, shard)
+    assert [g.shard_id for g in s.poll(0.0)] == [0]
+    s.update(1.0, max_concurrency=2)
+    # Every new bucket starts from the latest old grant (0.0): nothing before 5.0.
+    assert s.poll(4.9) == []
+    assert [g.shard_id for g in s.poll(5.0)] == [1, 2]
+    assert [g.shard_id for g in s.poll(10.0)] == [3]
+
+
+def test_invalid_limits_are_refused() -> None:
+    with pytest.raises(ValueError):
+        IdentifyScheduler[str](now=0.0, interval=0.0)
+    with pytest.raises(ValueError):
+        IdentifyScheduler[str](now=0.0, max_concurrency=0)
+    with pytest.raises(ValueError):
+        IdentifyScheduler[str](now=0.0, interval=math.nan)
+    s = IdentifyScheduler[str](now=0.0)
+    with pytest.raises(ValueError):
+        s.request("a", -1)
+
+
+def test_last_grants_round_trip() -> None:
+    s = IdentifyScheduler[int](now=0.0, max_concurrency=2, interval=5.0, last_grants={})
+    s.request(0, 0)
+    s.poll(3.0)
+    assert s.last_grants() == {0: 3.0}
+    t = IdentifyScheduler[int](now=4.0, max_concurrency=2, interval=5.0,
+                               last_grants=s.last_grants())
+    t.request(0, 0)
+    t.request(1, 1)
+    assert [g.shard_id for g in t.poll(4.0)] == [1]
+    assert t.next_deadline() == 8.0
+
+
+def test_held_grant_paces_the_bucket_from_its_release() -> None:
+    s = IdentifyScheduler[str](now=0.0, interval=5.0, last_grants={}, hold_limit=5.0)
+    s.request("a", 0)
+    s.request("b", 0)
+    assert [g.key for g in s.poll(0.0)] == ["a"]
+    assert list(s.holding()) == [("a", 0, 0.0)]
+    assert s.next_deadline() == 10.0  # held: assumed sent by its limit
+    assert s.release("a", 0.25)
+    assert not s.release("a", 0.5)  # once
+    assert s.next_deadline() == 5.25
+    assert s.poll(5.0) == []
+    assert [g.key for g in s.poll(5.25)] == ["b"]
+
+
+def test_holder_that_never_releases_counts_as_sent_at_its_limit() -> None:
+    s = IdentifyScheduler[str](now=0.0, interval=5.0, last_grants={}, hold_limit=2.0)
+    s.request("a", 0)
+    s.request("b", 0)
+    s.poll(0.0)
+    assert s.poll(6.999) == []
+    assert [g.at for g in s.poll(7.0)] == [7.0]
+
+
+def test_release_where_frees_a_gone_clients_holds_at_once() -> None:
+    s = IdentifyScheduler[tuple[str, int]](now=0.0, max_concurrency=2, interval=5.0,
+                                           last_grants={}, hold_limit=30.0)
+    s.request(("dead", 1), 0)
+    s.request(("live", 1), 1)
+    s.request(("live", 2), 0)
+    s.poll(0.0)
+    assert s.release_where(lambda k: k[0] == "dead", 1.0) == [("dead", 1)]
+    assert s.next_deadline() == 6.0
+    assert [g.key for g in s.poll(6.0)] == [("live", 2)]

@@ -1,0 +1,208 @@
+"""The limiter service end to end over real ZeroMQ ipc://, clients in this process.
+
+Grant times come from the service's own record (its clock, the event loop's), so the pace
+is measured where it is decided.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+
+from shardctl.cluster.limiter_service import LimiterEvent, LimiterServer
+from shardctl.ipc.limiter import LimiterClient
+
+pytestmark = pytest.mark.anyio
+
+INTERVAL = 0.1
+SLACK = 0.06  # scheduling and release latency on a busy 2-core machine; well under INTERVAL
+
+
+@pytest.fixture
+def endpoint() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="sls-") as d:
+        yield f"ipc://{Path(d) / 'l.sock'}"
+
+
+@asynccontextmanager
+async def serving(server: LimiterServer) -> AsyncIterator[LimiterServer]:
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.serve)
+        yield server
+        tg.cancel_scope.cancel()
+
+
+async def identify_all(client: LimiterClient, shards: list[int]) -> None:
+    async with anyio.create_task_group() as tg:
+        for shard in shards:
+            tg.start_soon(identify_one, client, shard)
+
+
+async def identify_one(client: LimiterClient, shard: int) -> None:
+    async with client.identify(shard):
+        pass
+
+
+def gaps(grants: list[LimiterEvent]) -> list[float]:
+    return [b.at - a.at for a, b in itertools.pairwise(grants)]
+
+
+async def test_clients_in_one_process_share_one_pace(endpoint: str) -> None:
+    server = LimiterServer(endpoint, interval=INTERVAL)
+    async with serving(server):
+        started = server.scheduler.last_grants()[0]  # a fresh limiter counts its start
+        async with (LimiterClient(endpoint) as a, LimiterClient(endpoint) as b,
+                    LimiterClient(endpoint) as c):
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(identify_all, a, [0, 1])
+                    tg.start_soon(identify_all, b, [2, 3])
+                    tg.start_soon(identify_all, c, [4, 5])
+    grants = server.grants()
+    assert sorted(g.shard_id or 0 for g in grants) == [0, 1, 2, 3, 4, 5]
+    assert grants[0].at - started >= INTERVAL  # one interval before the first grant
+    assert all(INTERVAL <= gap < INTERVAL + SLACK for gap in gaps(grants)), gaps(grants)
+
+
+async def test_buckets_grant_together(endpoint: str) -> None:
+    server = LimiterServer(endpoint, interval=INTERVAL, max_concurrency=4, last_grants={})
+    async with serving(server), LimiterClient(endpoint) as client:
+        with anyio.fail_after(5):
+            await identify_all(client, list(range(8)))
+    grants = server.grants()
+    assert {g.shard_id for g in grants[:4]} == {0, 1, 2, 3}
+    assert grants[3].at - grants[0].at < SLACK
+    assert INTERVAL <= grants[4].at - grants[0].at < INTERVAL + SLACK
+
+
+async def test_cancelled_waiter_wastes_no_slot(endpoint: str) -> None:
+    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={})
+    async with (serving(server), LimiterClient(endpoint) as client,
+                anyio.create_task_group() as tg):
+        with anyio.fail_after(5):
+            await identify_one(client, 0)  # granted at once: the bucket is busy for 0.1 s
+            waiter = anyio.CancelScope()
+
+            async def doomed() -> None:
+                with waiter:
+                    await identify_one(client, 1)
+
+            tg.start_soon(doomed)
+            tg.start_soon(identify_one, client, 2)
+            await server.wait_for(lambda: len(server.scheduler) == 2)
+            waiter.cancel()
+            await server.wait_for(lambda: len(server.grants()) == 2)
+    first, second = server.grants()
+    assert second.shard_id == 2
+    assert INTERVAL <= second.at - first.at < INTERVAL + SLACK
+
+
+async def test_closed_client_loses_its_queue_without_wasting_a_slot(endpoint: str) -> None:
+    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={})
+    async with serving(server), LimiterClient(endpoint) as survivor:
+        with anyio.fail_after(5):
+            async with LimiterClient(endpoint) as leaver:
+                await identify_one(leaver, 0)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(identify_all, leaver, [1, 2, 3])
+                    await server.wait_for(lambda: len(server.scheduler) == 3)
+                    tg.cancel_scope.cancel()  # not a clean cancel: the client just goes away
+                    # (its cancels may or may not leave before the socket closes)
+            await identify_all(survivor, [4, 5])
+    grants = server.grants()
+    assert [g.shard_id for g in grants] == [0, 4, 5]
+    assert all(INTERVAL <= gap < INTERVAL + SLACK for gap in gaps(grants)), gaps(grants)
+
+
+async def test_release_paces_the_next_grant(endpoint: str) -> None:
+    # The next grant of a bucket comes an interval after the holder is done, not after
+    # the grant: a slow IDENTIFY send cannot bring two IDENTIFYs closer than the interval.
+    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={}, hold_limit=1.0)
+    async with serving(server), LimiterClient(endpoint) as client:
+        with anyio.fail_after(5):
+
+            async def slow() -> None:
+                async with client.identify(0):
+                    await anyio.sleep(0.15)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(slow)
+                await server.wait_for(lambda: len(server.grants()) == 1)
+                tg.start_soon(identify_one, client, 1)
+    first, second = server.grants()
+    assert second.at - first.at >= 0.15 + INTERVAL
+
+
+async def test_max_concurrency_update_while_running(endpoint: str) -> None:
+    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={})
+    async with serving(server), LimiterClient(endpoint) as client:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(identify_all, client, [0, 1, 2, 3, 4])
+                # Change it once the first IDENTIFY is out (a held grant would count as
+                # sent at its hold limit, which is slower than this test wants to measure).
+                await server.wait_for(
+                    lambda: len(server.grants()) == 1 and not any(server.scheduler.holding()))
+                client.configure(max_concurrency=2)  # over the wire, like a supervisor would
+                await server.wait_for(lambda: server.scheduler.max_concurrency == 2)
+    grants = server.grants()
+    assert len(grants) == 5
+    # After the change two buckets run side by side, never sooner than an interval after
+    # the last grant made before it.
+    assert INTERVAL <= grants[1].at - grants[0].at < INTERVAL + SLACK
+    assert grants[2].at - grants[1].at < SLACK
+    assert {grants[1].bucket, grants[2].bucket} == {0, 1}
+
+
+async def test_empty_budget_holds_grants_and_says_until_when(
+    endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    server = LimiterServer(endpoint, interval=0.02, remaining=1, total=5, reset_after=0.4,
+                           last_grants={})
+    async with serving(server), LimiterClient(endpoint) as client:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(identify_all, client, [0, 1, 2])
+                await server.wait_for(lambda: len(server.scheduler) == 2)
+                assert server.scheduler.budget_exhausted()
+                assert "session start budget exhausted; next grant at 20" in caplog.text
+                assert len(server.grants()) == 1
+    first, second, _ = server.grants()
+    assert second.at - first.at >= 0.4 - 0.02  # held until the reset, then granted
+    assert server.scheduler.remaining == 3
+
+
+async def test_restarted_service_gets_the_waiting_requests_again(endpoint: str) -> None:
+    async with (LimiterClient(endpoint, ping_interval=0.05) as client,
+                anyio.create_task_group() as tg):
+        tg.start_soon(identify_one, client, 7)
+        first = LimiterServer(endpoint, interval=5.0)  # its start-up wait outlasts the test
+        async with serving(first):
+            with anyio.fail_after(5):
+                await first.wait_for(lambda: len(first.scheduler) == 1)
+        # The first limiter is gone, and the request with it; the client asks the next one.
+        second = LimiterServer(endpoint, interval=INTERVAL, last_grants={})
+        async with serving(second):
+            with anyio.fail_after(5):
+                await second.wait_for(lambda: len(second.grants()) == 1)
+        assert second.grants()[0].shard_id == 7
+
+
+async def test_idle_service_sleeps(endpoint: str) -> None:
+    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={})
+    async with serving(server), LimiterClient(endpoint) as client:
+        with anyio.fail_after(5):
+            await identify_all(client, [0, 1])
+            await server.wait_for(lambda: not any(server.scheduler.holding()))
+        cpu = time.process_time()
+        await anyio.sleep(0.5)  # nothing to do: neither end may spin meanwhile
+        assert time.process_time() - cpu < 0.2

@@ -1,0 +1,159 @@
+"""Both ends of the limiter channel over real ZeroMQ ipc://, the service driven by hand."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import pytest
+import zmq
+import zmq.asyncio
+
+from shardctl.ipc.limiter import (
+    Cancel,
+    LimiterClient,
+    LimiterService,
+    Ping,
+    Release,
+    Request,
+)
+from shardctl.worker.limiter import SessionLimiter
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def endpoint() -> Iterator[str]:
+    # tmp_path can be longer than the 107 bytes an ipc:// path may have.
+    with tempfile.TemporaryDirectory(prefix="slc-") as d:
+        yield f"ipc://{Path(d) / 'l.sock'}"
+
+
+M = TypeVar("M", Ping, Request, Cancel, Release)
+
+
+async def next_of(service: LimiterService, kind: type[M]) -> tuple[bytes, M]:
+    """The next message of ``kind`` (pings arrive whenever they like)."""
+    with anyio.fail_after(5):
+        while True:
+            peer, message = await service.receive()
+            if isinstance(message, kind):
+                return peer, message
+
+
+async def test_client_implements_the_session_limiter_protocol(endpoint: str) -> None:
+    async with LimiterClient(endpoint) as client:
+        assert isinstance(client, SessionLimiter)
+
+
+async def test_request_grant_release(endpoint: str) -> None:
+    async with LimiterService(endpoint) as service, LimiterClient(endpoint) as client:
+        entered = anyio.Event()
+        leave = anyio.Event()
+
+        async def shard() -> None:
+            async with client.identify(5):
+                entered.set()
+                await leave.wait()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(shard)
+            peer, request = await next_of(service, Request)
+            assert request == Request(client.client_id, request.req, 5)
+            assert not entered.is_set()
+            assert service.send_grant(peer, request.req, 5)
+            with anyio.fail_after(5):
+                await entered.wait()
+            leave.set()
+            _, release = await next_of(service, Release)
+            assert release == Release(client.client_id, request.req)
+
+
+async def test_cancelled_waiter_withdraws_its_request(endpoint: str) -> None:
+    async with LimiterService(endpoint) as service, LimiterClient(endpoint) as client:
+        async with anyio.create_task_group() as tg:
+
+            async def shard() -> None:
+                async with client.identify(1):
+                    pytest.fail("entered without a grant")
+
+            tg.start_soon(shard)
+            _, request = await next_of(service, Request)
+            tg.cancel_scope.cancel()
+        _, cancel = await next_of(service, Cancel)
+        assert cancel == Cancel(client.client_id, request.req)
+
+
+async def test_lost_request_is_sent_again_after_a_pong_without_it(endpoint: str) -> None:
+    async with (LimiterService(endpoint) as service,
+                LimiterClient(endpoint, ping_interval=0.05) as client,
+                anyio.create_task_group() as tg):
+        granted = anyio.Event()
+
+        async def shard() -> None:
+            async with client.identify(2):
+                granted.set()
+
+        tg.start_soon(shard)
+        _, first = await next_of(service, Request)
+        # Answer the next ping as a freshly restarted service would: nothing queued.
+        peer, ping = await next_of(service, Ping)
+        assert service.send_pong(peer, ping.seq, [])
+        peer, again = await next_of(service, Request)
+        assert again == first
+        # A pong that lists it causes no resend; a grant ends the wait.
+        peer, ping = await next_of(service, Ping)
+        service.send_pong(peer, ping.seq, [first.req])
+        service.send_grant(peer, first.req, 2)
+        with anyio.fail_after(5):
+            await granted.wait()
+
+
+async def test_waits_while_the_service_is_unreachable(endpoint: str) -> None:
+    async with LimiterClient(endpoint) as client, anyio.create_task_group() as tg:
+        granted = anyio.Event()
+
+        async def shard() -> None:
+            async with client.identify(0):
+                granted.set()
+
+        tg.start_soon(shard)
+        with anyio.move_on_after(0.3):
+            await granted.wait()
+        assert not granted.is_set()  # no service, no grant, no IDENTIFY
+        async with LimiterService(endpoint) as service:
+            peer, request = await next_of(service, Request)
+            service.send_grant(peer, request.req, 0)
+            with anyio.fail_after(5):
+                await granted.wait()
+
+
+async def test_malformed_messages_are_dropped_not_fatal(endpoint: str) -> None:
+    async with LimiterService(endpoint) as service:
+        raw = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+        raw.connect(endpoint)
+        try:
+            for frames in ([b"junk"], [b"SL1", b"request", b"{"], [b"SL9", b"ping", b"{}"],
+                           [b"SL1", b"ping", b'{"client":"ok","seq":1}']):
+                await raw.send_multipart(frames)
+            with anyio.fail_after(5):
+                _, message = await service.receive()
+            assert message == Ping("ok", 1)
+        finally:
+            raw.close(0)
+
+
+async def test_send_to_a_gone_peer_reports_failure(endpoint: str) -> None:
+    async with LimiterService(endpoint) as service:
+        async with LimiterClient(endpoint) as client:
+            peer, _ = await next_of(service, Ping)
+            assert service.probe(peer)
+            assert client.client_id
+        # No event says when the ROUTER has noticed the closed connection: poll for it.
+        with anyio.fail_after(5):
+            while service.probe(peer):  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        assert not service.send_grant(peer, 1, 1)

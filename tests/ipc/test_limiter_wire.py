@@ -1,0 +1,108 @@
+"""The SL1 limiter wire format: exact frames, round trips, and rejection of anything else."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shardctl.errors import ProtocolError
+from shardctl.ipc.limiter import (
+    Cancel,
+    ClientMessage,
+    Configure,
+    GrantMessage,
+    Ping,
+    Pong,
+    Probe,
+    Release,
+    Request,
+    ServiceMessage,
+    decode_client_message,
+    decode_service_message,
+    encode,
+)
+
+
+def test_frames_are_the_documented_contract() -> None:
+    assert encode(Request("c1", 7, 3)) == [b"SL1", b"request",
+                                           b'{"client":"c1","req":7,"shard":3}']
+    assert encode(GrantMessage(7, 3)) == [b"SL1", b"grant", b'{"req":7,"shard":3}']
+    assert encode(Pong(2, (7, 8))) == [b"SL1", b"pong", b'{"seq":2,"queued":[7,8]}']
+    assert encode(Configure("c1", remaining=5)) == [b"SL1", b"configure",
+                                                    b'{"client":"c1","remaining":5}']
+    assert encode(Probe()) == [b"SL1", b"probe", b"{}"]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [Ping("a", 0), Request("a.b:c-d_e", 2**53 - 1, 2**31 - 1), Cancel("x", 1), Release("x", 2),
+     Configure("x"), Configure("x", 16, 900, 1000, 51200.5)],
+)
+def test_client_messages_round_trip(message: ClientMessage) -> None:
+    assert decode_client_message(encode(message)) == message
+
+
+@pytest.mark.parametrize("message", [GrantMessage(1, 2), Pong(3, ()), Pong(4, (1, 2)), Probe()])
+def test_service_messages_round_trip(message: ServiceMessage) -> None:
+    assert decode_service_message(encode(message)) == message
+
+
+def test_unknown_fields_are_ignored() -> None:
+    frames = [b"SL1", b"request", b'{"client":"a","req":1,"shard":2,"future":true}']
+    assert decode_client_message(frames) == Request("a", 1, 2)
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [b"SL2", b"request", b'{"client":"a","req":1,"shard":2}'],
+        [b"SL1", b"request"],
+        [b"SL1", b"request", b"{}", b"extra"],
+        [b"SL1", b"nonsense", b'{"client":"a"}'],
+        [b"SL1", b"request", b"not json"],
+        [b"SL1", b"request", b"[1, 2]"],
+        [b"SL1", b"request", b'{"client":"a","req":1,"shard":-1}'],
+        [b"SL1", b"request", b'{"client":"a","req":1,"shard":true}'],
+        [b"SL1", b"request", b'{"client":"a","req":1.0,"shard":2}'],
+        [b"SL1", b"request", b'{"client":"","req":1,"shard":2}'],
+        [b"SL1", b"request", b'{"client":"a b","req":1,"shard":2}'],
+        [b"SL1", b"ping", b'{"client":"a","seq":9007199254740992}'],
+        [b"SL1", b"configure", b'{"client":"a","max_concurrency":0}'],
+        [b"SL1", b"configure", b'{"client":"a","reset_after":-1}'],
+        [b"SL1", b"grant", b'{"req":1,"shard":2}'],  # a service kind from a client
+    ],
+)
+def test_malformed_client_messages_are_refused(frames: list[bytes]) -> None:
+    with pytest.raises(ProtocolError):
+        decode_client_message(frames)
+
+
+@given(st.lists(st.binary(max_size=64), max_size=4))
+def test_any_bytes_decode_or_raise_protocol_error(frames: list[bytes]) -> None:
+    for decode in (decode_client_message, decode_service_message):
+        with contextlib.suppress(ProtocolError):
+            decode(frames)
+
+
+@given(
+    kind=st.sampled_from([b"ping", b"request", b"cancel", b"release", b"configure", b"grant",
+                          b"pong", b"probe"]),
+    body=st.dictionaries(
+        st.sampled_from(["client", "req", "shard", "seq", "queued", "remaining", "total",
+                         "max_concurrency", "reset_after"]),
+        st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
+                  st.text(max_size=70), st.lists(st.integers(), max_size=3)),
+    ),
+)
+def test_any_json_body_decodes_or_raises_protocol_error(
+    kind: bytes, body: dict[str, object]
+) -> None:
+    import json
+
+    frames = [b"SL1", kind, json.dumps(body).encode()]
+    for decode in (decode_client_message, decode_service_message):
+        with contextlib.suppress(ProtocolError):
+            decode(frames)
