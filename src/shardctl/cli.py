@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -260,3 +262,159 @@ def events_command(endpoint: str, types: tuple[str, ...], shards: tuple[int, ...
         # `shardctl events | head`: the reader left; exit quietly like other filters.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+
+
+# -- run command --------------------------------------------------------------------------
+
+#: Exit codes of ``shardctl run`` (README "Exit codes"); 2 is click's usage error.
+EXIT_ERROR = 1
+EXIT_AUTHENTICATION = 3
+EXIT_DISALLOWED_INTENTS = 4
+EXIT_SESSION_BUDGET = 5
+EXIT_GATEWAY_FATAL = 6
+EXIT_CRASH_LOOP = 7
+EXIT_DISCORD_UNAVAILABLE = 8
+
+
+def exit_code_for(error: BaseException) -> int:
+    """The documented exit code of a ShardctlError (checked most specific first)."""
+    from shardctl import errors
+    from shardctl.cluster.supervisor import CrashLoopError
+
+    table: list[tuple[type[BaseException], int]] = [
+        (errors.AuthenticationError, EXIT_AUTHENTICATION),
+        (errors.DisallowedIntentsError, EXIT_DISALLOWED_INTENTS),
+        (errors.SessionBudgetError, EXIT_SESSION_BUDGET),
+        (errors.GatewayFatalError, EXIT_GATEWAY_FATAL),
+        (CrashLoopError, EXIT_CRASH_LOOP),
+        (errors.ConfigurationError, 2),
+        (errors.DiscordError, EXIT_DISCORD_UNAVAILABLE),
+    ]
+    return next((code for cls, code in table if isinstance(error, cls)), EXIT_ERROR)
+
+
+def _leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+@main.command("run")
+@click.option("--token", envvar="DISCORD_TOKEN", default=None, show_envvar=True,
+              help="bot token; without one, shardctl runs against its built-in sandbox")
+@click.option("--api-url", envvar="SHARDCTL_API_URL", default=None, show_envvar=True,
+              help="REST base URL  [default: https://discord.com/api/v10]")
+@click.option("--processes", type=click.IntRange(min=1), default=None,
+              help="worker processes  [default: one per CPU core]")
+@click.option("--shards", default="auto", show_default=True, metavar="N|auto",
+              help="total shard count; auto = Discord's recommendation")
+@click.option("--shard-ids", default=None, metavar="A-B[,C]",
+              help="run only these shard ids (several instances of one bot)")
+@click.option("--intents", default="default", show_default=True, metavar="NUMBER|NAMES",
+              help="intents as a number or comma-separated names (default = all unprivileged)")
+@click.option("--compression", default="zlib-stream", show_default=True,
+              type=click.Choice(["zlib-stream", "zstd-stream", "none"]))
+@click.option("--identify-interval", type=float, default=5.0, show_default=True,
+              metavar="SECONDS", help="pace per identify bucket; below 5 only for a loopback API")
+@click.option("--events-endpoint", default=None, metavar="ENDPOINT",
+              help="where consumers subscribe  [default: ipc://<runtime dir>/events.sock]")
+@click.option("--control-endpoint", default=None, metavar="ENDPOINT",
+              help="the workers' control channel  [default: ipc://<runtime dir>/control.sock]")
+@click.option("--limiter", default=None, metavar="ENDPOINT",
+              help="use a shared `shardctl limiter` instead of the built-in one")
+@click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="sessions saved on stop, resumed on start "
+                   "[default: $XDG_STATE_HOME/shardctl/sessions.json]")
+@click.option("--ignore-session-start-limit", is_flag=True,
+              help="start even if the daily session budget cannot cover every IDENTIFY")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+def run_command(*, token: str | None, api_url: str | None, processes: int | None, shards: str,
+                shard_ids: str | None, intents: str, compression: str,
+                identify_interval: float, events_endpoint: str | None,
+                control_endpoint: str | None, limiter: str | None, state_file: Path | None,
+                ignore_session_start_limit: bool, log_level: str) -> None:
+    """Run a shard cluster: discover, plan, spawn workers, forward events until stopped.
+
+    SIGINT/SIGTERM stop gracefully: every shard closes resumably and the sessions are saved
+    to the state file, so the next start within a few minutes RESUMEs them.
+    """
+    import logging
+
+    import anyio
+
+    from shardctl.cluster import config as cfg
+    from shardctl.errors import ConfigurationError, ShardctlError
+
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    try:
+        options: dict[str, Any] = {
+            "shards": cfg.parse_shards(shards), "shard_ids": shard_ids,
+            "intents": cfg.parse_intents(intents),
+            "compression": cfg.parse_compression(compression),
+            "identify_interval": identify_interval, "events_endpoint": events_endpoint,
+            "control_endpoint": control_endpoint, "limiter": limiter, "state_file": state_file,
+            "ignore_session_start_limit": ignore_session_start_limit,
+        }
+        if processes is not None:
+            options["processes"] = processes
+        if api_url is not None:
+            options["api_url"] = api_url
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        anyio.run(_run_cluster, token, options, backend="asyncio")
+    except (ShardctlError, BaseExceptionGroup) as exc:
+        leaf = _leaf(exc)
+        if not isinstance(leaf, ShardctlError):
+            raise
+        click.echo(f"shardctl: error: {leaf}", err=True)
+        sys.exit(exit_code_for(leaf))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+async def _run_cluster(token: str | None, options: dict[str, Any]) -> None:
+    import anyio
+
+    from shardctl.cluster.config import RunConfig
+    from shardctl.cluster.supervisor import Supervisor
+
+    async with contextlib.AsyncExitStack() as stack:
+        if token is None:
+            token, api_url = await stack.enter_async_context(_demo_sandbox(options))
+            options = {**options, "api_url": api_url}
+        config = RunConfig(token=token, **options)
+        started = anyio.current_time()
+        async with Supervisor(config) as sup, anyio.create_task_group() as tg:
+            click.echo(f"shardctl: {len(sup.status())} shards over {len(sup.slots)} workers; "
+                       f"events on {sup.endpoints['events']}")
+
+            async def announce_ready() -> None:
+                await sup.wait_ready()
+                click.echo(f"shardctl: all {len(sup.status())} shards READY after "
+                           f"{anyio.current_time() - started:.1f} s")
+
+            tg.start_soon(announce_ready)
+            await sup.run()
+            tg.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _demo_sandbox(options: dict[str, Any]) -> Any:
+    """No token: the sandbox in this process, so a first run needs nothing from Discord."""
+    from shardctl.sandbox import Sandbox, SandboxConfig
+
+    click.echo("shardctl: no token set (DISCORD_TOKEN or --token): running against the "
+               "built-in sandbox, a local Discord emulator")
+    sandbox_config = SandboxConfig(
+        shard_count=8, max_concurrency=8, identify_interval=options["identify_interval"],
+        dispatch_rate=2.0, heartbeat_interval_ms=41250)
+    async with Sandbox(sandbox_config) as sb:
+        click.echo(f"shardctl: sandbox API at {sb.api_url}")
+        yield sandbox_config.token, sb.api_url
+
+
+if __name__ == "__main__":
+    main()

@@ -56,8 +56,8 @@ async def test_server_and_client_exchange_and_drop_garbage(tmp_path: Path) -> No
     from shardctl.ipc.control import ControlClient, ControlServer
 
     context = zmq.asyncio.Context()
-    server = ControlServer(context, f"ipc://{tmp_path}/control")
-    client = ControlClient(context, server.endpoint)
+    server = ControlServer(f"ipc://{tmp_path}/control", context=context)
+    client = ControlClient(server.endpoint, context=context)
     raw = context.socket(zmq.DEALER)
     raw.connect(server.endpoint)
     try:

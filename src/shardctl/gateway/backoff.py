@@ -11,9 +11,9 @@ import random
 from collections.abc import Iterator
 from typing import Final
 
-#: The first reconnect waits a random fraction of this (Discord expects a prompt
-#: reconnect after op 7, but a whole cluster should not reconnect in one instant).
-BACKOFF_FIRST: Final = 1.0
+#: The first reconnect waits a random fraction of this: prompt enough that an op 7 costs
+#: well under 100 ms, spread enough that a cluster-wide op 7 storm is not one instant.
+BACKOFF_FIRST: Final = 0.05
 #: Later attempts wait between half and all of ``first * factor ** n`` ...
 BACKOFF_FACTOR: Final = 2.0
 #: ... but never more than this.

@@ -375,6 +375,21 @@ class ShardMachine:
 
     # ------------------------------------------------------------------ driver inputs
 
+    def restore_session(self, session_id: str, resume_gateway_url: str, seq: int | None) -> None:
+        """Adopt a session another process ran (a respawned worker, a restarted cluster).
+
+        The next :meth:`start` RESUMEs it; if Discord no longer knows it, op 9 d:false
+        leads to a fresh IDENTIFY as usual.
+        """
+        if self._state is not ShardState.CLOSED:
+            raise IllegalTransition(f"restore_session() in state {self._state.value}")
+        if not session_id or not resume_gateway_url:
+            raise ValueError("a restored session needs a session_id and a resume_gateway_url")
+        self.session_id = session_id
+        self.resume_gateway_url = resume_gateway_url
+        self.seq = seq
+
+
     def start(self, now: float) -> Reconnect:
         """Begin connecting (``Shard.connect()``): RESUME if a session survived, else IDENTIFY."""
         del now

@@ -28,6 +28,7 @@ import zmq
 import zmq.asyncio
 
 from shardctl.errors import ProtocolError
+from shardctl.ipc import endpoints
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +76,23 @@ def decode(frames: Sequence[bytes]) -> ControlMessage:
 
 
 class ControlServer:
-    """The supervisor's end: a ROUTER that knows its peers by ZeroMQ identity."""
+    """The supervisor's end: a ROUTER that knows its peers by ZeroMQ identity.
 
-    def __init__(self, context: zmq.asyncio.Context, endpoint: str) -> None:
-        self._socket = context.socket(zmq.ROUTER)
+    Bound through :func:`shardctl.ipc.endpoints.bind` (locked ipc:// path, loopback tcp://)
+    for the life of the object; :meth:`close` releases it.
+    """
+
+    def __init__(self, endpoint: str, *, context: zmq.asyncio.Context | None = None) -> None:
+        self._socket = (context or zmq.asyncio.Context.instance()).socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
         # Commands to a worker that has gone away fail at once instead of queueing silently.
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self._socket.bind(endpoint)
-        self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._binding = endpoints.bind(self._socket, endpoint)
+        try:
+            self.endpoint = self._binding.__enter__()
+        except BaseException:
+            self._socket.close(linger=0)
+            raise
 
     async def receive(self) -> tuple[bytes, ControlMessage]:
         """The next well-formed message; malformed ones are logged and dropped."""
@@ -107,14 +116,16 @@ class ControlServer:
         return True
 
     def close(self) -> None:
-        self._socket.close(linger=0)
+        if not self._socket.closed:
+            self._binding.__exit__(None, None, None)
+            self._socket.close(linger=0)
 
 
 class ControlClient:
     """A worker's end: a DEALER connected to the supervisor's ROUTER."""
 
-    def __init__(self, context: zmq.asyncio.Context, endpoint: str) -> None:
-        self._socket = context.socket(zmq.DEALER)
+    def __init__(self, endpoint: str, *, context: zmq.asyncio.Context | None = None) -> None:
+        self._socket = (context or zmq.asyncio.Context.instance()).socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.connect(endpoint)
 

@@ -60,6 +60,9 @@ CLOSE_TIMEOUT: Final = 3.0
 CANCEL_CLOSE_CODE: Final = 4000
 
 Output: TypeAlias = Callable[["Shard", str, Any], Awaitable[None] | None]
+#: Called synchronously with every event as the machine emitted it, before ``output``: the
+#: worker's bus publisher reads the raw payload bytes from ``emit.frame`` (never re-encoded).
+RawOutput: TypeAlias = Callable[["Shard", Emit], None]
 Gateway: TypeAlias = str | Callable[["Shard"], str | Awaitable[str]]
 
 
@@ -157,7 +160,7 @@ class Shard:
         token: str,
         total_shard_count: int,
         gateway: Gateway,
-        output: Output,
+        output: Output | None,
         intents: int,
         transport_compression: bool | str = True,
         auto_reconnect: bool = True,
@@ -165,12 +168,14 @@ class Shard:
         large_threshold: int = 50,
         presence: Mapping[str, Any] | None = None,
         session_limiter: SessionLimiter | None = None,
+        raw_output: RawOutput | None = None,
     ) -> None:
         if not 0 <= id < total_shard_count:
             raise ConfigurationError(f"shard id {id} is outside 0..{total_shard_count - 1}")
         self._id = id
         self._gateway = gateway
         self._output = output
+        self._raw_output = raw_output
         self._limiter: SessionLimiter = session_limiter or LocalSessionLimiter()
         self._machine = ShardMachine(
             shard_id=id, shard_count=total_shard_count, token=token, intents=intents,
@@ -232,6 +237,12 @@ class Shard:
     @auto_reconnect.setter
     def auto_reconnect(self, value: bool) -> None:
         self._machine.auto_reconnect = value
+
+    def restore_session(self, session_id: str, resume_gateway_url: str,
+                        seq: int | None) -> None:
+        """Before :meth:`connect`: RESUME this session (run by another process) instead of
+        identifying; a session Discord no longer knows falls back to IDENTIFY."""
+        self._machine.restore_session(session_id, resume_gateway_url, seq)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -439,13 +450,18 @@ class Shard:
 
     async def _emit(self, action: Emit) -> None:
         name, data = action.name, action.data
+        if self._raw_output is not None:
+            try:
+                self._raw_output(self, action)
+            except Exception:
+                log.exception("shard %d: raw output failed for %s", self._id, name)
         if name == "GUILD_MEMBERS_CHUNK" and isinstance(data, dict):
             nonce = data.get("nonce")
             collector = self._collectors.get(nonce) if isinstance(nonce, str) else None
             if collector is not None:
                 collector.feed(data)
         try:
-            result = self._output(self, name, data)
+            result = self._output(self, name, data) if self._output is not None else None
             if inspect.isawaitable(result):
                 await result
         except Exception:

@@ -1,0 +1,602 @@
+"""The supervisor: one process that owns REST, the limiter, the bus and the workers.
+
+``async with Supervisor(token=...) as sup: await sup.run()``.  Entering discovers the gateway
+(``GET /gateway/bot``), plans shards over worker processes, refuses a start the session budget
+cannot pay for, binds every ZeroMQ endpoint, and spawns the workers.  While running it keeps,
+per shard, the session and the last sequence number it forwarded (DESIGN.md §7): a dead or
+frozen worker is respawned with those sessions and its shards RESUME, so consumers see every
+event exactly once.  A graceful stop closes every shard resumably and writes the sessions to
+the state file, so the next start RESUMEs instead of spending identifies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import signal
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectSendStream
+
+from shardctl import errors
+from shardctl.cluster import sessions as session_file
+from shardctl.cluster.config import RunConfig
+from shardctl.cluster.discovery import GatewayInfo, fetch_gateway_bot
+from shardctl.cluster.limiter_service import LimiterServer
+from shardctl.cluster.planner import parse_shard_ids, plan
+from shardctl.cluster.restarts import RestartPolicy
+from shardctl.cluster.sessions import SessionRecord
+from shardctl.cluster.workers import WorkerSlot, kill, spawn, worker_command
+from shardctl.gateway.sharding import shard_for
+from shardctl.ipc import endpoints
+from shardctl.ipc.assignment import Assignment, ShardAssignment
+from shardctl.ipc.bus import EventForwarder
+from shardctl.ipc.control import ControlMessage, ControlServer
+from shardctl.ipc.events import Event
+
+log = logging.getLogger(__name__)
+
+#: Close code for a graceful stop: not 1000/1001, so sessions stay resumable (protocol §7).
+RESUMABLE_CLOSE: Final = 4009
+#: How long workers get to close their shards and report before they are killed.
+STOP_TIMEOUT: Final = 15.0
+#: Commands wait this long for the worker's reply.
+COMMAND_TIMEOUT: Final = 10.0
+#: In-process event listeners get this much buffer before events are dropped (and counted).
+LISTENER_BUFFER: Final = 10_000
+
+Output = Callable[[Event], Any]
+
+
+class CrashLoopError(errors.ShardctlError):
+    """A worker died too often in too short a time; respawning it would burn identifies."""
+
+
+@dataclass(slots=True)
+class ShardStatus:
+    id: int
+    state: str = "pending"
+    worker: int = 0
+    pid: int | None = None
+    session_id: str | None = None
+    resume_gateway_url: str | None = None
+    seq: int | None = None
+    latency: float | None = None
+    guilds: int = 0
+    last_event: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReply:
+    """The outcome of a routed command: truthy when sent; unpacks as ``ok, error``."""
+
+    shard: int
+    ok: bool
+    error: str | None = None
+    value: Any = None
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __iter__(self) -> Any:
+        return iter((self.ok, self.error))
+
+
+class Supervisor:
+    """Runs a shard cluster; see the module docstring.
+
+    ``Supervisor(token=..., processes=4, ...)`` takes the fields of :class:`RunConfig` as
+    keywords (or a ready ``config``).  ``output`` is called with every event (an
+    :class:`~shardctl.ipc.events.Event`, in order per shard; may be async).
+    """
+
+    def __init__(self, config: RunConfig | None = None, /, *, output: Output | None = None,
+                 runtime_dir: Path | None = None, beat_interval: float = 1.0,
+                 liveness_timeout: float = 5.0,
+                 restart_policy: Callable[[], RestartPolicy] = RestartPolicy,
+                 **options: Any) -> None:
+        if config is None:
+            config = RunConfig(**options)
+        elif options:
+            config = replace(config, **options)
+        self.config = config
+        self._output = output
+        self._runtime_dir = runtime_dir
+        self._beat_interval = beat_interval
+        self._liveness_timeout = liveness_timeout
+        self._restart_policy = restart_policy
+        self.info: GatewayInfo | None = None
+        self.shard_count = 0
+        self.slots: list[WorkerSlot] = []
+        self._status: dict[int, ShardStatus] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._forwarder: EventForwarder | None = None
+        self._control: ControlServer | None = None
+        self.limiter: LimiterServer | None = None
+        self._listeners: list[tuple[frozenset[str] | None, MemoryObjectSendStream[Event]]] = []
+        self._replies: dict[str, tuple[anyio.Event, list[dict[str, Any]]]] = {}
+        self._stopping = False
+        self._stopped = anyio.Event()
+        self._failure: BaseException | None = None
+        self._changed = anyio.Event()
+        self.listener_drops = 0
+        self.endpoints: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return (f"<Supervisor shards={self.shard_count} workers={len(self.slots)} "
+                f"api={self.config.api_url!r}>")
+
+    # ------------------------------------------------------------------ start
+
+    async def __aenter__(self) -> Supervisor:
+        info = self.info = await fetch_gateway_bot(self.config.token,
+                                                   api_url=self.config.api_url)
+        self.shard_count = self.config.shards or info.shards
+        ids = (parse_shard_ids(self.config.shard_ids, self.shard_count)
+               if self.config.shard_ids else list(range(self.shard_count)))
+        saved = session_file.load(self.state_file, self.config.token, self.shard_count)
+        resumable = {i: saved[i] for i in ids if i in saved}
+        self._check_budget(info, len(ids) - len(resumable))
+        self.slots = [WorkerSlot(i, shard_ids, policy=self._restart_policy())
+                      for i, shard_ids in enumerate(plan(ids, self.config.processes))]
+        for slot in self.slots:
+            for shard_id in slot.shard_ids:
+                self._status[shard_id] = ShardStatus(shard_id, worker=slot.index)
+        for record in resumable.values():
+            status = self._status[record.shard_id]
+            status.session_id, status.seq = record.session_id, record.seq
+            status.resume_gateway_url = record.resume_gateway_url
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        try:
+            await self._start_services(tg, info, resumable)
+            for slot in self.slots:
+                tg.start_soon(self._watch, slot)
+            tg.start_soon(self._beat_loop)
+        except BaseException:
+            tg.cancel_scope.cancel()
+            with contextlib.suppress(BaseException):
+                await tg.__aexit__(None, None, None)
+            self._close_sockets()
+            raise
+        log.info("supervisor: %d shards (%s of %d) over %d workers; events on %s",
+                 len(ids), self.config.shard_ids or "all", self.shard_count, len(self.slots),
+                 self.endpoints["events"])
+        return self
+
+    @property
+    def state_file(self) -> Path:
+        return self.config.state_file or session_file.default_state_file()
+
+    def _check_budget(self, info: GatewayInfo, must_identify: int) -> None:
+        limit = info.session_start_limit
+        if limit.remaining >= must_identify:
+            return
+        message = (
+            f"the session start budget cannot cover this start: {must_identify} shards must "
+            f"IDENTIFY but only {limit.remaining} of {limit.total} session starts remain; the "
+            f"budget resets in {limit.reset_after / 3600:.1f} h. Wait for the reset, resume "
+            "from a state file, or pass --ignore-session-start-limit (Discord resets the token "
+            "of a bot that goes over)")
+        if not self.config.ignore_session_start_limit:
+            raise errors.SessionBudgetError(message)
+        log.warning("%s -- ignored as requested", message)
+
+    async def _start_services(self, tg: anyio.abc.TaskGroup, info: GatewayInfo,
+                              resumable: Mapping[int, SessionRecord]) -> None:
+        run_dir = endpoints.runtime_dir(self._runtime_dir)
+        limit = info.session_start_limit
+        limiter_ep = self.config.limiter
+        if limiter_ep is None:
+            self.limiter = LimiterServer(
+                endpoints.ipc_endpoint("limiter.sock", run_dir),
+                max_concurrency=limit.max_concurrency, interval=self.config.identify_interval,
+                remaining=limit.remaining, total=limit.total, reset_after=limit.reset_after)
+            limiter_ep = await tg.start(self.limiter.serve)
+        forwarder = self._forwarder = EventForwarder(
+            endpoints.ipc_endpoint("events-in.sock", run_dir),
+            self.config.events_endpoint or endpoints.ipc_endpoint("events.sock", run_dir),
+            # A slow consumer must not stall the cluster: it loses events at its high-water
+            # mark and sees the loss as bus_seq gaps (DESIGN.md §3).
+            nodrop=False, on_batch=self._on_batch if self._wants_events() else None)
+        forwarder.last_seq.update({r.shard_id: r.seq for r in resumable.values()})
+        await tg.start(forwarder.run)
+        self._control = ControlServer(
+            self.config.control_endpoint or endpoints.ipc_endpoint("control.sock", run_dir))
+        tg.start_soon(self._control_loop, self._control)
+        self.endpoints = {"limiter": limiter_ep, "events": forwarder.outbound,
+                          "events_in": forwarder.inbound, "control": self._control.endpoint}
+        if self._output is not None:
+            tg.start_soon(self._feed_output, self._output)
+
+    def _wants_events(self) -> bool:
+        return self._output is not None or bool(self._listeners)
+
+    # ------------------------------------------------------------------ run and stop
+
+    async def run(self) -> None:
+        """Run until SIGINT/SIGTERM, :meth:`stop`, or a fatal error (raised here)."""
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+                async def on_signal() -> None:
+                    async for signum in signals:
+                        log.info("supervisor: %s received; stopping",
+                                 signal.Signals(signum).name)
+                        await self.stop()
+                        return
+
+                tg.start_soon(on_signal)
+                await self._stopped.wait()
+                tg.cancel_scope.cancel()
+        if self._failure is not None:
+            raise self._failure
+
+    async def stop(self, code: int = RESUMABLE_CLOSE) -> None:
+        """Close every shard with ``code`` (resumable by default), save sessions, stop."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._stop_workers(code)
+                self._save_sessions(code)
+        finally:
+            self._stopped.set()
+
+    async def _stop_workers(self, code: int) -> None:
+        control = self._control
+        for slot in self.slots:
+            if control is not None and slot.peer is not None and slot.alive:
+                await control.send(slot.peer, "stop", {"code": code})
+        with anyio.move_on_after(STOP_TIMEOUT):
+            for slot in self.slots:
+                if slot.process is not None:
+                    await slot.process.wait()
+            # The workers flushed before exiting; wait until their last events are through.
+            await self._wait_for(self._drained)
+        for slot in self.slots:
+            if slot.alive:
+                log.warning("supervisor: worker %d did not stop in time; killing it", slot.index)
+                kill(slot)
+
+    def _drained(self) -> bool:
+        forwarder = self._forwarder
+        if forwarder is None:
+            return True
+        return all(s.seq is None or forwarder.last_seq.get(s.id, 0) >= s.seq
+                   for s in self._status.values() if s.session_id)
+
+    def _save_sessions(self, code: int) -> None:
+        if code in (1000, 1001):
+            records: dict[int, SessionRecord] = {}  # those codes end the sessions
+        else:
+            records = {r.shard_id: r for r in self._resumable_sessions()}
+        try:
+            session_file.save(self.state_file, self.config.token, self.shard_count, records)
+            log.info("supervisor: %d sessions saved to %s", len(records), self.state_file)
+        except OSError as exc:
+            log.error("supervisor: could not write the state file %s: %s", self.state_file, exc)
+
+    def _resumable_sessions(self) -> list[SessionRecord]:
+        forwarder = self._forwarder
+        out = []
+        for status in self._status.values():
+            seq = forwarder.last_seq.get(status.id) if forwarder is not None else None
+            if status.session_id and status.resume_gateway_url and seq is not None:
+                out.append(SessionRecord(status.id, status.session_id,
+                                         status.resume_gateway_url, seq))
+        return out
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+        tg, self._tg = self._tg, None
+        try:
+            if tg is not None:
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(None, None, None)
+        finally:
+            self._close_sockets()
+            for _, stream in self._listeners:
+                stream.close()
+
+    def _close_sockets(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+
+    def _fail(self, error: BaseException) -> None:
+        """A cluster-wide fatal error: remember it, stop everything, raise it from run()."""
+        if self._failure is None:
+            self._failure = error
+            log.error("supervisor: %s", error)
+        if self._tg is not None and not self._stopping:
+            self._tg.start_soon(self.stop)
+
+    # ------------------------------------------------------------------ workers
+
+    async def _watch(self, slot: WorkerSlot) -> None:
+        assert self._control is not None
+        command = worker_command(self._control.endpoint, slot.index)
+        while not self._stopping:
+            await spawn(slot, command, now=anyio.current_time())
+            assert slot.process is not None
+            returncode = await slot.process.wait()
+            self._mark_worker_gone(slot)
+            if self._stopping:
+                return
+            delay = slot.policy.record(anyio.current_time())
+            if delay is None:
+                self._fail(CrashLoopError(
+                    f"worker {slot.index} exited {slot.policy.max_restarts} times within "
+                    f"{slot.policy.window:g} s (last exit code {returncode}); stopping instead "
+                    "of respawning it again"))
+                return
+            slot.restarts += 1
+            log.warning("supervisor: worker %d (pid %s) exited with %s; respawning (restart %d)",
+                        slot.index, slot.pid, returncode, slot.restarts)
+            await anyio.sleep(delay)
+
+    def _mark_worker_gone(self, slot: WorkerSlot) -> None:
+        slot.peer = None
+        for shard_id in slot.shard_ids:
+            status = self._status[shard_id]
+            if status.state != "failed":
+                status.state = "worker lost"
+        self._notify()
+
+    async def _beat_loop(self) -> None:
+        while True:
+            await anyio.sleep(self._beat_interval)
+            now = anyio.current_time()
+            for slot in self.slots:
+                if not slot.alive:
+                    continue
+                if now - slot.last_beat > self._liveness_timeout:
+                    # Frozen (SIGSTOP, deadlock): SIGKILL it; _watch respawns it.
+                    log.warning("supervisor: worker %d (pid %s) missed its liveness beats for "
+                                "%.1f s; killing it", slot.index, slot.pid, now - slot.last_beat)
+                    kill(slot)
+                elif slot.peer is not None and self._control is not None:
+                    await self._control.send(slot.peer, "beat")
+
+    def _assignment(self, slot: WorkerSlot) -> Assignment:
+        assert self.info is not None
+        shards = []
+        for shard_id in slot.shard_ids:
+            status = self._status[shard_id]
+            seq = self._forwarder.last_seq.get(shard_id) if self._forwarder else None
+            if status.session_id and status.resume_gateway_url and seq is not None:
+                shards.append(ShardAssignment(shard_id, status.session_id,
+                                              status.resume_gateway_url, seq))
+            else:
+                shards.append(ShardAssignment(shard_id))
+        return Assignment(
+            token=self.config.token, gateway_url=self.info.url, shard_count=self.shard_count,
+            intents=int(self.config.intents), compression=self.config.compression,
+            limiter=self.endpoints["limiter"], events=self.endpoints["events_in"],
+            shards=tuple(shards), large_threshold=self.config.large_threshold,
+            beat_interval=self._beat_interval,
+            supervisor_timeout=max(10.0, self._liveness_timeout * 2))
+
+    # ------------------------------------------------------------------ control channel
+
+    async def _control_loop(self, control: ControlServer) -> None:
+        while True:
+            peer, message = await control.receive()
+            try:
+                await self._handle(control, peer, message)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("supervisor: dropped an invalid %s message: %s", message.kind, exc)
+
+    async def _handle(self, control: ControlServer, peer: bytes,
+                      message: ControlMessage) -> None:
+        kind, body = message.kind, message.body
+        if kind == "register":
+            slot = self._slot_for_registration(body)
+            if slot is None:
+                log.warning("supervisor: a worker registered for no known slot: %r", body)
+                return
+            slot.peer, slot.last_beat = peer, anyio.current_time()
+            await control.send(peer, "assign", self._assignment(slot).to_body())
+            return
+        slot = next((s for s in self.slots if s.peer == peer), None)
+        if slot is None:
+            return  # a worker we already replaced, or a stranger
+        slot.last_beat = anyio.current_time()
+        if kind == "state":
+            self._on_state(slot, body)
+        elif kind == "reply":
+            waiter = self._replies.get(str(body["id"]))
+            if waiter is not None:
+                waiter[1].append(body)
+                waiter[0].set()
+
+    def _slot_for_registration(self, body: dict[str, Any]) -> WorkerSlot | None:
+        index, pid = body.get("worker"), body.get("pid")
+        if not isinstance(index, int) or not 0 <= index < len(self.slots):
+            return None
+        slot = self.slots[index]
+        # Only the process we spawned for this slot may take it.
+        return slot if slot.pid == pid else None
+
+    def _on_state(self, slot: WorkerSlot, body: dict[str, Any]) -> None:
+        for item in body["shards"]:
+            shard_id = int(item["id"])
+            status = self._status.get(shard_id)
+            if status is None or shard_id not in slot.shard_ids:
+                continue
+            status.state = str(item["state"])
+            status.pid = slot.pid
+            status.seq = item.get("seq")
+            status.latency = item.get("latency")
+            status.guilds = int(item.get("guilds") or 0)
+            status.last_event = item.get("last_event")
+            if item.get("session_id"):
+                status.session_id = item["session_id"]
+                status.resume_gateway_url = item.get("resume_gateway_url")
+            elif status.state == "ready":
+                status.session_id = status.resume_gateway_url = None
+            error = item.get("error")
+            if isinstance(error, dict):
+                status.error = str(error.get("message"))
+                self._fail(_fatal_from_report(error))
+        self._notify()
+
+    # ------------------------------------------------------------------ events in-process
+
+    def _on_batch(self, events: Sequence[Event]) -> None:
+        for types, stream in self._listeners:
+            for event in events:
+                if types is None or event.type in types:
+                    try:
+                        stream.send_nowait(event)
+                    except anyio.WouldBlock:
+                        self.listener_drops += 1
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        break
+
+    @contextlib.asynccontextmanager
+    async def _listen(self, types: frozenset[str] | None) -> AsyncIterator[AsyncIterator[Event]]:
+        send, receive = anyio.create_memory_object_stream[Event](LISTENER_BUFFER)
+        entry = (types, send)
+        self._listeners.append(entry)
+        if self._forwarder is not None:
+            self._forwarder.on_batch = self._on_batch
+        try:
+            async with receive:
+                yield receive
+        finally:
+            self._listeners.remove(entry)
+            send.close()
+            if self._forwarder is not None and not self._wants_events():
+                self._forwarder.on_batch = None
+
+    async def events(self, *types: str) -> AsyncIterator[Event]:
+        """``async for event in sup.events("MESSAGE_CREATE", ...)``: every type if none."""
+        async with self._listen(frozenset(types) if types else None) as stream:
+            async for event in stream:
+                yield event
+
+    async def _feed_output(self, output: Output) -> None:
+        async with self._listen(None) as stream:
+            async for event in stream:
+                try:
+                    result = output(event)
+                    if hasattr(result, "__await__"):
+                        await result
+                except Exception:
+                    log.exception("supervisor: the output callback failed on %s", event.type)
+
+    # ------------------------------------------------------------------ commands and status
+
+    def status(self) -> list[ShardStatus]:
+        """Every shard's last reported state, latency, seq, worker pid and guild count."""
+        return [replace(s) for s in sorted(self._status.values(), key=lambda s: s.id)]
+
+    async def wait_until(self, predicate: Callable[[list[ShardStatus]], bool]) -> None:
+        """Wait until ``predicate(status())`` holds (re-checked on every state report)."""
+        await self._wait_for(lambda: predicate(self.status()))
+
+    async def wait_subscribed(self, prefix: bytes = b"") -> None:
+        """Return once a consumer holds this subscription (b"" = everything)."""
+        assert self._forwarder is not None
+        await self._forwarder.wait_subscribed(prefix)
+
+    async def wait_ready(self) -> None:
+        await self.wait_until(lambda shards: all(s.state == "ready" for s in shards))
+
+    async def _wait_for(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            if self._failure is not None:
+                raise self._failure
+            await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def update_status(self, presence: Mapping[str, Any], shard_id: int | None = None
+                            ) -> list[CommandReply]:
+        """Op 3 on one shard, or on every shard (None)."""
+        targets = [shard_id] if shard_id is not None else sorted(self._status)
+        async with anyio.create_task_group() as tg:
+            replies: list[CommandReply] = []
+
+            async def one(target: int) -> None:
+                replies.append(await self._command(target, "update_status",
+                                                   {"presence": dict(presence)}))
+
+            for target in targets:
+                tg.start_soon(one, target)
+        return sorted(replies, key=lambda r: r.shard)
+
+    async def update_voice(self, guild_id: int | str, channel_id: int | str | None,
+                           self_mute: bool = False, self_deaf: bool = False) -> CommandReply:
+        channel = None if channel_id is None else str(channel_id)
+        return await self._command(self.shard_of(guild_id), "update_voice", {
+            "guild_id": str(guild_id), "channel_id": channel,
+            "self_mute": self_mute, "self_deaf": self_deaf})
+
+    async def request_guild_members(self, guild_id: int | str, **options: Any) -> CommandReply:
+        return await self._command(self.shard_of(guild_id), "request_guild_members",
+                                   {"guild_id": str(guild_id), **options})
+
+    async def fetch_guild_members(self, guild_id: int | str, **options: Any) -> CommandReply:
+        """All member chunks of one request, collected by its nonce in the owning worker."""
+        return await self._command(self.shard_of(guild_id), "fetch_guild_members",
+                                   {"guild_id": str(guild_id), **options},
+                                   wait=COMMAND_TIMEOUT + float(options.get("timeout", 30.0)))
+
+    def shard_of(self, guild_id: int | str) -> int:
+        """The shard that owns a guild: ``(guild_id >> 22) % shard_count``."""
+        return shard_for(guild_id, self.shard_count)
+
+    async def _command(self, shard_id: int, name: str, args: dict[str, Any], *,
+                       wait: float = COMMAND_TIMEOUT) -> CommandReply:
+        status = self._status.get(shard_id)
+        if status is None:
+            return CommandReply(shard_id, False, f"shard {shard_id} is not run by this cluster")
+        slot = self.slots[status.worker]
+        if slot.peer is None or self._control is None:
+            return CommandReply(shard_id, False, f"the worker of shard {shard_id} is not running")
+        command_id = secrets.token_hex(8)
+        done, box = anyio.Event(), list[dict[str, Any]]()
+        self._replies[command_id] = (done, box)
+        try:
+            sent = await self._control.send(slot.peer, "command", {
+                "id": command_id, "shard": shard_id, "name": name, "args": args})
+            if not sent:
+                return CommandReply(shard_id, False, f"the worker of shard {shard_id} is gone")
+            with anyio.move_on_after(wait):
+                await done.wait()
+        finally:
+            del self._replies[command_id]
+        if not box:
+            return CommandReply(shard_id, False, f"no reply from shard {shard_id} in {wait:g} s")
+        reply = box[0]
+        return CommandReply(shard_id, bool(reply.get("ok")), reply.get("error"),
+                            reply.get("value"))
+
+
+_FATAL_KINDS: Final[dict[str, type[errors.DiscordError]]] = {
+    cls.__name__: cls for cls in (
+        errors.AuthenticationError, errors.DisallowedIntentsError, errors.InvalidIntentsError,
+        errors.ShardingError, errors.GatewayFatalError)
+}
+
+
+def _fatal_from_report(error: Mapping[str, Any]) -> errors.ShardctlError:
+    cls = _FATAL_KINDS.get(str(error.get("kind")), errors.GatewayFatalError)
+    code = error.get("code")
+    return cls(str(error.get("message")), code=code if isinstance(code, int) else None)

@@ -1,0 +1,102 @@
+"""The ``assign`` body of the control channel: what a worker is told to run.
+
+The supervisor sends everything a worker needs in one message, so a worker is stateless
+apart from its sockets (DESIGN.md §1): which shards, with which sessions to RESUME, and where
+the limiter and the event bus are.  The token travels here, over a private channel (a 0700
+ipc:// directory, or CURVE across hosts); it is never logged and kept out of the repr.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from shardctl.errors import ProtocolError
+
+
+@dataclass(frozen=True, slots=True)
+class ShardAssignment:
+    id: int
+    session_id: str | None = None
+    resume_gateway_url: str | None = None
+    seq: int | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        return {"id": self.id, "session_id": self.session_id,
+                "resume_gateway_url": self.resume_gateway_url, "seq": self.seq}
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    token: str = field(repr=False)
+    gateway_url: str
+    shard_count: int
+    intents: int
+    compression: str | None
+    limiter: str
+    events: str
+    shards: tuple[ShardAssignment, ...]
+    large_threshold: int = 50
+    presence: dict[str, Any] | None = None
+    #: Seconds between liveness beats, and how long without a word from the supervisor
+    #: before this worker gives up (closing its shards resumably) and exits.
+    beat_interval: float = 1.0
+    supervisor_timeout: float = 10.0
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "token": self.token, "gateway_url": self.gateway_url,
+            "shard_count": self.shard_count, "intents": self.intents,
+            "compression": self.compression, "limiter": self.limiter, "events": self.events,
+            "shards": [s.to_body() for s in self.shards],
+            "large_threshold": self.large_threshold, "presence": self.presence,
+            "beat_interval": self.beat_interval, "supervisor_timeout": self.supervisor_timeout,
+        }
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Assignment:
+        try:
+            shards = tuple(
+                ShardAssignment(_int(s["id"]), _opt_str(s.get("session_id")),
+                                _opt_str(s.get("resume_gateway_url")), _opt_int(s.get("seq")))
+                for s in body["shards"])
+            compression = _opt_str(body.get("compression"))
+            presence = body.get("presence")
+            if presence is not None and not isinstance(presence, dict):
+                raise TypeError("presence")
+            return cls(
+                token=_str(body["token"]), gateway_url=_str(body["gateway_url"]),
+                shard_count=_int(body["shard_count"]), intents=_int(body["intents"]),
+                compression=compression, limiter=_str(body["limiter"]),
+                events=_str(body["events"]), shards=shards,
+                large_threshold=_int(body.get("large_threshold", 50)), presence=presence,
+                beat_interval=_num(body.get("beat_interval", 1.0)),
+                supervisor_timeout=_num(body.get("supervisor_timeout", 10.0)))
+        except (KeyError, TypeError) as exc:
+            raise ProtocolError(f"malformed assignment (field {exc})") from None
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(type(value).__name__)
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else _str(value)
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(type(value).__name__)
+    return value
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else _int(value)
+
+
+def _num(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise TypeError(repr(value))
+    return float(value)

@@ -1,0 +1,275 @@
+"""The worker process: runs the shards the supervisor assigns, in one anyio event loop.
+
+Three channels connect it to the supervisor (DESIGN.md §3): control (register, assignment,
+liveness beats both ways, state reports, commands), the limiter (one client shared by every
+shard here), and the event bus (every dispatch and lifecycle event, batched).  A worker keeps
+nothing durable: if it dies, the supervisor respawns it with the sessions of its shards and
+they RESUME from the last sequence number the supervisor forwarded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+
+from shardctl.errors import GatewayFatalError, ProtocolError
+from shardctl.gateway.machine import DISCONNECT, Emit
+from shardctl.gateway.sharding import shard_for
+from shardctl.ipc.assignment import Assignment
+from shardctl.ipc.bus import EventPublisher
+from shardctl.ipc.control import ControlClient, ControlMessage
+from shardctl.ipc.events import lifecycle_payload
+from shardctl.ipc.limiter import LimiterClient
+from shardctl.worker.shard import CommandResult, Shard
+
+log = logging.getLogger(__name__)
+
+#: How long a fresh worker waits for its assignment before giving up.
+ASSIGN_TIMEOUT: Final = 30.0
+#: On a stop, how long shards get to close and events to drain.
+STOP_TIMEOUT: Final = 10.0
+#: Close code for a stop: not 1000/1001, so every session stays resumable (protocol §7).
+RESUMABLE_CLOSE: Final = 4009
+
+EXIT_OK: Final = 0
+EXIT_SUPERVISOR_LOST: Final = 3
+EXIT_BAD_ASSIGNMENT: Final = 4
+
+#: Bus name of lacord's DISCONNECT output event (DESIGN.md §4).
+BUS_NAMES: Final = {DISCONNECT: "SHARD_DISCONNECT"}
+
+
+class _ShardInfo:
+    """What the worker tracks per shard beyond the Shard itself: guilds and failures."""
+
+    __slots__ = ("error", "guilds", "last_event")
+
+    def __init__(self) -> None:
+        self.guilds: set[str] = set()
+        self.error: dict[str, Any] | None = None
+        self.last_event: float | None = None
+
+
+class Worker:
+    def __init__(self, control_endpoint: str, index: int | None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._control = ControlClient(control_endpoint)
+        self._index = index
+        self._clock = clock
+        self._shards: dict[int, Shard] = {}
+        self._info: dict[int, _ShardInfo] = {}
+        self._publisher: EventPublisher | None = None
+        self._report_now = anyio.Event()
+        self._last_heard = clock()
+        self._exit_code = EXIT_OK
+
+    async def run(self) -> int:
+        try:
+            await self._control.send("register", {"worker": self._index, "pid": os.getpid()})
+            try:
+                assignment = await self._await_assignment()
+            except (TimeoutError, ProtocolError) as exc:
+                log.error("worker %s: no usable assignment: %s", self._index, exc)
+                return EXIT_BAD_ASSIGNMENT
+            await self._serve(assignment)
+            return self._exit_code
+        finally:
+            self._control.close()
+
+    async def _await_assignment(self) -> Assignment:
+        with anyio.fail_after(ASSIGN_TIMEOUT):
+            while True:
+                message = await self._control.receive()
+                if message.kind == "assign":
+                    return Assignment.from_body(message.body)
+
+    async def _serve(self, assignment: Assignment) -> None:
+        publisher = self._publisher = EventPublisher(assignment.events)
+        async with anyio.create_task_group() as tg:
+            await tg.start(publisher.run)
+            async with LimiterClient(assignment.limiter) as limiter, \
+                    anyio.create_task_group() as shards_tg:
+                for spec in assignment.shards:
+                    shard = Shard(
+                        id=spec.id, token=assignment.token,
+                        total_shard_count=assignment.shard_count,
+                        gateway=assignment.gateway_url, output=None,
+                        intents=assignment.intents,
+                        transport_compression=assignment.compression or False,
+                        large_threshold=assignment.large_threshold,
+                        presence=assignment.presence, session_limiter=limiter,
+                        raw_output=self._on_event)
+                    if spec.session_id and spec.resume_gateway_url:
+                        shard.restore_session(spec.session_id, spec.resume_gateway_url,
+                                              spec.seq)
+                    self._shards[spec.id] = shard
+                    self._info[spec.id] = _ShardInfo()
+                    shards_tg.start_soon(self._run_shard, shard)
+                tg.start_soon(self._beat, assignment)
+                tg.start_soon(self._report_loop, assignment.beat_interval)
+                code = await self._until_stopped(shards_tg, assignment)
+                await self._stop_shards(code)
+            # Every shard has closed: publish what is left, report the final seqs, leave.
+            with anyio.move_on_after(STOP_TIMEOUT):
+                await publisher.flush()
+            await self._report()
+            tg.cancel_scope.cancel()
+
+    async def _run_shard(self, shard: Shard) -> None:
+        try:
+            await shard.connect()
+        except GatewayFatalError as exc:
+            # Fatal closes (4004, 4010-4014) stop this shard and tell the supervisor, which
+            # stops the cluster with the same error: never a reconnect loop.
+            self._info[shard.id].error = {"kind": type(exc).__name__, "message": str(exc),
+                                          "code": exc.code}
+            self._report_now.set()
+
+    def _on_event(self, shard: Shard, emit: Emit) -> None:
+        publisher = self._publisher
+        assert publisher is not None
+        frame = emit.frame
+        info = self._info[shard.id]
+        info.last_event = time.time()
+        if frame is not None:
+            publisher.publish(shard.id, emit.name, frame.s, frame.raw)
+            if emit.name in _GUILD_EVENTS:
+                _track_guilds(info.guilds, emit.name, emit.data)
+            return
+        publisher.publish(shard.id, BUS_NAMES.get(emit.name, emit.name), None,
+                          lifecycle_payload(emit.data))
+        self._report_now.set()
+
+    async def _until_stopped(self, shards_tg: anyio.abc.TaskGroup, assignment: Assignment
+                             ) -> int:
+        """The close code to stop with: the supervisor's word, or ours on SIGTERM."""
+        code = RESUMABLE_CLOSE
+        async with anyio.create_task_group() as tg:
+            async def on_sigterm() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        log.info("worker %s: SIGTERM; closing shards resumably", self._index)
+                        tg.cancel_scope.cancel()
+                        return
+
+            async def control() -> None:
+                nonlocal code
+                code = await self._control_loop(shards_tg, assignment)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(on_sigterm)
+            tg.start_soon(control)
+        return code
+
+    async def _control_loop(self, shards_tg: anyio.abc.TaskGroup, assignment: Assignment
+                            ) -> int:
+        """Serve the supervisor until it says stop (its close code) or goes silent."""
+        while True:
+            with anyio.move_on_after(assignment.supervisor_timeout) as scope:
+                message = await self._control.receive()
+            if scope.cancelled_caught:
+                log.error("worker %s: nothing from the supervisor for %.0f s; stopping",
+                          self._index, assignment.supervisor_timeout)
+                self._exit_code = EXIT_SUPERVISOR_LOST
+                return RESUMABLE_CLOSE
+            self._last_heard = self._clock()
+            if message.kind == "stop":
+                code = message.body.get("code", RESUMABLE_CLOSE)
+                return code if isinstance(code, int) else RESUMABLE_CLOSE
+            if message.kind == "command":
+                shards_tg.start_soon(self._command, message)
+
+    async def _stop_shards(self, code: int) -> None:
+        with anyio.move_on_after(STOP_TIMEOUT), anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                for shard in self._shards.values():
+                    tg.start_soon(shard.shutdown, "worker stopping", code)
+
+    async def _beat(self, assignment: Assignment) -> None:
+        while True:
+            await self._control.send("beat")
+            await anyio.sleep(assignment.beat_interval)
+
+    async def _report_loop(self, interval: float) -> None:
+        while True:
+            with anyio.move_on_after(interval):
+                await self._report_now.wait()
+            self._report_now = anyio.Event()
+            await self._report()
+
+    async def _report(self) -> None:
+        await self._control.send("state", {"pid": os.getpid(), "shards": [
+            self._shard_state(shard) for shard in self._shards.values()]})
+
+    def _shard_state(self, shard: Shard) -> dict[str, Any]:
+        info = self._info[shard.id]
+        return {
+            "id": shard.id, "state": "failed" if info.error else shard.state,
+            "session_id": shard.session_id, "resume_gateway_url": shard.resume_gateway_url,
+            "seq": shard.seq, "latency": shard.latency, "guilds": len(info.guilds),
+            "last_event": info.last_event, "error": info.error,
+        }
+
+    async def _command(self, message: ControlMessage) -> None:
+        body = message.body
+        result = await self._execute(body)
+        await self._control.send("reply", {"id": body.get("id"), "ok": result.ok,
+                                           "error": result.error,
+                                           "retry_after": result.retry_after,
+                                           "value": result.value})
+
+    async def _execute(self, body: dict[str, Any]) -> CommandResult:
+        name, args = body.get("name"), body.get("args")
+        shard_id = body.get("shard")
+        if not isinstance(args, dict):
+            return CommandResult(False, "command arguments must be an object")
+        if shard_id is None and "guild_id" in args:
+            shard_id = shard_for(args["guild_id"], next(iter(self._shards.values()))
+                                 .total_shard_count)
+        shard = self._shards.get(shard_id) if isinstance(shard_id, int) else None
+        if shard is None:
+            return CommandResult(False, f"shard {shard_id} does not run in this worker")
+        method = _COMMANDS.get(name) if isinstance(name, str) else None
+        if method is None:
+            return CommandResult(False, f"unknown command {name!r}")
+        try:
+            result: CommandResult = await method(shard, **args)
+        except TypeError as exc:
+            return CommandResult(False, f"bad arguments for {name}: {exc}")
+        return result
+
+
+_COMMANDS: Final[dict[str, Callable[..., Any]]] = {
+    "update_status": Shard.update_status,
+    "update_voice": Shard.update_voice,
+    "request_guild_members": Shard.request_guild_members,
+    "fetch_guild_members": Shard.fetch_guild_members,
+}
+
+_GUILD_EVENTS: Final = frozenset({"READY", "GUILD_CREATE", "GUILD_DELETE"})
+
+
+def _track_guilds(guilds: set[str], name: str, d: Any) -> None:
+    """READY lists the shard's guilds; a GUILD_DELETE without ``unavailable`` removes one
+    (an outage keeps it, protocol §13); GUILD_CREATE adds joins."""
+    if not isinstance(d, dict):
+        return
+    if name == "READY":
+        guilds.clear()
+        guilds.update(str(g.get("id")) for g in d.get("guilds") or () if isinstance(g, dict))
+    elif name == "GUILD_CREATE":
+        guilds.add(str(d.get("id")))
+    elif not d.get("unavailable"):
+        guilds.discard(str(d.get("id")))
+
+
+async def run_worker(control_endpoint: str, index: int | None) -> int:
+    """Entry point of ``python -m shardctl.worker``: the process's exit code."""
+    return await Worker(control_endpoint, index).run()

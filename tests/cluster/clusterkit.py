@@ -1,0 +1,111 @@
+"""Helpers for cluster tests: a consumer process, the sandbox's identify/resume records."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import orjson
+from anyio.streams.text import TextReceiveStream
+
+from shardctl.sandbox import Sandbox
+
+TOKEN = "sandbox-token"
+
+
+@contextmanager
+def short_dir() -> Iterator[Path]:
+    """ipc:// paths must stay under 107 bytes: pytest's tmp_path can be too deep."""
+    path = Path(tempfile.mkdtemp(prefix="sc-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class ConsumerProcess:
+    """``shardctl events`` in its own process: the public JSON-lines contract, counted."""
+
+    def __init__(self, process: anyio.abc.Process) -> None:
+        self.process = process
+        self.seen: Counter[tuple[int, int]] = Counter()
+        self.lines = 0
+        self._changed = anyio.Event()
+
+    async def read(self) -> None:
+        assert self.process.stdout is not None
+        buffer = ""
+        async for chunk in TextReceiveStream(self.process.stdout):
+            buffer += chunk
+            *lines, buffer = buffer.split("\n")
+            for line in lines:
+                event = orjson.loads(line)
+                self.seen[(event["shard"], event["seq"])] += 1
+                self.lines += 1
+            self._changed.set()
+            self._changed = anyio.Event()
+
+    async def wait_for(self, count: int) -> None:
+        while self.lines < count:
+            await self._changed.wait()
+
+
+@asynccontextmanager
+async def consumer_process(endpoint: str, *types: str) -> AsyncIterator[ConsumerProcess]:
+    args = [sys.executable, "-m", "shardctl.cli", "events", "--endpoint", endpoint]
+    for t in types:
+        args += ["--type", t]
+    process = await anyio.open_process(args, stderr=subprocess.DEVNULL)
+    consumer = ConsumerProcess(process)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consumer.read)
+            yield consumer
+            tg.cancel_scope.cancel()
+    finally:
+        await terminate(process)
+
+
+async def terminate(process: anyio.abc.Process, grace: float = 10.0) -> None:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        with anyio.move_on_after(grace):
+            await process.wait()
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+
+
+def accepted_identifies(sb: Sandbox, shard_id: int | None = None) -> int:
+    return len(sb.records("identify", shard_id))
+
+
+def resumes(sb: Sandbox, shard_id: int | None = None) -> int:
+    return len(sb.records("resumed", shard_id))
+
+
+async def push_messages(sb: Sandbox, shard_ids: list[int], count: int) -> dict[int, list[int]]:
+    """Dispatch ``count`` MESSAGE_CREATE to each shard; the seqs the sandbox gave them."""
+    sent: dict[int, list[int]] = {s: [] for s in shard_ids}
+    for i in range(count):
+        for shard_id in shard_ids:
+            guild = sb.world.guilds_for(shard_id, sb.config.shard_count)[0]
+            d: dict[str, Any] = {"id": str(10_000 + i), "guild_id": str(guild.id),
+                                 "channel_id": str(guild.text_channel_id), "content": f"m{i}"}
+            sent[shard_id] += await sb.dispatch(shard_id, "MESSAGE_CREATE", d)
+    return sent
+
+
+def env_with_runtime(run_dir: Path) -> dict[str, str]:
+    return {**os.environ, "SHARDCTL_RUNTIME_DIR": str(run_dir)}

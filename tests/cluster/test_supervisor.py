@@ -1,0 +1,149 @@
+"""The cluster against the sandbox: real worker processes, the bus, a consumer process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+
+import anyio
+import pytest
+from clusterkit import (
+    TOKEN,
+    accepted_identifies,
+    consumer_process,
+    env_with_runtime,
+    push_messages,
+    resumes,
+    short_dir,
+    terminate,
+)
+
+from shardctl.cluster.supervisor import Supervisor
+from shardctl.gateway.intents import Intents
+from shardctl.sandbox import Sandbox, SandboxConfig
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+def sandbox_config(shards: int) -> SandboxConfig:
+    return SandboxConfig(shard_count=shards, max_concurrency=shards, identify_interval=0.2,
+                         heartbeat_interval_ms=2000, guilds_per_shard=2, session_ttl=60.0)
+
+
+def supervisor(sb: Sandbox, run_dir: Path, processes: int,
+               intents: Intents | None = None) -> Supervisor:
+    return Supervisor(token=TOKEN, api_url=sb.api_url, processes=processes,
+                      identify_interval=0.2, runtime_dir=run_dir,
+                      intents=Intents.default() if intents is None else intents,
+                      state_file=run_dir / "state.json")
+
+
+def expected(sent: dict[int, list[int]]) -> Counter[tuple[int, int]]:
+    return Counter((shard, seq) for shard, seqs in sent.items() for seq in seqs)
+
+
+async def test_every_event_reaches_a_consumer_process_exactly_once() -> None:
+    with short_dir() as run_dir:
+        async with Sandbox(sandbox_config(16)) as sb, supervisor(sb, run_dir, 4) as sup:
+            with anyio.fail_after(30):
+                await sup.wait_ready()
+            async with consumer_process(sup.endpoints["events"], "MESSAGE_CREATE") as consumer:
+                with anyio.fail_after(10):
+                    await sup.wait_subscribed(b"MESSAGE_CREATE\0")
+                sent = await push_messages(sb, list(range(16)), 50)
+                with anyio.fail_after(30):
+                    await consumer.wait_for(16 * 50)
+                assert consumer.seen == expected(sent)
+            assert not sb.violations
+
+
+async def test_killed_worker_is_respawned_and_resumes_without_loss() -> None:
+    with short_dir() as run_dir:
+        async with Sandbox(sandbox_config(16)) as sb, supervisor(sb, run_dir, 4) as sup:
+            with anyio.fail_after(30):
+                await sup.wait_ready()
+            victim = sup.slots[1]
+            victim_shards, old_pid = list(victim.shard_ids), victim.pid
+            assert old_pid is not None
+            identifies_before = accepted_identifies(sb)
+            async with consumer_process(sup.endpoints["events"], "MESSAGE_CREATE") as consumer:
+                with anyio.fail_after(10):
+                    await sup.wait_subscribed(b"MESSAGE_CREATE\0")
+                sent = await push_messages(sb, list(range(16)), 20)
+                os.kill(old_pid, signal.SIGKILL)  # mid-stream: events keep coming
+                more = await push_messages(sb, list(range(16)), 20)
+                with anyio.fail_after(30):
+                    await sup.wait_until(lambda shards: all(
+                        s.state == "ready" and s.pid != old_pid for s in shards
+                        if s.id in victim_shards))
+                    await consumer.wait_for(16 * 40)
+                for shard, seqs in more.items():
+                    sent[shard] += seqs
+                assert consumer.seen == expected(sent)
+            assert victim.restarts == 1
+            assert accepted_identifies(sb) == identifies_before, "a RESUME was possible"
+            assert all(resumes(sb, s) >= 1 for s in victim_shards)
+            assert not sb.violations
+
+
+async def test_commands_route_to_the_owning_shard_and_status_is_accurate() -> None:
+    with short_dir() as run_dir:
+        # Fetching every member needs the (privileged) GUILD_MEMBERS intent (protocol §11).
+        intents = Intents.default() | Intents.GUILD_MEMBERS
+        async with Sandbox(sandbox_config(4)) as sb, \
+                supervisor(sb, run_dir, 2, intents) as sup:
+            with anyio.fail_after(30):
+                await sup.wait_ready()
+            status = sup.status()
+            pids = {slot.pid for slot in sup.slots}
+            assert [s.id for s in status] == [0, 1, 2, 3]
+            assert all(s.state == "ready" and s.pid in pids and s.guilds == 2 for s in status)
+            assert all(s.session_id for s in status)
+            for shard_id in range(4):
+                guild = sb.world.guilds_for(shard_id, 4)[0]
+                assert sup.shard_of(guild.id) == shard_id
+                reply = await sup.update_voice(guild.id, guild.voice_channel_id)
+                assert reply, reply.error
+                assert reply.shard == shard_id
+                members = await sup.fetch_guild_members(guild.id, timeout=5.0)
+                assert members, members.error
+                assert len(members.value) == sb.config.members_per_guild
+            commands = sb.records("command")
+            voice = [c for c in commands if c.get("op") == 4]
+            assert sorted(c.shard_id for c in voice) == [0, 1, 2, 3]
+            replies = await sup.update_status(
+                {"since": None, "activities": [], "status": "dnd", "afk": False})
+            assert [r.shard for r in replies if r.ok] == [0, 1, 2, 3]
+            assert not sb.violations
+
+
+async def test_sigterm_saves_sessions_and_the_next_start_resumes_them() -> None:
+    with short_dir() as run_dir:
+        async with Sandbox(sandbox_config(4)) as sb:
+            args = [sys.executable, "-m", "shardctl.cli", "run", "--token", TOKEN,
+                    "--api-url", sb.api_url, "--processes", "2", "--identify-interval", "0.2",
+                    "--state-file", str(run_dir / "state.json")]
+            env = env_with_runtime(run_dir)
+            first = await anyio.open_process(args, env=env)
+            try:
+                with anyio.fail_after(30):
+                    await sb.wait_for(lambda: accepted_identifies(sb) == 4, timeout=30)
+                    await sb.wait_for(lambda: len(sb.records("ready")) == 4, timeout=30)
+                first.send_signal(signal.SIGTERM)
+                with anyio.fail_after(30):
+                    assert await first.wait() == 0
+            finally:
+                await terminate(first)
+            closes = [r.get("code") for r in sb.records("client_close")]
+            assert closes and all(code not in (1000, 1001) for code in closes)
+            second = await anyio.open_process(args, env=env)
+            try:
+                with anyio.fail_after(30):
+                    await sb.wait_for(lambda: resumes(sb) == 4, timeout=30)
+            finally:
+                await terminate(second)
+            assert accepted_identifies(sb) == 4, "the restart identified instead of resuming"
+            assert not sb.violations
