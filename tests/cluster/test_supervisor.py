@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import pytest
 from clusterkit import (
     TOKEN,
@@ -21,8 +22,11 @@ from clusterkit import (
     terminate,
 )
 
-from shardctl.cluster.supervisor import Supervisor
+from shardctl.cluster.limiter_service import LimiterServer
+from shardctl.cluster.restarts import RestartPolicy
+from shardctl.cluster.supervisor import CrashLoopError, Supervisor
 from shardctl.gateway.intents import Intents
+from shardctl.ipc.events import Event
 from shardctl.sandbox import Sandbox, SandboxConfig
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -147,3 +151,111 @@ async def test_sigterm_saves_sessions_and_the_next_start_resumes_them() -> None:
                 await terminate(second)
             assert accepted_identifies(sb) == 4, "the restart identified instead of resuming"
             assert not sb.violations
+
+
+async def test_events_in_process_and_output_callback_see_the_stream() -> None:
+    got: list[tuple[int, int | None]] = []
+    all_output = anyio.Event()
+
+    def output(event: Event) -> None:
+        if event.type == "MESSAGE_CREATE":
+            got.append((event.shard, event.seq))
+            if len(got) == 10:
+                all_output.set()
+
+    with short_dir() as run_dir:
+        async with Sandbox(sandbox_config(2)) as sb, \
+                Supervisor(token=TOKEN, api_url=sb.api_url, processes=1, identify_interval=0.2,
+                           runtime_dir=run_dir, state_file=run_dir / "s.json",
+                           output=output) as sup:
+            with anyio.fail_after(30):
+                await sup.wait_ready()
+            seen: list[tuple[int, int | None, str]] = []
+            async with anyio.create_task_group() as tg:
+                async def listen(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+                    stream = sup.events("MESSAGE_CREATE")
+                    task_status.started()
+                    async for event in stream:
+                        seen.append((event.shard, event.seq, event.d["id"]))
+                        if len(seen) == 10:
+                            return
+
+                await tg.start(listen)
+                await anyio.wait_all_tasks_blocked()
+                sent = await push_messages(sb, [0, 1], 5)
+            assert sorted((s, q) for s, q, _ in seen) == sorted(expected(sent))
+            assert {c for _, _, c in seen} == {str(10_000 + i) for i in range(5)}
+            with anyio.fail_after(10):
+                await all_output.wait()
+            assert sorted(got) == sorted(expected(sent))
+
+
+async def test_a_shared_remote_limiter_paces_the_cluster() -> None:
+    with short_dir() as run_dir:
+        server = LimiterServer(f"ipc://{run_dir}/shared-limiter", interval=0.2)
+        async with Sandbox(sandbox_config(4)) as sb, anyio.create_task_group() as tg:
+            endpoint = await tg.start(server.serve)
+            async with Supervisor(token=TOKEN, api_url=sb.api_url, processes=2,
+                                  identify_interval=0.2, runtime_dir=run_dir,
+                                  state_file=run_dir / "s.json", limiter=endpoint) as sup:
+                with anyio.fail_after(30):
+                    await sup.wait_ready()
+                assert sup.limiter is None
+                assert len(server.grants()) == 4
+                # the supervisor told it the bot's limits from GET /gateway/bot
+                assert server.scheduler.max_concurrency == sb.config.max_concurrency
+            tg.cancel_scope.cancel()
+        assert not sb.violations
+
+
+async def test_a_crash_loop_stops_the_cluster_with_a_clear_error() -> None:
+    with short_dir() as run_dir:
+        async with Sandbox(sandbox_config(2)) as sb:
+            sup = Supervisor(token=TOKEN, api_url=sb.api_url, processes=1, identify_interval=0.2,
+                             runtime_dir=run_dir, state_file=run_dir / "s.json",
+                             restart_policy=lambda: RestartPolicy(max_restarts=1, window=60.0))
+            with pytest.raises(CrashLoopError, match="worker 0 exited 2 times within 60 s"):
+                async with sup:
+                    with anyio.fail_after(30):
+                        await sup.wait_ready()
+                        first = sup.slots[0].pid
+                        assert first is not None
+                        os.kill(first, signal.SIGKILL)
+                        await sup.wait_until(lambda shards: all(
+                            s.state == "ready" and s.pid not in (None, first) for s in shards))
+                        second = sup.slots[0].pid
+                        assert second is not None
+                        os.kill(second, signal.SIGKILL)  # the second death within the window
+                        await sup.run()
+
+
+async def test_a_frozen_worker_is_replaced_and_its_shards_resume() -> None:
+    with short_dir() as run_dir:
+        async with Sandbox(sandbox_config(2)) as sb, \
+                Supervisor(token=TOKEN, api_url=sb.api_url, processes=1, identify_interval=0.2,
+                           runtime_dir=run_dir, state_file=run_dir / "s.json",
+                           beat_interval=0.2, liveness_timeout=1.0) as sup:
+            with anyio.fail_after(30):
+                await sup.wait_ready()
+            pid = sup.slots[0].pid
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+            with anyio.fail_after(30):
+                await sb.wait_for(lambda: resumes(sb) == 2, timeout=30)
+            assert sup.slots[0].pid != pid
+            assert accepted_identifies(sb) == 2
+            assert not sb.violations
+
+
+async def test_the_start_is_refused_when_the_session_budget_is_short(tmp_path: Path) -> None:
+    config = SandboxConfig(shard_count=4, max_concurrency=4, identify_interval=0.2,
+                           session_start_remaining=3)
+    async with Sandbox(config) as sb:
+        args = [sys.executable, "-m", "shardctl.cli", "run", "--token", TOKEN,
+                "--api-url", sb.api_url, "--identify-interval", "0.2",
+                "--state-file", str(tmp_path / "state.json")]
+        result = await anyio.run_process(args, check=False, env=env_with_runtime(tmp_path))
+        assert result.returncode == 5
+        assert b"4 shards must IDENTIFY but only 3 of 1000" in result.stderr
+        assert b"Traceback" not in result.stderr
+        assert accepted_identifies(sb) == 0

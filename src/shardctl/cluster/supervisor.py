@@ -40,6 +40,7 @@ from shardctl.ipc.assignment import Assignment, ShardAssignment
 from shardctl.ipc.bus import EventForwarder
 from shardctl.ipc.control import ControlMessage, ControlServer
 from shardctl.ipc.events import Event
+from shardctl.ipc.limiter import LimiterClient
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,8 @@ class Supervisor:
                 max_concurrency=limit.max_concurrency, interval=self.config.identify_interval,
                 remaining=limit.remaining, total=limit.total, reset_after=limit.reset_after)
             limiter_ep = await tg.start(self.limiter.serve)
+        else:
+            await tg.start(self._configure_remote_limiter, limiter_ep, info)
         forwarder = self._forwarder = EventForwarder(
             endpoints.ipc_endpoint("events-in.sock", run_dir),
             self.config.events_endpoint or endpoints.ipc_endpoint("events.sock", run_dir),
@@ -217,6 +220,17 @@ class Supervisor:
                           "events_in": forwarder.inbound, "control": self._control.endpoint}
         if self._output is not None:
             tg.start_soon(self._feed_output, self._output)
+
+    async def _configure_remote_limiter(
+            self, endpoint: str, info: GatewayInfo, *,
+            task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """A shared limiter learns this bot's fresh limits from our ``GET /gateway/bot``."""
+        limit = info.session_start_limit
+        async with LimiterClient(endpoint) as client:
+            client.configure(max_concurrency=limit.max_concurrency, remaining=limit.remaining,
+                             total=limit.total, reset_after=limit.reset_after)
+            task_status.started()
+            await anyio.sleep_forever()
 
     def _wants_events(self) -> bool:
         return self._output is not None or bool(self._listeners)
@@ -338,7 +352,7 @@ class Supervisor:
             delay = slot.policy.record(anyio.current_time())
             if delay is None:
                 self._fail(CrashLoopError(
-                    f"worker {slot.index} exited {slot.policy.max_restarts} times within "
+                    f"worker {slot.index} exited {slot.policy.max_restarts + 1} times within "
                     f"{slot.policy.window:g} s (last exit code {returncode}); stopping instead "
                     "of respawning it again"))
                 return
