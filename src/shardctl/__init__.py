@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from shardctl._version import __version__
+from shardctl.cluster.config import RunConfig
+from shardctl.cluster.supervisor import CommandReply, CrashLoopError, ShardStatus, Supervisor
 from shardctl.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -25,8 +27,10 @@ from shardctl.worker.shard import Shard
 
 __all__ = [
     "AuthenticationError",
+    "CommandReply",
     "ConfigurationError",
     "Consumer",
+    "CrashLoopError",
     "DisallowedIntentsError",
     "DiscordError",
     "Event",
@@ -38,10 +42,13 @@ __all__ = [
     "PayloadError",
     "ProtocolError",
     "RateLimitedError",
+    "RunConfig",
     "SessionBudgetError",
     "Shard",
+    "ShardStatus",
     "ShardctlError",
     "ShardingError",
+    "Supervisor",
     "__version__",
 ]
 

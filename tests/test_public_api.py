@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import shardctl
+
+PACKAGE = Path(shardctl.__file__).parent
+
+#: DESIGN.md §2: imports point down only.
+ALLOWED: dict[str, set[str]] = {
+    "gateway": {"errors", "gateway"},
+    "ipc": {"errors", "gateway", "ipc"},
+    "worker": {"errors", "gateway", "ipc", "worker", "_version"},
+    "sandbox": {"errors", "gateway", "sandbox"},
+    "cluster": {"errors", "gateway", "ipc", "cluster", "_version"},
+}
+
+
+def test_all_names_exist_and_are_exported() -> None:
+    assert sorted(shardctl.__all__) == sorted(set(shardctl.__all__))
+    for name in shardctl.__all__:
+        assert hasattr(shardctl, name), name
+    for name in ("Shard", "Supervisor", "Consumer", "Intents", "LocalSessionLimiter",
+                 "ShardctlError"):
+        assert name in shardctl.__all__
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level shardctl subpackages a module imports (``shardctl.ipc.bus`` → ``ipc``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module == "shardctl":
+            names = [f"shardctl.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "shardctl":
+                found.add(parts[1] if len(parts) > 1 else "")
+    return found
+
+
+@pytest.mark.parametrize("layer", sorted(ALLOWED))
+def test_nothing_imports_upward(layer: str) -> None:
+    for path in sorted((PACKAGE / layer).rglob("*.py")):
+        upward = _imports(path) - ALLOWED[layer]
+        assert not upward, f"{path.relative_to(PACKAGE)} imports {sorted(upward)}"
+
+
+def test_only_ipc_imports_zmq() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent.name == "ipc":
+            continue
+        tree = ast.parse(path.read_text())
+        modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                   for alias in node.names}
+        modules |= {node.module or "" for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom)}
+        assert not any(m == "zmq" or m.startswith("zmq.") for m in modules), path
