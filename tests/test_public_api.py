@@ -13,7 +13,8 @@ PACKAGE = Path(shardctl.__file__).parent
 ALLOWED: dict[str, set[str]] = {
     "gateway": {"errors", "gateway"},
     "ipc": {"errors", "gateway", "ipc"},
-    "worker": {"errors", "gateway", "ipc", "worker", "_version"},
+    # logformat: a standard-library-only leaf, so workers log in the supervisor's format.
+    "worker": {"errors", "gateway", "ipc", "worker", "_version", "logformat"},
     "sandbox": {"errors", "gateway", "sandbox"},
     "cluster": {"errors", "gateway", "ipc", "cluster", "_version"},
 }

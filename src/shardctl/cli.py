@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from shardctl import settings
 from shardctl._version import __version__
+
+if TYPE_CHECKING:
+    from shardctl.liveview import Display
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -110,8 +115,7 @@ def sandbox_command(host: str, port: int, log_level: str, **fields: Any) -> None
               default=None,
               help="Where to serve: ipc://PATH or tcp://127.0.0.1:PORT (env "
                    "SHARDCTL_LIMITER_BIND; default ipc://<runtime dir>/limiter.sock). Binds "
-                   "reachable from other hosts are refused until CURVE is supported: tunnel "
-                   "them.")
+                   "reachable from other hosts need --keys.")
 @click.option("--max-concurrency", type=click.IntRange(min=1), default=1, show_default=True,
               help="session_start_limit.max_concurrency: the number of identify buckets.")
 @click.option("--identify-interval", type=click.FloatRange(min=0, min_open=True), default=5.0,
@@ -128,9 +132,12 @@ def sandbox_command(host: str, port: int, log_level: str, **fields: Any) -> None
 @click.option("--sandbox", is_flag=True,
               help="Pace for the local sandbox, not Discord: allows --identify-interval below "
                    "5 s, and only on ipc:// or loopback endpoints.")
+@click.option("--keys", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="CURVE key directory: only clients with authorised keys are served "
+                   "(supervisors use clients/worker)")
 def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify_interval: float,
                     remaining: int | None, total: int | None, reset_after: int | None,
-                    sandbox: bool) -> None:
+                    sandbox: bool, keys: Path | None = None) -> None:
     """Serve the session limiter on its own, for supervisors on several hosts of one bot.
 
     Every IDENTIFY of every shard that uses this limiter waits for a grant: one per bucket
@@ -153,6 +160,7 @@ def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify
     from shardctl.cluster.limiter_service import LimiterServer
     from shardctl.errors import ConfigurationError
     from shardctl.ipc import endpoints
+    from shardctl.ipc.security import load_server
 
     if identify_interval < DEFAULT_IDENTIFY_INTERVAL and not sandbox:
         raise click.UsageError(
@@ -170,6 +178,7 @@ def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify
             endpoint, max_concurrency=max_concurrency, interval=identify_interval,
             remaining=remaining, total=total,
             reset_after=None if reset_after is None else reset_after / 1000.0,
+            curve=load_server(keys) if keys is not None else None,
         )
     except (ConfigurationError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -211,8 +220,11 @@ def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify
               help="Shard id to print; repeat for several (default: all).")
 @click.option("--count", "-n", type=click.IntRange(min=1), default=None,
               help="Exit after printing this many events.")
+@click.option("--keys", type=click.Path(file_okay=False, path_type=Path), default=None,
+              envvar="SHARDCTL_KEYS", show_envvar=True,
+              help="CURVE key directory: server.key and clients/consumer.key_secret")
 def events_command(endpoint: str, types: tuple[str, ...], shards: tuple[int, ...],
-                   count: int | None) -> None:
+                   count: int | None, keys: Path | None = None) -> None:
     """Print bus events as JSON lines: {"shard": 3, "seq": 42, "t": "...", "d": {...}}.
 
     One object per line on stdout, in the order the supervisor forwarded them (a contract
@@ -230,9 +242,16 @@ def events_command(endpoint: str, types: tuple[str, ...], shards: tuple[int, ...
         click.echo(f"gap: shard {gap.shard} {gap.type}: {gap.missing} missing "
                    f"({gap.kind} seq {gap.expected}..{gap.received - 1})", err=True)
 
+    from shardctl.errors import ConfigurationError
+    from shardctl.ipc.security import load_client
+
+    try:
+        curve = load_client(keys, "consumer") if keys is not None else None
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--keys") from None
     try:
         consumer = Consumer(endpoint, types=types or None, shards=shards or None,
-                            on_gap=report_gap)
+                            on_gap=report_gap, curve=curve)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--type") from None
 
@@ -304,8 +323,8 @@ def _leaf(error: BaseException) -> BaseException:
               help="bot token; without one, shardctl runs against its built-in sandbox")
 @click.option("--api-url", envvar="SHARDCTL_API_URL", default=None, show_envvar=True,
               help="REST base URL  [default: https://discord.com/api/v10]")
-@click.option("--processes", type=click.IntRange(min=1), default=None,
-              help="worker processes  [default: one per CPU core]")
+@click.option("--processes", type=click.IntRange(min=0), default=None,
+              help="worker processes  [default: one per CPU core; 0 with --remote-workers]")
 @click.option("--shards", default="auto", show_default=True, metavar="N|auto",
               help="total shard count; auto = Discord's recommendation")
 @click.option("--shard-ids", default=None, metavar="A-B[,C]",
@@ -327,13 +346,29 @@ def _leaf(error: BaseException) -> BaseException:
                    "[default: $XDG_STATE_HOME/shardctl/sessions.json]")
 @click.option("--ignore-session-start-limit", is_flag=True,
               help="start even if the daily session budget cannot cover every IDENTIFY")
+@click.option("--keys", type=click.Path(file_okay=False, path_type=Path), default=None,
+              envvar="SHARDCTL_KEYS", show_envvar=True,
+              help="CURVE key directory (`shardctl keys generate`): encrypt and authenticate "
+                   "every endpoint; needed to bind addresses other hosts can reach")
+@click.option("--remote-workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="worker slots for `shardctl worker --supervisor tcp://HOST:PORT` on other "
+                   "hosts (set --control-endpoint tcp://HOST:PORT and --keys)")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@click.option("--log-format", default="text", show_default=True,
+              type=click.Choice(["text", "json"]),
+              help="json: one JSON object per log line on stderr, and no live view")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+              help="serve Prometheus /metrics, /livez and /readyz on this port")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, metavar="ADDRESS",
+              help="interface for --metrics-port (0.0.0.0: every interface)")
 def run_command(*, token: str | None, api_url: str | None, processes: int | None, shards: str,
                 shard_ids: str | None, intents: str, compression: str,
                 identify_interval: float, events_endpoint: str | None,
                 control_endpoint: str | None, limiter: str | None, state_file: Path | None,
-                ignore_session_start_limit: bool, log_level: str) -> None:
+                keys: Path | None = None, remote_workers: int = 0,
+                ignore_session_start_limit: bool, log_level: str, log_format: str = "text",
+                metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> None:
     """Run a shard cluster: discover, plan, spawn workers, forward events until stopped.
 
     SIGINT/SIGTERM stop gracefully: every shard closes resumably and the sessions are saved
@@ -343,11 +378,19 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
 
     import anyio
 
+    from shardctl import logformat
     from shardctl.cluster import config as cfg
     from shardctl.errors import ConfigurationError, ShardctlError
+    from shardctl.liveview import Display, choose_mode
 
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    display = Display(choose_mode(log_format, isatty=sys.stdout.isatty()))
+    logformat.configure(log_level, log_format, handler=display.log_handler())
     logging.getLogger("websockets").setLevel(logging.WARNING)
+    # Workers inherit these; under the live view they print only what needs attention.
+    os.environ["SHARDCTL_LOG_FORMAT"] = log_format
+    os.environ["SHARDCTL_LOG_LEVEL"] = (
+        log_level if display.mode != "live" or log_level in ("WARNING", "ERROR") else "WARNING")
+    metrics = None if metrics_port is None else (metrics_host, metrics_port)
     try:
         options: dict[str, Any] = {
             "shards": cfg.parse_shards(shards), "shard_ids": shard_ids,
@@ -356,6 +399,7 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
             "identify_interval": identify_interval, "events_endpoint": events_endpoint,
             "control_endpoint": control_endpoint, "limiter": limiter, "state_file": state_file,
             "ignore_session_start_limit": ignore_session_start_limit,
+            "curve_keys": keys, "remote_workers": remote_workers,
         }
         if processes is not None:
             options["processes"] = processes
@@ -364,7 +408,7 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
     try:
-        anyio.run(_run_cluster, token, options, backend="asyncio")
+        anyio.run(_run_cluster, token, options, display, metrics, backend="asyncio")
     except (ShardctlError, BaseExceptionGroup) as exc:
         leaf = _leaf(exc)
         if not isinstance(leaf, ShardctlError):
@@ -375,7 +419,8 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
         sys.exit(130)
 
 
-async def _run_cluster(token: str | None, options: dict[str, Any]) -> None:
+async def _run_cluster(token: str | None, options: dict[str, Any], display: Display,
+                       metrics: tuple[str, int] | None = None) -> None:
     import anyio
 
     from shardctl.cluster.config import RunConfig
@@ -383,38 +428,130 @@ async def _run_cluster(token: str | None, options: dict[str, Any]) -> None:
 
     async with contextlib.AsyncExitStack() as stack:
         if token is None:
-            token, api_url = await stack.enter_async_context(_demo_sandbox(options))
+            token, api_url = await stack.enter_async_context(_demo_sandbox(options, display))
             options = {**options, "api_url": api_url}
         config = RunConfig(token=token, **options)
         started = anyio.current_time()
         async with Supervisor(config) as sup, anyio.create_task_group() as tg:
-            click.echo(f"shardctl: {len(sup.status())} shards over {len(sup.slots)} workers; "
-                       f"events on {sup.endpoints['events']}")
+            display.say(f"shardctl: {len(sup.status())} shards over {len(sup.slots)} workers; "
+                        f"events on {sup.endpoints['events']}; "
+                        f"control on {sup.endpoints['control']}")
+            if metrics is not None:
+                from shardctl.cluster.metrics import serve_metrics
+
+                port = await tg.start(serve_metrics, sup, metrics[1], metrics[0])
+                display.say(f"shardctl: metrics on http://{metrics[0]}:{port}/metrics")
 
             async def announce_ready() -> None:
                 await sup.wait_ready()
-                click.echo(f"shardctl: all {len(sup.status())} shards READY after "
-                           f"{anyio.current_time() - started:.1f} s")
+                display.say(f"shardctl: all {len(sup.status())} shards READY after "
+                            f"{anyio.current_time() - started:.1f} s")
 
+            tg.start_soon(display.watch, sup)
             tg.start_soon(announce_ready)
             await sup.run()
             tg.cancel_scope.cancel()
 
 
 @contextlib.asynccontextmanager
-async def _demo_sandbox(options: dict[str, Any]) -> Any:
+async def _demo_sandbox(options: dict[str, Any], display: Display) -> Any:
     """No token: the sandbox in this process, so a first run needs nothing from Discord."""
     from shardctl.sandbox import Sandbox, SandboxConfig
 
-    click.echo("shardctl: no token set (DISCORD_TOKEN or --token): running against the "
-               "built-in sandbox, a local Discord emulator")
+    display.say("shardctl: no token set (DISCORD_TOKEN or --token): running against the "
+                "built-in sandbox, a local Discord emulator")
     sandbox_config = SandboxConfig(
         shard_count=8, max_concurrency=8, identify_interval=options["identify_interval"],
         dispatch_rate=2.0, heartbeat_interval_ms=41250)
     async with Sandbox(sandbox_config) as sb:
-        click.echo(f"shardctl: sandbox API at {sb.api_url}")
+        display.say(f"shardctl: sandbox API at {sb.api_url}")
         yield sandbox_config.token, sb.api_url
 
+
+# -- configuration (owned by the operator-experience work) --------------------------------
+
+settings.configurable(run_command)
+
+
+def _print_config(**values: Any) -> None:
+    ctx = click.get_current_context()
+    for key, value, source in settings.resolved(ctx, values):
+        click.echo(settings.to_toml_line(key, value, source))
+
+
+main.add_command(click.Command(
+    "config", params=list(run_command.params), callback=_print_config,
+    help="Print the configuration `shardctl run` would use, with the same options, as TOML "
+         "(each value with where it came from; the token redacted).  Precedence: command "
+         "line > SHARDCTL_* environment > --config file (default ./shardctl.toml) > default.",
+    short_help="Print the resolved configuration of `run`."))
+
+
+# -- status command (owned by the operator-experience work) -------------------------------
+
+#: Exit codes of ``shardctl status`` (README "Exit codes").
+EXIT_STATUS_NOT_READY = 1
+EXIT_STATUS_UNREACHABLE = 3
+
+
+@main.command("status")
+@click.option("--control-endpoint", envvar="SHARDCTL_CONTROL_ENDPOINT", default=None,
+              metavar="ENDPOINT", show_envvar=True,
+              help="the supervisor's control endpoint  [default: ipc://<runtime dir>/control.sock]")
+@click.option("--json", "as_json", is_flag=True,
+              help="print the supervisor's reply as one JSON object")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, metavar="SECONDS", help="how long to wait for the supervisor")
+@click.option("--keys", type=click.Path(file_okay=False, path_type=Path), default=None,
+              envvar="SHARDCTL_KEYS", show_envvar=True,
+              help="CURVE key directory of a supervisor run with --keys (its worker keypair)")
+def status_command(control_endpoint: str | None, as_json: bool, timeout: float,
+                   keys: Path | None) -> None:
+    """Ask a running supervisor for every shard's state; exit 1 unless all are READY.
+
+    One row per shard (id, worker pid, state, heartbeat latency, seq, guilds, age of its
+    last event) and a summary line.  Exit codes: 0 every shard READY, 1 some shard is not,
+    3 no supervisor answered.
+    """
+    import anyio
+    import orjson
+
+    from shardctl.errors import ConfigurationError, ProtocolError
+    from shardctl.ipc import endpoints
+    from shardctl.ipc.security import load_client
+    from shardctl.ipc.status import request_status
+    from shardctl.statusview import format_table
+
+    try:
+        endpoint = control_endpoint or endpoints.ipc_endpoint("control.sock")
+        curve = None if keys is None else load_client(keys, "worker")
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from None
+
+    async def ask() -> dict[str, Any]:
+        with anyio.fail_after(timeout):
+            return await request_status(endpoint, curve=curve)
+
+    try:
+        body = anyio.run(ask, backend="asyncio")
+    except (TimeoutError, ProtocolError) as exc:
+        click.echo(f"shardctl: no supervisor answered on {endpoint} within {timeout:g} s"
+                   + (f" ({exc})" if str(exc) else ""), err=True)
+        sys.exit(EXIT_STATUS_UNREACHABLE)
+    if as_json:
+        click.echo(orjson.dumps(body).decode())
+    else:
+        click.echo(format_table(body))
+    if not body.get("summary", {}).get("all_ready"):
+        sys.exit(EXIT_STATUS_NOT_READY)
+
+
+# -- keys and worker commands (owned by the security work: shardctl/cli_remote.py) ---------
+
+from shardctl.cli_remote import keys_group, worker_command  # noqa: E402
+
+main.add_command(keys_group)
+main.add_command(worker_command)
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,11 @@
 - no idle interval: while a bucket has a queue, its next grant comes exactly when the
   interval allows (the driver polls at ``next_deadline()``);
 - FIFO per bucket; every request that is not cancelled is granted exactly once;
-- the session-start budget is never exceeded in any window.
+- the session-start budget is never exceeded in any window;
+- early grants and ``sent_at``: consecutive grant starts of a bucket are an interval apart at
+  least, and an honest holder's send (any time in [start, release], reported no earlier
+  than it happened) is an interval before the next start at least, however the report is
+  clamped.
 """
 
 from __future__ import annotations
@@ -268,3 +272,97 @@ def test_held_grants_pace_the_bucket_from_their_release(
             assert g.at == max(run.arrival[g.key], ended + INTERVAL)
             ended = released.get(g.key, g.at + hold_limit)
             assert ended <= g.at + hold_limit
+
+
+leads = st.sampled_from([0.0, 0.0, 0.5, 2.5, 7.5])
+# Where a release puts its sent_at: before the start (clamped), in [start, release] or after
+# the release (clamped), or absent; and where the holder's real send was, in [start, release].
+report = st.sampled_from(["none", "early", "start", "mid", "now", "late"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    mc=st.integers(1, 3),
+    hold_limit=st.sampled_from([0.5, 2.5, 10.0]),
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("arrive"), times, st.integers(0, 11), leads),
+            st.tuples(st.just("cancel"), times, st.integers(0, 1000), leads),
+            st.tuples(st.just("release"), times, st.integers(0, 100), report),
+        ),
+        max_size=40,
+    ),
+)
+def test_early_grants_and_sent_at_never_bring_two_sends_closer_than_the_interval(
+    mc: int, hold_limit: float, ops: list[tuple[str, float, int, object]]
+) -> None:
+    s = IdentifyScheduler[int](now=0.0, max_concurrency=mc, interval=INTERVAL,
+                               last_grants={}, hold_limit=hold_limit)
+    run = Run(s)
+    lead: dict[int, float] = {}
+    sent: dict[int, float] = {}  # key -> when its IDENTIFY really left (if it was released)
+    paced: dict[int, float] = {}  # key -> the time its bucket is paced from (the clamp)
+    released: dict[int, int] = {}
+    released_at: dict[int, float] = {}
+    cancelled_at: dict[int, float] = {}
+    for kind, dt, arg, extra in ops:
+        run.advance(run.now + dt)
+        key = len(run.arrival)
+        if kind == "arrive":
+            assert isinstance(extra, float)
+            s.request(key, arg, lead=extra)
+            run.arrival[key], run.shard[key], lead[key] = run.now, arg, extra
+        elif kind == "cancel" and key and s.cancel(arg % key):
+            run.cancelled.add(arg % key)
+            cancelled_at[arg % key] = run.now
+        elif kind == "release":
+            held = sorted((k, start) for k, _, start in s.holding())
+            if held:
+                k, start = held[arg % len(held)]
+                # The holder sent (if it could: its start has come) somewhere in
+                # [start, now], and reports that time or later, or nothing.
+                actual = start + (run.now - start) / 2 if run.now >= start else None
+                at = {"none": None, "early": start - 1.0, "start": start,
+                      "mid": actual, "now": run.now, "late": run.now + 1.0}[str(extra)]
+                if actual is None:
+                    sent[k] = -float("inf")  # released before its start: nothing was sent
+                else:
+                    sent[k] = actual
+                    if at is not None and at < actual:
+                        at = actual  # honest clients report the end of the send, or later
+                assert s.release(k, run.now, sent_at=at)
+                paced[k] = max(start, run.now if at is None else min(at, run.now))
+                released[k] = len(run.grants)  # grants issued before this release
+                released_at[k] = run.now
+        run.poll()
+    run.finish()
+    check_every_request_granted_once(run)
+
+    by_bucket: dict[int, list[Grant[int]]] = {}
+    for g in run.grants:
+        by_bucket.setdefault(g.bucket, []).append(g)
+        # Early by no more than the request's lead, and only early, never late.
+        assert g.at <= g.start <= g.at + lead[g.key]
+    for grants in by_bucket.values():
+        previous: Grant[int] | None = None
+        previous_send = previous_start = -float("inf")
+        order = {grant.key: i for i, grant in enumerate(run.grants)}
+        for g in grants:
+            assert g.start - previous_start >= INTERVAL
+            assert g.start - previous_send >= INTERVAL
+            # Exact: the grant comes as early as its lead allows (FIFO: not before the
+            # previous one), its start as soon as the previous hold's end allows; issued
+            # while that hold lasts, the hold counts to its limit.
+            earliest = max(run.arrival[g.key], -float("inf") if previous is None else previous.at,
+                           *(t for k, t in cancelled_at.items()  # requests queued ahead of it
+                             if run.shard[k] % mc == g.bucket and k < g.key
+                             and (previous is None or k > previous.key)))
+            free = -float("inf") if previous is None else previous.start + hold_limit + INTERVAL
+            if previous is not None and order[g.key] >= released.get(previous.key, len(order)):
+                free = paced[previous.key] + INTERVAL
+                earliest = max(earliest, released_at[previous.key])
+            assert g.at == max(earliest, free - lead[g.key])
+            assert g.start == max(g.at, free)
+            previous, previous_start = g, g.start
+            # Unreleased holders are assumed to send as late as their hold limit allows.
+            previous_send = max(g.start, sent.get(g.key, g.start + hold_limit))

@@ -206,3 +206,66 @@ async def test_idle_service_sleeps(endpoint: str) -> None:
         cpu = time.process_time()
         await anyio.sleep(0.5)  # nothing to do: neither end may spin meanwhile
         assert time.process_time() - cpu < 0.2
+
+
+async def identify_noting_entry(client: LimiterClient, shard: int, entered: dict[int, float],
+                                hold: float = 0.0) -> None:
+    async with client.identify(shard):
+        entered[shard] = time.monotonic()
+        if hold:
+            await anyio.sleep(hold)
+
+
+async def test_same_clock_clients_are_granted_early_and_start_on_the_slot(
+        endpoint: str) -> None:
+    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={}, lead=0.05)
+    entered: dict[int, float] = {}
+    async with serving(server), LimiterClient(endpoint) as client:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                for shard in range(3):
+                    tg.start_soon(identify_noting_entry, client, shard, entered)
+    grants = server.grants()
+    assert [g.shard_id for g in grants] == [0, 1, 2]
+    # Issued ahead of the slot (the grant's trip and the timer's lateness are hidden)...
+    assert all(g.issued is not None and g.issued < g.at for g in grants[1:])
+    # ...and no shard entered before its start: the starts keep the pace.
+    assert all(entered[g.shard_id or 0] >= g.at for g in grants)
+    assert all(INTERVAL <= gap < INTERVAL + SLACK for gap in gaps(grants)), gaps(grants)
+
+
+async def test_pace_from_sent_paces_a_same_clock_bucket_from_the_send(endpoint: str) -> None:
+    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={}, hold_limit=1.0,
+                           pace_from_sent=True)
+    entered: dict[int, float] = {}
+    async with serving(server), LimiterClient(endpoint) as client:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(identify_noting_entry, client, 0, entered, 0.05)
+                await server.wait_for(lambda: len(server.grants()) == 1)
+                tg.start_soon(identify_one, client, 1)
+    _, second = server.grants()
+    (release,) = [e for e in server.record if e.kind == "release" and e.shard_id == 0]
+    # The bucket is paced from the end of the send, not from when the release was handled.
+    handled = float(release.detail.split("handled=")[1].split()[0])
+    assert entered[0] + 0.05 <= release.at < handled
+    assert INTERVAL <= second.at - release.at < INTERVAL + 1e-9  # and exactly then
+
+
+async def test_clients_on_another_clock_are_granted_on_the_slot_and_paced_on_release(
+        endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shardctl.cluster import limiter_service
+
+    monkeypatch.setattr(limiter_service, "clock_id", lambda: "another-host")
+    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={}, pace_from_sent=True)
+    async with serving(server), LimiterClient(endpoint) as client:
+        with anyio.fail_after(5):
+            await identify_all(client, [0, 1, 2])
+            await server.wait_for(lambda: not any(server.scheduler.holding()))
+    grants = server.grants()
+    assert all(g.issued == g.at for g in grants)  # no early grants: it would not wait
+    releases = [e for e in server.record if e.kind == "release"]
+    assert len(releases) == 3
+    for release in releases:  # its sent_at is not believed: paced from the handling
+        assert f"handled={release.at:.6f}" in release.detail
+    assert all(INTERVAL <= gap < INTERVAL + SLACK for gap in gaps(grants)), gaps(grants)

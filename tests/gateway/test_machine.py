@@ -327,20 +327,22 @@ def test_backoff_grows_over_failed_connects_and_resets_after_ready() -> None:
     assert delays[0] <= BACKOFF_FIRST
     assert all(d >= BACKOFF_FIRST * 2 ** n / 2 for n, d in enumerate(delays) if n)
     m.opened(2.0)
-    assert m.receive(hello(), 2.0) == [NeedIdentify()]  # three failed resumes: identify
-    m.identify(2.0)
-    m.receive(ready(), 2.0)
+    sent = m.receive(hello(), 2.0)  # failed connects never cost the session: RESUME
+    assert [a.op for a in sends(sent)] == [Op.RESUME]
+    m.receive(dispatch("RESUMED", None, 2), 2.0)
     assert one(m.closed(None, "", 3.0), Reconnect).delay <= BACKOFF_FIRST
 
 
-def test_failed_resume_connects_fall_back_to_identify() -> None:
+def test_failed_resume_connects_keep_the_session_and_try_the_connect_url() -> None:
     m = new_machine()
     connect_ready(m)
     plan = one(m.closed(None, "", 1.0), Reconnect)
-    assert plan.resume
+    assert plan.resume and plan.url.startswith("ws://resume.example/")
     for _ in range(3):
         plan = one(m.connect_failed("refused", 1.0), Reconnect)
-    assert not plan.resume and m.session_id is None
+    # A gateway outage must not spend an IDENTIFY: still RESUME, via the connect URL.
+    assert plan.resume and m.session_id == "sess-1"
+    assert plan.url.startswith("ws://gw.example/")
 
 
 # ---------------------------------------------------------------- commands and limits

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -19,6 +20,7 @@ from shardctl.ipc.limiter import (
     Ping,
     Release,
     Request,
+    clock_id,
 )
 from shardctl.worker.limiter import SessionLimiter
 
@@ -67,9 +69,62 @@ async def test_request_grant_release(endpoint: str) -> None:
             assert service.send_grant(peer, request.req, 5)
             with anyio.fail_after(5):
                 await entered.wait()
+            left = time.monotonic()
             leave.set()
             _, release = await next_of(service, Release)
-            assert release == Release(client.client_id, request.req)
+            assert (release.client, release.req) == (client.client_id, request.req)
+            # Stamped once the body (the IDENTIFY send) is over, on time.monotonic().
+            assert release.sent_at is not None
+            assert left <= release.sent_at <= time.monotonic()
+
+
+async def test_pings_name_the_monotonic_clock(endpoint: str) -> None:
+    async with LimiterService(endpoint) as service, LimiterClient(endpoint):
+        _, ping = await next_of(service, Ping)
+    assert ping.clock is not None
+    assert ping.clock == clock_id()
+
+
+async def test_an_early_grant_is_not_used_before_not_before(endpoint: str) -> None:
+    async with LimiterService(endpoint) as service, LimiterClient(endpoint) as client:
+        entered: list[float] = []
+
+        async def shard() -> None:
+            async with client.identify(3):
+                entered.append(time.monotonic())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(shard)
+            peer, request = await next_of(service, Request)
+            not_before = time.monotonic() + 0.1
+            assert service.send_grant(peer, request.req, 3, not_before=not_before)
+            _, release = await next_of(service, Release)
+        assert len(entered) == 1
+        assert entered[0] >= not_before
+        assert release.sent_at is not None
+        assert release.sent_at >= entered[0]
+
+
+async def test_cancelled_while_waiting_out_an_early_grant_releases_it(endpoint: str) -> None:
+    # The grant arrived: its slot is spent, so the client releases it (never cancels).
+    async with LimiterService(endpoint) as service, LimiterClient(endpoint) as client:
+        async with anyio.create_task_group() as tg:
+
+            async def shard() -> None:
+                async with client.identify(4):
+                    pytest.fail("entered before not_before")
+
+            tg.start_soon(shard)
+            peer, request = await next_of(service, Request)
+            assert service.send_grant(peer, request.req, 4, not_before=time.monotonic() + 60)
+            # Nothing public shows the grant arrived (the waiter sleeps either way): peek at
+            # the client's table of requests still waiting for a grant.
+            with anyio.fail_after(5):
+                while client._pending:  # noqa: ASYNC110
+                    await anyio.sleep(0.005)
+            tg.cancel_scope.cancel()
+        _, message = await next_of(service, Release)
+        assert message.req == request.req
 
 
 async def test_cancelled_waiter_withdraws_its_request(endpoint: str) -> None:

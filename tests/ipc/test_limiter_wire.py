@@ -34,18 +34,36 @@ def test_frames_are_the_documented_contract() -> None:
     assert encode(Configure("c1", remaining=5)) == [b"SL1", b"configure",
                                                     b'{"client":"c1","remaining":5}']
     assert encode(Probe()) == [b"SL1", b"probe", b"{}"]
+    # The clock fields are optional: absent unless set, so older peers see what they know.
+    assert encode(Ping("c1", 2, "m1:ab")) == [b"SL1", b"ping",
+                                              b'{"client":"c1","seq":2,"clock":"m1:ab"}']
+    assert encode(Release("c1", 7)) == [b"SL1", b"release", b'{"client":"c1","req":7}']
+    assert encode(Release("c1", 7, 12.5)) == [b"SL1", b"release",
+                                              b'{"client":"c1","req":7,"sent_at":12.5}']
+    assert encode(GrantMessage(7, 3, 12.75)) == [b"SL1", b"grant",
+                                                 b'{"req":7,"shard":3,"not_before":12.75}']
+
+
+def test_old_messages_decode_without_the_clock_fields() -> None:
+    assert decode_client_message([b"SL1", b"ping", b'{"client":"a","seq":1}']) == Ping("a", 1)
+    assert decode_client_message([b"SL1", b"release", b'{"client":"a","req":1}']) == Release(
+        "a", 1, None)
+    assert decode_service_message([b"SL1", b"grant", b'{"req":1,"shard":2}']) == GrantMessage(
+        1, 2, None)
 
 
 @pytest.mark.parametrize(
     "message",
-    [Ping("a", 0), Request("a.b:c-d_e", 2**53 - 1, 2**31 - 1), Cancel("x", 1), Release("x", 2),
+    [Ping("a", 0), Ping("a", 1, "m1:0123abcd"), Request("a.b:c-d_e", 2**53 - 1, 2**31 - 1),
+     Cancel("x", 1), Release("x", 2), Release("x", 2, 0.0), Release("x", 3, 1234.000001),
      Configure("x"), Configure("x", 16, 900, 1000, 51200.5)],
 )
 def test_client_messages_round_trip(message: ClientMessage) -> None:
     assert decode_client_message(encode(message)) == message
 
 
-@pytest.mark.parametrize("message", [GrantMessage(1, 2), Pong(3, ()), Pong(4, (1, 2)), Probe()])
+@pytest.mark.parametrize("message", [GrantMessage(1, 2), GrantMessage(1, 2, 99.125), Pong(3, ()),
+                                     Pong(4, (1, 2)), Probe()])
 def test_service_messages_round_trip(message: ServiceMessage) -> None:
     assert decode_service_message(encode(message)) == message
 
@@ -73,11 +91,25 @@ def test_unknown_fields_are_ignored() -> None:
         [b"SL1", b"configure", b'{"client":"a","max_concurrency":0}'],
         [b"SL1", b"configure", b'{"client":"a","reset_after":-1}'],
         [b"SL1", b"grant", b'{"req":1,"shard":2}'],  # a service kind from a client
+        [b"SL1", b"ping", b'{"client":"a","seq":1,"clock":""}'],
+        [b"SL1", b"ping", b'{"client":"a","seq":1,"clock":7}'],
+        [b"SL1", b"release", b'{"client":"a","req":1,"sent_at":-0.5}'],
+        [b"SL1", b"release", b'{"client":"a","req":1,"sent_at":"1.0"}'],
+        [b"SL1", b"release", b'{"client":"a","req":1,"sent_at":true}'],
+        [b"SL1", b"release", b'{"client":"a","req":1,"sent_at":1e999}'],
     ],
 )
 def test_malformed_client_messages_are_refused(frames: list[bytes]) -> None:
     with pytest.raises(ProtocolError):
         decode_client_message(frames)
+
+
+@pytest.mark.parametrize("body", [b'{"req":1,"shard":2,"not_before":-1}',
+                                  b'{"req":1,"shard":2,"not_before":"soon"}',
+                                  b'{"req":1,"shard":2,"not_before":false}'])
+def test_malformed_not_before_is_refused(body: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_service_message([b"SL1", b"grant", body])
 
 
 @given(st.lists(st.binary(max_size=64), max_size=4))
@@ -92,7 +124,7 @@ def test_any_bytes_decode_or_raise_protocol_error(frames: list[bytes]) -> None:
                           b"pong", b"probe"]),
     body=st.dictionaries(
         st.sampled_from(["client", "req", "shard", "seq", "queued", "remaining", "total",
-                         "max_concurrency", "reset_after"]),
+                         "max_concurrency", "reset_after", "clock", "sent_at", "not_before"]),
         st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
                   st.text(max_size=70), st.lists(st.integers(), max_size=3)),
     ),

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 from sandbox_client import RawClient
+from websockets.exceptions import InvalidStatus
 
 from shardctl.gateway.intents import Intents
 from shardctl.sandbox import (
     Close,
+    CorruptFrame,
     GuildOutage,
+    NotJson,
     Reconnect,
     RequestHeartbeat,
     Sandbox,
@@ -186,3 +191,54 @@ async def test_disabling_an_intent_closes_its_sessions_4003_then_4014() -> None:
         await c.identify(intents=members)
         assert await c.closed() == 4014
         await b.close()
+
+
+async def test_corrupt_frame_breaks_the_clients_inflater() -> None:
+    async with Sandbox(fast()) as sb:
+        c = await RawClient.open(sb.gateway_url, compress="zlib-stream")
+        await c.ready()
+        await c.recv_op(0, "GUILD_CREATE")
+        await sb.inject(0, "corrupt_frame")
+        with pytest.raises(zlib.error):
+            await c.recv()
+        await c.close(4000)
+        assert [r.details["fault"] for r in sb.records("fault")] == [CorruptFrame()]
+
+
+async def test_not_json_is_compressed_like_any_payload() -> None:
+    async with Sandbox(fast()) as sb:
+        c = await RawClient.open(sb.gateway_url, compress="zlib-stream")
+        await c.ready()
+        await c.recv_op(0, "GUILD_CREATE")
+        await sb.inject(0, NotJson())
+        with pytest.raises(orjson.JSONDecodeError):
+            await c.recv()  # inflates fine; the payload is what is broken
+        await c.close(4000)
+
+
+async def test_refuse_connections_drops_sockets_and_refuses_upgrades_for_a_while() -> None:
+    async with Sandbox(fast()) as sb:
+        c, sid = await ready(sb)
+        await sb.inject(None, ("refuse_connections", 0.5))
+        assert await c.closed() == 1006  # dropped: no close frame
+        with pytest.raises(InvalidStatus) as refused:
+            await RawClient.open(sb.resume_gateway_url)
+        assert refused.value.response.status_code == 503
+        assert len(sb.records("connection_refused")) == 1
+        await anyio.sleep(0.5)  # the outage's own duration, not a poll
+        r = await RawClient.open(sb.resume_gateway_url)  # back, and the session survived
+        await r.hello()
+        await r.resume(sid, 2)
+        await r.recv_op(0, "RESUMED")
+        await r.close()
+
+
+def test_the_new_faults_parse_from_every_spelling() -> None:
+    from shardctl.sandbox import RefuseConnections, parse_fault
+    from shardctl.sandbox.faults import parse_scheduled
+
+    assert parse_fault("corrupt_frame") == CorruptFrame()
+    assert parse_fault("not_json") == NotJson()
+    assert parse_fault(("refuse_connections", 2)) == RefuseConnections(2.0)
+    assert parse_scheduled("refuse_connections:1.5@10").fault == RefuseConnections(1.5)
+    assert parse_scheduled("corrupt_frame@3/1").shard_id == 1

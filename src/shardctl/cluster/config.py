@@ -38,14 +38,25 @@ class RunConfig:
     limiter: str | None = None
     state_file: Path | None = None
     ignore_session_start_limit: bool = False
+    #: CURVE key directory (``shardctl keys generate``): every endpoint runs CURVE, and
+    #: binds other hosts can reach are allowed.  None: private ipc:// or loopback only.
+    curve_keys: Path | None = None
+    #: Worker slots filled by ``shardctl worker --supervisor ...`` from other hosts
+    #: (shardctl.cluster.remote), on top of the ``processes`` spawned here.
+    remote_workers: int = 0
 
     def __post_init__(self) -> None:
         if not self.token.strip():
             raise ConfigurationError("the bot token is empty")
         if self.shards is not None and self.shards < 1:
             raise ConfigurationError(f"--shards must be at least 1 or 'auto' (got {self.shards})")
-        if self.processes < 1:
-            raise ConfigurationError(f"--processes must be at least 1 (got {self.processes})")
+        if self.remote_workers < 0:
+            raise ConfigurationError(
+                f"--remote-workers must be at least 0 (got {self.remote_workers})")
+        if self.processes < (0 if self.remote_workers else 1):
+            raise ConfigurationError(
+                f"--processes must be at least {0 if self.remote_workers else 1} "
+                f"(got {self.processes})")
         if not 50 <= self.large_threshold <= 250:
             raise ConfigurationError("large_threshold must be between 50 and 250")
         check_identify_interval(self.identify_interval, self.api_url)

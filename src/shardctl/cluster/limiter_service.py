@@ -6,7 +6,17 @@ message means for the queue and when a client is gone:
 
 - a grant is held until the client releases it (its IDENTIFY is sent): the bucket's next
   grant comes an interval after the release, so IDENTIFYs leave the processes at least an
-  interval apart however late each grant arrived.  A holder whose connection is gone
+  interval apart however late each grant arrived.  A client that shares the service's
+  monotonic clock (same boot and time namespace: its ping names the clock) is granted up to
+  ``lead`` ahead of its slot with a ``not_before`` it waits out itself, so neither the timer's
+  lateness nor the grant's trip lengthens a gap; any other client is granted at the slot.
+  With ``pace_from_sent`` such a client is also believed about when its send ended (the
+  release's ``sent_at``), which takes the release's trip out of the gap too; it is off by
+  default because Discord judges *arrivals*: pacing sends exactly leaves no margin for one
+  IDENTIFY being seen later than the next (the sandbox stamps a message when its event loop
+  reads it, up to ~2.4 ms after it was written on a busy 2-core host, and judged such exactly
+  paced gaps as 198.2-199.99 ms: a violation in every run), while the release's trip is such
+  a margin.  A holder whose connection is gone
   (probed every ``probe_interval`` while it holds) counts as released when that is seen; one
   that never answers, at ``hold_limit``;
 - a request is keyed ``(client id, request number)``; its grant goes to the routing id the
@@ -51,7 +61,9 @@ from shardctl.ipc.limiter import (
     Ping,
     Release,
     Request,
+    clock_id,
 )
+from shardctl.ipc.security import CurveServer
 
 __all__ = ["DEFAULT_CLIENT_TIMEOUT", "LimiterEvent", "LimiterServer", "RequestKey"]
 
@@ -60,11 +72,18 @@ log = logging.getLogger(__name__)
 DEFAULT_CLIENT_TIMEOUT: Final = 10.0
 """Seconds without a ping after which a client's waiting requests are dropped."""
 
+DEFAULT_LEAD: Final = 0.02
+"""Seconds ahead of its slot a same-clock client may be granted: covers the grant's trip and
+the client's wake-up (a few ms, tens on a loaded machine); the client waits out the rest."""
+
 DEFAULT_PROBE_INTERVAL: Final = 0.05
 """Seconds between reachability probes of a client that holds an unreleased grant.  Holds
 normally last the few milliseconds of one websocket send, so probes are rare."""
 
 RECORD_SIZE: Final = 10_000
+
+SAME_CLOCK_CHECK: Final = 0.001
+"""Largest difference between the loop's clock and time.monotonic() taken for one clock."""
 
 RequestKey = tuple[str, int]
 """(client id, request number): one request of one client."""
@@ -72,8 +91,10 @@ RequestKey = tuple[str, int]
 
 @dataclass(frozen=True, slots=True)
 class LimiterEvent:
-    """One entry of the service's own record: ``grant``, ``drop`` (a client's waiting
-    requests, with the reason) or ``update`` (new limits)."""
+    """One entry of the service's own record: ``grant`` (``at``: when the shard may
+    IDENTIFY; ``issued``: when the grant left, earlier for an early grant), ``release``
+    (``at``: the time its bucket is paced from), ``drop`` (a client's waiting requests, with
+    the reason) or ``update`` (new limits)."""
 
     kind: str
     at: float
@@ -81,12 +102,14 @@ class LimiterEvent:
     shard_id: int | None = None
     bucket: int | None = None
     detail: str = ""
+    issued: float | None = None
 
 
 @dataclass(slots=True)
 class _Client:
     peer: bytes
     last_seen: float
+    same_clock: bool = False  # its ping named our monotonic clock: sent_at and not_before
 
 
 def _wall(at: float, now: float) -> str:
@@ -101,7 +124,10 @@ class LimiterServer:
     Times (``last_grants``, the record) are in the event loop's clock
     (``anyio.current_time()``, monotonic).  ``remaining``/``total``/``reset_after``
     (seconds) give the session-start budget; without them none is enforced.  ``hold_limit``
-    (default: the interval) bounds how long an unreleased grant blocks its bucket.
+    (default: the interval) bounds how long an unreleased grant blocks its bucket.  ``lead``
+    (seconds, 0 to turn off): how far ahead of its slot a client sharing this clock may be
+    granted; ``pace_from_sent``: pace such a client's bucket from its ``sent_at`` (see the
+    module docstring for why this is off by default).
     """
 
     def __init__(
@@ -118,8 +144,17 @@ class LimiterServer:
         client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
         hold_limit: float | None = None,
         probe_interval: float = DEFAULT_PROBE_INTERVAL,
+        curve: CurveServer | None = None,
+        lead: float = DEFAULT_LEAD,
+        pace_from_sent: bool = False,
     ) -> None:
-        endpoints.check_bind_allowed(endpoint)
+        if not (math.isfinite(lead) and lead >= 0):
+            raise ValueError(f"lead must be a finite number of seconds >= 0, not {lead}")
+        self._lead = lead
+        self._pace_from_sent = pace_from_sent
+        self._clock: str | None = None  # our monotonic clock's name, once serving
+        endpoints.check_bind_allowed(endpoint, curve=curve is not None)
+        self._curve = curve
         self._endpoint = endpoint
         self._max_concurrency = max_concurrency
         self._interval = interval
@@ -187,7 +222,7 @@ class LimiterServer:
 
     async def serve(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
         """Bind and serve; ``task_status.started`` receives the bound endpoint."""
-        async with LimiterService(self._endpoint) as service:
+        async with LimiterService(self._endpoint, curve=self._curve) as service:
             now = anyio.current_time()
             self._scheduler = IdentifyScheduler[RequestKey](
                 now=now,
@@ -202,6 +237,9 @@ class LimiterServer:
             )
             self._service = service
             self.endpoint = service.endpoint
+            # Clients send time.monotonic() values: comparable with our `now` only if the
+            # event loop's clock is that clock (asyncio's is; another loop's may not be).
+            self._clock = clock_id() if abs(now - time.monotonic()) < SAME_CLOCK_CHECK else None
             log.info("limiter: serving %s (max_concurrency=%d, interval=%.3gs, remaining=%s)",
                      service.endpoint, self._scheduler.max_concurrency,
                      self._scheduler.interval, self._scheduler.remaining)
@@ -219,6 +257,11 @@ class LimiterServer:
         while True:
             peer, message = await service.receive()
             self._handle(peer, message, anyio.current_time())
+            # pyzmq hands over a queued message without yielding to the event loop: without
+            # this, a burst of messages (a cluster starting) starves the timer loop, and a
+            # release is acted on before the loop has even read sockets that were ready
+            # before it arrived (an IDENTIFY to a co-hosted sandbox, say).
+            await anyio.lowlevel.checkpoint()
 
     async def _timer_loop(self) -> None:
         while True:
@@ -246,12 +289,14 @@ class LimiterServer:
         scheduler = self.scheduler
         match message:
             case Request(client_id, req, shard):
-                scheduler.request((client_id, req), shard)
+                scheduler.request((client_id, req), shard,
+                                  lead=self._lead if client.same_clock else 0.0)
             case Cancel(client_id, req):
                 scheduler.cancel((client_id, req))
-            case Release(client_id, req):
-                scheduler.release((client_id, req), now)
-            case Ping(client_id, seq):
+            case Release(client_id, req, sent_at):
+                self._release(client, client_id, req, sent_at, now)
+            case Ping(client_id, seq, clock):
+                client.same_clock = self._same_clock(client_id, clock, client.same_clock)
                 queued = [r for (c, r), _ in scheduler.waiting() if c == client_id]
                 self._service_or_raise().send_pong(peer, seq, queued)
             case Configure(client_id, max_concurrency, remaining, total, reset_after):
@@ -262,6 +307,26 @@ class LimiterServer:
                     log.warning("limiter: ignored limits from client %s: %s", client_id, exc)
                 return
         self._pump()
+
+    def _same_clock(self, client_id: str, clock: str | None, before: bool) -> bool:
+        same = clock is not None and clock == self._clock
+        if same != before:
+            log.info("limiter: client %s %s this monotonic clock", client_id,
+                     "shares" if same else "does not share")
+        return same
+
+    def _release(self, client: _Client, client_id: str, req: int, sent_at: float | None,
+                 now: float) -> None:
+        believed = sent_at if client.same_clock and self._pace_from_sent else None
+        held = {k: (shard, start) for k, shard, start in self.scheduler.holding()}
+        if not self.scheduler.release((client_id, req), now, sent_at=believed):
+            return
+        shard, start = held[(client_id, req)]
+        paced_from = now if believed is None else min(max(believed, start), now)
+        self._note(LimiterEvent("release", paced_from, client_id, shard,
+                                self.scheduler.bucket_of(shard), detail=(
+            f"req={req} handled={now:.6f}"
+            + ("" if sent_at is None else f" sent_at={sent_at:.6f}"))))
 
     def _service_or_raise(self) -> LimiterService:
         if self._service is None:
@@ -279,13 +344,15 @@ class LimiterServer:
             client = self._clients.get(client_id)
             if client is None or client_id in gone:
                 return False
-            if service.send_grant(client.peer, req, grant.shard_id):
+            not_before = grant.start if grant.start > grant.at else None
+            if service.send_grant(client.peer, req, grant.shard_id, not_before=not_before):
                 return True
             gone.add(client_id)
             return False
 
         for grant in self.scheduler.poll(now, deliver):
-            self._note(LimiterEvent("grant", grant.at, grant.key[0], grant.shard_id, grant.bucket))
+            self._note(LimiterEvent("grant", grant.start, grant.key[0], grant.shard_id,
+                                    grant.bucket, issued=grant.at))
         for client_id in gone:
             self._drop(client_id, now, "connection gone")
         self._log_budget(now)

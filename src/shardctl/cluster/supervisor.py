@@ -26,13 +26,16 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
 
 from shardctl import errors
+from shardctl.cluster import remote
 from shardctl.cluster import sessions as session_file
 from shardctl.cluster.config import RunConfig
+from shardctl.cluster.counters import EventTotals
 from shardctl.cluster.discovery import GatewayInfo, fetch_gateway_bot
 from shardctl.cluster.limiter_service import LimiterServer
 from shardctl.cluster.planner import parse_shard_ids, plan
 from shardctl.cluster.restarts import RestartPolicy
 from shardctl.cluster.sessions import SessionRecord
+from shardctl.cluster.status_report import status_body
 from shardctl.cluster.workers import WorkerSlot, kill, spawn, worker_command
 from shardctl.gateway.sharding import shard_for
 from shardctl.ipc import endpoints
@@ -48,6 +51,9 @@ log = logging.getLogger(__name__)
 RESUMABLE_CLOSE: Final = 4009
 #: How long workers get to close their shards and report before they are killed.
 STOP_TIMEOUT: Final = 15.0
+#: A worker that has not registered yet is still importing (seconds on a loaded host):
+#: judge it by this, not by the liveness timeout, or a short timeout kills every respawn.
+WORKER_STARTUP_GRACE: Final = 20.0
 #: Commands wait this long for the worker's reply.
 COMMAND_TIMEOUT: Final = 10.0
 #: In-process event listeners get this much buffer before events are dropped (and counted).
@@ -129,6 +135,8 @@ class Supervisor:
         self._failure: BaseException | None = None
         self._changed = anyio.Event()
         self.listener_drops = 0
+        #: Per-shard event counts by type, cumulative over worker restarts (metrics, rates).
+        self.event_totals = EventTotals()
         self.endpoints: dict[str, str] = {}
 
     def __repr__(self) -> str:
@@ -146,8 +154,10 @@ class Supervisor:
         saved = session_file.load(self.state_file, self.config.token, self.shard_count)
         resumable = {i: saved[i] for i in ids if i in saved}
         self._check_budget(info, len(ids) - len(resumable))
-        self.slots = [WorkerSlot(i, shard_ids, policy=self._restart_policy())
-                      for i, shard_ids in enumerate(plan(ids, self.config.processes))]
+        local = self.config.processes
+        self.slots = [WorkerSlot(i, shard_ids, policy=self._restart_policy(), remote=i >= local)
+                      for i, shard_ids in enumerate(
+                          plan(ids, local + self.config.remote_workers))]
         for slot in self.slots:
             for shard_id in slot.shard_ids:
                 self._status[shard_id] = ShardStatus(shard_id, worker=slot.index)
@@ -161,7 +171,8 @@ class Supervisor:
         try:
             await self._start_services(tg, info, resumable)
             for slot in self.slots:
-                tg.start_soon(self._watch, slot)
+                if not slot.remote:  # remote slots are filled by workers that register
+                    tg.start_soon(self._watch, slot)
             tg.start_soon(self._beat_loop)
         except BaseException:
             tg.cancel_scope.cancel()
@@ -196,25 +207,31 @@ class Supervisor:
                               resumable: Mapping[int, SessionRecord]) -> None:
         run_dir = endpoints.runtime_dir(self._runtime_dir)
         limit = info.session_start_limit
+        # CURVE on every endpoint when keys are configured; limiter and events-in sit next
+        # to a tcp control endpoint so remote workers reach them (cluster/remote.py).
+        curve, self._worker_curve = remote.supervisor_keys(self.config.curve_keys)
+        control_ep = self.config.control_endpoint
         limiter_ep = self.config.limiter
         if limiter_ep is None:
             self.limiter = LimiterServer(
-                endpoints.ipc_endpoint("limiter.sock", run_dir),
+                remote.service_endpoint(control_ep, "limiter", run_dir),
                 max_concurrency=limit.max_concurrency, interval=self.config.identify_interval,
-                remaining=limit.remaining, total=limit.total, reset_after=limit.reset_after)
+                remaining=limit.remaining, total=limit.total, reset_after=limit.reset_after,
+                curve=curve)
             limiter_ep = await tg.start(self.limiter.serve)
         else:
             await tg.start(self._configure_remote_limiter, limiter_ep, info)
         forwarder = self._forwarder = EventForwarder(
-            endpoints.ipc_endpoint("events-in.sock", run_dir),
+            remote.service_endpoint(control_ep, "events-in", run_dir),
             self.config.events_endpoint or endpoints.ipc_endpoint("events.sock", run_dir),
             # A slow consumer must not stall the cluster: it loses events at its high-water
             # mark and sees the loss as bus_seq gaps (DESIGN.md §3).
-            nodrop=False, on_batch=self._on_batch if self._wants_events() else None)
+            nodrop=False, on_batch=self._on_batch if self._wants_events() else None,
+            curve=curve)
         forwarder.last_seq.update({r.shard_id: r.seq for r in resumable.values()})
         await tg.start(forwarder.run)
         self._control = ControlServer(
-            self.config.control_endpoint or endpoints.ipc_endpoint("control.sock", run_dir))
+            control_ep or endpoints.ipc_endpoint("control.sock", run_dir), curve=curve)
         tg.start_soon(self._control_loop, self._control)
         self.endpoints = {"limiter": limiter_ep, "events": forwarder.outbound,
                           "events_in": forwarder.inbound, "control": self._control.endpoint}
@@ -226,7 +243,7 @@ class Supervisor:
             task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """A shared limiter learns this bot's fresh limits from our ``GET /gateway/bot``."""
         limit = info.session_start_limit
-        async with LimiterClient(endpoint) as client:
+        async with LimiterClient(endpoint, curve=self._worker_curve) as client:
             client.configure(max_concurrency=limit.max_concurrency, remaining=limit.remaining,
                              total=limit.total, reset_after=limit.reset_after)
             task_status.started()
@@ -279,7 +296,7 @@ class Supervisor:
             # The workers flushed before exiting; wait until their last events are through.
             await self._wait_for(self._drained)
         for slot in self.slots:
-            if slot.alive:
+            if slot.alive and not slot.remote:
                 log.warning("supervisor: worker %d did not stop in time; killing it", slot.index)
                 kill(slot)
 
@@ -341,7 +358,7 @@ class Supervisor:
 
     async def _watch(self, slot: WorkerSlot) -> None:
         assert self._control is not None
-        command = worker_command(self._control.endpoint, slot.index)
+        command = worker_command(self._control.endpoint, slot.index, self.config.curve_keys)
         while not self._stopping:
             await spawn(slot, command, now=anyio.current_time())
             assert slot.process is not None
@@ -376,13 +393,33 @@ class Supervisor:
             for slot in self.slots:
                 if not slot.alive:
                     continue
-                if now - slot.last_beat > self._liveness_timeout:
+                if now - slot.last_beat > self._liveness_timeout and slot.remote:
+                    await self._remote_lost(slot, now - slot.last_beat)
+                elif now - slot.last_beat > self._liveness_timeout and (
+                        slot.peer is not None or now - slot.last_beat > WORKER_STARTUP_GRACE):
                     # Frozen (SIGSTOP, deadlock): SIGKILL it; _watch respawns it.
                     log.warning("supervisor: worker %d (pid %s) missed its liveness beats for "
                                 "%.1f s; killing it", slot.index, slot.pid, now - slot.last_beat)
                     kill(slot)
                 elif slot.peer is not None and self._control is not None:
                     await self._control.send(slot.peer, "beat")
+
+    async def _remote_lost(self, slot: WorkerSlot, silent: float) -> None:
+        """A remote worker's host is gone: its shards RESUME on a live worker (remote.py)."""
+        log.warning("supervisor: remote worker %d missed its liveness beats for %.1f s; "
+                    "taking its shards away", slot.index, silent)
+        self._mark_worker_gone(slot)
+        adopter = remote.adopter_for(self.slots, slot)
+        if adopter is None or adopter.peer is None or self._control is None:
+            log.warning("supervisor: no live worker to adopt shards %s; they wait for the "
+                        "next worker to register", slot.shard_ids)
+            return
+        moved = remote.move_shards(slot, adopter)
+        for shard_id in moved:
+            self._status[shard_id].worker = adopter.index
+        log.info("supervisor: worker %d adopts shards %s of lost worker %d",
+                 adopter.index, moved, slot.index)
+        await self._control.send(adopter.peer, "assign", self._assignment(adopter).to_body())
 
     def _assignment(self, slot: WorkerSlot) -> Assignment:
         assert self.info is not None
@@ -416,8 +453,12 @@ class Supervisor:
     async def _handle(self, control: ControlServer, peer: bytes,
                       message: ControlMessage) -> None:
         kind, body = message.kind, message.body
+        if kind == "status":
+            # A read-only query from any peer (`shardctl status`); never a worker's message.
+            await control.send(peer, "status", status_body(self.status(), self.slots))
+            return
         if kind == "register":
-            slot = self._slot_for_registration(body)
+            slot = self._slot_for_registration(body, peer)
             if slot is None:
                 log.warning("supervisor: a worker registered for no known slot: %r", body)
                 return
@@ -426,6 +467,9 @@ class Supervisor:
             return
         slot = next((s for s in self.slots if s.peer == peer), None)
         if slot is None:
+            if kind in {"beat", "state"} and any(s.remote for s in self.slots):
+                # A remote worker we took for lost is back: its shards run elsewhere now.
+                await control.send(peer, "stop", {"code": RESUMABLE_CLOSE})
             return  # a worker we already replaced, or a stranger
         slot.last_beat = anyio.current_time()
         if kind == "state":
@@ -436,8 +480,15 @@ class Supervisor:
                 waiter[1].append(body)
                 waiter[0].set()
 
-    def _slot_for_registration(self, body: dict[str, Any]) -> WorkerSlot | None:
+    def _slot_for_registration(self, body: dict[str, Any], peer: bytes) -> WorkerSlot | None:
         index, pid = body.get("worker"), body.get("pid")
+        if index is None:
+            # A worker from another host (`shardctl worker`): with CURVE it proved its key
+            # in the handshake; it takes a free remote slot, if any (cluster/remote.py).
+            slot = remote.claim_slot(self.slots, peer)
+            if slot is not None:
+                slot.pid = pid if isinstance(pid, int) else None
+            return slot
         if not isinstance(index, int) or not 0 <= index < len(self.slots):
             return None
         slot = self.slots[index]
@@ -456,6 +507,7 @@ class Supervisor:
             status.latency = item.get("latency")
             status.guilds = int(item.get("guilds") or 0)
             status.last_event = item.get("last_event")
+            self.event_totals.observe(shard_id, slot.pid, item.get("counts"))
             if item.get("session_id"):
                 status.session_id = item["session_id"]
                 status.resume_gateway_url = item.get("resume_gateway_url")
@@ -464,6 +516,8 @@ class Supervisor:
             error = item.get("error")
             if isinstance(error, dict):
                 status.error = str(error.get("message"))
+                # A fatal close ended the session too (the shard forgot it): never save it.
+                status.session_id = status.resume_gateway_url = None
                 self._fail(_fatal_from_report(error))
         self._notify()
 

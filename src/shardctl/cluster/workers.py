@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
 import anyio.abc
@@ -24,9 +25,11 @@ from shardctl.cluster.restarts import RestartPolicy
 log = logging.getLogger(__name__)
 
 
-def worker_command(control_endpoint: str, index: int) -> list[str]:
-    return [sys.executable, "-m", "shardctl.worker", "--control", control_endpoint,
-            "--index", str(index)]
+def worker_command(control_endpoint: str, index: int, keys: Path | None = None) -> list[str]:
+    """``keys``: a CURVE key directory whose ``worker`` client keypair the worker uses."""
+    command = [sys.executable, "-m", "shardctl.worker", "--control", control_endpoint,
+               "--index", str(index)]
+    return [*command, "--keys", str(keys)] if keys is not None else command
 
 
 @dataclass(slots=True)
@@ -44,9 +47,14 @@ class WorkerSlot:
     restarts: int = 0
     #: Set while the process is being replaced, so its exit is not counted twice.
     generation: int = 0
+    #: Run by a worker on another host that registers itself (shardctl.cluster.remote); the
+    #: supervisor spawns no process for it and knows it alive while it is registered.
+    remote: bool = False
 
     @property
     def alive(self) -> bool:
+        if self.remote:
+            return self.peer is not None
         return self.process is not None and self.process.returncode is None
 
 

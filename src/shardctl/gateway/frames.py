@@ -8,7 +8,6 @@ never a ``KeyError``/``TypeError`` deep inside the state machine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
@@ -21,19 +20,42 @@ __all__ = ["Frame", "read_frame"]
 _SECRET_OPS: Final = frozenset({2, 6})
 
 
-@dataclass(slots=True, repr=False)
+_UNPARSED: Final[Any] = object()
+#: Dispatches whose ``d`` the machine reads at once: always parsed (and checked) up front.
+_PARSE_NOW: Final = frozenset({"READY", "RESUMED"})
+_D_KEY: Final = b'"d":'
+#: How far into a payload the envelope keys are looked for before ``"d":``.
+_ENVELOPE_SPAN: Final = 128
+
+
 class Frame:
     """One gateway payload: the envelope keys plus the bytes exactly as received.
 
     ``s`` and ``t`` are ``None`` when absent: the docs' own ACK example is ``{"op": 11}``.
     ``raw`` is kept so the worker can forward the payload without re-serialising it.
+    ``d`` of a dispatch may be parsed on first access only (see :func:`read_frame`); a
+    payload that turns out not to be JSON then raises :class:`ProtocolError` there.
     """
 
-    op: int
-    d: Any
-    s: int | None
-    t: str | None
-    raw: bytes
+    __slots__ = ("_d", "op", "raw", "s", "t")
+
+    def __init__(self, op: int, d: Any, s: int | None, t: str | None, raw: bytes) -> None:
+        self.op, self._d, self.s, self.t, self.raw = op, d, s, t, raw
+
+    @property
+    def d(self) -> Any:
+        d = self._d
+        if d is _UNPARSED:
+            d = self._d = _parse(self.raw).get("d")
+        return d
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Frame):
+            return NotImplemented
+        return (self.op, self.s, self.t, self.raw, self.d) == \
+            (other.op, other.s, other.t, other.raw, other.d)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaces
 
     def __repr__(self) -> str:
         # Never echo raw or a token-carrying d: the sandbox parses client IDENTIFY/RESUME too.
@@ -62,6 +84,14 @@ def read_frame(payload: bytes | str) -> Frame:
             raise ProtocolError("gateway payload is not valid UTF-8 text") from None
     else:
         raw = bytes(payload)
+    frame = _read_dispatch_envelope(raw)
+    if frame is not None:
+        return frame
+    obj = _parse(raw)
+    return _checked(obj, obj.get("d"), raw)
+
+
+def _parse(raw: bytes) -> dict[str, Any]:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -72,6 +102,31 @@ def read_frame(payload: bytes | str) -> Frame:
         raise ProtocolError(
             f"gateway payload must be a JSON object, got {_json_type(obj)}"
         )
+    return obj
+
+
+def _read_dispatch_envelope(raw: bytes) -> Frame | None:
+    """A dispatch whose op, s and t all come before ``"d":`` (how Discord and the sandbox
+    send them), read from those first bytes only; ``d`` is left for first access.
+
+    Parsing the whole ~1.5 KB payload costs several times the envelope (DESIGN.md §3) and
+    the worker forwards ``raw`` without ever reading ``d``.  Anything unusual (another key
+    order, a non-dispatch, READY) returns None and takes the full parse.
+    """
+    i = raw.find(_D_KEY, 0, _ENVELOPE_SPAN)
+    if i < 2 or raw[i - 1:i] != b"," or raw[-1:] != b"}":
+        return None
+    try:
+        head = orjson.loads(raw[:i - 1] + b"}")
+    except orjson.JSONDecodeError:
+        return None
+    if type(head) is not dict or type(head.get("op")) is not int or head["op"] != 0 \
+            or "s" not in head or type(head.get("t")) is not str or head["t"] in _PARSE_NOW:
+        return None
+    return _checked(head, _UNPARSED, raw)
+
+
+def _checked(obj: dict[str, Any], d: Any, raw: bytes) -> Frame:
     op = obj.get("op")
     if type(op) is not int:
         if op is None:
@@ -83,7 +138,7 @@ def read_frame(payload: bytes | str) -> Frame:
     t = obj.get("t")
     if t is not None and type(t) is not str:
         raise ProtocolError(f"gateway payload 't' must be a string or null, got {_json_type(t)}")
-    return Frame(op, obj.get("d"), s, t, raw)
+    return Frame(op, d, s, t, raw)
 
 
 def _json_type(value: object) -> str:

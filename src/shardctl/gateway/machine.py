@@ -87,8 +87,11 @@ ENCODING: Final = "json"
 RECONNECT_CLOSE_CODE: Final = 4000
 #: Op 9 d:false → wait a random 1-5 s before re-identifying (protocol §6, [doc, old]).
 INVALID_SESSION_DELAY: Final = (1.0, 5.0)
-#: Resume attempts whose socket never opened before falling back to a fresh IDENTIFY on
-#: the cached URL ("the same applies when reconnecting fails", protocol §5).
+#: Resume attempts whose socket never opened before the RESUME goes to the cached connect
+#: URL instead of ``resume_gateway_url`` (that host may be the one that is down).  The
+#: session is kept: a gateway outage of a few seconds must not cost an IDENTIFY per shard,
+#: and a RESUME is always safe to try -- Discord answers op 9 d:false when the session is
+#: gone, and the shard then IDENTIFYs (protocol §5, §7).
 MAX_FAILED_RESUME_CONNECTS: Final = 3
 
 #: Lifecycle events emitted among the dispatches, in order (lacord's output events).
@@ -97,6 +100,9 @@ SHARD_RESUMED: Final = "SHARD_RESUMED"
 INVALID_SESSION: Final = "INVALID_SESSION"
 DISCONNECT: Final = "DISCONNECT"
 LIFECYCLE_EVENTS: Final = frozenset({SHARD_READY, SHARD_RESUMED, INVALID_SESSION, DISCONNECT})
+
+
+_FROM_FRAME: Final[Any] = object()
 
 
 class IllegalTransition(RuntimeError):
@@ -114,13 +120,33 @@ class Send:
     op: int
 
 
-@dataclass(frozen=True, slots=True)
 class Emit:
-    """Hand an event to the output: a dispatch (``frame`` set) or a lifecycle event."""
+    """Hand an event to the output: a dispatch (``frame`` set) or a lifecycle event.
 
-    name: str
-    data: Any
-    frame: Frame | None = None
+    A dispatch's ``data`` is its frame's ``d``, parsed on first access (the worker forwards
+    ``frame.raw`` and never needs it); it raises ProtocolError if the payload is not JSON.
+    """
+
+    __slots__ = ("_data", "frame", "name")
+
+    def __init__(self, name: str, data: Any = _FROM_FRAME, frame: Frame | None = None) -> None:
+        self.name, self._data, self.frame = name, data, frame
+
+    @property
+    def data(self) -> Any:
+        if self._data is _FROM_FRAME:
+            return None if self.frame is None else self.frame.d
+        return self._data
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Emit):
+            return NotImplemented
+        return (self.name, self.frame, self.data) == (other.name, other.frame, other.data)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Emit(name={self.name!r}, frame={self.frame!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +362,8 @@ class ShardMachine:
         wait = step if delay is None else max(delay, step)
         if want_resume:
             url = self.resume_url() or ""
+            if self._failed_resume_connects >= MAX_FAILED_RESUME_CONNECTS and self.connect_url:
+                url = gateway_url(self.connect_url, self.compression)
         else:
             url = gateway_url(self.connect_url, self.compression) if self.connect_url else ""
         return Reconnect(url=url, resume=want_resume, delay=wait)
@@ -419,8 +447,6 @@ class ShardMachine:
             return []
         if self._resuming:
             self._failed_resume_connects += 1
-            if self._failed_resume_connects >= MAX_FAILED_RESUME_CONNECTS:
-                self._forget_session()
         return self._end_connection(None, f"connect failed: {reason}", close=False)
 
     def receive(self, message: bytes | str, now: float) -> list[Action]:
@@ -512,7 +538,7 @@ class ShardMachine:
         if frame.s is not None and frame.s >= 0:
             self.seq = frame.s  # newest non-null s, for heartbeats and RESUME (protocol §2)
         name = frame.t or ""
-        actions: list[Action] = [Emit(name, frame.d, frame)]
+        actions: list[Action] = [Emit(name, frame=frame)]
         if name == "READY" and self._state is ShardState.IDENTIFYING:
             d = frame.d if isinstance(frame.d, dict) else {}
             session_id = d.get("session_id")

@@ -62,6 +62,7 @@ from shardctl.ipc.events import (
     encode_record,
     type_bytes,
 )
+from shardctl.ipc.security import CurveClient, CurveServer
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +160,11 @@ class EventPublisher:
                  max_events: int = 64, max_delay: float = 0.002, max_bytes: int = 256 * 1024,
                  max_backlog: int = 100_000, hwm: int = 1000, linger: float = 2.0,
                  clock: Callable[[], float] = time.monotonic,
-                 wall_clock_ns: Callable[[], int] = time.time_ns) -> None:
+                 wall_clock_ns: Callable[[], int] = time.time_ns,
+                 curve: CurveClient | None = None) -> None:
         self.endpoint = endpoint
         self._context = context
+        self._curve = curve
         self._builder = BatchBuilder(max_events=max_events, max_delay=max_delay,
                                      max_bytes=max_bytes)
         self._max_backlog = max_backlog
@@ -239,6 +242,8 @@ class EventPublisher:
             sock.setsockopt(zmq.XPUB_NODROP, 1)
             sock.setsockopt(zmq.SNDHWM, self._hwm)
             sock.setsockopt(zmq.LINGER, self._linger_ms)
+            if self._curve is not None:
+                self._curve.apply(sock)
             sock.connect(self.endpoint)
             self._sock = sock
             shadow = zmq.asyncio.Socket.from_socket(sock)
@@ -371,18 +376,20 @@ class EventForwarder:
     object streams); an exception from it stops the forwarder.
 
     ``inbound``/``outbound`` are bound through :func:`shardctl.ipc.endpoints.bind` (locked
-    ipc:// paths, loopback-only tcp://); once ``run()`` has started they hold the actual
-    endpoints, so ``tcp://127.0.0.1:*`` can be used to pick free ports.
+    ipc:// paths, loopback-only tcp:// unless ``curve`` keys are given, which then guard
+    both: workers and consumers need authorised client keys); once ``run()`` has started
+    they hold the actual endpoints, so ``tcp://127.0.0.1:*`` can be used to pick free ports.
     """
 
     def __init__(self, inbound: str, outbound: str, *,
                  context: zmq.Context[Any] | None = None, nodrop: bool = True,
                  in_hwm: int = 10_000, out_hwm: int = 100_000,
                  on_batch: BatchHook | None = None, drop_duplicates: bool = True,
-                 epoch: int | None = None) -> None:
+                 epoch: int | None = None, curve: CurveServer | None = None) -> None:
         self.inbound = inbound
         self.outbound = outbound
         self._context = context
+        self._curve = curve
         self._nodrop = nodrop
         self._in_hwm = in_hwm
         self._out_hwm = out_hwm
@@ -415,8 +422,10 @@ class EventForwarder:
             with contextlib.ExitStack() as binds:
                 # endpoints.bind: ipc:// binds are locked (no silent takeover), tcp:// must be
                 # loopback; ``tcp://127.0.0.1:*`` picks a port, so record what we got.
-                self.inbound = binds.enter_context(endpoints.bind(sin, self.inbound))
-                self.outbound = binds.enter_context(endpoints.bind(sout, self.outbound))
+                self.inbound = binds.enter_context(
+                    endpoints.bind(sin, self.inbound, curve=self._curve))
+                self.outbound = binds.enter_context(
+                    endpoints.bind(sout, self.outbound, curve=self._curve))
                 self._out = sout
                 ain = zmq.asyncio.Socket.from_socket(sin)
                 aout = zmq.asyncio.Socket.from_socket(sout)

@@ -45,6 +45,7 @@ import zmq.asyncio
 from shardctl.errors import ProtocolError
 from shardctl.ipc.bus import wait_socket
 from shardctl.ipc.events import NEW_SESSION_TYPE, Event, decode_event, subscription_prefix
+from shardctl.ipc.security import CurveClient
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +78,17 @@ class Consumer:
 
     ``types``: exact event types to receive (None: all).  ``shards``: shard ids to keep
     (None: all); with ``types`` the filter runs in the supervisor, otherwise here.
+    ``curve``: client keys for a supervisor that runs CURVE (:mod:`shardctl.ipc.security`);
+    with an unauthorised key the handshake fails and nothing is ever received.
     """
 
     def __init__(self, endpoint: str, types: Iterable[str] | None = None,
                  shards: Iterable[int] | None = None, *,
                  context: zmq.Context[Any] | None = None, hwm: int = 100_000,
-                 on_gap: Callable[[Gap], None] | None = None, keep_gaps: int = 1000) -> None:
+                 on_gap: Callable[[Gap], None] | None = None, keep_gaps: int = 1000,
+                 curve: CurveClient | None = None) -> None:
         self.endpoint = endpoint
+        self._curve = curve
         self.types = None if types is None else frozenset(types)
         self.shards = None if shards is None else frozenset(shards)
         if self.types is not None and not self.types:
@@ -137,6 +142,8 @@ class Consumer:
             sock.setsockopt(zmq.LINGER, 0)
             for prefix in self._prefixes:
                 sock.setsockopt(zmq.SUBSCRIBE, prefix)
+            if self._curve is not None:
+                self._curve.apply(sock)
             sock.connect(self.endpoint)
         except BaseException:
             sock.close()

@@ -9,7 +9,9 @@ side)::
 
 Worker → supervisor: ``register`` {worker, pid}, ``beat`` {}, ``state`` {shards: [...]},
 ``reply`` {id, ok, error}.  Supervisor → worker: ``assign`` {...}, ``beat`` {},
-``command`` {id, shard, name, args}, ``stop`` {code}.
+``command`` {id, shard, name, args}, ``stop`` {code}.  Any peer (``shardctl status``, not
+only workers) may send ``status`` {}; the supervisor answers ``status`` {shards: [...],
+summary: {...}} without taking the peer for a worker.
 
 Anything else -- wrong frame count, unknown version or kind, a body that is not a JSON object
 -- raises :class:`~shardctl.errors.ProtocolError`; receivers log it and drop the message, so a
@@ -29,12 +31,13 @@ import zmq.asyncio
 
 from shardctl.errors import ProtocolError
 from shardctl.ipc import endpoints
+from shardctl.ipc.security import CurveClient, CurveServer
 
 log = logging.getLogger(__name__)
 
 VERSION: Final = b"SC1"
 KINDS: Final = frozenset(
-    {"register", "beat", "state", "reply", "assign", "command", "stop"}
+    {"register", "beat", "state", "reply", "assign", "command", "stop", "status"}
 )
 #: A control message is small; anything larger is a bug or an attack.
 MAX_BODY_BYTES: Final = 1 << 20
@@ -79,15 +82,18 @@ class ControlServer:
     """The supervisor's end: a ROUTER that knows its peers by ZeroMQ identity.
 
     Bound through :func:`shardctl.ipc.endpoints.bind` (locked ipc:// path, loopback tcp://)
-    for the life of the object; :meth:`close` releases it.
+    for the life of the object; :meth:`close` releases it.  With ``curve`` only workers
+    holding an authorised key can connect, so only they can register or reply
+    (:mod:`shardctl.ipc.security`); without it the endpoint is private to this user.
     """
 
-    def __init__(self, endpoint: str, *, context: zmq.asyncio.Context | None = None) -> None:
+    def __init__(self, endpoint: str, *, context: zmq.asyncio.Context | None = None,
+                 curve: CurveServer | None = None) -> None:
         self._socket = (context or zmq.asyncio.Context.instance()).socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
         # Commands to a worker that has gone away fail at once instead of queueing silently.
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self._binding = endpoints.bind(self._socket, endpoint)
+        self._binding = endpoints.bind(self._socket, endpoint, curve=curve)
         try:
             self.endpoint = self._binding.__enter__()
         except BaseException:
@@ -124,9 +130,12 @@ class ControlServer:
 class ControlClient:
     """A worker's end: a DEALER connected to the supervisor's ROUTER."""
 
-    def __init__(self, endpoint: str, *, context: zmq.asyncio.Context | None = None) -> None:
+    def __init__(self, endpoint: str, *, context: zmq.asyncio.Context | None = None,
+                 curve: CurveClient | None = None) -> None:
         self._socket = (context or zmq.asyncio.Context.instance()).socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.apply(self._socket)
         self._socket.connect(endpoint)
 
     async def receive(self) -> ControlMessage:

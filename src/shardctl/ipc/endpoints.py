@@ -7,9 +7,10 @@ or ``tcp://127.0.0.1``.  Two hazards shape this module:
   process binding the same path silently steals it from the first (DESIGN.md §3).  A bind
   therefore holds an exclusive ``flock`` on ``<path>.lock`` for as long as it is bound, and a
   second binder gets :class:`EndpointInUseError` instead of a hijack.
-- Nothing we send is encrypted or authenticated yet.  A bind reachable from another host is
-  refused until CURVE keys exist: :func:`check_bind_allowed` is the one hook where they will
-  be applied and checked.
+- Without CURVE nothing we send is encrypted or authenticated, so a bind reachable from
+  another host is refused unless that socket has CURVE server keys
+  (:mod:`shardctl.ipc.security`): :func:`bind` applies them before ``zmq_bind``, and
+  :func:`check_bind_allowed` is the one place that decides.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, Final
 import zmq
 
 from shardctl.errors import ConfigurationError
+from shardctl.ipc.security import CurveServer
 
 __all__ = [
     "LOOPBACK_HOST",
@@ -103,18 +105,18 @@ def is_loopback(endpoint: str) -> bool:
         return False  # an interface name or hostname: assume reachable from elsewhere
 
 
-def check_bind_allowed(endpoint: str) -> None:
-    """Refuse to bind anything another host could reach.
+def check_bind_allowed(endpoint: str, *, curve: bool = False) -> None:
+    """Refuse to bind anything another host could reach, unless the socket runs CURVE.
 
-    This is the CURVE hook: when server keys are supported, a non-loopback bind will be
-    allowed here if (and only if) keys are configured, and they will be applied to the
-    socket in :func:`bind` before ``zmq_bind``.
+    ``curve``: the socket has CURVE server keys (applied by :func:`bind`), so every peer
+    must hold an authorised key and all traffic is encrypted.
     """
-    if not is_loopback(endpoint):
+    if not curve and not is_loopback(endpoint):
         raise ConfigurationError(
-            f"refusing to bind {endpoint}: it is reachable from other hosts and shardctl "
-            "traffic is not encrypted or authenticated yet (CURVE is not supported); bind "
-            "tcp://127.0.0.1:PORT or ipc:// and tunnel it (e.g. ssh -L) instead"
+            f"refusing to bind {endpoint}: it is reachable from other hosts and, without "
+            "CURVE keys, shardctl traffic is neither encrypted nor authenticated; configure "
+            "keys (`shardctl keys generate`, then --keys DIR), or bind tcp://127.0.0.1:PORT "
+            "or ipc:// and tunnel it (e.g. ssh -L)"
         )
 
 
@@ -207,13 +209,17 @@ def _ipc_lock(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def bind(socket: zmq.Socket[Any], endpoint: str) -> Iterator[str]:
+def bind(socket: zmq.Socket[Any], endpoint: str, *,
+         curve: CurveServer | None = None) -> Iterator[str]:
     """Bind ``socket`` for the duration of the block; yields the actual endpoint.
 
     ipc:// binds hold the endpoint's lock file until the block ends, then remove the socket
-    file.  ``tcp://HOST:*`` binds a free port; the yielded endpoint names it.
+    file.  ``tcp://HOST:*`` binds a free port; the yielded endpoint names it.  ``curve``
+    makes the socket a CURVE server first (and allows binds other hosts can reach).
     """
-    check_bind_allowed(endpoint)
+    check_bind_allowed(endpoint, curve=curve is not None)
+    if curve is not None:
+        curve.apply(socket)
     parsed = parse_endpoint(endpoint)
     lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if parsed.transport == "ipc":

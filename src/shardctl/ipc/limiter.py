@@ -16,27 +16,40 @@ unknown kind, a body that is not an object or a field of the wrong type is logge
 dropped, never answered.  Field types: ``ID`` a string of 1-64 characters
 ``[A-Za-z0-9._:-]`` naming one client instance (random per process start); ``R`` a request
 number and ``N`` a ping number, integers in 0..2**53-1, increasing per client; ``S`` a shard
-id, an integer in 0..2**31-1.
+id, an integer in 0..2**31-1; ``T`` a time in seconds on the sender's CLOCK_MONOTONIC
+(``time.monotonic()``), a finite number >= 0; ``C`` names that clock, in the alphabet of
+``ID``.  A key marked ``?`` may be absent (older peers never send it).
 
 client (DEALER, connects) -> service (ROUTER, binds):
 
-    ping       {"client": ID, "seq": N}
+    ping       {"client": ID, "seq": N, "clock"?: C}
         sent on start and every ping interval: liveness, and a question answered by pong.
+        ``clock`` names the client's monotonic clock (a hash of the host's boot id and the
+        process's time-namespace offsets): a service whose own clock has the same name reads
+        the client's ``T`` values as its own times (CLOCK_MONOTONIC is one clock per boot and
+        time namespace on Linux) and may use ``sent_at`` and ``not_before`` with it.
     request    {"client": ID, "req": R, "shard": S}
         shard S wants to IDENTIFY.  Idempotent: a request already waiting is not queued twice.
     cancel     {"client": ID, "req": R}
         withdraw a waiting request.  Too late once granted: a grant sent is a slot spent.
-    release    {"client": ID, "req": R}
+    release    {"client": ID, "req": R, "sent_at"?: T}
         the granted shard's IDENTIFY has been sent (or never will be).  The service may pace
         the bucket's next grant from this moment, since a release is causally after the send.
+        ``sent_at``: when the send ended (taken after it, so no later IDENTIFY of the bucket
+        can have left before it).  A service sharing the client's clock paces from it instead,
+        clamped to [grant start, release handled]; any other ignores it.
     configure  {"client": ID, "max_concurrency"?: int >= 1, "remaining"?: int >= 0,
                 "total"?: int >= 0, "reset_after"?: number >= 0 (seconds)}
         new limits, e.g. from a fresh GET /gateway/bot (its reset_after is in ms: divide).
 
 service -> client:
 
-    grant      {"req": R, "shard": S}
-        shard S may send IDENTIFY now.  The slot counts as used from the moment this is sent.
+    grant      {"req": R, "shard": S, "not_before"?: T}
+        shard S may send IDENTIFY now, or from ``not_before`` on: a service may grant a client
+        sharing its clock a little ahead of the slot, and the client must wait until its
+        ``time.monotonic()`` reaches ``not_before`` before sending.  Only sent to clients that
+        named the service's clock in a ping, since older clients would not wait.  The slot
+        counts as used from the moment this is sent, whether or not the client waits it out.
     pong       {"seq": N, "queued": [R, ...]}
         the requests of this client the service holds, as of ping N.
     probe      {}
@@ -60,15 +73,19 @@ vanished without a FIN, so a dead remote host is noticed too.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import itertools
 import logging
 import math
 import re
 import secrets
+import time
 from asyncio import Future
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, cast
 
@@ -81,6 +98,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from shardctl.errors import ProtocolError
 from shardctl.ipc import endpoints
+from shardctl.ipc.security import CurveClient, CurveServer
 
 __all__ = [
     "VERSION",
@@ -96,6 +114,7 @@ __all__ = [
     "Release",
     "Request",
     "ServiceMessage",
+    "clock_id",
     "decode_client_message",
     "decode_service_message",
     "encode",
@@ -111,6 +130,9 @@ _CLIENT_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 DEFAULT_PING_INTERVAL: Final = 1.0
 """Seconds between client pings: bounds how long a lost request stays lost."""
 
+_BOOT_ID: Final = Path("/proc/sys/kernel/random/boot_id")
+_TIMENS_OFFSETS: Final = Path("/proc/self/timens_offsets")
+
 _HEARTBEAT_MS: Final = 1000
 _HEARTBEAT_TIMEOUT_MS: Final = 3000
 _RECONNECT_MS: Final = 100
@@ -124,6 +146,7 @@ _RECONNECT_MAX_MS: Final = 2000
 class Ping:
     client: str
     seq: int
+    clock: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +166,7 @@ class Cancel:
 class Release:
     client: str
     req: int
+    sent_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +182,7 @@ class Configure:
 class GrantMessage:
     req: int
     shard: int
+    not_before: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,15 +211,23 @@ _KINDS: Final[dict[type[Any], bytes]] = {
 }
 
 
+def _present(body: dict[str, Any], **optional: Any) -> dict[str, Any]:
+    """``body`` with the optional fields that have a value (absent keys stay absent)."""
+    body.update((k, v) for k, v in optional.items() if v is not None)
+    return body
+
+
 def encode(message: ClientMessage | ServiceMessage) -> list[bytes]:
     """The three frames of ``message`` (without any routing id)."""
     body: dict[str, Any]
     match message:
-        case Ping(client, seq):
-            body = {"client": client, "seq": seq}
+        case Ping(client, seq, clock):
+            body = _present({"client": client, "seq": seq}, clock=clock)
         case Request(client, req, shard):
             body = {"client": client, "req": req, "shard": shard}
-        case Cancel(client, req) | Release(client, req):
+        case Release(client, req, sent_at):
+            body = _present({"client": client, "req": req}, sent_at=sent_at)
+        case Cancel(client, req):
             body = {"client": client, "req": req}
         case Configure(client, max_concurrency, remaining, total, reset_after):
             body = {"client": client}
@@ -206,8 +239,8 @@ def encode(message: ClientMessage | ServiceMessage) -> list[bytes]:
             ):
                 if value is not None:
                     body[key] = value
-        case GrantMessage(req, shard):
-            body = {"req": req, "shard": shard}
+        case GrantMessage(req, shard, not_before):
+            body = _present({"req": req, "shard": shard}, not_before=not_before)
         case Pong(seq, queued):
             body = {"seq": seq, "queued": list(queued)}
         case Probe():
@@ -229,6 +262,22 @@ def _req_int(body: Mapping[str, Any], key: str, low: int, high: int) -> int:
     value = _int(body, key, low, high)
     assert value is not None
     return value
+
+
+def _time(body: Mapping[str, Any], key: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not 0 <= value < math.inf:
+        raise ProtocolError(f"field {key!r} must be a finite number >= 0 (monotonic seconds)")
+    return float(value)
+
+
+def _clock(body: Mapping[str, Any]) -> str | None:
+    clock = body.get("clock")
+    if clock is not None and (not isinstance(clock, str) or not _CLIENT_ID.fullmatch(clock)):
+        raise ProtocolError("field 'clock' must be 1-64 characters of [A-Za-z0-9._:-]")
+    return clock
 
 
 def _client(body: Mapping[str, Any]) -> str:
@@ -257,7 +306,7 @@ def decode_client_message(frames: Sequence[bytes]) -> ClientMessage:
     """Parse what a client sent; :class:`ProtocolError` if it is not a valid SL1 message."""
     kind, body = _body(frames)
     if kind == b"ping":
-        return Ping(_client(body), _req_int(body, "seq", 0, MAX_ID))
+        return Ping(_client(body), _req_int(body, "seq", 0, MAX_ID), _clock(body))
     if kind == b"request":
         return Request(
             _client(body), _req_int(body, "req", 0, MAX_ID), _req_int(body, "shard", 0, MAX_SHARD)
@@ -265,7 +314,7 @@ def decode_client_message(frames: Sequence[bytes]) -> ClientMessage:
     if kind == b"cancel":
         return Cancel(_client(body), _req_int(body, "req", 0, MAX_ID))
     if kind == b"release":
-        return Release(_client(body), _req_int(body, "req", 0, MAX_ID))
+        return Release(_client(body), _req_int(body, "req", 0, MAX_ID), _time(body, "sent_at"))
     if kind == b"configure":
         reset_after = body.get("reset_after")
         if reset_after is not None and (
@@ -286,7 +335,8 @@ def decode_service_message(frames: Sequence[bytes]) -> ServiceMessage:
     """Parse what the service sent; :class:`ProtocolError` if it is not a valid SL1 message."""
     kind, body = _body(frames)
     if kind == b"grant":
-        return GrantMessage(_req_int(body, "req", 0, MAX_ID), _req_int(body, "shard", 0, MAX_SHARD))
+        return GrantMessage(_req_int(body, "req", 0, MAX_ID),
+                            _req_int(body, "shard", 0, MAX_SHARD), _time(body, "not_before"))
     if kind == b"pong":
         queued = body.get("queued")
         if not isinstance(queued, list) or not all(
@@ -297,6 +347,27 @@ def decode_service_message(frames: Sequence[bytes]) -> ServiceMessage:
     if kind == b"probe":
         return Probe()
     raise ProtocolError(f"unknown service message kind {kind[:32]!r}")
+
+
+@functools.cache
+def clock_id() -> str | None:
+    """The name of this process's ``time.monotonic()`` clock, or None if it cannot be named.
+
+    On Linux CLOCK_MONOTONIC is one clock for every process of a boot, shifted only by a
+    time namespace's offset: two processes whose boot id and offsets match read the same
+    clock.  Elsewhere (no /proc) the clock is not shared by anyone, as far as we can tell.
+    """
+    try:
+        boot = _BOOT_ID.read_bytes().strip()
+    except OSError:
+        return None
+    if not boot:
+        return None
+    try:
+        offsets = _TIMENS_OFFSETS.read_bytes()
+    except OSError:  # no time namespaces in this kernel: no offsets
+        offsets = b""
+    return "m1:" + hashlib.sha256(boot + b"\0" + offsets).hexdigest()[:32]
 
 
 def _heartbeats(sock: zmq.asyncio.Socket) -> None:
@@ -315,10 +386,14 @@ class LimiterService:
 
     Use as ``async with LimiterService(endpoint) as service:``; ``service.endpoint`` is the
     endpoint actually bound (a ``tcp://...:*`` bind names its port there).
+    ``curve``: CURVE server keys; only clients with authorised keys are heard, and the
+    endpoint may then be reachable from other hosts (:mod:`shardctl.ipc.security`).
     """
 
-    def __init__(self, endpoint: str, *, context: zmq.asyncio.Context | None = None) -> None:
-        endpoints.check_bind_allowed(endpoint)
+    def __init__(self, endpoint: str, *, context: zmq.asyncio.Context | None = None,
+                 curve: CurveServer | None = None) -> None:
+        endpoints.check_bind_allowed(endpoint, curve=curve is not None)
+        self._curve = curve
         self._requested = endpoint
         self._context = context or zmq.asyncio.Context.instance()
         self._socket: zmq.asyncio.Socket | None = None
@@ -330,7 +405,8 @@ class LimiterService:
         try:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             _heartbeats(sock)
-            self.endpoint = self._stack.enter_context(endpoints.bind(sock, self._requested))
+            self.endpoint = self._stack.enter_context(
+                endpoints.bind(sock, self._requested, curve=self._curve))
         except BaseException:
             sock.close(linger=0)
             raise
@@ -385,9 +461,10 @@ class LimiterService:
             return False
         return True
 
-    def send_grant(self, peer: bytes, req: int, shard: int) -> bool:
+    def send_grant(self, peer: bytes, req: int, shard: int, *,
+                   not_before: float | None = None) -> bool:
         """Send a grant; False if it certainly did not leave (the peer is gone)."""
-        return self._send(peer, GrantMessage(req, shard))
+        return self._send(peer, GrantMessage(req, shard, not_before))
 
     def send_pong(self, peer: bytes, seq: int, queued: Sequence[int]) -> bool:
         return self._send(peer, Pong(seq, tuple(queued)))
@@ -400,11 +477,25 @@ class LimiterService:
 # -- client end ------------------------------------------------------------------------------
 
 
+async def _until(deadline: float) -> None:
+    """Return once ``time.monotonic()`` reaches ``deadline``, never before.
+
+    The loop's timers run on its own clock and may fire a hair early by ours: check on ours.
+    (They also fire up to a millisecond late, epoll's resolution.  Yielding in a loop through
+    that last millisecond would start the slot on time, but that lateness is also the margin
+    between an exactly paced IDENTIFY and a gateway that stamps the previous one late: see
+    ``cluster/limiter_service.py``.)
+    """
+    while (left := deadline - time.monotonic()) > 0:  # noqa: ASYNC110
+        await anyio.sleep(left)
+
+
 @dataclass(slots=True)
 class _Pending:
     shard: int
     covered_by: int  # the first ping sent after this request; its pong proves receipt
     granted: anyio.Event = field(default_factory=anyio.Event)
+    not_before: float | None = None  # time.monotonic() before which the grant may not be used
     closed: bool = False
 
 
@@ -414,8 +505,10 @@ class LimiterClient:
     ``async with LimiterClient(endpoint) as limiter:`` connects; then any task may
     ``async with limiter.identify(shard_id): <send IDENTIFY>``.  Entering waits for the
     grant for as long as it takes (an unreachable service means waiting, never identifying
-    without a grant).  A waiter that is cancelled withdraws its request so the slot goes to
-    the next shard; a grant that already arrived counts as used.
+    without a grant), and for an early grant's ``not_before`` too.  A waiter that is cancelled
+    withdraws its request so the slot goes to the next shard; a grant that already arrived
+    counts as used (and is released, not withdrawn).  Leaving the body releases the grant
+    with ``sent_at``, the time the body (the IDENTIFY send) ended.
     """
 
     def __init__(
@@ -425,8 +518,10 @@ class LimiterClient:
         ping_interval: float = DEFAULT_PING_INTERVAL,
         context: zmq.asyncio.Context | None = None,
         client_id: str | None = None,
+        curve: CurveClient | None = None,
     ) -> None:
         endpoints.parse_endpoint(endpoint)
+        self._curve = curve
         if client_id is not None and not _CLIENT_ID.fullmatch(client_id):
             raise ValueError("client_id must be 1-64 characters of [A-Za-z0-9._:-]")
         self.endpoint = endpoint
@@ -446,6 +541,8 @@ class LimiterClient:
             _heartbeats(sock)
             sock.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_MS)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, _RECONNECT_MAX_MS)
+            if self._curve is not None:
+                self._curve.apply(sock)
             sock.connect(self.endpoint)
         except BaseException:
             sock.close(linger=0)
@@ -501,6 +598,7 @@ class LimiterClient:
             if isinstance(message, GrantMessage):
                 pending = self._pending.get(message.req)
                 if pending is not None:
+                    pending.not_before = message.not_before
                     pending.granted.set()
                 # else: the waiter was cancelled after the grant left; the slot is spent.
             elif isinstance(message, Pong):
@@ -509,7 +607,7 @@ class LimiterClient:
     async def _pinger(self) -> None:
         while True:
             self._ping_seq += 1
-            self._post(Ping(self.client_id, self._ping_seq))
+            self._post(Ping(self.client_id, self._ping_seq, clock_id()))
             await anyio.sleep(self._ping_interval)
 
     def _resync(self, pong: Pong) -> None:
@@ -553,11 +651,15 @@ class LimiterClient:
         if pending.closed:
             raise anyio.ClosedResourceError("limiter client closed while waiting for a grant")
         try:
+            if pending.not_before is not None:
+                await _until(pending.not_before)
             yield
         finally:
             # Sent or not, the IDENTIFY is behind us: the bucket's next interval starts now.
+            # (Cancelled before not_before, nothing was sent: the service still counts the
+            # slot from its start.)
             if self._outbox is not None:
-                self._post(Release(self.client_id, req))
+                self._post(Release(self.client_id, req, time.monotonic()))
 
     def configure(
         self,

@@ -10,14 +10,18 @@ Usage::
 
 from __future__ import annotations
 
+from shardctl.sandbox.blast import Blast
 from shardctl.sandbox.config import SandboxConfig
 from shardctl.sandbox.faults import (
     Close,
+    CorruptFrame,
     Drop,
     Fault,
     GuildOutage,
     InvalidSession,
+    NotJson,
     Reconnect,
+    RefuseConnections,
     RequestHeartbeat,
     ScheduledFault,
     Zombie,
@@ -27,13 +31,17 @@ from shardctl.sandbox.record import Record, Violation
 from shardctl.sandbox.server import Sandbox
 
 __all__ = [
+    "Blast",
     "Close",
+    "CorruptFrame",
     "Drop",
     "Fault",
     "GuildOutage",
     "InvalidSession",
+    "NotJson",
     "Reconnect",
     "Record",
+    "RefuseConnections",
     "RequestHeartbeat",
     "Sandbox",
     "SandboxConfig",

@@ -9,12 +9,16 @@ compression context and the order of ``s`` consistent.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import DATA_OPCODES, Frame
+from websockets.protocol import Event
 
 from shardctl.gateway.intents import PRIVILEGED_INTENTS
 from shardctl.gateway.opcodes import PRE_AUTH_OPS, Op
@@ -22,11 +26,14 @@ from shardctl.sandbox import commands, wire
 from shardctl.sandbox.compress import compress_payload, new_compressor
 from shardctl.sandbox.faults import (
     Close,
+    CorruptFrame,
     Drop,
     Fault,
     GuildOutage,
     InvalidSession,
+    NotJson,
     Reconnect,
+    RefuseConnections,
     RequestHeartbeat,
     Zombie,
 )
@@ -52,6 +59,29 @@ ENDING_CLIENT_CODES: Final = frozenset({1000, 1001})
 _DISPATCH_QUIET: Final = 1.0
 #: Older docs: wait a random 1-5 s after op 9 before re-identifying (§6).
 REIDENTIFY_MIN_DELAY: Final = 1.0
+
+
+class StampedServerConnection(ServerConnection):
+    """A websockets server connection that notes when each client message arrived.
+
+    Rules with a deadline (IDENTIFY pacing above all) judge a frame by the time it reached
+    the socket, like Discord does, not by when this event loop got round to it: a busy
+    sandbox (many sockets, READY compression) would otherwise see an IDENTIFY late, and the
+    next one of its bucket, paced from a release that came after the first arrived, too
+    early.  The stamp is taken in ``data_received``, in the loop iteration that read the
+    bytes, so it is never later than anything the same loop reads from another socket after.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.arrivals: deque[float] = deque()
+
+    def process_event(self, event: Event) -> None:
+        # One stamp per complete message (its final frame), in the order recv() returns them.
+        if self.request is not None and isinstance(event, Frame) \
+                and event.opcode in DATA_OPCODES and event.fin:
+            self.arrivals.append(self.loop.time())
+        super().process_event(event)
 
 
 class Connection:
@@ -84,8 +114,8 @@ class Connection:
 
     # -- recording helpers ------------------------------------------------------------------
 
-    def rec(self, kind: str, **details: Any) -> None:
-        self.sb.recorder.add(kind, shard_id=self.shard_id, conn=self.id, **details)
+    def rec(self, kind: str, *, at: float | None = None, **details: Any) -> None:
+        self.sb.recorder.add(kind, shard_id=self.shard_id, conn=self.id, at=at, **details)
 
     def violation(self, rule: str, detail: str) -> None:
         self.rec("violation", rule=rule, detail=detail)
@@ -189,7 +219,12 @@ class Connection:
             if raw is None:
                 await self.on_timers(anyio.current_time())
             else:
-                await self.on_message(raw)
+                await self.on_message(raw, self._arrival())
+
+    def _arrival(self) -> float:
+        if isinstance(self.ws, StampedServerConnection) and self.ws.arrivals:
+            return self.ws.arrivals.popleft()
+        return anyio.current_time()
 
     def on_closed(self, exc: ConnectionClosed) -> None:
         if self.closed or self.sb.stopping:
@@ -291,11 +326,28 @@ class Connection:
             self.arm("beat_request", now + self.sb.config.heartbeat_request_grace)
         elif isinstance(fault, GuildOutage) and await commands.guild_down(self, fault.guild_id):
             self.arm(f"outage_end:{fault.guild_id}", now + fault.duration)
+        elif isinstance(fault, CorruptFrame):
+            # Bytes no inflater accepts, ending in the zlib-stream suffix so a client that
+            # buffers until 00 00 ff ff tries (and fails) to inflate them at once.
+            await self._send_raw(b"\xff\xfe\xfd\xfc garbage \x00\x00\xff\xff")
+        elif isinstance(fault, NotJson):
+            await self.send(b"\x00this is not JSON {")
+        elif isinstance(fault, RefuseConnections):
+            self.sb.refuse_connections(fault.duration, now)
+            self.drop()
+
+    async def _send_raw(self, message: bytes) -> None:
+        async with self.lock:
+            if not self.closed:
+                with contextlib.suppress(ConnectionClosed):
+                    await self.ws.send(message)
 
     # -- client frames ----------------------------------------------------------------------
 
-    async def on_message(self, raw: bytes) -> None:
-        now = anyio.current_time()
+    async def on_message(self, raw: bytes, now: float | None = None) -> None:
+        """Handle one client frame that arrived at ``now`` (default: the current time)."""
+        if now is None:
+            now = anyio.current_time()
         try:
             if not self.frames.hit(now):
                 raise Reject(4008, "frame_rate",
@@ -366,7 +418,7 @@ class Connection:
         self.check_reidentify(shard_id, now)
         bucket, gap = sb.pacer.key(shard_id), sb.pacer.gap(shard_id, now)
         if not sb.pacer.try_acquire(shard_id, now):
-            self.rec("identify_rejected", reason="pacing", bucket=bucket, gap=gap,
+            self.rec("identify_rejected", at=now, reason="pacing", bucket=bucket, gap=gap,
                      path=self.path)
             self.violation("identify_pacing",
                            f"bucket {bucket} identified again after {gap:.3f} s "
@@ -389,7 +441,8 @@ class Connection:
             query=dict(self.query), replay_depth=cfg.replay_buffer, created_at=now)
         self.payload_compress = ident.compress and self.compressor is None
         self.check_order(shard_id, num_shards)
-        self.rec("identify", session_id=session.id, bucket=bucket, gap=gap, path=self.path,
+        self.rec("identify", at=now, session_id=session.id, bucket=bucket, gap=gap,
+                 path=self.path,
                  shard=[shard_id, num_shards], intents=ident.intents, compress=ident.compress,
                  properties=ident.properties)
         await commands.start_session(self, session)

@@ -2,7 +2,8 @@
 
 A fault is a small frozen dataclass; :func:`parse_fault` also takes the short forms tests
 like to write: ``"reconnect"``, ``("invalid_session", True)``, ``"drop"``, ``("zombie", True)``,
-``("close", 4000)``, ``"request_heartbeat"``.  :class:`ScheduledFault` puts one on a timer
+``("close", 4000)``, ``"request_heartbeat"``, ``"corrupt_frame"``, ``"not_json"``,
+``("refuse_connections", 3.0)``.  :class:`ScheduledFault` puts one on a timer
 measured from a connection event, so a config can provoke faults without a test driving them.
 """
 
@@ -52,6 +53,23 @@ class RequestHeartbeat:
 
 
 @dataclass(frozen=True, slots=True)
+class CorruptFrame:
+    """A binary message the client cannot inflate (a broken zlib/zstd stream)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NotJson:
+    """A payload that decompresses fine but is not JSON (compressed like any other)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RefuseConnections:
+    """An outage: drop this socket and refuse every upgrade (HTTP 503) for ``duration`` s."""
+
+    duration: float = 3.0
+
+
+@dataclass(frozen=True, slots=True)
 class GuildOutage:
     """GUILD_DELETE ``unavailable: true`` for ``guild_id`` then GUILD_CREATE after ``duration``."""
 
@@ -61,6 +79,7 @@ class GuildOutage:
 
 Fault: TypeAlias = (
     Reconnect | InvalidSession | Drop | Zombie | Close | RequestHeartbeat | GuildOutage
+    | CorruptFrame | NotJson | RefuseConnections
 )
 FaultLike: TypeAlias = Fault | str | tuple[str, object]
 
@@ -72,6 +91,9 @@ _SIMPLE: dict[str, Fault] = {
     "request_heartbeat": RequestHeartbeat(),
     "invalid_session": InvalidSession(),
     "close": Close(),
+    "corrupt_frame": CorruptFrame(),
+    "not_json": NotJson(),
+    "refuse_connections": RefuseConnections(),
 }
 
 
@@ -91,9 +113,12 @@ def parse_fault(value: FaultLike) -> Fault:
             return Close(code=arg)
         if name == "guild_outage" and isinstance(arg, int):
             return GuildOutage(guild_id=arg)
+        if name == "refuse_connections" and isinstance(arg, int | float) \
+                and not isinstance(arg, bool):
+            return RefuseConnections(duration=float(arg))
         raise ValueError(f"unknown fault {value!r}")
     if isinstance(value, Reconnect | InvalidSession | Drop | Zombie | Close | RequestHeartbeat
-                  | GuildOutage):
+                  | GuildOutage | CorruptFrame | NotJson | RefuseConnections):
         return value
     raise ValueError(f"unknown fault {value!r}")
 
@@ -127,6 +152,8 @@ def parse_scheduled(text: str) -> ScheduledFault:
         fault = parse_fault(kind)
     elif kind in ("invalid_session", "zombie"):
         fault = parse_fault((kind, arg.lower() in ("1", "true", "yes")))
+    elif kind == "refuse_connections":
+        fault = parse_fault((kind, float(arg)))
     else:
         fault = parse_fault((kind, int(arg)))
     trigger: Trigger = "connect" if fault == Reconnect(before_hello=True) else "ready"

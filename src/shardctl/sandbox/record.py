@@ -62,8 +62,10 @@ class Recorder:
         self._changed: anyio.Event | None = None
 
     def add(self, kind: str, *, shard_id: int | None = None, conn: int | None = None,
-            **details: Any) -> Record:
-        rec = Record(kind, anyio.current_time(), shard_id, conn, details)
+            at: float | None = None, **details: Any) -> Record:
+        """Append a record; ``at`` defaults to now (a client frame's: when it arrived)."""
+        rec = Record(kind, anyio.current_time() if at is None else at, shard_id, conn,
+                     details)
         self.records.append(rec)
         if kind == "violation":
             self.violations.append(

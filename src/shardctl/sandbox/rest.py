@@ -64,6 +64,8 @@ class RestApi:
     def __init__(self, sb: Sandbox) -> None:
         self.sb = sb
         self.pending_429 = sb.config.rest_429_count
+        #: Statuses ``/gateway/bot`` answers next, one per request (a REST outage).
+        self.pending_errors: list[int] = []
 
     def authorized(self, request: Request) -> bool:
         header = request.headers.get("Authorization", "")
@@ -75,6 +77,9 @@ class RestApi:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             if path not in ("/", self.sb.config.resume_path):
                 return json_response(404, NOT_FOUND_BODY)
+            if self.sb.now() < self.sb.refusing_until:
+                self.sb.recorder.add("connection_refused", path=path)
+                return json_response(503, {"message": "gateway unavailable", "code": 0})
             problem = query_problem(query)
             if problem is not None:
                 self.sb.recorder.add("rest", path=request.path, status=400, detail=problem)
@@ -102,6 +107,9 @@ class RestApi:
         if self.pending_429 > 0:
             self.pending_429 -= 1
             return self.rate_limited()
+        if self.pending_errors:
+            status = self.pending_errors.pop(0)
+            return json_response(status, {"message": http.HTTPStatus(status).phrase, "code": 0})
         return json_response(200, self.gateway_bot())
 
     def gateway_bot(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import random
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
@@ -21,7 +22,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from shardctl.gateway.intents import Intents
 from shardctl.sandbox.commands import deliver, deliver_obj
 from shardctl.sandbox.config import SandboxConfig
-from shardctl.sandbox.connection import Connection
+from shardctl.sandbox.connection import Connection, StampedServerConnection
 from shardctl.sandbox.faults import FaultLike, ScheduledFault, parse_fault
 from shardctl.sandbox.fixtures import MessageFactory, World
 from shardctl.sandbox.record import Record, Recorder, Violation
@@ -61,6 +62,9 @@ class Sandbox:
         #: IDENTIFY/RESUME attempts since the last fatal close (None: none yet).
         self.attempts_after_fatal: int | None = None
         self.stopping = False
+        #: Until when every websocket upgrade is refused (a gateway outage, fault
+        #: ``refuse_connections``).
+        self.refusing_until = -math.inf
         self._scheduled: list[ScheduledFault] = list(cfg.faults)
         self._next_conn = 0
         self._server: Server | None = None
@@ -115,7 +119,8 @@ class Sandbox:
             self._server = await serve(
                 self._handle, self.host, self.port, process_request=self._rest,
                 compression=None, ping_interval=None, close_timeout=2.0,
-                max_size=1 << 20, server_header="shardctl-sandbox")
+                max_size=1 << 20, server_header="shardctl-sandbox",
+                create_connection=StampedServerConnection)
             stack.push_async_callback(self._shutdown)
             self.port = self._server.sockets[0].getsockname()[1]
             self._tg.start_soon(self._traffic)
@@ -197,6 +202,10 @@ class Sandbox:
                     await conn.close(4003, "intents changed")
         return hit
 
+    def refuse_connections(self, duration: float, now: float) -> None:
+        """Refuse every websocket upgrade with HTTP 503 for ``duration`` seconds."""
+        self.refusing_until = max(self.refusing_until, now + duration)
+
     def take_scheduled(self, trigger: str, shard_id: int | None) -> list[ScheduledFault]:
         out = [s for s in self._scheduled if s.trigger == trigger
                and (trigger == "connect" or s.shard_id is None or s.shard_id == shard_id)]
@@ -255,6 +264,10 @@ class Sandbox:
 
     def inject_rest_429(self, count: int = 1) -> None:
         self._rest.pending_429 += count
+
+    def inject_rest_error(self, status: int = 503, count: int = 1) -> None:
+        """The next ``count`` ``GET /gateway/bot`` answer ``status`` (e.g. 500, 502, 503)."""
+        self._rest.pending_errors += [status] * count
 
     # -- traffic generator ------------------------------------------------------------------
 

@@ -63,8 +63,9 @@ class LocalSessionLimiter:
     async def _identify(self, bucket: int) -> AsyncIterator[None]:
         lock = self._locks.setdefault(bucket, anyio.Lock())
         async with lock:
-            wait = self._next_free.get(bucket, float("-inf")) - self._clock()
-            if wait > 0:
+            # Judged on our clock, which the loop's sleep may only approximate (a custom clock,
+            # or a timer that fires a hair early): sleep again until it says the slot is here.
+            while (wait := self._next_free.get(bucket, float("-inf")) - self._clock()) > 0:  # noqa: ASYNC110
                 await anyio.sleep(wait)
             # Consumed from here on, even if the body fails or is cancelled.
             self._next_free[bucket] = self._clock() + self.interval

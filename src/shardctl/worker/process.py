@@ -27,6 +27,7 @@ from shardctl.ipc.bus import EventPublisher
 from shardctl.ipc.control import ControlClient, ControlMessage
 from shardctl.ipc.events import lifecycle_payload
 from shardctl.ipc.limiter import LimiterClient
+from shardctl.ipc.security import CurveClient
 from shardctl.worker.shard import CommandResult, Shard
 
 log = logging.getLogger(__name__)
@@ -47,20 +48,27 @@ BUS_NAMES: Final = {DISCONNECT: "SHARD_DISCONNECT"}
 
 
 class _ShardInfo:
-    """What the worker tracks per shard beyond the Shard itself: guilds and failures."""
+    """What the worker tracks per shard beyond the Shard itself: guilds, failures, and
+    cumulative event counts by bus type (reported with each state report; the supervisor
+    turns them into rates and metrics)."""
 
-    __slots__ = ("error", "guilds", "last_event")
+    __slots__ = ("counts", "error", "guilds", "last_event")
 
     def __init__(self) -> None:
         self.guilds: set[str] = set()
         self.error: dict[str, Any] | None = None
         self.last_event: float | None = None
+        self.counts: dict[str, int] = {}
 
 
 class Worker:
     def __init__(self, control_endpoint: str, index: int | None, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._control = ControlClient(control_endpoint)
+                 clock: Callable[[], float] = time.monotonic,
+                 curve: CurveClient | None = None) -> None:
+        # ``curve``: client keys for a supervisor that runs CURVE; every channel uses them.
+        self._curve = curve
+        self._limiter: LimiterClient | None = None
+        self._control = ControlClient(control_endpoint, curve=curve)
         self._index = index
         self._clock = clock
         self._shards: dict[int, Shard] = {}
@@ -91,27 +99,13 @@ class Worker:
                     return Assignment.from_body(message.body)
 
     async def _serve(self, assignment: Assignment) -> None:
-        publisher = self._publisher = EventPublisher(assignment.events)
+        publisher = self._publisher = EventPublisher(assignment.events, curve=self._curve)
         async with anyio.create_task_group() as tg:
             await tg.start(publisher.run)
-            async with LimiterClient(assignment.limiter) as limiter, \
+            async with LimiterClient(assignment.limiter, curve=self._curve) as limiter, \
                     anyio.create_task_group() as shards_tg:
-                for spec in assignment.shards:
-                    shard = Shard(
-                        id=spec.id, token=assignment.token,
-                        total_shard_count=assignment.shard_count,
-                        gateway=assignment.gateway_url, output=None,
-                        intents=assignment.intents,
-                        transport_compression=assignment.compression or False,
-                        large_threshold=assignment.large_threshold,
-                        presence=assignment.presence, session_limiter=limiter,
-                        raw_output=self._on_event)
-                    if spec.session_id and spec.resume_gateway_url:
-                        shard.restore_session(spec.session_id, spec.resume_gateway_url,
-                                              spec.seq)
-                    self._shards[spec.id] = shard
-                    self._info[spec.id] = _ShardInfo()
-                    shards_tg.start_soon(self._run_shard, shard)
+                self._limiter = limiter
+                self._start_shards(assignment, shards_tg)
                 tg.start_soon(self._beat, assignment)
                 tg.start_soon(self._report_loop, assignment.beat_interval)
                 code = await self._until_stopped(shards_tg, assignment)
@@ -121,6 +115,26 @@ class Worker:
                 await publisher.flush()
             await self._report()
             tg.cancel_scope.cancel()
+
+    def _start_shards(self, assignment: Assignment, shards_tg: anyio.abc.TaskGroup) -> None:
+        """Start every shard of ``assignment`` not running here yet (RESUMEs where it can)."""
+        for spec in assignment.shards:
+            if spec.id in self._shards:
+                continue
+            shard = Shard(
+                id=spec.id, token=assignment.token,
+                total_shard_count=assignment.shard_count,
+                gateway=assignment.gateway_url, output=None,
+                intents=assignment.intents,
+                transport_compression=assignment.compression or False,
+                large_threshold=assignment.large_threshold,
+                presence=assignment.presence, session_limiter=self._limiter,
+                raw_output=self._on_event)
+            if spec.session_id and spec.resume_gateway_url:
+                shard.restore_session(spec.session_id, spec.resume_gateway_url, spec.seq)
+            self._shards[spec.id] = shard
+            self._info[spec.id] = _ShardInfo()
+            shards_tg.start_soon(self._run_shard, shard)
 
     async def _run_shard(self, shard: Shard) -> None:
         try:
@@ -138,13 +152,16 @@ class Worker:
         frame = emit.frame
         info = self._info[shard.id]
         info.last_event = time.time()
+        counts = info.counts
         if frame is not None:
+            counts[emit.name] = counts.get(emit.name, 0) + 1
             publisher.publish(shard.id, emit.name, frame.s, frame.raw)
             if emit.name in _GUILD_EVENTS:
                 _track_guilds(info.guilds, emit.name, emit.data)
             return
-        publisher.publish(shard.id, BUS_NAMES.get(emit.name, emit.name), None,
-                          lifecycle_payload(emit.data))
+        name = BUS_NAMES.get(emit.name, emit.name)
+        counts[name] = counts.get(name, 0) + 1
+        publisher.publish(shard.id, name, None, lifecycle_payload(emit.data))
         self._report_now.set()
 
     async def _until_stopped(self, shards_tg: anyio.abc.TaskGroup, assignment: Assignment
@@ -185,6 +202,12 @@ class Worker:
                 return code if isinstance(code, int) else RESUMABLE_CLOSE
             if message.kind == "command":
                 shards_tg.start_soon(self._command, message)
+            elif message.kind == "assign":
+                # More shards: a lost remote worker's, to RESUME here (cluster/remote.py).
+                try:
+                    self._start_shards(Assignment.from_body(message.body), shards_tg)
+                except ProtocolError as exc:
+                    log.error("worker %s: ignored a malformed assignment: %s", self._index, exc)
 
     async def _stop_shards(self, code: int) -> None:
         with anyio.move_on_after(STOP_TIMEOUT), anyio.CancelScope(shield=True):
@@ -214,7 +237,7 @@ class Worker:
             "id": shard.id, "state": "failed" if info.error else shard.state,
             "session_id": shard.session_id, "resume_gateway_url": shard.resume_gateway_url,
             "seq": shard.seq, "latency": shard.latency, "guilds": len(info.guilds),
-            "last_event": info.last_event, "error": info.error,
+            "last_event": info.last_event, "error": info.error, "counts": info.counts,
         }
 
     async def _command(self, message: ControlMessage) -> None:
@@ -270,6 +293,10 @@ def _track_guilds(guilds: set[str], name: str, d: Any) -> None:
         guilds.discard(str(d.get("id")))
 
 
-async def run_worker(control_endpoint: str, index: int | None) -> int:
-    """Entry point of ``python -m shardctl.worker``: the process's exit code."""
-    return await Worker(control_endpoint, index).run()
+async def run_worker(control_endpoint: str, index: int | None,
+                     curve: CurveClient | None = None) -> int:
+    """Entry point of ``python -m shardctl.worker`` and ``shardctl worker``: the exit code.
+
+    ``index`` None: a worker from another host, which takes a free remote slot.
+    """
+    return await Worker(control_endpoint, index, curve=curve).run()

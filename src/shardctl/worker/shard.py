@@ -7,8 +7,10 @@ limiter, reconnect after a delay), feeds it what arrives, and sleeps until its n
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import math
 import random
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -22,7 +24,12 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from shardctl.errors import ConfigurationError, GatewayFatalError, PayloadError
+from shardctl.errors import (
+    ConfigurationError,
+    GatewayFatalError,
+    PayloadError,
+    ProtocolError,
+)
 from shardctl.gateway.machine import (
     Action,
     Close,
@@ -114,6 +121,28 @@ class _MemberCollector:
             self.done.set()
 
 
+def _loop_clock() -> Callable[[], float]:
+    """``anyio.current_time`` without its per-call backend lookup (~1 µs a call, paid per
+    message).  On asyncio, anyio's clock *is* the loop's ``time()``; elsewhere, anyio's."""
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:
+        return anyio.current_time
+
+
+def _complete_message_buffered(ws: ClientConnection) -> bool:
+    """Whether websockets already holds a whole message, so ``recv()`` will not wait.
+
+    Reads websockets' receive queue (``recv_messages.frames``; checked against 17); if
+    that ever moves, this says False and every receive takes the deadline path.
+    """
+    queue: Any = getattr(getattr(getattr(ws, "recv_messages", None), "frames", None), "queue",
+                         None)
+    if not queue:
+        return False
+    return getattr(queue[-1], "fin", False) is True
+
+
 def _compression(value: bool | str | None) -> str | None:
     if value is True:
         return "zlib-stream"
@@ -191,6 +220,7 @@ class Shard:
         self._started = False
         self._collectors: dict[str, _MemberCollector] = {}
         self._group: anyio.abc.TaskGroup | None = None
+        self._clock: Callable[[], float] = anyio.current_time
 
     def __repr__(self) -> str:
         m = self._machine
@@ -376,6 +406,7 @@ class Shard:
 
     async def _pump(self, ws: ClientConnection) -> Reconnect | Fatal | None:
         m = self._machine
+        self._clock = _loop_clock()
         async with anyio.create_task_group() as conn:
             try:
                 outcome = await self._execute(m.opened(anyio.current_time()), ws, conn)
@@ -391,21 +422,38 @@ class Shard:
 
     async def _step(self, ws: ClientConnection, conn: anyio.abc.TaskGroup
                     ) -> Reconnect | Fatal | _StopSignal | None:
+        # The per-message path (DESIGN.md §3): one cancel scope on the machine's absolute
+        # deadline and one clock read, not fail_after's relative timeout and three reads.
         m = self._machine
+        if _complete_message_buffered(ws):
+            # Already here: recv() returns without waiting, so it needs no deadline (and a
+            # cancel scope costs more than the rest of the message's handling in the worker).
+            try:
+                ready = await ws.recv()
+            except ConnectionClosed:
+                pass  # handled below, with the deadline, like any other close
+            else:
+                return await self._handle(ready, self._clock(), ws, conn)
         deadline = m.next_deadline()
-        timeout = None if deadline is None else max(0.0, deadline - anyio.current_time())
-        try:
-            with anyio.fail_after(timeout):
+        message: str | bytes | None = None
+        with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+            try:
                 message = await ws.recv()
-        except TimeoutError:
-            return await self._execute(m.tick(anyio.current_time()), ws, conn)
-        except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd is not None else None
-            reason = exc.rcvd.reason if exc.rcvd is not None else ""
-            actions = m.closed(code, reason, anyio.current_time())
-            outcome = await self._execute(actions, ws, conn)
-            return outcome if outcome is not None else (self._outcome or _STOP)
-        now = anyio.current_time()
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd is not None else None
+                reason = exc.rcvd.reason if exc.rcvd is not None else ""
+                closed = m.closed(code, reason, self._clock())
+                scope.deadline = math.inf  # never cancel the close handling itself
+                outcome = await self._execute(closed, ws, conn)
+                return outcome if outcome is not None else (self._outcome or _STOP)
+        now = self._clock()
+        if message is None:
+            return await self._execute(m.tick(now), ws, conn)
+        return await self._handle(message, now, ws, conn)
+
+    async def _handle(self, message: str | bytes, now: float, ws: ClientConnection,
+                      conn: anyio.abc.TaskGroup) -> Reconnect | Fatal | _StopSignal | None:
+        m = self._machine
         outcome = await self._execute(m.receive(message, now), ws, conn)
         if outcome is None:
             deadline = m.next_deadline()
@@ -449,12 +497,20 @@ class Shard:
             await self._execute(self._machine.identify(anyio.current_time()), ws, None)
 
     async def _emit(self, action: Emit) -> None:
-        name, data = action.name, action.data
+        name = action.name
         if self._raw_output is not None:
             try:
                 self._raw_output(self, action)
             except Exception:
                 log.exception("shard %d: raw output failed for %s", self._id, name)
+        if self._output is None and name != "GUILD_MEMBERS_CHUNK":
+            data: Any = None  # nobody reads it: leave the payload unparsed (DESIGN.md §3)
+        else:
+            try:
+                data = action.data
+            except ProtocolError as exc:
+                log.warning("shard %d: %s payload is not JSON: %s", self._id, name, exc)
+                data = None
         if name == "GUILD_MEMBERS_CHUNK" and isinstance(data, dict):
             nonce = data.get("nonce")
             collector = self._collectors.get(nonce) if isinstance(nonce, str) else None

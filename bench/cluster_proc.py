@@ -1,0 +1,53 @@
+"""A supervisor in its own process (so its CPU and RSS are its own, not the sandbox's).
+
+Prints ``{"pid", "workers", "events"}`` once every shard is READY, then runs until SIGTERM,
+when it stops the cluster like ``shardctl run`` does (sessions kept resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+import anyio
+
+from shardctl.cluster.supervisor import Supervisor
+from shardctl.gateway.intents import Intents
+
+
+async def main(args: argparse.Namespace) -> None:
+    run_dir = Path(args.run_dir)
+    compression = None if args.compression == "none" else args.compression
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with Supervisor(token="sandbox-token", api_url=args.api_url,
+                              processes=args.processes,
+                              identify_interval=args.identify_interval,
+                              compression=compression, intents=Intents(args.intents),
+                              runtime_dir=run_dir, state_file=run_dir / "state.json") as sup:
+            await sup.wait_ready()
+            print(json.dumps({"pid": __import__("os").getpid(),
+                              "workers": [s.pid for s in sup.slots],
+                              "events": sup.endpoints["events"]}), flush=True)
+            async for _ in signals:
+                break
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    p.add_argument("--api-url", required=True)
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--identify-interval", type=float, default=0.25)
+    p.add_argument("--compression", default="zlib-stream")
+    p.add_argument("--intents", type=int, required=True)
+    p.add_argument("--run-dir", required=True)
+    return p.parse_args()
+
+
+if __name__ == "__main__":
+    try:
+        anyio.run(main, parse())
+    except KeyboardInterrupt:
+        sys.exit(0)

@@ -1,0 +1,128 @@
+"""Figure 1: events/s and CPU µs per event of the cluster vs a one-process reference loop.
+
+The sandbox prepares ``per_shard`` MESSAGE_CREATE per shard, already compressed and framed
+(:class:`~shardctl.sandbox.Blast`), then writes them as fast as each socket drains.  16 shards
+run in 2 worker processes; a consumer process counts what comes off the bus.  CPU is the
+kernel's utime + stime of the supervisor and both workers between the start of the blast and
+the consumer's last event; the reference loop is read the same way over the same stream.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from typing import Any
+
+import anyio
+
+from bench.common import (
+    INTENTS,
+    Figure,
+    child,
+    cluster,
+    cpu_seconds,
+    log,
+    wait_subscribed,
+)
+from shardctl.sandbox import Blast, Sandbox, SandboxConfig
+
+SHARDS = 16
+WORKERS = 2
+#: e.g. "py-spy record --rate 200 --nonblocking": profile each measured process.
+PROFILE_CMD = os.environ.get("BENCH_PROFILE", "")
+
+
+def sandbox_config() -> SandboxConfig:
+    return SandboxConfig(shard_count=SHARDS, max_concurrency=SHARDS, identify_interval=0.05,
+                         guilds_per_shard=2, record_dispatches=False, replay_buffer=256,
+                         session_start_total=100_000)
+
+
+def start_profilers(pids: list[int]) -> list[subprocess.Popen[bytes]]:
+    """One ``$BENCH_PROFILE`` per measured process, writing /tmp/spy-<pid>.svg."""
+    return [subprocess.Popen([*PROFILE_CMD.split(), "-o", f"/tmp/spy-{pid}.svg",
+                              "--pid", str(pid)]) for pid in pids]
+
+
+async def blast(sb: Sandbox, per_shard: int, pids: list[int], finished: Any
+                ) -> dict[str, Any]:
+    """Prepare, start the clock, go; ``finished()`` returns the reader's final report."""
+    b = Blast(sb, per_shard)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(b.run)
+        await b.prepared.wait()
+        per0 = [cpu_seconds(pid) for pid in pids]
+        cpu0, t0 = sum(per0), time.monotonic_ns()
+        b.go()
+        if PROFILE_CMD:
+            spies = start_profilers(pids)
+        report: dict[str, Any] = await finished()
+        per1 = [cpu_seconds(pid) for pid in pids]
+        cpu1 = sum(per1)
+        if PROFILE_CMD:
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)
+                spy.wait()
+    count = report["count"]
+    span = max(1, report["last_ns"] - t0) / 1e9
+    return {"count": count, "events_s": count / span, "cpu_us": (cpu1 - cpu0) * 1e6 / count
+            if count else float("nan"), "cpu_s": cpu1 - cpu0, "span_s": span,
+            "missed": report.get("missed", 0),
+            "cpu_us_per_process": [round((b1 - a0) * 1e6 / max(1, count), 2)
+                                   for a0, b1 in zip(per0, per1, strict=True)]}
+
+
+async def run_cluster(compression: str, per_shard: int) -> dict[str, Any]:
+    expect = SHARDS * per_shard
+    async with Sandbox(sandbox_config()) as sb, \
+            cluster(sb, processes=WORKERS, identify_interval=0.05,
+                    compression=compression) as c, \
+            child("consumer_proc", "--endpoint", c.events, "--expect", str(expect),
+                  "--idle", "10") as consumer:
+        await wait_subscribed(sb, consumer)
+        await anyio.sleep(0.5)  # let the READY burst's garbage settle
+        result = await blast(sb, per_shard, c.pids,
+                             lambda: consumer.expect("count", 300.0))
+        result["violations"] = len(sb.violations)
+        result["lost"] = expect - result["count"]
+        return result
+
+
+async def run_reference(compression: str, per_shard: int) -> dict[str, Any]:
+    expect = SHARDS * per_shard
+    async with Sandbox(sandbox_config()) as sb, \
+            child("reference", "--url", sb.gateway_url, "--compress", compression,
+                  "--shards", str(SHARDS), "--expect", str(expect),
+                  "--intents", str(INTENTS)) as ref:
+        await ref.expect("ready", 60.0)
+        await anyio.sleep(0.5)
+        return await blast(sb, per_shard, [ref.pid], lambda: ref.expect("count", 300.0))
+
+
+async def run(quick: bool) -> list[Figure]:
+    compressions = tuple(os.environ.get("BENCH_COMPRESSIONS", "zlib-stream,zstd-stream")
+                         .split(","))
+    per_shard = 4000 if quick else 15000
+    figures: list[Figure] = []
+    for compression in compressions:
+        log(f"throughput {compression}: reference loop, {SHARDS} x {per_shard} events")
+        ref = await run_reference(compression, per_shard)
+        log(f"  reference: {ref['events_s']:.0f} ev/s, {ref['cpu_us']:.2f} µs/event")
+        log(f"throughput {compression}: cluster, {WORKERS} workers")
+        got = await run_cluster(compression, per_shard)
+        log(f"  cluster: {got['events_s']:.0f} ev/s, {got['cpu_us']:.2f} µs/event "
+            f"(per process {got['cpu_us_per_process']}), "
+            f"lost {got['lost']}")
+        short = compression.split("-")[0]
+        figures += [
+            Figure(f"1 throughput {short}", round(got["events_s"]), "events/s",
+                   round(ref["events_s"]), "informational (reference: the one-process loop)",
+                   extra={"cluster": got, "reference": ref}),
+            Figure(f"1 cpu/event {short}", round(got["cpu_us"], 2), "µs",
+                   round(ref["cpu_us"], 2), "≤ 1.5x reference", 1.5),
+            Figure(f"1 events lost {short}", got["lost"] + got["missed"], "events", None,
+                   "0", 0, compare="value"),
+        ]
+    return figures

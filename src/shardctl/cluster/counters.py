@@ -1,0 +1,60 @@
+"""Cumulative per-shard event counts that survive worker restarts.
+
+A worker reports, with every state report, how many events of each bus type each of its
+shards has seen since *that worker process* started.  A respawned worker starts again from
+zero, so the supervisor keeps, per shard, the totals of the processes before the current
+one and adds the current one's report: the sum only ever grows, as a Prometheus counter
+must.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+#: Bus names of the lifecycle events the counters single out (DESIGN.md §4).
+DISCONNECT: Final = "SHARD_DISCONNECT"
+RESUMED: Final = "SHARD_RESUMED"
+#: Every successful IDENTIFY ends with exactly one READY dispatch.
+READY: Final = "READY"
+
+
+class _ShardTotals:
+    __slots__ = ("base", "current", "pid")
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.base: dict[str, int] = {}
+        self.current: dict[str, int] = {}
+
+
+class EventTotals:
+    """``observe(shard, pid, counts)`` after each report; ``totals(shard)`` at any time."""
+
+    def __init__(self) -> None:
+        self._shards: dict[int, _ShardTotals] = {}
+
+    def observe(self, shard_id: int, pid: int | None, counts: Any) -> None:
+        if not isinstance(counts, Mapping):
+            return
+        entry = self._shards.setdefault(shard_id, _ShardTotals())
+        if pid != entry.pid:
+            # A new process: what the old one counted is final; fold it into the base.
+            for name, value in entry.current.items():
+                entry.base[name] = entry.base.get(name, 0) + value
+            entry.pid, entry.current = pid, {}
+        entry.current = {str(k): int(v) for k, v in counts.items()
+                         if isinstance(v, int) and v >= 0}
+
+    def totals(self, shard_id: int) -> dict[str, int]:
+        entry = self._shards.get(shard_id)
+        if entry is None:
+            return {}
+        out = dict(entry.base)
+        for name, value in entry.current.items():
+            out[name] = out.get(name, 0) + value
+        return out
+
+    def total(self, shard_id: int) -> int:
+        """Every event of one shard, of every type."""
+        return sum(self.totals(shard_id).values())

@@ -1,0 +1,55 @@
+"""The body of a ``status`` reply on the control channel: what ``shardctl status`` prints.
+
+One row per shard and a summary, built in the supervisor from its latest worker reports.
+Ages are computed here, from the supervisor's clock, so the asking peer's clock never
+matters.  Session ids are left out: the reply is for people, and a session is half of
+what a RESUME needs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from shardctl.cluster.supervisor import ShardStatus
+    from shardctl.cluster.workers import WorkerSlot
+
+#: The state every shard must reach for the cluster to count as ready (also ``/readyz``).
+READY: Final = "ready"
+
+
+def shard_row(status: ShardStatus, now: float) -> dict[str, Any]:
+    return {
+        "id": status.id, "worker": status.worker, "pid": status.pid, "state": status.state,
+        "latency_ms": None if status.latency is None else round(status.latency * 1000, 1),
+        "seq": status.seq, "guilds": status.guilds,
+        "last_event_age": (None if status.last_event is None
+                           else round(max(0.0, now - status.last_event), 3)),
+        "error": status.error,
+    }
+
+
+def summary(shards: Sequence[ShardStatus]) -> dict[str, Any]:
+    states = Counter(s.state for s in shards)
+    latencies = [s.latency for s in shards if s.latency is not None]
+    return {
+        "shards": len(shards), "ready": states.get(READY, 0),
+        "all_ready": bool(shards) and states.get(READY, 0) == len(shards),
+        "states": dict(sorted(states.items())),
+        "mean_latency_ms": (round(sum(latencies) / len(latencies) * 1000, 1)
+                            if latencies else None),
+    }
+
+
+def status_body(shards: Sequence[ShardStatus], slots: Sequence[WorkerSlot],
+                now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    return {
+        "shards": [shard_row(s, now) for s in shards],
+        "workers": [{"index": w.index, "pid": w.pid, "restarts": w.restarts,
+                     "shards": len(w.shard_ids)} for w in slots],
+        "summary": {**summary(shards), "workers": len(slots)},
+    }

@@ -1,0 +1,31 @@
+"""Asking a running supervisor for its status over the control channel (``shardctl status``).
+
+The asker is a plain DEALER peer: it sends ``status`` {} and waits for the ``status`` reply
+(see :mod:`shardctl.ipc.control`).  It never registers, so the supervisor never takes it
+for a worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shardctl.errors import ProtocolError
+from shardctl.ipc.control import ControlClient
+from shardctl.ipc.security import CurveClient
+
+
+async def request_status(endpoint: str, *, curve: CurveClient | None = None) -> dict[str, Any]:
+    """The supervisor's ``status`` body.  Waits for as long as it takes: wrap it in
+    ``anyio.fail_after`` (a missing supervisor never answers)."""
+    client = ControlClient(endpoint, curve=curve)
+    try:
+        await client.send("status")
+        while True:
+            message = await client.receive()
+            if message.kind == "status":
+                body = message.body
+                if not isinstance(body.get("shards"), list):
+                    raise ProtocolError("status reply without a shards list")
+                return body
+    finally:
+        client.close()

@@ -1,0 +1,49 @@
+"""``shardctl status`` as text: one aligned row per shard and a summary line."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+COLUMNS: Final = ("shard", "pid", "state", "latency ms", "seq", "guilds", "last event")
+
+
+def _age(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def rows(shards: Sequence[Mapping[str, Any]]) -> list[tuple[str, ...]]:
+    return [(_cell(s.get("id")), _cell(s.get("pid")), _cell(s.get("state")),
+             _cell(s.get("latency_ms")), _cell(s.get("seq")), _cell(s.get("guilds")),
+             _age(s.get("last_event_age"))) for s in shards]
+
+
+def summary_line(summary: Mapping[str, Any]) -> str:
+    states = summary.get("states") or {}
+    parts = ", ".join(f"{n} {state}" for state, n in states.items()) or "no shards"
+    latency = summary.get("mean_latency_ms")
+    text = (f"{summary.get('ready', 0)}/{summary.get('shards', 0)} shards READY ({parts}); "
+            f"{summary.get('workers', 0)} workers")
+    if latency is not None:
+        text += f"; mean latency {latency} ms"
+    return text
+
+
+def format_table(body: Mapping[str, Any]) -> str:
+    table = [COLUMNS, *rows(body.get("shards") or [])]
+    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.rjust(w) if i not in (2,) else cell.ljust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+             for row in table]
+    lines.append(summary_line(body.get("summary") or {}))
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""`shardctl status` against a running supervisor, as a separate process."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import anyio
+import orjson
+import pytest
+from clusterkit import TOKEN, short_dir
+
+from shardctl.cluster.supervisor import Supervisor
+from shardctl.sandbox import Sandbox, SandboxConfig
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+async def status(endpoint: str, *args: str) -> tuple[int, str, str]:
+    result = await anyio.run_process(
+        [sys.executable, "-m", "shardctl.cli", "status", "--control-endpoint", endpoint, *args],
+        check=False)
+    return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+
+def supervisor(sb: Sandbox, run_dir: Path, interval: float) -> Supervisor:
+    return Supervisor(token=TOKEN, api_url=sb.api_url, processes=2, identify_interval=interval,
+                      runtime_dir=run_dir, state_file=run_dir / "state.json")
+
+
+async def test_status_lists_every_shard_and_fails_until_all_are_ready() -> None:
+    # One bucket, 1 s apart: the first IDENTIFY is a second away when we first ask.
+    config = SandboxConfig(shard_count=3, max_concurrency=1, identify_interval=1.0,
+                           heartbeat_interval_ms=1000, guilds_per_shard=2)
+    with short_dir() as run_dir:
+        async with Sandbox(config) as sb, supervisor(sb, run_dir, 1.0) as sup:
+            endpoint = sup.endpoints["control"]
+            code, out, err = await status(endpoint, "--json")
+            assert code == 1, err
+            assert out, err
+            early = orjson.loads(out)
+            assert early["summary"]["all_ready"] is False
+            assert [row["id"] for row in early["shards"]] == [0, 1, 2]
+
+            with anyio.fail_after(20):
+                await sup.wait_ready()
+            with anyio.fail_after(10):  # a latency needs one heartbeat ACK
+                await sup.wait_until(lambda shards: all(s.latency is not None for s in shards))
+            code, out, err = await status(endpoint, "--json")
+            assert code == 0, err
+            body = orjson.loads(out)
+            pids = {slot.pid for slot in sup.slots}
+            for row in body["shards"]:
+                assert row["state"] == "ready"
+                assert row["pid"] in pids
+                assert row["guilds"] == 2
+                assert row["latency_ms"] >= 0
+                assert row["seq"] >= 1
+                assert 0 <= row["last_event_age"] < 60
+            assert body["summary"] == {**body["summary"], "shards": 3, "ready": 3,
+                                       "all_ready": True, "workers": 2}
+            assert "session_id" not in body["shards"][0]
+
+            code, out, err = await status(endpoint)
+            assert code == 0, err
+            lines = out.splitlines()
+            assert lines[0].split()[:3] == ["shard", "pid", "state"]
+            assert [line.split()[0] for line in lines[1:4]] == ["0", "1", "2"]
+            assert all(" ready " in f"{line} " for line in lines[1:4])
+            assert lines[-1].startswith("3/3 shards READY (3 ready); 2 workers")
+            # The status peer never became a worker: both slots still beat and run.
+            assert all(slot.alive for slot in sup.slots)
+
+
+async def test_status_without_a_supervisor_exits_3() -> None:
+    with short_dir() as run_dir:
+        code, _, err = await status(f"ipc://{run_dir}/control.sock", "--timeout", "0.5")
+    assert code == 3
+    assert "no supervisor answered" in err

@@ -1,0 +1,60 @@
+"""The live view of `shardctl run` in a pseudo-terminal, and its ETA arithmetic."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import pexpect
+import pytest
+from rich.console import Console
+
+from runkit import run_args, run_env
+from shardctl.liveview import Progress, choose_mode, format_duration, identify_eta
+
+
+def test_run_on_a_terminal_shows_progress_and_a_worker_table() -> None:
+    with run_env() as (path, env):
+        args = run_args(path)
+        child = pexpect.spawn(args[0], args[1:], env=env, cwd=str(path), timeout=20,
+                              dimensions=(40, 140), encoding="utf-8")
+        try:
+            child.expect(r"\d+/8 shards READY")
+            child.expect("events/s")        # the per-worker table
+            child.expect("8/8 shards READY")
+            child.expect(r"4 ready")        # a worker's row: its state counts (4 shards each)
+            child.kill(signal.SIGINT)
+            child.expect(pexpect.EOF)
+            child.close()
+            assert child.exitstatus == 0, child.before
+        finally:
+            if child.isalive():
+                child.terminate(force=True)
+
+
+@pytest.mark.parametrize(
+    ("waiting", "mc", "last", "now", "eta"),
+    [
+        ([], 1, {}, 0.0, 0.0),
+        ([0], 1, {}, 0.0, 0.0),                      # a free bucket: at once
+        ([0, 1, 2, 3], 1, {}, 0.0, 15.0),            # one bucket: 3 intervals after the first
+        ([0, 1, 2, 3], 2, {}, 0.0, 5.0),             # two buckets of two
+        ([0, 1, 2, 3], 2, {0: 8.0}, 10.0, 8.0),      # bucket 0 free at 13, then one more
+        (list(range(1000)), 16, {}, 0.0, 62 * 5.0),  # 63 rounds of 16 (ceil(1000/16) = 63)
+    ],
+)
+def test_eta_follows_the_limiter_schedule(waiting: list[int], mc: int,
+                                          last: dict[int, float], now: float,
+                                          eta: float) -> None:
+    assert identify_eta(waiting, max_concurrency=mc, interval=5.0, last_grants=last,
+                        now=now) == pytest.approx(eta)
+
+
+def test_progress_line_and_modes() -> None:
+    assert Progress(3, 8, 125.0).line == "3/8 shards READY  ETA 2m05s"
+    assert Progress(8, 8, 0.0).line == "8/8 shards READY"
+    assert format_duration(7260) == "2h01m"
+    assert choose_mode("json", isatty=True) == "json"
+    assert choose_mode("text", isatty=True) == "live"
+    assert choose_mode("text", isatty=False) == "text"
+    assert isinstance(Console(file=sys.stderr), Console)
