@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from shardctl._version import __version__
+from shardctl.cluster.commands import CommandReply
 from shardctl.cluster.config import RunConfig
-from shardctl.cluster.supervisor import CommandReply, CrashLoopError, ShardStatus, Supervisor
+from shardctl.cluster.supervisor import CrashLoopError, ShardStatus, Supervisor
 from shardctl.errors import (
     AuthenticationError,
     ConfigurationError,

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import signal
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -23,14 +22,15 @@ from typing import Any, Final
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectSendStream
 
 from shardctl import errors
 from shardctl.cluster import remote
 from shardctl.cluster import sessions as session_file
+from shardctl.cluster.commands import COMMAND_TIMEOUT, CommandReply, CommandRouter
 from shardctl.cluster.config import RunConfig
 from shardctl.cluster.counters import EventTotals
 from shardctl.cluster.discovery import GatewayInfo, fetch_gateway_bot
+from shardctl.cluster.fanout import BatchHook, EventFanout, Output
 from shardctl.cluster.limiter_service import LimiterServer
 from shardctl.cluster.planner import parse_shard_ids, plan
 from shardctl.cluster.restarts import RestartPolicy
@@ -54,12 +54,6 @@ STOP_TIMEOUT: Final = 15.0
 #: A worker that has not registered yet is still importing (seconds on a loaded host):
 #: judge it by this, not by the liveness timeout, or a short timeout kills every respawn.
 WORKER_STARTUP_GRACE: Final = 20.0
-#: Commands wait this long for the worker's reply.
-COMMAND_TIMEOUT: Final = 10.0
-#: In-process event listeners get this much buffer before events are dropped (and counted).
-LISTENER_BUFFER: Final = 10_000
-
-Output = Callable[[Event], Any]
 
 
 class CrashLoopError(errors.ShardctlError):
@@ -79,22 +73,6 @@ class ShardStatus:
     guilds: int = 0
     last_event: float | None = None
     error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CommandReply:
-    """The outcome of a routed command: truthy when sent; unpacks as ``ok, error``."""
-
-    shard: int
-    ok: bool
-    error: str | None = None
-    value: Any = None
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-    def __iter__(self) -> Any:
-        return iter((self.ok, self.error))
 
 
 class Supervisor:
@@ -128,13 +106,13 @@ class Supervisor:
         self._forwarder: EventForwarder | None = None
         self._control: ControlServer | None = None
         self.limiter: LimiterServer | None = None
-        self._listeners: list[tuple[frozenset[str] | None, MemoryObjectSendStream[Event]]] = []
-        self._replies: dict[str, tuple[anyio.Event, list[dict[str, Any]]]] = {}
+        self._batch_hook: BatchHook | None = None
+        self._fanout = EventFanout(self._install_batch_hook)
+        self._commands = CommandRouter()
         self._stopping = False
         self._stopped = anyio.Event()
         self._failure: BaseException | None = None
         self._changed = anyio.Event()
-        self.listener_drops = 0
         #: Per-shard event counts by type, cumulative over worker restarts (metrics, rates).
         self.event_totals = EventTotals()
         self.endpoints: dict[str, str] = {}
@@ -226,7 +204,7 @@ class Supervisor:
             self.config.events_endpoint or endpoints.ipc_endpoint("events.sock", run_dir),
             # A slow consumer must not stall the cluster: it loses events at its high-water
             # mark and sees the loss as bus_seq gaps (DESIGN.md §3).
-            nodrop=False, on_batch=self._on_batch if self._wants_events() else None,
+            nodrop=False, on_batch=self._batch_hook,
             curve=curve)
         forwarder.last_seq.update({r.shard_id: r.seq for r in resumable.values()})
         await tg.start(forwarder.run)
@@ -236,7 +214,7 @@ class Supervisor:
         self.endpoints = {"limiter": limiter_ep, "events": forwarder.outbound,
                           "events_in": forwarder.inbound, "control": self._control.endpoint}
         if self._output is not None:
-            tg.start_soon(self._feed_output, self._output)
+            await tg.start(self._fanout.feed, self._output)
 
     async def _configure_remote_limiter(
             self, endpoint: str, info: GatewayInfo, *,
@@ -248,9 +226,6 @@ class Supervisor:
                              total=limit.total, reset_after=limit.reset_after)
             task_status.started()
             await anyio.sleep_forever()
-
-    def _wants_events(self) -> bool:
-        return self._output is not None or bool(self._listeners)
 
     # ------------------------------------------------------------------ run and stop
 
@@ -338,8 +313,7 @@ class Supervisor:
                 await tg.__aexit__(None, None, None)
         finally:
             self._close_sockets()
-            for _, stream in self._listeners:
-                stream.close()
+            self._fanout.close()
 
     def _close_sockets(self) -> None:
         if self._control is not None:
@@ -475,10 +449,7 @@ class Supervisor:
         if kind == "state":
             self._on_state(slot, body)
         elif kind == "reply":
-            waiter = self._replies.get(str(body["id"]))
-            if waiter is not None:
-                waiter[1].append(body)
-                waiter[0].set()
+            self._commands.on_reply(body)
 
     def _slot_for_registration(self, body: dict[str, Any], peer: bytes) -> WorkerSlot | None:
         index, pid = body.get("worker"), body.get("pid")
@@ -523,48 +494,19 @@ class Supervisor:
 
     # ------------------------------------------------------------------ events in-process
 
-    def _on_batch(self, events: Sequence[Event]) -> None:
-        for types, stream in self._listeners:
-            for event in events:
-                if types is None or event.type in types:
-                    try:
-                        stream.send_nowait(event)
-                    except anyio.WouldBlock:
-                        self.listener_drops += 1
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                        break
-
-    @contextlib.asynccontextmanager
-    async def _listen(self, types: frozenset[str] | None) -> AsyncIterator[AsyncIterator[Event]]:
-        send, receive = anyio.create_memory_object_stream[Event](LISTENER_BUFFER)
-        entry = (types, send)
-        self._listeners.append(entry)
+    def _install_batch_hook(self, hook: BatchHook | None) -> None:
+        self._batch_hook = hook
         if self._forwarder is not None:
-            self._forwarder.on_batch = self._on_batch
-        try:
-            async with receive:
-                yield receive
-        finally:
-            self._listeners.remove(entry)
-            send.close()
-            if self._forwarder is not None and not self._wants_events():
-                self._forwarder.on_batch = None
+            self._forwarder.on_batch = hook
 
-    async def events(self, *types: str) -> AsyncIterator[Event]:
+    @property
+    def listener_drops(self) -> int:
+        """Events in-process listeners lost because they fell too far behind."""
+        return self._fanout.drops
+
+    def events(self, *types: str) -> AsyncIterator[Event]:
         """``async for event in sup.events("MESSAGE_CREATE", ...)``: every type if none."""
-        async with self._listen(frozenset(types) if types else None) as stream:
-            async for event in stream:
-                yield event
-
-    async def _feed_output(self, output: Output) -> None:
-        async with self._listen(None) as stream:
-            async for event in stream:
-                try:
-                    result = output(event)
-                    if hasattr(result, "__await__"):
-                        await result
-                except Exception:
-                    log.exception("supervisor: the output callback failed on %s", event.type)
+        return self._fanout.events(*types)
 
     # ------------------------------------------------------------------ commands and status
 
@@ -635,26 +577,8 @@ class Supervisor:
         status = self._status.get(shard_id)
         if status is None:
             return CommandReply(shard_id, False, f"shard {shard_id} is not run by this cluster")
-        slot = self.slots[status.worker]
-        if slot.peer is None or self._control is None:
-            return CommandReply(shard_id, False, f"the worker of shard {shard_id} is not running")
-        command_id = secrets.token_hex(8)
-        done, box = anyio.Event(), list[dict[str, Any]]()
-        self._replies[command_id] = (done, box)
-        try:
-            sent = await self._control.send(slot.peer, "command", {
-                "id": command_id, "shard": shard_id, "name": name, "args": args})
-            if not sent:
-                return CommandReply(shard_id, False, f"the worker of shard {shard_id} is gone")
-            with anyio.move_on_after(wait):
-                await done.wait()
-        finally:
-            del self._replies[command_id]
-        if not box:
-            return CommandReply(shard_id, False, f"no reply from shard {shard_id} in {wait:g} s")
-        reply = box[0]
-        return CommandReply(shard_id, bool(reply.get("ok")), reply.get("error"),
-                            reply.get("value"))
+        return await self._commands.send(self._control, self.slots[status.worker].peer,
+                                         shard_id, name, args, wait=wait)
 
 
 _FATAL_KINDS: Final[dict[str, type[errors.DiscordError]]] = {

@@ -1,0 +1,66 @@
+"""Commands routed to the worker that runs a shard, and the wait for its reply."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any, Final
+
+import anyio
+
+from shardctl.ipc.control import ControlServer
+
+#: Commands wait this long for the worker's reply.
+COMMAND_TIMEOUT: Final = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReply:
+    """The outcome of a routed command: truthy when sent; unpacks as ``ok, error``."""
+
+    shard: int
+    ok: bool
+    error: str | None = None
+    value: Any = None
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __iter__(self) -> Any:
+        return iter((self.ok, self.error))
+
+
+class CommandRouter:
+    """Sends ``command`` messages and matches each ``reply`` to its waiter by id."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, tuple[anyio.Event, list[dict[str, Any]]]] = {}
+
+    def on_reply(self, body: dict[str, Any]) -> None:
+        waiter = self._waiting.get(str(body["id"]))
+        if waiter is not None:
+            waiter[1].append(body)
+            waiter[0].set()
+
+    async def send(self, control: ControlServer | None, peer: bytes | None, shard_id: int,
+                   name: str, args: dict[str, Any], *,
+                   wait: float = COMMAND_TIMEOUT) -> CommandReply:
+        if peer is None or control is None:
+            return CommandReply(shard_id, False, f"the worker of shard {shard_id} is not running")
+        command_id = secrets.token_hex(8)
+        done, box = anyio.Event(), list[dict[str, Any]]()
+        self._waiting[command_id] = (done, box)
+        try:
+            sent = await control.send(peer, "command", {
+                "id": command_id, "shard": shard_id, "name": name, "args": args})
+            if not sent:
+                return CommandReply(shard_id, False, f"the worker of shard {shard_id} is gone")
+            with anyio.move_on_after(wait):
+                await done.wait()
+        finally:
+            del self._waiting[command_id]
+        if not box:
+            return CommandReply(shard_id, False, f"no reply from shard {shard_id} in {wait:g} s")
+        reply = box[0]
+        return CommandReply(shard_id, bool(reply.get("ok")), reply.get("error"),
+                            reply.get("value"))
