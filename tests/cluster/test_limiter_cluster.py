@@ -36,6 +36,8 @@ INTERVAL = 0.2
 PROBE = 0.05
 #: Scheduling noise allowed on top of a gap: a grant and a release each cross two processes.
 SLACK = 0.05
+#: From the gates opening to the first grant of every bucket.
+START_DELAY = 0.5
 
 
 @pytest.fixture
@@ -88,9 +90,17 @@ async def workers(endpoint: str, gateway: str, shard_count: int, processes: int
                     await process.wait()
 
 
-async def open_gates(sb: Sandbox, processes: Sequence[Process], shard_count: int) -> None:
-    """Once every shard has its HELLO, let the workers ask the limiter for slots."""
+async def open_gates(sb: Sandbox, processes: Sequence[Process], shard_count: int,
+                     server: LimiterServer | None = None) -> None:
+    """Once every shard has its HELLO, let the workers ask the limiter for slots.
+
+    With ``server``, every bucket's first grant waits for one common instant, by which all
+    requests are queued: the workers reading their gate at slightly different moments is
+    not the pace this measures.
+    """
     await sb.wait_for(lambda: len(sb.records("hello")) == shard_count, timeout=15)
+    if server is not None:
+        server.hold_until(anyio.current_time() + START_DELAY)
     for process in processes:
         assert process.stdin is not None
         await process.stdin.send(b"open\n")
@@ -124,7 +134,7 @@ async def test_64_shards_in_4_processes_identify_at_the_ideal_pace(endpoint: str
     async with Sandbox(sandbox_config(shard_count, mc)) as sb, anyio.create_task_group() as tg:
         await tg.start(server.serve)
         async with workers(endpoint, sb.gateway_url, shard_count, 4) as processes:
-            await open_gates(sb, processes, shard_count)
+            await open_gates(sb, processes, shard_count, server)
             await sb.wait_for(lambda: len(sb.records("ready")) == shard_count, timeout=15)
             by_bucket = assert_paced(sb)
             identifies = sb.records("identify")

@@ -261,3 +261,15 @@ def test_starts_are_never_a_rounding_error_short_of_the_interval() -> None:
     s.request("a", 0)
     (a,) = s.poll(s.next_deadline() or 0.0)
     assert a.start - 2758.262130019 >= 0.1
+
+
+def test_hold_until_delays_every_bucket_and_never_hastens_one() -> None:
+    from shardctl.cluster.limiter import IdentifyScheduler
+
+    s = IdentifyScheduler[str](now=0.0, max_concurrency=2, interval=1.0, last_grants={1: 4.5})
+    s.hold_until(3.0)
+    s.request("a", 0)
+    s.request("b", 1)
+    assert s.poll(2.9) == []
+    assert [g.shard_id for g in s.poll(3.0)] == [0]          # bucket 0: held until 3.0
+    assert [g.shard_id for g in s.poll(5.5)] == [1]          # bucket 1: 4.5 + 1.0, not 3.0

@@ -317,6 +317,17 @@ class IdentifyScheduler(Generic[K]):
                 reported_reset if self._reset_at is None else max(self._reset_at, reported_reset)
             )
 
+    def hold_until(self, until: float) -> None:
+        """No grant in any bucket starts before ``until``.
+
+        For a limiter that learns another one granted up to then (a predecessor, a peer
+        coordinating a cluster start); it never makes a grant earlier than it would be.
+        """
+        floor = until - self._interval
+        self._default_last = max(self._default_last, floor)
+        for bucket in list(self._last):
+            self._last[bucket] = max(self._last[bucket], floor)
+
     # -- output ---------------------------------------------------------------------------
 
     def _last_of(self, bucket: int) -> float:

@@ -195,6 +195,11 @@ class LimiterServer:
         """Bucket -> last grant time; give it to the next server to skip its start-up wait."""
         return self.scheduler.last_grants()
 
+    def hold_until(self, until: float) -> None:
+        """No grant before ``until`` (the event loop's clock); see the scheduler's."""
+        self.scheduler.hold_until(until)
+        self._pump()
+
     def update(
         self,
         *,

@@ -269,7 +269,7 @@ class Supervisor:
                 if slot.process is not None:
                     await slot.process.wait()
             # The workers flushed before exiting; wait until their last events are through.
-            await self._wait_for(self._drained)
+            await self._wait_for(self._drained, raise_failure=False)
         for slot in self.slots:
             if slot.alive and not slot.remote:
                 log.warning("supervisor: worker %d did not stop in time; killing it", slot.index)
@@ -305,8 +305,13 @@ class Supervisor:
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.stop()
         tg, self._tg = self._tg, None
+        try:
+            await self.stop()
+        finally:
+            await self._close(tg)
+
+    async def _close(self, tg: anyio.abc.TaskGroup | None) -> None:
         try:
             if tg is not None:
                 tg.cancel_scope.cancel()
@@ -526,9 +531,10 @@ class Supervisor:
     async def wait_ready(self) -> None:
         await self.wait_until(lambda shards: all(s.state == "ready" for s in shards))
 
-    async def _wait_for(self, predicate: Callable[[], bool]) -> None:
+    async def _wait_for(self, predicate: Callable[[], bool], *,
+                        raise_failure: bool = True) -> None:
         while not predicate():
-            if self._failure is not None:
+            if raise_failure and self._failure is not None:
                 raise self._failure
             await self._changed.wait()
 

@@ -85,6 +85,10 @@ ENCODING: Final = "json"
 #: Code for the connections we drop to reconnect (op 7, op 9, receive timeout, a corrupt
 #: frame): anything but 1000/1001 keeps the session resumable (protocol §7).
 RECONNECT_CLOSE_CODE: Final = 4000
+#: The first beat is due at ``interval * jitter`` and must arrive within [0, interval]
+#: (protocol §3): jitter is drawn from [0, 0.9) so a busy event loop's lateness cannot push
+#: a beat drawn near 1.0 past the interval.
+FIRST_BEAT_SPREAD: Final = 0.9
 #: Op 9 d:false → wait a random 1-5 s before re-identifying (protocol §6, [doc, old]).
 INVALID_SESSION_DELAY: Final = (1.0, 5.0)
 #: Resume attempts whose socket never opened before the RESUME goes to the cached connect
@@ -505,7 +509,8 @@ class ShardMachine:
             return self._end_connection(RECONNECT_CLOSE_CODE, "HELLO without heartbeat_interval",
                                         close=True)
         try:
-            self._heartbeat = Heartbeat(interval / 1000.0, now=now, jitter=self._rng.random())
+            self._heartbeat = Heartbeat(interval / 1000.0, now=now,
+                                        jitter=self._rng.random() * FIRST_BEAT_SPREAD)
         except ProtocolError as exc:
             return self._end_connection(RECONNECT_CLOSE_CODE, str(exc), close=True)
         self._to(ShardState.HELLO)
