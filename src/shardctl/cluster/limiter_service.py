@@ -18,7 +18,9 @@ message means for the queue and when a client is gone:
   paced gaps as 198.2-199.99 ms: a violation in every run), while the release's trip is such
   a margin.  A holder whose connection is gone
   (probed every ``probe_interval`` while it holds) counts as released when that is seen; one
-  that never answers, at ``hold_limit``;
+  that never answers, at ``hold_limit`` -- long (see :func:`default_hold_limit`), because a
+  live holder whose event loop is busy may send its IDENTIFY late, and pacing the next
+  grant from an expired hold would then let two IDENTIFYs of one bucket come too close;
 - a request is keyed ``(client id, request number)``; its grant goes to the routing id the
   client last spoke from, so a client that reconnects still gets its grants;
 - a grant that fails to send (the client's connection is gone) is not a slot spent: the
@@ -118,6 +120,17 @@ def _wall(at: float, now: float) -> str:
     return stamp.isoformat(timespec="seconds")
 
 
+#: A held grant expires no sooner than this: a dead holder is noticed by the probe within
+#: ``probe_interval``; expiry is only for a holder that is alive but never answers.
+MIN_HOLD_LIMIT: Final = 10.0
+
+
+def default_hold_limit(interval: float) -> float:
+    """Long enough that a live holder's late IDENTIFY (a worker busy starting hundreds of
+    shards) is still released before the hold expires."""
+    return max(MIN_HOLD_LIMIT, 2 * interval)
+
+
 class LimiterServer:
     """Serves the session limiter on ``endpoint`` until cancelled.
 
@@ -164,7 +177,7 @@ class LimiterServer:
         self._window = window
         self._last_grants = None if last_grants is None else dict(last_grants)
         self._client_timeout = client_timeout
-        self._hold_limit = interval if hold_limit is None else hold_limit
+        self._hold_limit = default_hold_limit(interval) if hold_limit is None else hold_limit
         self._probe_interval = probe_interval
         self._scheduler: IdentifyScheduler[RequestKey] | None = None
         self._service: LimiterService | None = None
