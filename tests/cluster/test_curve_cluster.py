@@ -77,9 +77,12 @@ async def test_curve_cluster_serves_its_workers_ignores_strangers_and_moves_shar
                     server_public=load_client(base / "keys").server_public,
                     public=other.public, secret=other.secret))
                 try:
-                    await stranger.send("register", {"worker": None, "pid": 1})
-                    await stranger.send("state", {"shards": [{"id": 0, "state": "failed"}]})
+                    # Once the handshake has failed the DEALER has no peer, and a send
+                    # blocks (ZeroMQ's mute state): the sends are inside the deadline too.
                     with anyio.move_on_after(1.5) as scope:
+                        await stranger.send("register", {"worker": None, "pid": 1})
+                        await stranger.send("state",
+                                            {"shards": [{"id": 0, "state": "failed"}]})
                         await stranger.receive()
                     assert scope.cancelled_caught
                 finally:

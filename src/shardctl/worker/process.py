@@ -113,7 +113,9 @@ class Worker:
             # Every shard has closed: publish what is left, report the final seqs, leave.
             with anyio.move_on_after(STOP_TIMEOUT):
                 await publisher.flush()
-            await self._report()
+            # A DEALER with no peer (the supervisor gone) blocks on send: bound the goodbye.
+            with anyio.move_on_after(STOP_TIMEOUT):
+                await self._report()
             tg.cancel_scope.cancel()
 
     def _start_shards(self, assignment: Assignment, shards_tg: anyio.abc.TaskGroup) -> None:
