@@ -430,6 +430,12 @@ async def _run_cluster(token: str | None, options: dict[str, Any], display: Disp
         if token is None:
             token, api_url = await stack.enter_async_context(_demo_sandbox(options, display))
             options = {**options, "api_url": api_url}
+            if options.get("state_file") is None:
+                # A fresh sandbox knows no old session: keep its sessions out of the real
+                # state file, next to the other files of this run.
+                from shardctl.ipc.endpoints import runtime_dir
+
+                options["state_file"] = runtime_dir() / "sandbox-sessions.json"
         config = RunConfig(token=token, **options)
         started = anyio.current_time()
         async with Supervisor(config) as sup, anyio.create_task_group() as tg:
