@@ -164,13 +164,23 @@ class Cluster:
         Events of one shard arrive in order, so once the last push has arrived anything
         that was going to be duplicated already has been.
         """
-        with anyio.fail_after(timeout):
-            # Discord's side first: the supervisor may not have heard of a fault yet.
-            await self.sb.wait_for(lambda: all(self.live(s) for s in self.shards),
-                                   timeout=timeout)
-            await self.sup.wait_until(lambda shards: all(s.state == "ready" for s in shards))
-            await self.push(1)
-            await self.log.wait_for(self.sent)
+        try:
+            with anyio.fail_after(timeout):
+                # Discord's side first: the supervisor may not have heard of a fault yet.
+                await self.sb.wait_for(lambda: all(self.live(s) for s in self.shards),
+                                       timeout=timeout)
+                await self.sup.wait_until(
+                    lambda shards: all(s.state == "ready" for s in shards))
+                await self.push(1)
+                await self.log.wait_for(self.sent)
+        except TimeoutError:
+            missing = sorted(k for k in self.sent if k not in self.log.messages)
+            not_live = [s for s in self.shards if not self.live(s)]
+            states = {s.id: s.state for s in self.sup.status() if s.state != "ready"}
+            raise AssertionError(
+                f"not settled in {timeout:g} s: {len(missing)} messages missing "
+                f"(first {missing[:10]}), shards not live at the sandbox {not_live}, "
+                f"not ready {states}") from None
 
     def live(self, shard: int) -> bool:
         """The sandbox has exactly one authenticated socket with a session for ``shard``."""

@@ -349,3 +349,25 @@ async def test_a_stuck_consumer_holds_the_bus_without_starving_the_event_loop(
                 assert pub.dropped == 0
         finally:
             stuck.close(linger=0)
+
+
+async def test_forwarder_notes_the_session_of_each_ready(tmp_path: Path) -> None:
+    ready = b'{"op":0,"s":1,"t":"READY","d":{"session_id":"abc","resume_gateway_url":"ws://r/"}}'
+    both = anyio.Event()
+
+    def on_batch(events: Sequence[Event]) -> None:
+        if any(e.seq == 2 for e in events):
+            both.set()
+
+    fwd = EventForwarder(f"ipc://{tmp_path}/in", f"ipc://{tmp_path}/out", on_batch=on_batch)
+    async with anyio.create_task_group() as tg:
+        await tg.start(fwd.run)
+        pub = EventPublisher(fwd.inbound, max_events=1)
+        async with running(pub):
+            with anyio.fail_after(5):
+                await pub.wait_subscribed()
+                pub.publish(3, "READY", 1, ready)
+                pub.publish(3, "MESSAGE_CREATE", 2, frame("MESSAGE_CREATE", 2))
+                await both.wait()
+        tg.cancel_scope.cancel()
+    assert fwd.last_session == {3: ("abc", "ws://r/")}

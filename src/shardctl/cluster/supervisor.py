@@ -294,14 +294,26 @@ class Supervisor:
             log.error("supervisor: could not write the state file %s: %s", self.state_file, exc)
 
     def _resumable_sessions(self) -> list[SessionRecord]:
-        forwarder = self._forwarder
-        out = []
-        for status in self._status.values():
-            seq = forwarder.last_seq.get(status.id) if forwarder is not None else None
-            if status.session_id and status.resume_gateway_url and seq is not None:
-                out.append(SessionRecord(status.id, status.session_id,
-                                         status.resume_gateway_url, seq))
-        return out
+        return [r for r in map(self._session_of, sorted(self._status)) if r is not None]
+
+    def _session_of(self, shard_id: int) -> SessionRecord | None:
+        """Where a RESUME of this shard starts: its session and the last seq forwarded.
+
+        Both come from the bus when it has seen the session's READY (the forwarder notes
+        it), so they always belong together even if a worker died before reporting a new
+        session on the control channel; a session resumed from the state file, with no
+        READY since, comes from the shard's status.  A fatal close ended it: none.
+        """
+        status, forwarder = self._status[shard_id], self._forwarder
+        seq = forwarder.last_seq.get(shard_id) if forwarder is not None else None
+        if seq is None or status.error:
+            return None
+        session = forwarder.last_session.get(shard_id) if forwarder is not None else None
+        if session is None and status.session_id and status.resume_gateway_url:
+            session = (status.session_id, status.resume_gateway_url)
+        if session is None:
+            return None
+        return SessionRecord(shard_id, session[0], session[1], seq)
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -404,11 +416,10 @@ class Supervisor:
         assert self.info is not None
         shards = []
         for shard_id in slot.shard_ids:
-            status = self._status[shard_id]
-            seq = self._forwarder.last_seq.get(shard_id) if self._forwarder else None
-            if status.session_id and status.resume_gateway_url and seq is not None:
-                shards.append(ShardAssignment(shard_id, status.session_id,
-                                              status.resume_gateway_url, seq))
+            record = self._session_of(shard_id)
+            if record is not None:
+                shards.append(ShardAssignment(shard_id, record.session_id,
+                                              record.resume_gateway_url, record.seq))
             else:
                 shards.append(ShardAssignment(shard_id))
         return Assignment(

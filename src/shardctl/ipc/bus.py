@@ -40,6 +40,7 @@ from typing import Any, Final, cast
 
 import anyio
 import anyio.lowlevel
+import orjson
 import zmq
 import zmq.asyncio
 from anyio.abc import TaskStatus
@@ -399,6 +400,8 @@ class EventForwarder:
         self.epoch = random.getrandbits(32) if epoch is None else epoch
         #: shard → last gateway sequence number forwarded; may be seeded from saved state
         self.last_seq: dict[int, int] = {}
+        #: shard → (session_id, resume_gateway_url) of the last READY forwarded
+        self.last_session: dict[int, tuple[str, str]] = {}
         self.stats = ForwarderStats()
         #: subscription prefixes consumers hold right now (b"" = everything)
         self.subscriptions: set[bytes] = set()
@@ -526,12 +529,14 @@ class EventForwarder:
             if version != VERSION:
                 raise ProtocolError(f"unknown event version {version}")
             jump = False
+            ready = False
             if flags & HAS_SEQ:
+                ready = batch[start:h - 1] == _READY_TOPIC
                 last = last_seq.get(shard)
                 if last is not None and seq != last + 1:
                     if seq > last:
                         jump = True
-                    elif self._drop_duplicates and batch[start:h - 1] != _READY_TOPIC:
+                    elif self._drop_duplicates and not ready:
                         stats.duplicates += 1
                         off, remaining = end, remaining - 1
                         continue
@@ -545,15 +550,35 @@ class EventForwarder:
             counters[key] = bus_seq
             if flags & HAS_SEQ:
                 if jump:
-                    stats.upstream_gaps += 1
-                    log.warning("event forwarder: shard %d seq jumped %d -> %d",
-                                shard, last_seq[shard], seq)
+                    self._upstream_gap(shard, last_seq[shard], seq)
                 last_seq[shard] = seq
+                if ready:
+                    self._note_session(shard, bytes(mv[h + header_size:end]))
             stats.events += 1
             if events is not None:
                 events.append(decode_event(bytes(mv[start:end])))
             off, remaining = end, remaining - 1
         return off, 0
+
+    def _upstream_gap(self, shard: int, last: int, seq: int) -> None:
+        self.stats.upstream_gaps += 1
+        log.warning("event forwarder: shard %d seq jumped %d -> %d", shard, last, seq)
+
+    def _note_session(self, shard: int, payload: bytes) -> None:
+        """The session a READY started: with ``last_seq`` it is where a resume must start.
+
+        Parsed here, once per session (READY is rare), so that the pair (session, last seq
+        forwarded) always comes from the same stream and can never disagree.
+        """
+        try:
+            d = orjson.loads(payload).get("d") or {}
+            session, url = d.get("session_id"), d.get("resume_gateway_url")
+        except (orjson.JSONDecodeError, AttributeError):
+            session = url = None
+        if isinstance(session, str) and isinstance(url, str):
+            self.last_session[shard] = (session, url)
+        else:
+            self.last_session.pop(shard, None)
 
     async def _read_subscriptions(self, sout: zmq.Socket[bytes],
                                   aout: zmq.asyncio.Socket) -> None:
