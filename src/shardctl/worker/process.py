@@ -52,12 +52,12 @@ class _ShardInfo:
     cumulative event counts by bus type (reported with each state report; the supervisor
     turns them into rates and metrics)."""
 
-    __slots__ = ("counts", "error", "guilds", "last_event")
+    __slots__ = ("counts", "error", "guilds", "last_event_ns")
 
     def __init__(self) -> None:
         self.guilds: set[str] = set()
         self.error: dict[str, Any] | None = None
-        self.last_event: float | None = None
+        self.last_event_ns: int | None = None
         self.counts: dict[str, int] = {}
 
 
@@ -153,17 +153,19 @@ class Worker:
         assert publisher is not None
         frame = emit.frame
         info = self._info[shard.id]
-        info.last_event = time.time()
+        # One clock read per event: the bus header's receive time is also the "last event".
+        info.last_event_ns = now_ns = time.time_ns()
         counts = info.counts
         if frame is not None:
             counts[emit.name] = counts.get(emit.name, 0) + 1
-            publisher.publish(shard.id, emit.name, frame.s, frame.raw)
+            publisher.publish(shard.id, emit.name, frame.s, frame.raw, received_at_ns=now_ns)
             if emit.name in _GUILD_EVENTS:
                 _track_guilds(info.guilds, emit.name, emit.data)
             return
         name = BUS_NAMES.get(emit.name, emit.name)
         counts[name] = counts.get(name, 0) + 1
-        publisher.publish(shard.id, name, None, lifecycle_payload(emit.data))
+        publisher.publish(shard.id, name, None, lifecycle_payload(emit.data),
+                          received_at_ns=now_ns)
         self._report_now.set()
 
     async def _until_stopped(self, shards_tg: anyio.abc.TaskGroup, assignment: Assignment
@@ -239,7 +241,8 @@ class Worker:
             "id": shard.id, "state": "failed" if info.error else shard.state,
             "session_id": shard.session_id, "resume_gateway_url": shard.resume_gateway_url,
             "seq": shard.seq, "latency": shard.latency, "guilds": len(info.guilds),
-            "last_event": info.last_event, "error": info.error, "counts": info.counts,
+            "last_event": None if info.last_event_ns is None else info.last_event_ns / 1e9,
+            "error": info.error, "counts": info.counts,
         }
 
     async def _command(self, message: ControlMessage) -> None:
