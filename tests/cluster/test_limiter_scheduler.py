@@ -273,3 +273,20 @@ def test_hold_until_delays_every_bucket_and_never_hastens_one() -> None:
     assert s.poll(2.9) == []
     assert [g.shard_id for g in s.poll(3.0)] == [0]          # bucket 0: held until 3.0
     assert [g.shard_id for g in s.poll(5.5)] == [1]          # bucket 1: 4.5 + 1.0, not 3.0
+
+
+def test_a_gate_holds_every_bucket_until_opened_and_never_hastens_one() -> None:
+    from shardctl.cluster.limiter import IdentifyScheduler
+
+    s = IdentifyScheduler[str](now=0.0, max_concurrency=2, interval=1.0, last_grants={1: 0.5})
+    s.gate(10.0)
+    s.request("a", 0)
+    s.request("b", 1)
+    assert s.poll(5.0) == []
+    assert s.next_deadline() == 10.0
+    s.gate(1.2)  # moved earlier: a gate is policy, not knowledge of past grants
+    assert [g.shard_id for g in s.poll(1.2)] == [0]
+    s.request("c", 1)
+    s.gate(None)
+    assert [g.shard_id for g in s.poll(1.49)] == []          # bucket 1 still 0.5 + 1.0
+    assert [(g.shard_id, g.start) for g in s.poll(1.5)] == [(1, 1.5)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +18,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from shardctl.cluster.limiter_service import LimiterEvent, LimiterServer
+from shardctl.cluster.limiter_service import SENT_MARGIN, LimiterEvent, LimiterServer
 from shardctl.ipc.limiter import LimiterClient
 
 pytestmark = pytest.mark.anyio
@@ -234,9 +235,11 @@ async def test_same_clock_clients_are_granted_early_and_start_on_the_slot(
     assert all(INTERVAL <= gap < INTERVAL + SLACK for gap in gaps(grants)), gaps(grants)
 
 
-async def test_pace_from_sent_paces_a_same_clock_bucket_from_the_send(endpoint: str) -> None:
+@pytest.mark.parametrize("margin", [None, 0.0, 0.03])
+async def test_a_same_clock_bucket_is_paced_from_the_send_plus_the_margin(
+        endpoint: str, margin: float | None) -> None:
     server = LimiterServer(endpoint, interval=INTERVAL, last_grants={}, hold_limit=1.0,
-                           pace_from_sent=True)
+                           sent_margin=margin)
     entered: dict[int, float] = {}
     async with serving(server), LimiterClient(endpoint) as client:
         with anyio.fail_after(5):
@@ -246,10 +249,20 @@ async def test_pace_from_sent_paces_a_same_clock_bucket_from_the_send(endpoint: 
                 tg.start_soon(identify_one, client, 1)
     _, second = server.grants()
     (release,) = [e for e in server.record if e.kind == "release" and e.shard_id == 0]
-    # The bucket is paced from the end of the send, not from when the release was handled.
+    # The bucket is paced from the end of the send (not from when the release was handled)
+    # plus the margin: 0.5 % of the interval unless given.
+    sent_at = float(release.detail.split("sent_at=")[1].split()[0])
     handled = float(release.detail.split("handled=")[1].split()[0])
-    assert entered[0] + 0.05 <= release.at < handled
+    assert entered[0] + 0.05 <= sent_at < handled
+    expected_margin = SENT_MARGIN * INTERVAL if margin is None else margin
+    assert release.at == pytest.approx(sent_at + expected_margin, abs=2e-6)
     assert INTERVAL <= second.at - release.at < INTERVAL + 1e-9  # and exactly then
+
+
+def test_a_negative_or_infinite_margin_is_refused(endpoint: str) -> None:
+    for bad in (-0.001, math.inf, math.nan):
+        with pytest.raises(ValueError, match="sent_margin"):
+            LimiterServer(endpoint, sent_margin=bad)
 
 
 async def test_clients_on_another_clock_are_granted_on_the_slot_and_paced_on_release(
@@ -257,7 +270,7 @@ async def test_clients_on_another_clock_are_granted_on_the_slot_and_paced_on_rel
     from shardctl.cluster import limiter_service
 
     monkeypatch.setattr(limiter_service, "clock_id", lambda: "another-host")
-    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={}, pace_from_sent=True)
+    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={})
     async with serving(server), LimiterClient(endpoint) as client:
         with anyio.fail_after(5):
             await identify_all(client, [0, 1, 2])

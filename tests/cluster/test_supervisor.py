@@ -64,6 +64,19 @@ async def test_every_event_reaches_a_consumer_process_exactly_once() -> None:
             assert not sb.violations
 
 
+async def test_the_first_identifies_wait_until_every_shard_has_asked() -> None:
+    # Workers boot at different moments; the limiter's start gate lets every bucket start
+    # together, so no bucket's queue starts late (cluster/supervisor.py, START_GATE).
+    with short_dir() as run_dir:
+        async with Sandbox(sandbox_config(16)) as sb, supervisor(sb, run_dir, 4) as sup:
+            with anyio.fail_after(30):
+                await sup.wait_ready()
+            hellos = [r.at for r in sb.records("hello")]
+            identifies = [r.at for r in sb.records("identify")]
+    assert len(hellos) == len(identifies) == 16
+    assert max(hellos) < min(identifies)
+
+
 async def test_killed_worker_is_respawned_and_resumes_without_loss() -> None:
     with short_dir() as run_dir:
         async with Sandbox(sandbox_config(16)) as sb, supervisor(sb, run_dir, 4) as sup:

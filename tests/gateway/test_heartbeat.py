@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from shardctl.errors import ProtocolError
 from shardctl.gateway.backoff import backoff
-from shardctl.gateway.heartbeat import Heartbeat
+from shardctl.gateway.heartbeat import ACK_TIMEOUT_MIN, Heartbeat, default_ack_timeout
 
 
 def test_first_beat_is_interval_times_jitter() -> None:
@@ -36,10 +37,31 @@ def test_beats_follow_every_interval_and_ack_gives_latency() -> None:
 
 
 def test_missing_ack_when_next_beat_due_is_zombie() -> None:
-    hb = Heartbeat(10.0, now=0.0, jitter=0.0)
+    # The protocol's rule alone: an ACK timeout as long as the interval.
+    hb = Heartbeat(10.0, now=0.0, jitter=0.0, ack_timeout=10.0)
     hb.sent(0.0)
     assert not hb.is_zombie(9.99)
     assert hb.is_zombie(10.0)
+
+
+def test_an_ack_later_than_the_ack_timeout_is_a_zombie() -> None:
+    hb = Heartbeat(40.0, now=0.0, jitter=0.0)
+    assert hb.ack_timeout == pytest.approx(3.0)  # 7.5 % of the interval
+    assert hb.deadline() == 0.0 and hb.ack_deadline() == math.inf
+    hb.sent(0.0)
+    assert hb.deadline() == pytest.approx(3.0)
+    assert not hb.is_zombie(2.99)
+    assert hb.is_zombie(3.0)
+    hb.acked(2.5)
+    assert not hb.is_zombie(39.0) and hb.deadline() == 40.0
+
+
+def test_the_default_ack_timeout_has_a_floor_and_never_exceeds_the_interval() -> None:
+    assert default_ack_timeout(41.25) == pytest.approx(3.09375)
+    assert default_ack_timeout(1.0) == ACK_TIMEOUT_MIN
+    assert default_ack_timeout(0.1) == 0.1
+    with pytest.raises(ValueError, match="ack_timeout"):
+        Heartbeat(1.0, now=0.0, jitter=0.0, ack_timeout=0.0)
 
 
 def test_requested_beat_resets_timer() -> None:

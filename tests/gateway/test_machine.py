@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import zlib
 
@@ -151,10 +152,11 @@ def test_zombie_closes_non_1000_and_resumes_on_resume_url() -> None:
 
 
 def test_receive_timeout_without_traffic_resumes() -> None:
-    m = new_machine(receive_timeout=5.0)
+    # Beats far apart and ACKs allowed as long: only the silence can end this socket.
+    m = new_machine(receive_timeout=5.0, heartbeat_ack_timeout=10.0)
     m.start(0.0)
     m.opened(0.0)
-    m.receive(hello(10_000), 0.0)  # beats far apart: only the silence can end this socket
+    m.receive(hello(10_000), 0.0)
     m.identify(0.0)
     m.receive(ready(), 0.5)
     m.receive(dispatch("TYPING_START", {}, 2), 3.0)  # last traffic
@@ -520,3 +522,31 @@ def test_gateway_url_replaces_query_and_keeps_path() -> None:
         "ws://h:1/resume/?x=1&v=10&encoding=json")
     with pytest.raises(ValueError):
         gateway_url("http://h/", None)
+
+
+def test_a_late_ack_makes_a_zombie_before_the_next_beat_is_due() -> None:
+    m = new_machine()
+    m.start(0.0)
+    m.opened(0.0)
+    m.receive(hello(40_000), 0.0)
+    m.identify(0.0)
+    m.receive(ready(), 0.01)
+    beat_at = m.next_deadline()
+    assert beat_at is not None
+    assert sends(m.tick(beat_at), Op.HEARTBEAT)
+    m.receive(b'{"op":11,"d":null,"s":null,"t":null}', beat_at + 0.05)  # answered: healthy
+    second = beat_at + 40.0
+    assert m.next_deadline() == pytest.approx(second)
+    assert sends(m.tick(second), Op.HEARTBEAT)
+    # Unanswered: the ACK timeout (7.5 % of 40 s = 3 s) comes long before the next beat.
+    assert m.next_deadline() == pytest.approx(second + 3.0)
+    assert m.tick(second + 2.99) == []
+    acts = list(m.tick(second + 3.0))
+    assert one(acts, Close).code == ZOMBIE_CLOSE_CODE
+    assert one(acts, Reconnect).resume
+
+
+def test_an_invalid_ack_timeout_is_refused() -> None:
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="heartbeat_ack_timeout"):
+            new_machine(heartbeat_ack_timeout=bad)

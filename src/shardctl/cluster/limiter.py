@@ -129,6 +129,7 @@ class IdentifyScheduler(Generic[K]):
         self._order = 0
         # Unknown history: assume every bucket granted at `now`; known: use it, -inf if absent.
         self._default_last = now if last_grants is None else -math.inf
+        self._gate = -math.inf
         self._last: dict[int, float] = dict(last_grants or {})
         if (remaining is not None and remaining < 0) or (total is not None and total < 0):
             raise ValueError("remaining and total must be >= 0")
@@ -223,20 +224,22 @@ class IdentifyScheduler(Generic[K]):
         queue.remove(waiting)
         return True
 
-    def release(self, key: K, now: float, *, sent_at: float | None = None) -> bool:
+    def release(self, key: K, now: float, *, sent_at: float | None = None,
+                margin: float = 0.0) -> bool:
         """The holder of grant ``key`` is done (its IDENTIFY was sent, or never will be).
 
         The bucket's next start comes ``interval`` after ``sent_at`` (when the send ended, in
-        the clock of ``now``: pass it only from a holder known to share that clock), or after
-        ``now`` without it.  ``sent_at`` is clamped to [grant start, ``now``]: the send cannot
-        have ended before the holder was allowed to start it, nor after its release arrived.
+        the clock of ``now``: pass it only from a holder known to share that clock) plus
+        ``margin`` (what the sends' paths to Discord may differ by), or after ``now`` without
+        it.  ``sent_at`` is clamped to [grant start, ``now``]: the send cannot have ended
+        before the holder was allowed to start it, nor after its release arrived.
         False if ``key`` is not held (unknown, already released, or past its ``hold_limit``).
         """
         held = self._holds.pop(key, None)
         if held is None:
             return False
         shard_id, start = held
-        ended = now if sent_at is None else min(max(sent_at, start), now)
+        ended = now if sent_at is None else min(max(sent_at, start), now) + margin
         bucket = self.bucket_of(shard_id)
         self._last[bucket] = max(self._last_of(bucket), ended)
         return True
@@ -328,6 +331,15 @@ class IdentifyScheduler(Generic[K]):
         for bucket in list(self._last):
             self._last[bucket] = max(self._last[bucket], floor)
 
+    def gate(self, until: float | None) -> None:
+        """No grant starts before ``until``; ``None`` opens the gate.
+
+        Unlike :meth:`hold_until` (knowledge of grants made elsewhere, which only ever
+        delays), a gate is policy and may be moved earlier: a cluster starting up closes it
+        until every shard that must IDENTIFY has asked, so every bucket starts together.
+        """
+        self._gate = -math.inf if until is None else until
+
     # -- output ---------------------------------------------------------------------------
 
     def _last_of(self, bucket: int) -> float:
@@ -349,7 +361,7 @@ class IdentifyScheduler(Generic[K]):
         # judge that subtracts (Discord, the sandbox, our tests) would see a start too early.
         while free - ended < self._interval:
             free = math.nextafter(free, math.inf)
-        return free
+        return max(free, self._gate)
 
     def _expire_holds(self, now: float) -> None:
         assert self._hold_limit is not None

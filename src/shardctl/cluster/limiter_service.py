@@ -9,14 +9,13 @@ message means for the queue and when a client is gone:
   interval apart however late each grant arrived.  A client that shares the service's
   monotonic clock (same boot and time namespace: its ping names the clock) is granted up to
   ``lead`` ahead of its slot with a ``not_before`` it waits out itself, so neither the timer's
-  lateness nor the grant's trip lengthens a gap; any other client is granted at the slot.
-  With ``pace_from_sent`` such a client is also believed about when its send ended (the
-  release's ``sent_at``), which takes the release's trip out of the gap too; it is off by
-  default because Discord judges *arrivals*: pacing sends exactly leaves no margin for one
-  IDENTIFY being seen later than the next (the sandbox stamps a message when its event loop
-  reads it, up to ~2.4 ms after it was written on a busy 2-core host, and judged such exactly
-  paced gaps as 198.2-199.99 ms: a violation in every run), while the release's trip is such
-  a margin.  A holder whose connection is gone
+  lateness nor the grant's trip lengthens a gap, and is believed about when its send ended
+  (the release's ``sent_at``), so neither does the release's trip: the bucket is paced from
+  that moment plus ``sent_margin``.  The margin (0.5 % of the interval by default: 1 ms at
+  0.2 s, 25 ms at Discord's 5 s) is what two IDENTIFYs' paths to the gateway may differ by
+  without the second arriving less than an interval after the first.  Any other client is
+  granted at the slot and paced from when its release was handled (its trip is the margin).
+  A holder whose connection is gone
   (probed every ``probe_interval`` while it holds) counts as released when that is seen; one
   that never answers, at ``hold_limit`` -- long (see :func:`default_hold_limit`), because a
   live holder whose event loop is busy may send its IDENTIFY late, and pacing the next
@@ -77,6 +76,9 @@ DEFAULT_CLIENT_TIMEOUT: Final = 10.0
 DEFAULT_LEAD: Final = 0.02
 """Seconds ahead of its slot a same-clock client may be granted: covers the grant's trip and
 the client's wake-up (a few ms, tens on a loaded machine); the client waits out the rest."""
+
+SENT_MARGIN: Final = 0.005
+"""Default ``sent_margin`` as a fraction of the identify interval (see the module docstring)."""
 
 DEFAULT_PROBE_INTERVAL: Final = 0.05
 """Seconds between reachability probes of a client that holds an unreleased grant.  Holds
@@ -139,8 +141,9 @@ class LimiterServer:
     (seconds) give the session-start budget; without them none is enforced.  ``hold_limit``
     (default: the interval) bounds how long an unreleased grant blocks its bucket.  ``lead``
     (seconds, 0 to turn off): how far ahead of its slot a client sharing this clock may be
-    granted; ``pace_from_sent``: pace such a client's bucket from its ``sent_at`` (see the
-    module docstring for why this is off by default).
+    granted; ``pace_from_sent``: pace such a client's bucket from its ``sent_at`` plus
+    ``sent_margin`` seconds (default: :data:`SENT_MARGIN` of the interval in force); off, from
+    when its release is handled.
     """
 
     def __init__(
@@ -159,8 +162,13 @@ class LimiterServer:
         probe_interval: float = DEFAULT_PROBE_INTERVAL,
         curve: CurveServer | None = None,
         lead: float = DEFAULT_LEAD,
-        pace_from_sent: bool = False,
+        pace_from_sent: bool = True,
+        sent_margin: float | None = None,
     ) -> None:
+        if sent_margin is not None and not (math.isfinite(sent_margin) and sent_margin >= 0):
+            raise ValueError(f"sent_margin must be a finite number of seconds >= 0, "
+                             f"not {sent_margin}")
+        self._sent_margin = sent_margin
         if not (math.isfinite(lead) and lead >= 0):
             raise ValueError(f"lead must be a finite number of seconds >= 0, not {lead}")
         self._lead = lead
@@ -211,6 +219,11 @@ class LimiterServer:
     def hold_until(self, until: float) -> None:
         """No grant before ``until`` (the event loop's clock); see the scheduler's."""
         self.scheduler.hold_until(until)
+        self._pump()
+
+    def gate(self, until: float | None) -> None:
+        """No grant starts before ``until`` (the loop's clock); ``None`` opens the gate."""
+        self.scheduler.gate(until)
         self._pump()
 
     def update(
@@ -336,11 +349,13 @@ class LimiterServer:
     def _release(self, client: _Client, client_id: str, req: int, sent_at: float | None,
                  now: float) -> None:
         believed = sent_at if client.same_clock and self._pace_from_sent else None
+        margin = (SENT_MARGIN * self.scheduler.interval if self._sent_margin is None
+                  else self._sent_margin)
         held = {k: (shard, start) for k, shard, start in self.scheduler.holding()}
-        if not self.scheduler.release((client_id, req), now, sent_at=believed):
+        if not self.scheduler.release((client_id, req), now, sent_at=believed, margin=margin):
             return
         shard, start = held[(client_id, req)]
-        paced_from = now if believed is None else min(max(believed, start), now)
+        paced_from = now if believed is None else min(max(believed, start), now) + margin
         self._note(LimiterEvent("release", paced_from, client_id, shard,
                                 self.scheduler.bucket_of(shard), detail=(
             f"req={req} handled={now:.6f}"

@@ -54,6 +54,8 @@ STOP_TIMEOUT: Final = 15.0
 #: A worker that has not registered yet is still importing (seconds on a loaded host):
 #: judge it by this, not by the liveness timeout, or a short timeout kills every respawn.
 WORKER_STARTUP_GRACE: Final = 20.0
+#: Longest the first IDENTIFYs wait for every shard that must identify to ask for a slot.
+START_GATE: Final = 5.0
 
 
 class CrashLoopError(errors.ShardctlError):
@@ -147,7 +149,7 @@ class Supervisor:
         await tg.__aenter__()
         self._tg = tg
         try:
-            await self._start_services(tg, info, resumable)
+            await self._start_services(tg, info, resumable, len(ids) - len(resumable))
             for slot in self.slots:
                 if not slot.remote:  # remote slots are filled by workers that register
                     tg.start_soon(self._watch, slot)
@@ -182,7 +184,8 @@ class Supervisor:
         log.warning("%s -- ignored as requested", message)
 
     async def _start_services(self, tg: anyio.abc.TaskGroup, info: GatewayInfo,
-                              resumable: Mapping[int, SessionRecord]) -> None:
+                              resumable: Mapping[int, SessionRecord], must_identify: int
+                              ) -> None:
         run_dir = endpoints.runtime_dir(self._runtime_dir)
         limit = info.session_start_limit
         # CURVE on every endpoint when keys are configured; limiter and events-in sit next
@@ -197,6 +200,9 @@ class Supervisor:
                 remaining=limit.remaining, total=limit.total, reset_after=limit.reset_after,
                 curve=curve)
             limiter_ep = await tg.start(self.limiter.serve)
+            if must_identify:
+                self.limiter.gate(anyio.current_time() + START_GATE)
+                tg.start_soon(self._open_start_gate, self.limiter, must_identify)
         else:
             await tg.start(self._configure_remote_limiter, limiter_ep, info)
         forwarder = self._forwarder = EventForwarder(
@@ -215,6 +221,19 @@ class Supervisor:
                           "events_in": forwarder.inbound, "control": self._control.endpoint}
         if self._output is not None:
             await tg.start(self._fanout.feed, self._output)
+
+    @staticmethod
+    async def _open_start_gate(limiter: LimiterServer, must_identify: int) -> None:
+        """Start every bucket together: once all shards that must IDENTIFY have asked.
+
+        Workers boot and connect at different moments (a Python start on a loaded host takes
+        a second or so); a bucket whose shards ask late would start its queue late, and the
+        whole start-up ends with the last bucket.  Waiting for everyone costs nothing at the
+        end and never more than ``START_GATE`` at the start.
+        """
+        with anyio.move_on_after(START_GATE):
+            await limiter.wait_for(lambda: len(limiter.scheduler) >= must_identify)
+        limiter.gate(None)
 
     async def _configure_remote_limiter(
             self, endpoint: str, info: GatewayInfo, *,

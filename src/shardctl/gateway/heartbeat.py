@@ -4,28 +4,51 @@ Protocol §3: the first beat goes out ``interval * jitter`` after HELLO (jitter 
 then one every ``interval``; a server op 1 asks for a beat at once.  When a beat is due and
 the previous one has had no ACK, the connection is a zombie and must be closed with a code
 other than 1000/1001, then resumed.  Pure: time is always an argument.
+
+That rule notices a dead connection up to two intervals (80 s at Discord's 41.25 s) after
+the last sign of life.  Discord answers a beat within milliseconds, so we also give up on a
+beat whose ACK is ``ack_timeout`` late (:data:`ACK_TIMEOUT` of the interval, at least
+:data:`ACK_TIMEOUT_MIN`: about 3 s at Discord's interval).  A wrong guess costs one RESUME,
+never an IDENTIFY; a zombie found 77 s sooner is 77 s of events not lost to a dead socket.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Final
 
 from shardctl.errors import ProtocolError
+
+#: Default ACK timeout as a fraction of the heartbeat interval.
+ACK_TIMEOUT: Final = 0.075
+#: Floor of the default ACK timeout (seconds): short test intervals on a loaded host.
+ACK_TIMEOUT_MIN: Final = 0.25
+
+
+def default_ack_timeout(interval: float) -> float:
+    """How late an ACK may be before the connection counts as a zombie (never > interval)."""
+    return min(interval, max(ACK_TIMEOUT_MIN, ACK_TIMEOUT * interval))
 
 
 class Heartbeat:
     """The heartbeat state of one connection, created when its HELLO arrives."""
 
-    __slots__ = ("awaiting_ack", "beats", "interval", "last_ack", "last_beat", "latency",
-                 "next_beat")
+    __slots__ = ("ack_timeout", "awaiting_ack", "beats", "interval", "last_ack", "last_beat",
+                 "latency", "next_beat")
 
-    def __init__(self, interval: float, *, now: float, jitter: float) -> None:
+    def __init__(self, interval: float, *, now: float, jitter: float,
+                 ack_timeout: float | None = None) -> None:
         if not (isinstance(interval, (int, float)) and math.isfinite(interval) and interval > 0):
             raise ProtocolError(f"HELLO heartbeat_interval must be a positive number, "
                                 f"got {interval!r}")
         if not 0.0 <= jitter <= 1.0:
             raise ValueError(f"jitter must be in [0, 1], got {jitter!r}")
         self.interval = float(interval)
+        if ack_timeout is not None and not (math.isfinite(ack_timeout) and ack_timeout > 0):
+            raise ValueError(f"ack_timeout must be a positive number of seconds, "
+                             f"got {ack_timeout!r}")
+        self.ack_timeout = (default_ack_timeout(self.interval) if ack_timeout is None
+                            else ack_timeout)
         self.next_beat = now + self.interval * jitter
         self.awaiting_ack = False
         self.last_beat: float | None = None
@@ -37,8 +60,18 @@ class Heartbeat:
         return now >= self.next_beat
 
     def is_zombie(self, now: float) -> bool:
-        """A beat is due while the previous one is still unanswered (protocol §3)."""
-        return self.awaiting_ack and self.due(now)
+        """The last beat is unanswered and a beat is due (protocol §3) or its ACK is late."""
+        return self.awaiting_ack and (self.due(now) or now >= self.ack_deadline())
+
+    def ack_deadline(self) -> float:
+        """When the outstanding beat's ACK is late (inf when none is outstanding)."""
+        if not self.awaiting_ack or self.last_beat is None:
+            return math.inf
+        return self.last_beat + self.ack_timeout
+
+    def deadline(self) -> float:
+        """The next moment something is due: a beat, or the outstanding ACK's timeout."""
+        return min(self.next_beat, self.ack_deadline())
 
     def sent(self, now: float) -> None:
         """Record a beat, scheduled or requested by the server.

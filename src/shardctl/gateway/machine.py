@@ -27,6 +27,7 @@ decided so (a :class:`Close` action, always followed by :class:`Reconnect`, :cla
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -272,7 +273,12 @@ class ShardMachine:
         receive_timeout: float | None = 60.0,
         auto_reconnect: bool = True,
         properties: Mapping[str, str] | None = None,
+        heartbeat_ack_timeout: float | None = None,
     ) -> None:
+        if heartbeat_ack_timeout is not None and not (
+                math.isfinite(heartbeat_ack_timeout) and heartbeat_ack_timeout > 0):
+            raise ValueError("heartbeat_ack_timeout must be a positive number of seconds or None")
+        self.heartbeat_ack_timeout = heartbeat_ack_timeout
         if compression not in (None, "zlib-stream", "zstd-stream"):
             raise ValueError(f"unknown transport compression {compression!r}")
         if receive_timeout is not None and not receive_timeout > 0:
@@ -510,7 +516,8 @@ class ShardMachine:
                                         close=True)
         try:
             self._heartbeat = Heartbeat(interval / 1000.0, now=now,
-                                        jitter=self._rng.random() * FIRST_BEAT_SPREAD)
+                                        jitter=self._rng.random() * FIRST_BEAT_SPREAD,
+                                        ack_timeout=self.heartbeat_ack_timeout)
         except ProtocolError as exc:
             return self._end_connection(RECONNECT_CLOSE_CODE, str(exc), close=True)
         self._to(ShardState.HELLO)
@@ -608,12 +615,14 @@ class ShardMachine:
                                         f"nothing received for {self.receive_timeout:g} s",
                                         close=True)
         hb = self._heartbeat
-        if hb is None or not hb.due(now):
+        if hb is None:
             return []
         if hb.is_zombie(now):
-            # No ACK for the previous beat: zombie, close non-1000 and RESUME (protocol §3).
+            # The last beat's ACK is late: zombie, close non-1000 and RESUME (protocol §3).
             return self._end_connection(ZOMBIE_CLOSE_CODE, "no heartbeat ACK (zombie connection)",
                                         close=True)
+        if not hb.due(now):
+            return []
         return self._beat(now)
 
     def _beat(self, now: float) -> list[Action]:
@@ -636,7 +645,7 @@ class ShardMachine:
         if self.receive_timeout is not None:
             deadlines.append(self._last_receive + self.receive_timeout)
         if self._heartbeat is not None:
-            deadlines.append(self._heartbeat.next_beat)
+            deadlines.append(self._heartbeat.deadline())
         return min(deadlines) if deadlines else None
 
     # ------------------------------------------------------------------ user requests

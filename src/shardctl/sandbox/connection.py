@@ -9,6 +9,7 @@ compression context and the order of ``s`` consistent.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 from collections import deque
@@ -22,7 +23,8 @@ from websockets.protocol import Event
 
 from shardctl.gateway.intents import PRIVILEGED_INTENTS
 from shardctl.gateway.opcodes import PRE_AUTH_OPS, Op
-from shardctl.sandbox import commands, wire
+from shardctl.sandbox import arrival, commands, wire
+from shardctl.sandbox.arrival import KernelStampedSocket
 from shardctl.sandbox.compress import compress_payload, new_compressor
 from shardctl.sandbox.faults import (
     Close,
@@ -65,22 +67,28 @@ class StampedServerConnection(ServerConnection):
     """A websockets server connection that notes when each client message arrived.
 
     Rules with a deadline (IDENTIFY pacing above all) judge a frame by the time it reached
-    the socket, like Discord does, not by when this event loop got round to it: a busy
-    sandbox (many sockets, READY compression) would otherwise see an IDENTIFY late, and the
-    next one of its bucket, paced from a release that came after the first arrived, too
-    early.  The stamp is taken in ``data_received``, in the loop iteration that read the
-    bytes, so it is never later than anything the same loop reads from another socket after.
+    the host, like Discord does at its edge, not by when this event loop got round to it: a
+    busy sandbox (many sockets, READY compression) would otherwise see an IDENTIFY late, and
+    the next one of its bucket, paced from when the first was sent, too early.  The stamp is
+    the kernel's receive time (:mod:`shardctl.sandbox.arrival`) where the platform gives
+    one, else the loop's time in the iteration that read the bytes.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.arrivals: deque[float] = deque()
+        self._stamped: KernelStampedSocket | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._stamped = arrival.install(transport)
+        super().connection_made(transport)
 
     def process_event(self, event: Event) -> None:
         # One stamp per complete message (its final frame), in the order recv() returns them.
         if self.request is not None and isinstance(event, Frame) \
                 and event.opcode in DATA_OPCODES and event.fin:
-            self.arrivals.append(self.loop.time())
+            now = self.loop.time()
+            self.arrivals.append(now if self._stamped is None else self._stamped.arrival(now))
         super().process_event(event)
 
 

@@ -164,7 +164,10 @@ class Shard:
     a RESUME, which goes to the session's ``resume_gateway_url``).  ``output(shard, name,
     data)`` (sync or async, awaited in order) gets every dispatch (``data`` = the parsed
     ``d``) and the lifecycle events ``SHARD_READY``, ``SHARD_RESUMED``, ``INVALID_SESSION``
-    and ``DISCONNECT``, in the order they happened.
+    and ``DISCONNECT``, in the order they happened.  Beyond lacord: ``raw_output`` (the
+    undecoded frames, for the worker's bus) and ``heartbeat_ack_timeout`` (seconds a beat's
+    ACK may take before the connection counts as a zombie; default 7.5 % of the heartbeat
+    interval, at least 0.25 s: :func:`shardctl.gateway.heartbeat.default_ack_timeout`).
 
     lacord's ``loop`` is anyio structured concurrency:
 
@@ -198,6 +201,7 @@ class Shard:
         presence: Mapping[str, Any] | None = None,
         session_limiter: SessionLimiter | None = None,
         raw_output: RawOutput | None = None,
+        heartbeat_ack_timeout: float | None = None,
     ) -> None:
         if not 0 <= id < total_shard_count:
             raise ConfigurationError(f"shard id {id} is outside 0..{total_shard_count - 1}")
@@ -210,7 +214,8 @@ class Shard:
             shard_id=id, shard_count=total_shard_count, token=token, intents=intents,
             rng=random.Random(), compression=_compression(transport_compression),
             large_threshold=large_threshold, presence=presence,
-            receive_timeout=receive_timeout, auto_reconnect=auto_reconnect)
+            receive_timeout=receive_timeout, auto_reconnect=auto_reconnect,
+            heartbeat_ack_timeout=heartbeat_ack_timeout)
         self._ws: ClientConnection | None = None
         self._running = False
         self._outcome: _Outcome = None  # decided by disconnect()/shutdown() from other tasks
