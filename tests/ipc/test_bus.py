@@ -131,6 +131,24 @@ async def test_partial_batch_is_flushed_after_max_delay(ipc_dir: Path) -> None:
             assert [e.seq for e in got] == [1, 2, 3]
 
 
+async def test_by_default_events_published_together_go_as_one_batch_after_the_loop_pass(
+        ipc_dir: Path) -> None:
+    async with bus(ipc_dir) as fwd:
+        pub = EventPublisher(fwd.inbound)
+        async with running(pub), Consumer(fwd.outbound) as consumer:
+            await subscribed(fwd, consumer, pub)
+            batches = fwd.stats.batches
+            for seq in (1, 2, 3):  # one loop pass: no await between them
+                pub.publish(0, "TYPING_START", seq, frame("TYPING_START", seq))
+            assert pub.sent == 0  # not sent from inside publish()...
+            await anyio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
+            assert pub.sent == 3  # ...but as soon as the loop came round, with no timer
+            got = await take(consumer, 3, within=5)
+            assert [e.seq for e in got] == [1, 2, 3]
+            assert fwd.stats.batches == batches + 1
+
+
 async def test_lifecycle_events_are_sent_at_once(ipc_dir: Path) -> None:
     async with bus(ipc_dir) as fwd:
         pub = EventPublisher(fwd.inbound, max_events=64, max_delay=60.0)

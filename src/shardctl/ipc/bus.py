@@ -4,11 +4,13 @@ Wire formats live in :mod:`shardctl.ipc.events`; this module only moves bytes.
 
 Costs drive the shape (DESIGN.md §3): an ``await`` per message costs 12-16 µs, a sync
 non-blocking zmq call ~1-3 µs.  So both ends use plain sync sockets for every send and
-receive (``NOBLOCK``) and an asyncio shadow of the same socket only to *wait* until a
-socket is readable.  (A full XPUB cannot be awaited -- it always reports POLLOUT -- so a
-refused send is retried after a short, growing sleep.)  The publisher batches 32-64
-events (or 1-2 ms) into one frame; the forwarder drains whole batches and republishes one
-frame per event, so consumers can subscribe by type.
+receive (``NOBLOCK``) and wait for input through one persistent reader on the socket's FD
+(:class:`~shardctl.ipc.readable.Readable`).  (A full XPUB cannot be awaited -- it always
+reports POLLOUT -- so a refused send is retried after a short, growing sleep.)  The
+publisher batches up to 64 events into one frame: a batch goes when full or once the event
+loop has run everything that was ready with its first event (``max_delay=0``), so a busy
+worker sends full batches and a quiet one adds no delay; the forwarder drains whole batches
+and republishes one frame per event, so consumers can subscribe by type.
 
 Loss policy, end to end:
 
@@ -63,6 +65,7 @@ from shardctl.ipc.events import (
     encode_record,
     type_bytes,
 )
+from shardctl.ipc.readable import Readable
 from shardctl.ipc.security import CurveClient, CurveServer
 
 log = logging.getLogger(__name__)
@@ -107,7 +110,7 @@ class BatchBuilder:
     first event is ``max_delay`` seconds old.
     """
 
-    def __init__(self, *, max_events: int = 64, max_delay: float = 0.002,
+    def __init__(self, *, max_events: int = 64, max_delay: float = 0.0,
                  max_bytes: int = 256 * 1024) -> None:
         if not 1 <= max_events <= 0xFFFF:
             raise ValueError("max_events must be within 1..65535")
@@ -158,7 +161,7 @@ class EventPublisher:
     """
 
     def __init__(self, endpoint: str, *, context: zmq.Context[Any] | None = None,
-                 max_events: int = 64, max_delay: float = 0.002, max_bytes: int = 256 * 1024,
+                 max_events: int = 64, max_delay: float = 0.0, max_bytes: int = 256 * 1024,
                  max_backlog: int = 100_000, hwm: int = 1000, linger: float = 2.0,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock_ns: Callable[[], int] = time.time_ns,
@@ -210,7 +213,7 @@ class EventPublisher:
         ns = self._wall_ns() if received_at_ns is None else received_at_ns
         builder = self._builder
         if not len(builder) and self._wake is not None:
-            self._wake.set()  # the run() task starts the max_delay timer
+            self._wake.set()  # the run() task seals it after this loop pass (or max_delay)
         if builder.add(encode_record(tb, shard, seq, ns, payload), self._clock()) or urgent \
                 or t in LIFECYCLE_TYPES:
             self.flush_nowait()
@@ -430,12 +433,11 @@ class EventForwarder:
                 self.outbound = binds.enter_context(
                     endpoints.bind(sout, self.outbound, curve=self._curve))
                 self._out = sout
-                ain = zmq.asyncio.Socket.from_socket(sin)
                 aout = zmq.asyncio.Socket.from_socket(sout)
-                async with anyio.create_task_group() as tg:
+                async with Readable(sin) as readable, anyio.create_task_group() as tg:
                     tg.start_soon(self._read_subscriptions, sout, aout)
                     task_status.started()
-                    await self._pump(sin, ain)
+                    await self._pump(sin, readable)
         finally:
             self._out = None
             sin.close()
@@ -450,9 +452,9 @@ class EventForwarder:
 
     # -- internals ---------------------------------------------------------------------------
 
-    async def _pump(self, sin: zmq.Socket[bytes], ain: zmq.asyncio.Socket) -> None:
+    async def _pump(self, sin: zmq.Socket[bytes], readable: Readable) -> None:
         while True:
-            await wait_socket(ain, _POLL_MS * 4, zmq.POLLIN)
+            await readable.wait(_POLL_MS * 4 / 1000)
             for _ in range(_DRAIN_BUDGET):
                 try:
                     batch = sin.recv(zmq.NOBLOCK)

@@ -43,13 +43,14 @@ import zmq
 import zmq.asyncio
 
 from shardctl.errors import ProtocolError
-from shardctl.ipc.bus import wait_socket
 from shardctl.ipc.events import NEW_SESSION_TYPE, Event, decode_event, subscription_prefix
+from shardctl.ipc.readable import Readable
 from shardctl.ipc.security import CurveClient
 
 log = logging.getLogger(__name__)
 
-_POLL_MS: Final = 1000
+#: seconds between re-checks of the socket while waiting (a safety net, not the wake-up)
+_RECHECK: Final = 1.0
 _DRAIN_BUDGET: Final = 512
 
 
@@ -105,7 +106,7 @@ class Consumer:
         self._check_gateway = self.types is None
         self._queue: deque[Event] = deque()
         self._sock: zmq.Socket[bytes] | None = None
-        self._shadow: zmq.asyncio.Socket | None = None
+        self._readable: Readable | None = None  # registered on the first wait
         self._closed = False
         self._epoch: int | None = None
         self._next_bus: dict[tuple[str, int], int] = {}
@@ -149,14 +150,15 @@ class Consumer:
             sock.close()
             raise
         self._sock = sock
-        self._shadow = zmq.asyncio.Socket.from_socket(sock)
 
     def close(self) -> None:
         self._closed = True
+        if self._readable is not None:
+            self._readable.close()
+            self._readable = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-            self._shadow = None
 
     async def aclose(self) -> None:
         self.close()
@@ -184,8 +186,11 @@ class Consumer:
             self._drain()
             if queue:
                 return queue.popleft()
-            assert self._shadow is not None
-            await wait_socket(self._shadow, _POLL_MS, zmq.POLLIN)
+            if self._readable is None:
+                assert self._sock is not None
+                self._readable = Readable(self._sock)
+                self._readable.start()
+            await self._readable.wait(_RECHECK)
 
     def _drain(self) -> None:
         sock = self._sock

@@ -522,9 +522,10 @@ class Shard:
             if collector is not None:
                 collector.feed(data)
         try:
-            result = self._output(self, name, data) if self._output is not None else None
-            if inspect.isawaitable(result):
-                await result
+            if self._output is not None:
+                result = self._output(self, name, data)
+                if inspect.isawaitable(result):
+                    await result
         except Exception:
             # A bug in the consumer must not take the gateway connection down with it.
             log.exception("shard %d: output callback failed for %s", self._id, name)
