@@ -11,8 +11,8 @@ message means for the queue and when a client is gone:
   ``lead`` ahead of its slot with a ``not_before`` it waits out itself, so neither the timer's
   lateness nor the grant's trip lengthens a gap, and is believed about when its send ended
   (the release's ``sent_at``), so neither does the release's trip: the bucket is paced from
-  that moment plus ``sent_margin``.  The margin (0.5 % of the interval by default: 1 ms at
-  0.2 s, 25 ms at Discord's 5 s) is what two IDENTIFYs' paths to the gateway may differ by
+  that moment plus ``sent_margin``.  The margin (0.75 % of the interval by default: 1.5 ms
+  at 0.2 s, 37.5 ms at Discord's 5 s) is what two IDENTIFYs' paths to the gateway may differ by
   without the second arriving less than an interval after the first.  Any other client is
   granted at the slot and paced from when its release was handled (its trip is the margin).
   A holder whose connection is gone
@@ -77,7 +77,7 @@ DEFAULT_LEAD: Final = 0.02
 """Seconds ahead of its slot a same-clock client may be granted: covers the grant's trip and
 the client's wake-up (a few ms, tens on a loaded machine); the client waits out the rest."""
 
-SENT_MARGIN: Final = 0.005
+SENT_MARGIN: Final = 0.0075
 """Default ``sent_margin`` as a fraction of the identify interval (see the module docstring)."""
 
 DEFAULT_PROBE_INTERVAL: Final = 0.05
