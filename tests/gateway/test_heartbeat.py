@@ -90,3 +90,14 @@ def test_backoff_grows_with_jitter_and_caps() -> None:
     assert all(4.0 <= v <= 8.0 for v in values[4:])
     other = backoff(random.Random(2), first=1.0, factor=2.0, cap=8.0)
     assert values != [next(other) for _ in range(8)]
+
+
+def test_a_connection_that_delivers_frames_is_judged_by_the_protocol_rule_only() -> None:
+    hb = Heartbeat(40.0, now=0.0, jitter=0.0)
+    hb.sent(0.0)
+    hb.heard = True  # a dispatch arrived after the beat: the ACK is queued behind data
+    assert hb.ack_deadline() == math.inf and hb.deadline() == 40.0
+    assert not hb.is_zombie(39.99)
+    assert hb.is_zombie(40.0)
+    hb.sent(40.0)  # a new beat: silence is judged afresh
+    assert not hb.heard and hb.ack_deadline() == pytest.approx(43.0)

@@ -550,3 +550,22 @@ def test_an_invalid_ack_timeout_is_refused() -> None:
     for bad in (0.0, -1.0, math.inf, math.nan):
         with pytest.raises(ValueError, match="heartbeat_ack_timeout"):
             new_machine(heartbeat_ack_timeout=bad)
+
+
+def test_dispatches_after_an_unanswered_beat_defer_the_zombie_to_the_next_beat() -> None:
+    # A client reading slower than the gateway sends sees the ACK late, behind data: that
+    # connection is alive, and only the protocol's rule may end it.
+    m = new_machine()
+    m.start(0.0)
+    m.opened(0.0)
+    m.receive(hello(40_000), 0.0)
+    m.identify(0.0)
+    m.receive(ready(), 0.01)
+    beat_at = m.next_deadline()
+    assert beat_at is not None
+    assert sends(m.tick(beat_at), Op.HEARTBEAT)
+    m.receive(dispatch("TYPING_START", {}, 2), beat_at + 1.0)
+    assert m.next_deadline() == pytest.approx(beat_at + 40.0)
+    assert m.tick(beat_at + 3.5) == []
+    acts = list(m.tick(beat_at + 40.0))
+    assert one(acts, Close).code == ZOMBIE_CLOSE_CODE

@@ -389,3 +389,42 @@ async def test_forwarder_notes_the_session_of_each_ready(tmp_path: Path) -> None
                 await both.wait()
         tg.cancel_scope.cancel()
     assert fwd.last_session == {3: ("abc", "ws://r/")}
+
+
+async def test_a_high_backlog_asks_readers_to_pause_until_it_drains(ipc_dir: Path) -> None:
+    seen: list[Event] = []
+    fwd = EventForwarder(f"ipc://{ipc_dir}/in", f"ipc://{ipc_dir}/out",
+                         on_batch=seen.extend)
+    pub = EventPublisher(fwd.inbound, max_events=10, high_water=50, max_pause=60.0)
+    async with running(pub):
+        for seq in range(1, 50):
+            pub.publish(1, "MESSAGE_CREATE", seq, frame("MESSAGE_CREATE", seq))
+            assert pub.pressure() is None
+        pub.publish(1, "MESSAGE_CREATE", 50, frame("MESSAGE_CREATE", 50))
+        pause = pub.pressure()
+        assert pause is not None  # 50 waiting (nobody subscribed yet): readers should wait
+        async with running(fwd):
+            with anyio.fail_after(5):
+                await pause  # returns once the supervisor took the backlog below 25
+        assert pub.backlog <= 25
+    assert pub.dropped == 0
+
+
+async def test_a_pause_never_outlasts_max_pause(ipc_dir: Path) -> None:
+    pub = EventPublisher(f"ipc://{ipc_dir}/nobody", max_events=10, high_water=5,
+                         max_pause=0.05)
+    async with running(pub):
+        for seq in range(1, 6):
+            pub.publish(1, "MESSAGE_CREATE", seq, frame("MESSAGE_CREATE", seq))
+        pause = pub.pressure()
+        assert pause is not None
+        started = anyio.current_time()
+        with anyio.fail_after(5):
+            await pause  # no supervisor will ever drain it: the reader goes on regardless
+        assert anyio.current_time() - started >= 0.04
+        assert pub.backlog == 5  # and nothing was thrown away to get there
+
+
+def test_high_water_must_fit_the_backlog() -> None:
+    with pytest.raises(ValueError, match="high_water"):
+        EventPublisher("ipc:///tmp/x", max_backlog=10, high_water=11)

@@ -93,3 +93,26 @@ async def test_shutdown_interrupts_the_reconnect_backoff() -> None:
 async def test_bad_gateway_url_is_a_configuration_error() -> None:
     with anyio.fail_after(5), pytest.raises(ConfigurationError):
         await shard(gateway="http://example.invalid/").connect()
+
+
+@pytest.mark.anyio
+async def test_an_awaitable_from_raw_output_holds_the_shard_until_it_completes() -> None:
+    from shardctl.gateway.machine import Emit
+
+    gate = anyio.Event()
+    outputs: list[str] = []
+    raw_seen: list[str] = []
+
+    def raw_output(_: Shard, emit: Emit) -> Any:
+        raw_seen.append(emit.name)
+        return gate.wait() if emit.name == "MESSAGE_CREATE" else None
+
+    s = shard(output=lambda _s, name, _d: outputs.append(name), raw_output=raw_output)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(s._emit, Emit("MESSAGE_CREATE", data={"id": "1"}))
+        await anyio.wait_all_tasks_blocked()
+        assert raw_seen == ["MESSAGE_CREATE"] and outputs == []  # held: the bus pushes back
+        gate.set()
+    assert outputs == ["MESSAGE_CREATE"]
+    await s._emit(Emit("TYPING_START", data={}))  # None: straight through
+    assert outputs == ["MESSAGE_CREATE", "TYPING_START"]

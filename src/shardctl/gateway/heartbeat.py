@@ -7,9 +7,13 @@ other than 1000/1001, then resumed.  Pure: time is always an argument.
 
 That rule notices a dead connection up to two intervals (80 s at Discord's 41.25 s) after
 the last sign of life.  Discord answers a beat within milliseconds, so we also give up on a
-beat whose ACK is ``ack_timeout`` late (:data:`ACK_TIMEOUT` of the interval, at least
-:data:`ACK_TIMEOUT_MIN`: about 3 s at Discord's interval).  A wrong guess costs one RESUME,
-never an IDENTIFY; a zombie found 77 s sooner is 77 s of events not lost to a dead socket.
+*silent* connection whose ACK is ``ack_timeout`` late (:data:`ACK_TIMEOUT` of the interval,
+at least :data:`ACK_TIMEOUT_MIN`: about 3 s at Discord's interval): nothing at all received
+since the beat went out.  A connection that still delivers frames is alive, its ACK merely
+queued behind them (a client that reads slower than Discord sends is seconds behind); for
+it only the protocol's rule applies, so overload never turns into a reconnect storm.  A
+wrong guess costs one RESUME, never an IDENTIFY; a dead socket found 77 s sooner is 77 s
+of events not lost to it.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ def default_ack_timeout(interval: float) -> float:
 class Heartbeat:
     """The heartbeat state of one connection, created when its HELLO arrives."""
 
-    __slots__ = ("ack_timeout", "awaiting_ack", "beats", "interval", "last_ack", "last_beat",
-                 "latency", "next_beat")
+    __slots__ = ("ack_timeout", "awaiting_ack", "beats", "heard", "interval", "last_ack",
+                 "last_beat", "latency", "next_beat")
 
     def __init__(self, interval: float, *, now: float, jitter: float,
                  ack_timeout: float | None = None) -> None:
@@ -51,6 +55,8 @@ class Heartbeat:
                             else ack_timeout)
         self.next_beat = now + self.interval * jitter
         self.awaiting_ack = False
+        #: whether anything arrived since the last beat went out (the machine sets it)
+        self.heard = False
         self.last_beat: float | None = None
         self.last_ack: float | None = None
         self.latency: float | None = None
@@ -60,12 +66,14 @@ class Heartbeat:
         return now >= self.next_beat
 
     def is_zombie(self, now: float) -> bool:
-        """The last beat is unanswered and a beat is due (protocol §3) or its ACK is late."""
+        """The last beat is unanswered and a beat is due (protocol §3), or its ACK is late
+        on a connection that has been silent since the beat."""
         return self.awaiting_ack and (self.due(now) or now >= self.ack_deadline())
 
     def ack_deadline(self) -> float:
-        """When the outstanding beat's ACK is late (inf when none is outstanding)."""
-        if not self.awaiting_ack or self.last_beat is None:
+        """When the outstanding beat's ACK is late on a silent connection (inf when no beat
+        is outstanding or something arrived since)."""
+        if not self.awaiting_ack or self.heard or self.last_beat is None:
             return math.inf
         return self.last_beat + self.ack_timeout
 
@@ -81,6 +89,7 @@ class Heartbeat:
         """
         self.last_beat = now
         self.awaiting_ack = True
+        self.heard = False
         self.next_beat = now + self.interval
         self.beats += 1
 

@@ -464,6 +464,8 @@ class ShardMachine:
         if not self._socket_open:
             return []
         self._last_receive = now
+        if self._heartbeat is not None:
+            self._heartbeat.heard = True  # alive, even if the ACK is queued behind this
         try:
             frame = self._decode(message)
         except ProtocolError as exc:

@@ -82,6 +82,8 @@ _STALL_WARNING: Final = 5.0
 #: POLLOUT (libzmq's dist has_out() is constant true), so there is no readiness to await:
 #: polling would spin and starve the event loop.  We sleep instead, starting short so a
 #: brief stall costs little latency.
+#: Backlog (events) above which the worker's shards pause reading: ~15 MB of MESSAGE_CREATE.
+DEFAULT_HIGH_WATER: Final = 10_000
 _RETRY_MIN: Final = 0.0005
 _RETRY_MAX: Final = 0.02
 
@@ -163,6 +165,7 @@ class EventPublisher:
     def __init__(self, endpoint: str, *, context: zmq.Context[Any] | None = None,
                  max_events: int = 64, max_delay: float = 0.0, max_bytes: int = 256 * 1024,
                  max_backlog: int = 100_000, hwm: int = 1000, linger: float = 2.0,
+                 high_water: int | None = None, max_pause: float = 1.0,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock_ns: Callable[[], int] = time.time_ns,
                  curve: CurveClient | None = None) -> None:
@@ -172,6 +175,12 @@ class EventPublisher:
         self._builder = BatchBuilder(max_events=max_events, max_delay=max_delay,
                                      max_bytes=max_bytes)
         self._max_backlog = max_backlog
+        if high_water is None:
+            high_water = min(DEFAULT_HIGH_WATER, max_backlog)
+        if not 0 < high_water <= max_backlog:
+            raise ValueError("high_water must be within 1..max_backlog")
+        self._high_water = high_water
+        self._max_pause = max_pause
         self._hwm = hwm
         self._linger_ms = int(linger * 1000)
         self._clock = clock
@@ -217,6 +226,24 @@ class EventPublisher:
         if builder.add(encode_record(tb, shard, seq, ns, payload), self._clock()) or urgent \
                 or t in LIFECYCLE_TYPES:
             self.flush_nowait()
+
+    def pressure(self) -> Awaitable[None] | None:
+        """Something for a reader to await before it reads on, while the backlog is high.
+
+        Over ``high_water`` events waiting, a shard that awaits this stops reading its socket
+        until half of them went out (TCP then holds the gateway back) rather than letting the
+        backlog reach ``max_backlog``, where the oldest are dropped.  A pause never lasts
+        more than ``max_pause``: a shard must still read its heartbeat ACKs and beat on time
+        if the supervisor is gone, and the backlog bound is the last word then.
+        """
+        if self._pending_events + len(self._builder) < self._high_water:
+            return None
+        return self._relief()
+
+    async def _relief(self) -> None:
+        with anyio.move_on_after(self._max_pause):
+            while self.backlog > self._high_water // 2:
+                await self._progress_made()
 
     def flush_nowait(self) -> None:
         """Seal the open batch and send whatever zmq accepts now."""

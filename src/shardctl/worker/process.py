@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import anyio
@@ -148,7 +148,7 @@ class Worker:
                                           "code": exc.code}
             self._report_now.set()
 
-    def _on_event(self, shard: Shard, emit: Emit) -> None:
+    def _on_event(self, shard: Shard, emit: Emit) -> Awaitable[None] | None:
         publisher = self._publisher
         assert publisher is not None
         frame = emit.frame
@@ -161,12 +161,13 @@ class Worker:
             publisher.publish(shard.id, emit.name, frame.s, frame.raw, received_at_ns=now_ns)
             if emit.name in _GUILD_EVENTS:
                 _track_guilds(info.guilds, emit.name, emit.data)
-            return
+            return publisher.pressure()
         name = BUS_NAMES.get(emit.name, emit.name)
         counts[name] = counts.get(name, 0) + 1
         publisher.publish(shard.id, name, None, lifecycle_payload(emit.data),
                           received_at_ns=now_ns)
         self._report_now.set()
+        return None
 
     async def _until_stopped(self, shards_tg: anyio.abc.TaskGroup, assignment: Assignment
                              ) -> int:

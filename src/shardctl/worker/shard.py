@@ -69,7 +69,9 @@ CANCEL_CLOSE_CODE: Final = 4000
 Output: TypeAlias = Callable[["Shard", str, Any], Awaitable[None] | None]
 #: Called synchronously with every event as the machine emitted it, before ``output``: the
 #: worker's bus publisher reads the raw payload bytes from ``emit.frame`` (never re-encoded).
-RawOutput: TypeAlias = Callable[["Shard", Emit], None]
+#: What it returns, if not None, is awaited before the shard reads on (flow control: the
+#: worker's bus pushing back).
+RawOutput: TypeAlias = Callable[["Shard", Emit], Awaitable[None] | None]
 Gateway: TypeAlias = str | Callable[["Shard"], str | Awaitable[str]]
 
 
@@ -496,6 +498,13 @@ class Shard:
             return False  # the receive side reports the close to the machine
         return True
 
+    def _raw(self, raw_output: RawOutput, action: Emit) -> Awaitable[None] | None:
+        try:
+            return raw_output(self, action)
+        except Exception:
+            log.exception("shard %d: raw output failed for %s", self._id, action.name)
+            return None
+
     async def _identify(self, ws: ClientConnection) -> None:
         # Every IDENTIFY goes through the session limiter; a RESUME never does (protocol §5).
         async with self._limiter.identify(self._id):
@@ -504,10 +513,9 @@ class Shard:
     async def _emit(self, action: Emit) -> None:
         name = action.name
         if self._raw_output is not None:
-            try:
-                self._raw_output(self, action)
-            except Exception:
-                log.exception("shard %d: raw output failed for %s", self._id, name)
+            pause = self._raw(self._raw_output, action)
+            if pause is not None:
+                await pause
         if self._output is None and name != "GUILD_MEMBERS_CHUNK":
             data: Any = None  # nobody reads it: leave the payload unparsed (DESIGN.md §3)
         else:
