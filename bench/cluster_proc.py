@@ -16,6 +16,7 @@ import anyio
 
 from shardctl.cluster.supervisor import Supervisor
 from shardctl.gateway.intents import Intents
+from shardctl.heap import freeze_startup_heap
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -47,6 +48,7 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    freeze_startup_heap()  # as `shardctl run` does
     try:
         anyio.run(main, parse())
     except KeyboardInterrupt:

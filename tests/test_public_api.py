@@ -13,8 +13,9 @@ PACKAGE = Path(shardctl.__file__).parent
 ALLOWED: dict[str, set[str]] = {
     "gateway": {"errors", "gateway"},
     "ipc": {"errors", "gateway", "ipc"},
-    # logformat: a standard-library-only leaf, so workers log in the supervisor's format.
-    "worker": {"errors", "gateway", "ipc", "worker", "_version", "logformat"},
+    # logformat and heap: standard-library-only leaves (workers log in the supervisor's
+    # format; a worker process freezes its start-up heap like `shardctl run` does).
+    "worker": {"errors", "gateway", "ipc", "worker", "_version", "logformat", "heap"},
     "sandbox": {"errors", "gateway", "sandbox"},
     "cluster": {"errors", "gateway", "ipc", "cluster", "_version"},
 }

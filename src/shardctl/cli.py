@@ -14,6 +14,7 @@ import click
 
 from shardctl import settings
 from shardctl._version import __version__
+from shardctl.heap import freeze_startup_heap
 
 if TYPE_CHECKING:
     from shardctl.liveview import Display
@@ -407,6 +408,7 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
             options["api_url"] = api_url
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
+    freeze_startup_heap()
     try:
         anyio.run(_run_cluster, token, options, display, metrics, backend="asyncio")
     except (ShardctlError, BaseExceptionGroup) as exc:

@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 
 from shardctl import logformat
+from shardctl.heap import freeze_startup_heap
 from shardctl.ipc.security import load_client
 from shardctl.worker.process import run_worker
 
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     # The supervisor's --log-level/--log-format reach us as SHARDCTL_LOG_LEVEL/_FORMAT.
     logformat.configure(os.environ.get("SHARDCTL_LOG_LEVEL", "INFO"),
                         logformat.format_from_env(), process=f"worker[{args.index}]")
+    freeze_startup_heap()
     return anyio.run(run_worker, args.control, args.index, curve, backend="asyncio")
 
 
