@@ -29,6 +29,7 @@ Loss policy, end to end:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -191,6 +192,7 @@ class EventPublisher:
         self._topics: set[bytes] = set()
         # created in run(): anyio primitives need a running event loop
         self._wake: anyio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._progress: anyio.Event | None = None
         self._type_cache: dict[str, bytes] = {}
         #: events thrown away because the backlog overflowed
@@ -221,8 +223,13 @@ class EventPublisher:
             tb = self._type_cache[t] = type_bytes(t)
         ns = self._wall_ns() if received_at_ns is None else received_at_ns
         builder = self._builder
-        if not len(builder) and self._wake is not None:
-            self._wake.set()  # the run() task seals it after this loop pass (or max_delay)
+        if not len(builder):
+            if self._loop is not None and builder.max_delay == 0:
+                # Sealed once the loop has run everything that is ready now: a callback,
+                # not the run() task, whose wake-up would cost more than the event.
+                self._loop.call_soon(self._seal_after_pass)
+            elif self._wake is not None:
+                self._wake.set()  # the run() task seals it after max_delay
         if builder.add(encode_record(tb, shard, seq, ns, payload), self._clock()) or urgent \
                 or t in LIFECYCLE_TYPES:
             self.flush_nowait()
@@ -253,6 +260,8 @@ class EventPublisher:
             self._pending_events += count
             self._trim_backlog()
         self._send_pending()
+        if self._pending and self._wake is not None:
+            self._wake.set()  # the supervisor pushed back: the run() task retries
 
     async def flush(self) -> None:
         """Seal, then wait until every event so far is accepted by zmq (bound it with
@@ -277,6 +286,7 @@ class EventPublisher:
                 self._curve.apply(sock)
             sock.connect(self.endpoint)
             self._sock = sock
+            self._loop = asyncio.get_running_loop()
             shadow = zmq.asyncio.Socket.from_socket(sock)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read_subscriptions, sock, shadow)
@@ -287,6 +297,7 @@ class EventPublisher:
             # ``linger``.  A graceful stop awaits flush() (bounded) before cancelling.
             self.flush_nowait()
             self._sock = None
+            self._loop = None
             sock.close()
 
     # -- internals ---------------------------------------------------------------------------
@@ -300,6 +311,11 @@ class EventPublisher:
     def _notify_progress(self) -> None:
         if self._progress is not None:
             self._progress.set()
+
+    def _seal_after_pass(self) -> None:
+        if self._sock is None or not len(self._builder):
+            return
+        self.flush_nowait()
 
     async def _flush_loop(self) -> None:
         retry = _RETRY_MIN
