@@ -35,11 +35,14 @@ class KernelStampedSocket:
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        #: CLOCK_REALTIME nanoseconds of the last segment read; 0 until one carried a stamp
+        #: CLOCK_REALTIME nanoseconds of the last segment read; 0 if it carried no stamp
         self.received_ns = 0
 
     def recv(self, size: int) -> bytes:
         data, ancillary, _flags, _address = self._sock.recvmsg(size, _ANCILLARY)
+        # No stamp this time (the kernel turns stamping on lazily): the loop's clock, never
+        # an older segment's time.
+        self.received_ns = 0
         for level, kind, raw in ancillary:
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS \
                     and len(raw) >= _TIMESPEC.size:
