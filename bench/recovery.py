@@ -3,9 +3,9 @@
 All times are the sandbox's records: ``reconnect`` (op 7 sent) → the next ``resume`` of that
 shard (RESUME arrived); for zombies, the sandbox stops answering heartbeats on one socket;
 the last ACK is the last heartbeat it answered there (it answers at once), detection is the
-client's close of that socket.  Heartbeat interval 5 s: long enough that the default ACK
-timeout (7.5 % of the interval, at least 0.25 s: ``gateway/heartbeat.py``) is the fraction
-it is at Discord's 41.25 s, short enough that 20 concurrent zombies take ~15 s.
+client's close of that socket.  Heartbeat interval 15 s: long enough that the default ACK
+timeout (7.5 % of the interval, at least 1 s: ``gateway/heartbeat.py``) is the fraction
+it is at Discord's 41.25 s, short enough that 20 concurrent zombies take ~35 s.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from shardctl.sandbox import Sandbox, SandboxConfig, Zombie
 SHARDS = 20
 FAULTS = 20
 WORKERS = 2
-HEARTBEAT_MS = 5000
+HEARTBEAT_MS = 15000
 
 
 async def op7(sb: Sandbox) -> list[float]:

@@ -58,8 +58,8 @@ def test_an_ack_later_than_the_ack_timeout_is_a_zombie() -> None:
 
 def test_the_default_ack_timeout_has_a_floor_and_never_exceeds_the_interval() -> None:
     assert default_ack_timeout(41.25) == pytest.approx(3.09375)
-    assert default_ack_timeout(1.0) == ACK_TIMEOUT_MIN
-    assert default_ack_timeout(0.1) == 0.1
+    assert default_ack_timeout(5.0) == ACK_TIMEOUT_MIN
+    assert default_ack_timeout(0.6) == 0.6  # the protocol's rule alone
     with pytest.raises(ValueError, match="ack_timeout"):
         Heartbeat(1.0, now=0.0, jitter=0.0, ack_timeout=0.0)
 

@@ -25,8 +25,9 @@ from shardctl.errors import ProtocolError
 
 #: Default ACK timeout as a fraction of the heartbeat interval.
 ACK_TIMEOUT: Final = 0.075
-#: Floor of the default ACK timeout (seconds): short test intervals on a loaded host.
-ACK_TIMEOUT_MIN: Final = 0.25
+#: Floor of the default ACK timeout (seconds): a loaded host may take a few hundred ms to
+#: answer, and at intervals of a second or less the protocol's rule is soon enough.
+ACK_TIMEOUT_MIN: Final = 1.0
 
 
 def default_ack_timeout(interval: float) -> float:

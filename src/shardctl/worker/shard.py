@@ -169,7 +169,7 @@ class Shard:
     and ``DISCONNECT``, in the order they happened.  Beyond lacord: ``raw_output`` (the
     undecoded frames, for the worker's bus) and ``heartbeat_ack_timeout`` (seconds a beat's
     ACK may take before the connection counts as a zombie; default 7.5 % of the heartbeat
-    interval, at least 0.25 s: :func:`shardctl.gateway.heartbeat.default_ack_timeout`).
+    interval, at least 1 s: :func:`shardctl.gateway.heartbeat.default_ack_timeout`).
 
     lacord's ``loop`` is anyio structured concurrency:
 
