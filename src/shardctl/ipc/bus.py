@@ -83,10 +83,10 @@ _STALL_WARNING: Final = 5.0
 #: POLLOUT (libzmq's dist has_out() is constant true), so there is no readiness to await:
 #: polling would spin and starve the event loop.  We sleep instead, starting short so a
 #: brief stall costs little latency.
-#: Backlog (events) above which the worker's shards pause reading: ~15 MB of MESSAGE_CREATE.
-DEFAULT_HIGH_WATER: Final = 10_000
 _RETRY_MIN: Final = 0.0005
 _RETRY_MAX: Final = 0.02
+#: Backlog (events) above which the worker's shards pause reading: ~15 MB of MESSAGE_CREATE.
+DEFAULT_HIGH_WATER: Final = 10_000
 
 
 def wait_socket(shadow: zmq.asyncio.Socket, timeout_ms: int, flags: int) -> Awaitable[int]:
@@ -243,7 +243,7 @@ class EventPublisher:
         more than ``max_pause``: a shard must still read its heartbeat ACKs and beat on time
         if the supervisor is gone, and the backlog bound is the last word then.
         """
-        if self._pending_events + len(self._builder) < self._high_water:
+        if self.backlog < self._high_water:
             return None
         return self._relief()
 
