@@ -44,6 +44,7 @@ from shardctl.gateway.machine import (
     Reconnect,
     Refused,
     Send,
+    ShardMachine,
     ShardState,
     Stop,
     gateway_url,
@@ -524,7 +525,8 @@ def test_gateway_url_replaces_query_and_keeps_path() -> None:
         gateway_url("http://h/", None)
 
 
-def test_a_late_ack_makes_a_zombie_before_the_next_beat_is_due() -> None:
+def ready_and_beating() -> tuple[ShardMachine, float]:
+    """A READY machine (40 s heartbeat) that has just sent its first beat, and when."""
     m = new_machine()
     m.start(0.0)
     m.opened(0.0)
@@ -534,6 +536,11 @@ def test_a_late_ack_makes_a_zombie_before_the_next_beat_is_due() -> None:
     beat_at = m.next_deadline()
     assert beat_at is not None
     assert sends(m.tick(beat_at), Op.HEARTBEAT)
+    return m, beat_at
+
+
+def test_a_late_ack_makes_a_zombie_before_the_next_beat_is_due() -> None:
+    m, beat_at = ready_and_beating()
     m.receive(b'{"op":11,"d":null,"s":null,"t":null}', beat_at + 0.05)  # answered: healthy
     second = beat_at + 40.0
     assert m.next_deadline() == pytest.approx(second)
@@ -555,15 +562,7 @@ def test_an_invalid_ack_timeout_is_refused() -> None:
 def test_dispatches_after_an_unanswered_beat_defer_the_zombie_to_the_next_beat() -> None:
     # A client reading slower than the gateway sends sees the ACK late, behind data: that
     # connection is alive, and only the protocol's rule may end it.
-    m = new_machine()
-    m.start(0.0)
-    m.opened(0.0)
-    m.receive(hello(40_000), 0.0)
-    m.identify(0.0)
-    m.receive(ready(), 0.01)
-    beat_at = m.next_deadline()
-    assert beat_at is not None
-    assert sends(m.tick(beat_at), Op.HEARTBEAT)
+    m, beat_at = ready_and_beating()
     m.receive(dispatch("TYPING_START", {}, 2), beat_at + 1.0)
     assert m.next_deadline() == pytest.approx(beat_at + 40.0)
     assert m.tick(beat_at + 3.5) == []
