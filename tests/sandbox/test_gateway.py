@@ -265,3 +265,28 @@ async def test_leaving_the_context_closes_every_socket_and_the_port() -> None:
         assert await c.closed() == 1001  # going away, with a close frame
     with pytest.raises(OSError):
         await RawClient.open(url)
+
+
+async def test_a_dispatch_before_ready_is_numbered_is_not_part_of_the_session() -> None:
+    # IDENTIFY creates the session, then READY waits for the socket's send lock; a dispatch
+    # in between once took s = 1 ahead of READY and was never sent (the socket was not
+    # attached yet): lost.  Discord sends nothing before READY.
+    async with Sandbox(fast(guilds_per_shard=1)) as sb:
+        c = await RawClient.open(sb.gateway_url)
+        await c.hello()
+        (conn,) = sb.connections
+        async with conn.lock:  # READY cannot be sent until we let go
+            await c.identify(intents=int(Intents.GUILDS | Intents.GUILD_MESSAGES))
+            await sb.wait_for(lambda: len(sb.records("identify")) == 1, timeout=5)
+            guild = sb.world.guilds_for(0, 1)[0]
+            seqs = await sb.dispatch(0, "MESSAGE_CREATE", {
+                "id": "1", "guild_id": str(guild.id), "channel_id": str(guild.text_channel_id),
+                "content": "too early"})
+        assert seqs == []
+        ready = await c.recv_op(0, "READY")
+        assert ready["s"] == 1
+        seqs = await sb.dispatch(0, "MESSAGE_CREATE", {
+            "id": "2", "guild_id": str(guild.id), "channel_id": str(guild.text_channel_id),
+            "content": "after READY"})
+        assert seqs == [3]  # after READY (1) and the guild's GUILD_CREATE (2)
+        await c.close()

@@ -92,6 +92,7 @@ async def start_session(conn: Connection, session: Session) -> None:
         # queued behind the lock get later numbers than READY and the GUILD_CREATEs.
         attach(conn, session)
         ready_seq = session.next_seq()
+        session.started = True
         frames = [dispatch_frame(ready_seq, "READY", orjson.dumps(ready_payload(conn, session)))]
         seqs, names = [ready_seq], ["READY"]
         for i, guild in enumerate(session.guilds):

@@ -237,7 +237,11 @@ class Sandbox:
         return len(targets)
 
     def shard_sessions(self, shard_id: int) -> list[Session]:
-        return [s for s in self.sessions.live(self.now()) if s.shard_id == shard_id]
+        return [s for s in self.started_sessions(self.now()) if s.shard_id == shard_id]
+
+    def started_sessions(self, now: float) -> list[Session]:
+        """Live sessions that may receive dispatches (READY numbered)."""
+        return [s for s in self.sessions.live(now) if s.started]
 
     async def dispatch(self, shard_id: int, t: str, d: Any) -> list[int]:
         """Push dispatch ``t`` to every live session of ``shard_id`` (intent-filtered).
@@ -255,7 +259,7 @@ class Sandbox:
         """Route ``t`` like Discord: by ``guild_id`` per session's own ``[k, N]``, else shard 0."""
         gid = guild_id_of(d)
         out: dict[str, int] = {}
-        for session in list(self.sessions.live(self.now())):
+        for session in self.started_sessions(self.now()):
             if route_shard(gid, session.num_shards) == session.shard_id:
                 seq = await deliver_obj(self, session, t, d)
                 if seq is not None:
@@ -282,7 +286,7 @@ class Sandbox:
 
     async def _generate(self, now: float, rate: float) -> None:
         total = self.config.dispatch_total
-        for session in list(self.sessions.live(now)):
+        for session in self.started_sessions(now):
             if not session.guilds or not session.intents & Intents.GUILD_MESSAGES:
                 continue
             target = int((now - session.created_at) * rate)

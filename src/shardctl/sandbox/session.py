@@ -43,6 +43,10 @@ class Session:
     detached_at: float | None = None
     dead: bool = False
     generated: int = 0
+    #: READY has its number: dispatches may follow.  Between IDENTIFY creating the session
+    #: and READY being numbered a dispatch would take ``s = 1`` ahead of READY and never be
+    #: sent (the socket is not attached yet); Discord sends nothing before READY (§4).
+    started: bool = False
 
     def next_seq(self) -> int:
         self.seq += 1
