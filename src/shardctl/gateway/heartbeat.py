@@ -30,6 +30,13 @@ ACK_TIMEOUT: Final = 0.075
 ACK_TIMEOUT_MIN: Final = 1.0
 
 
+def check_ack_timeout(value: float | None, name: str = "ack_timeout") -> float | None:
+    """``value`` if it is None or a positive number of seconds; ValueError naming ``name``."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
+    return value
+
+
 def default_ack_timeout(interval: float) -> float:
     """How late an ACK may be before the connection counts as a zombie (never > interval)."""
     return min(interval, max(ACK_TIMEOUT_MIN, ACK_TIMEOUT * interval))
@@ -49,9 +56,7 @@ class Heartbeat:
         if not 0.0 <= jitter <= 1.0:
             raise ValueError(f"jitter must be in [0, 1], got {jitter!r}")
         self.interval = float(interval)
-        if ack_timeout is not None and not (math.isfinite(ack_timeout) and ack_timeout > 0):
-            raise ValueError(f"ack_timeout must be a positive number of seconds, "
-                             f"got {ack_timeout!r}")
+        check_ack_timeout(ack_timeout)
         self.ack_timeout = (default_ack_timeout(self.interval) if ack_timeout is None
                             else ack_timeout)
         self.next_beat = now + self.interval * jitter

@@ -27,7 +27,6 @@ decided so (a :class:`Close` action, always followed by :class:`Reconnect`, :cla
 from __future__ import annotations
 
 import enum
-import math
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ from shardctl.gateway.closecodes import (
     classify,
 )
 from shardctl.gateway.frames import Frame, read_frame
-from shardctl.gateway.heartbeat import Heartbeat
+from shardctl.gateway.heartbeat import Heartbeat, check_ack_timeout
 from shardctl.gateway.inflate import new_inflater
 from shardctl.gateway.intents import Intents
 from shardctl.gateway.opcodes import Op
@@ -275,10 +274,9 @@ class ShardMachine:
         properties: Mapping[str, str] | None = None,
         heartbeat_ack_timeout: float | None = None,
     ) -> None:
-        if heartbeat_ack_timeout is not None and not (
-                math.isfinite(heartbeat_ack_timeout) and heartbeat_ack_timeout > 0):
-            raise ValueError("heartbeat_ack_timeout must be a positive number of seconds or None")
-        self.heartbeat_ack_timeout = heartbeat_ack_timeout
+        # Checked now, so a bad value fails at construction rather than at the first HELLO.
+        self.heartbeat_ack_timeout = check_ack_timeout(heartbeat_ack_timeout,
+                                                       "heartbeat_ack_timeout")
         if compression not in (None, "zlib-stream", "zstd-stream"):
             raise ValueError(f"unknown transport compression {compression!r}")
         if receive_timeout is not None and not receive_timeout > 0:
