@@ -115,6 +115,8 @@ class Supervisor:
         self._stopped = anyio.Event()
         self._failure: BaseException | None = None
         self._changed = anyio.Event()
+        #: tasks in _wait_for: bus progress wakes them (and costs nothing when there are none)
+        self._waiting = 0
         #: Per-shard event counts by type, cumulative over worker restarts (metrics, rates).
         self.event_totals = EventTotals()
         self.endpoints: dict[str, str] = {}
@@ -210,7 +212,7 @@ class Supervisor:
             self.config.events_endpoint or endpoints.ipc_endpoint("events.sock", run_dir),
             # A slow consumer must not stall the cluster: it loses events at its high-water
             # mark and sees the loss as bus_seq gaps (DESIGN.md §3).
-            nodrop=False, on_batch=self._batch_hook,
+            nodrop=False, on_batch=self._batch_hook, on_progress=self._on_bus_progress,
             curve=curve)
         forwarder.last_seq.update({r.shard_id: r.seq for r in resumable.values()})
         await tg.start(forwarder.run)
@@ -295,11 +297,22 @@ class Supervisor:
                 kill(slot)
 
     def _drained(self) -> bool:
+        return all(self._forwarded(s) for s in self._status.values() if s.session_id)
+
+    def _forwarded(self, status: ShardStatus) -> bool:
+        """Whether the bus has forwarded everything the shard reported having received.
+
+        The control channel can run ahead of the event bus: a READY reported there may still
+        sit in the worker's ZeroMQ queue, and a worker dying then takes it along.
+        """
         forwarder = self._forwarder
-        if forwarder is None:
+        if forwarder is None or status.seq is None:
             return True
-        return all(s.seq is None or forwarder.last_seq.get(s.id, 0) >= s.seq
-                   for s in self._status.values() if s.session_id)
+        return forwarder.last_seq.get(status.id, 0) >= status.seq
+
+    def _on_bus_progress(self) -> None:
+        if self._waiting:
+            self._notify()
 
     def _save_sessions(self, code: int) -> None:
         if code in (1000, 1001):
@@ -559,14 +572,20 @@ class Supervisor:
         await self._forwarder.wait_subscribed(prefix)
 
     async def wait_ready(self) -> None:
-        await self.wait_until(lambda shards: all(s.state == "ready" for s in shards))
+        """Return once every shard is READY and its READY has gone out on the event bus."""
+        await self._wait_for(lambda: all(s.state == "ready" and self._forwarded(s)
+                                         for s in self._status.values()))
 
     async def _wait_for(self, predicate: Callable[[], bool], *,
                         raise_failure: bool = True) -> None:
-        while not predicate():
-            if raise_failure and self._failure is not None:
-                raise self._failure
-            await self._changed.wait()
+        self._waiting += 1
+        try:
+            while not predicate():
+                if raise_failure and self._failure is not None:
+                    raise self._failure
+                await self._changed.wait()
+        finally:
+            self._waiting -= 1
 
     def _notify(self) -> None:
         self._changed.set()

@@ -431,7 +431,8 @@ class EventForwarder:
     def __init__(self, inbound: str, outbound: str, *,
                  context: zmq.Context[Any] | None = None, nodrop: bool = True,
                  in_hwm: int = 10_000, out_hwm: int = 100_000,
-                 on_batch: BatchHook | None = None, drop_duplicates: bool = True,
+                 on_batch: BatchHook | None = None,
+                 on_progress: Callable[[], None] | None = None, drop_duplicates: bool = True,
                  epoch: int | None = None, curve: CurveServer | None = None) -> None:
         self.inbound = inbound
         self.outbound = outbound
@@ -441,6 +442,7 @@ class EventForwarder:
         self._in_hwm = in_hwm
         self._out_hwm = out_hwm
         self.on_batch = on_batch
+        self.on_progress = on_progress
         self._drop_duplicates = drop_duplicates
         #: identifies this run of the supervisor in every event (bus_seq restarts with it)
         self.epoch = random.getrandbits(32) if epoch is None else epoch
@@ -541,6 +543,8 @@ class EventForwarder:
         if events:
             assert self.on_batch is not None
             self.on_batch(events)
+        if self.on_progress is not None:
+            self.on_progress()
 
     def _malformed(self, exc: Exception) -> None:
         self.stats.malformed += 1
