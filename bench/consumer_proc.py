@@ -15,6 +15,7 @@ import time
 
 import anyio
 
+from shardctl.heap import freeze_startup_heap
 from shardctl.ipc.consumer import Consumer
 
 PROBE = "TYPING_START"
@@ -33,6 +34,7 @@ async def main(args: argparse.Namespace) -> None:
     stamps: list[tuple[int, int, int, int]] = []
     progress = time.monotonic()
     mono = time.monotonic_ns
+    freeze_startup_heap()  # as the cluster's processes do: no full collection of imports
     async with Consumer(args.endpoint, types=["MESSAGE_CREATE", PROBE],
                         hwm=1_000_000) as bus:
         print(json.dumps({"open": 1}), flush=True)
