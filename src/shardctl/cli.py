@@ -274,6 +274,9 @@ def events_command(endpoint: str, types: tuple[str, ...], shards: tuple[int, ...
                     out.flush()
         out.flush()
 
+    from shardctl.heap import freeze_startup_heap
+
+    freeze_startup_heap()  # a long-running consumer: keep full collections short
     try:
         anyio.run(print_events)
     except KeyboardInterrupt:
