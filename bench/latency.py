@@ -92,6 +92,8 @@ async def run(quick: bool) -> list[Figure]:
         Figure("4 latency p50", round(got["p50_ms"], 3), "ms", 5.0,
                "informational (reference: the p99 limit)", extra=got),
         Figure("4 latency p99", round(got["p99_ms"], 3), "ms", 5.0, "< 5 ms (ratio < 1)", 1.0),
+        Figure("4 first hop p99", round(got["to_worker_p99_ms"], 3), "ms", round(got["p99_ms"], 3),
+               "informational: sandbox → worker, part of the p99 (reference: the p99)"),
         Figure("4 events lost", got["sent"] - got["received"] + got["missed"], "events", None,
                "0", 0, compare="value"),
     ]

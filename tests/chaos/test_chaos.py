@@ -122,13 +122,17 @@ class Chaos:
         start = anyio.current_time()
         end = start + duration
         outages = [start + duration * 0.4, start + duration * 0.8]
+        # Whatever the seed, a worker goes down at least once (from 60 % of the run on).
+        process_due = start + duration * 0.6
         while anyio.current_time() < end:
             # A fault every 0.3-1.5 s; about one in ten takes a whole worker down.
             await anyio.sleep(self.rng.uniform(0.3, 1.5))
+            worker_faults = self.injected["kill"] + self.injected["stop"]
             if outages and anyio.current_time() >= outages[0]:
                 outages.pop(0)
                 await self.outage()
-            elif self.rng.random() < 0.1:
+            elif self.rng.random() < 0.1 or (
+                    not worker_faults and anyio.current_time() >= process_due):
                 await self.process_fault()
             else:
                 await self.socket_fault()
