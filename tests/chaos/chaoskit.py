@@ -23,7 +23,7 @@ import itertools
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +95,11 @@ class EventLog:
     def _wake(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Until ``predicate()`` holds, re-checked on every line read (stdout or stderr)."""
+        while not predicate():
+            await self._changed.wait()
 
     async def wait_for(self, keys: Counter[Key]) -> None:
         """Until every key was seen at least once."""
