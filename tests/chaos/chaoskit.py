@@ -185,7 +185,29 @@ class Cluster:
             raise AssertionError(
                 f"not settled in {timeout:g} s: {len(missing)} messages missing "
                 f"(first {missing[:10]}), shards not live at the sandbox {not_live}, "
-                f"not ready {states}") from None
+                f"not ready {states}\n" + "\n".join(self.explain(k) for k in missing[:3])
+            ) from None
+
+    def explain(self, key: Key) -> str:
+        """What the sandbox and the consumer saw of one shard around one message."""
+        shard, seq, _ = key
+        records = [r for r in self.sb.record if r.shard_id == shard]
+        sent = [r.at for r in records if r.kind == "dispatch" and r.get("seq") == seq]
+        at = sent[0] if sent else None
+        lines = [f"shard {shard} s {seq}: sandbox dispatch records at {sent}"]
+        if at is not None:
+            for r in records:
+                if abs(r.at - at) <= 3.0 and (r.kind != "dispatch"
+                                               or abs((r.get("seq") or 0) - seq) <= 2):
+                    lines.append(f"  {r.at - at:+.3f} conn {r.conn} {r.kind} {r.details}")
+        got = [s for s, _ in self.log.order.get(shard, [])]
+        if seq in got or not got:
+            near = got
+        else:
+            i = next((n for n, s in enumerate(got) if s > seq), len(got))
+            near = got[max(0, i - 3):i + 3]
+        lines.append(f"  consumer saw s around it: {near}")
+        return "\n".join(lines)
 
     def live(self, shard: int) -> bool:
         """The sandbox has exactly one authenticated socket with a session for ``shard``."""

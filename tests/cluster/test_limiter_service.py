@@ -6,6 +6,7 @@ is measured where it is decided.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -282,3 +283,43 @@ async def test_clients_on_another_clock_are_granted_on_the_slot_and_paced_on_rel
     for release in releases:  # its sent_at is not believed: paced from the handling
         assert f"handled={release.at:.6f}" in release.detail
     assert all(INTERVAL <= gap < INTERVAL + SLACK for gap in gaps(grants)), gaps(grants)
+
+
+async def test_the_start_gate_waits_while_shards_keep_asking(endpoint: str) -> None:
+    # Asks 0.15 s apart with a 0.3 s quiet period: the asking takes 0.45 s in all, longer
+    # than the quiet period, and no grant comes before the last shard has asked.
+    server = LimiterServer(endpoint, interval=INTERVAL, max_concurrency=4, last_grants={})
+    async with serving(server), LimiterClient(endpoint) as client:
+        server.gate(anyio.current_time() + 10.0)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(functools.partial(server.open_gate_when_asked, 4, quiet=0.3))
+                first = anyio.current_time()
+                for shard in range(4):
+                    if shard:
+                        await anyio.sleep(0.15)  # the arrival pattern under test
+                    last = anyio.current_time()  # the request cannot arrive before this
+                    tg.start_soon(identify_one, client, shard)
+                    await server.wait_for(
+                        lambda n=shard + 1: len(server.scheduler) + len(server.grants()) == n)
+    grants = server.grants()
+    assert len(grants) == 4
+    assert last - first > 0.3  # longer than the quiet period ...
+    assert min(g.at for g in grants) >= last  # ... and still nothing before the last ask
+
+
+async def test_the_start_gate_opens_when_no_shard_asked_for_the_quiet_period(
+        endpoint: str) -> None:
+    server = LimiterServer(endpoint, interval=INTERVAL, max_concurrency=4, last_grants={})
+    async with serving(server), LimiterClient(endpoint) as client:
+        server.gate(anyio.current_time() + 10.0)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(identify_all, client, [0, 1])
+                await server.wait_for(lambda: len(server.scheduler) == 2)
+                asked = anyio.current_time()
+                # Shards 2 and 3 never ask: the gate opens 0.2 s after the last request.
+                await server.open_gate_when_asked(4, quiet=0.2)
+    grants = server.grants()
+    assert len(grants) == 2
+    assert all(asked + 0.2 <= g.at < asked + 0.2 + SLACK for g in grants)

@@ -66,7 +66,7 @@ async def test_every_event_reaches_a_consumer_process_exactly_once() -> None:
 
 async def test_the_first_identifies_wait_until_every_shard_has_asked() -> None:
     # Workers boot at different moments; the limiter's start gate lets every bucket start
-    # together, so no bucket's queue starts late (cluster/supervisor.py, START_GATE).
+    # together, so no bucket's queue starts late (cluster/supervisor.py, START_GATE_QUIET).
     with short_dir() as run_dir:
         async with Sandbox(sandbox_config(16)) as sb, supervisor(sb, run_dir, 4) as sup:
             with anyio.fail_after(30):

@@ -35,6 +35,7 @@ Run it in the supervisor (``await tg.start(server.serve)``) or on its own
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -225,6 +226,27 @@ class LimiterServer:
         """No grant starts before ``until`` (the loop's clock); ``None`` opens the gate."""
         self.scheduler.gate(until)
         self._pump()
+
+    async def open_gate_when_asked(self, expected: int, *, quiet: float) -> None:
+        """Open the gate once ``expected`` requests wait, or none arrived for ``quiet`` s.
+
+        For a cluster start with the gate closed: every bucket starts together and, since
+        each queue then holds its shards in the order they asked, round by round in
+        ascending order as Discord describes it.  Shards keep asking for as long as their
+        workers keep connecting (a thousand shards take several seconds on a loaded host);
+        waiting for them costs nothing at the end, because the start-up ends with the last
+        round of the latest bucket either way.  A shard that never asks (a worker that died
+        while starting) holds the others back by ``quiet`` only.
+        """
+        asked = -1
+        while (waiting := len(self.scheduler)) < expected and waiting != asked:
+            asked = waiting
+            with anyio.move_on_after(quiet):
+                await self.wait_for(functools.partial(self._more_waiting_than, asked))
+        self.gate(None)
+
+    def _more_waiting_than(self, count: int) -> bool:
+        return len(self.scheduler) > count
 
     def update(
         self,

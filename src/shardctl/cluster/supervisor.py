@@ -54,8 +54,11 @@ STOP_TIMEOUT: Final = 15.0
 #: A worker that has not registered yet is still importing (seconds on a loaded host):
 #: judge it by this, not by the liveness timeout, or a short timeout kills every respawn.
 WORKER_STARTUP_GRACE: Final = 20.0
-#: Longest the first IDENTIFYs wait for every shard that must identify to ask for a slot.
-START_GATE: Final = 5.0
+#: The first IDENTIFYs wait for every shard that must identify to ask for a slot, unless no
+#: shard has asked for this long (a worker that died while starting) ...
+START_GATE_QUIET: Final = 5.0
+#: ... and never longer than this.
+START_GATE_MAX: Final = 60.0
 
 
 class CrashLoopError(errors.ShardctlError):
@@ -203,7 +206,9 @@ class Supervisor:
                 curve=curve)
             limiter_ep = await tg.start(self.limiter.serve)
             if must_identify:
-                self.limiter.gate(anyio.current_time() + START_GATE)
+                # Closed now, before any worker exists to ask; opened by the task, or by the
+                # clock at START_GATE_MAX.
+                self.limiter.gate(anyio.current_time() + START_GATE_MAX)
                 tg.start_soon(self._open_start_gate, self.limiter, must_identify)
         else:
             await tg.start(self._configure_remote_limiter, limiter_ep, info)
@@ -226,15 +231,14 @@ class Supervisor:
 
     @staticmethod
     async def _open_start_gate(limiter: LimiterServer, must_identify: int) -> None:
-        """Start every bucket together: once all shards that must IDENTIFY have asked.
+        """Start every bucket together, in ascending rounds: once all shards have asked.
 
         Workers boot and connect at different moments (a Python start on a loaded host takes
-        a second or so); a bucket whose shards ask late would start its queue late, and the
-        whole start-up ends with the last bucket.  Waiting for everyone costs nothing at the
-        end and never more than ``START_GATE`` at the start.
+        a second or so, a thousand connections several); a bucket whose shards ask late
+        would start its queue late and its rounds out of order with the others.
         """
-        with anyio.move_on_after(START_GATE):
-            await limiter.wait_for(lambda: len(limiter.scheduler) >= must_identify)
+        with anyio.move_on_after(START_GATE_MAX):
+            await limiter.open_gate_when_asked(must_identify, quiet=START_GATE_QUIET)
         limiter.gate(None)
 
     async def _configure_remote_limiter(
