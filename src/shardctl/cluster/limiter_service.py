@@ -230,13 +230,12 @@ class LimiterServer:
     async def open_gate_when_asked(self, expected: int, *, quiet: float) -> None:
         """Open the gate once ``expected`` requests wait, or none arrived for ``quiet`` s.
 
-        For a cluster start with the gate closed: every bucket starts together and, since
-        each queue then holds its shards in the order they asked, round by round in
-        ascending order as Discord describes it.  Shards keep asking for as long as their
-        workers keep connecting (a thousand shards take several seconds on a loaded host);
-        waiting for them costs nothing at the end, because the start-up ends with the last
-        round of the latest bucket either way.  A shard that never asks (a worker that died
-        while starting) holds the others back by ``quiet`` only.
+        For a cluster start with the gate closed, so that every bucket starts together.
+        Shards keep asking for as long as their workers keep connecting (a thousand shards
+        take several seconds on a loaded host); waiting for them costs nothing at the end,
+        because the start-up ends with the last grant of the latest bucket either way.  A
+        shard that never asks (a worker that died while starting) holds the others back by
+        ``quiet`` only.
         """
         asked = -1
         while (waiting := len(self.scheduler)) < expected and waiting != asked:

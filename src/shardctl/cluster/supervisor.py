@@ -118,8 +118,9 @@ class Supervisor:
         self._stopped = anyio.Event()
         self._failure: BaseException | None = None
         self._changed = anyio.Event()
-        #: tasks in _wait_for: bus progress wakes them (and costs nothing when there are none)
-        self._waiting = 0
+        #: tasks waiting for the event bus to catch up: bus progress wakes them (only them,
+        #: and only while there are some: the forwarder calls us after every batch)
+        self._bus_waiters = 0
         #: Per-shard event counts by type, cumulative over worker restarts (metrics, rates).
         self.event_totals = EventTotals()
         self.endpoints: dict[str, str] = {}
@@ -231,11 +232,11 @@ class Supervisor:
 
     @staticmethod
     async def _open_start_gate(limiter: LimiterServer, must_identify: int) -> None:
-        """Start every bucket together, in ascending rounds: once all shards have asked.
+        """Start every bucket together: once all shards that must IDENTIFY have asked.
 
         Workers boot and connect at different moments (a Python start on a loaded host takes
         a second or so, a thousand connections several); a bucket whose shards ask late
-        would start its queue late and its rounds out of order with the others.
+        would start its queue late, and the whole start-up ends with the last bucket.
         """
         with anyio.move_on_after(START_GATE_MAX):
             await limiter.open_gate_when_asked(must_identify, quiet=START_GATE_QUIET)
@@ -294,7 +295,7 @@ class Supervisor:
                 if slot.process is not None:
                     await slot.process.wait()
             # The workers flushed before exiting; wait until their last events are through.
-            await self._wait_for(self._drained, raise_failure=False)
+            await self._wait_for(self._drained, raise_failure=False, bus=True)
         for slot in self.slots:
             if slot.alive and not slot.remote:
                 log.warning("supervisor: worker %d did not stop in time; killing it", slot.index)
@@ -302,6 +303,12 @@ class Supervisor:
 
     def _drained(self) -> bool:
         return all(self._forwarded(s) for s in self._status.values() if s.session_id)
+
+    def _all_ready(self) -> bool:
+        return all(s.state == "ready" for s in self._status.values())
+
+    def _all_forwarded(self) -> bool:
+        return all(self._forwarded(s) for s in self._status.values())
 
     def _forwarded(self, status: ShardStatus) -> bool:
         """Whether the bus has forwarded everything the shard reported having received.
@@ -315,7 +322,7 @@ class Supervisor:
         return forwarder.last_seq.get(status.id, 0) >= status.seq
 
     def _on_bus_progress(self) -> None:
-        if self._waiting:
+        if self._bus_waiters:
             self._notify()
 
     def _save_sessions(self, code: int) -> None:
@@ -577,19 +584,27 @@ class Supervisor:
 
     async def wait_ready(self) -> None:
         """Return once every shard is READY and its READY has gone out on the event bus."""
-        await self._wait_for(lambda: all(s.state == "ready" and self._forwarded(s)
-                                         for s in self._status.values()))
+        while True:
+            await self._wait_for(self._all_ready)
+            # Woken per bus batch only here, where the bus is about to catch up (or a shard
+            # dropped out of READY again), never while shards are still connecting.
+            await self._wait_for(lambda: not self._all_ready() or self._all_forwarded(),
+                                 bus=True)
+            if self._all_ready():
+                return
 
     async def _wait_for(self, predicate: Callable[[], bool], *,
-                        raise_failure: bool = True) -> None:
-        self._waiting += 1
+                        raise_failure: bool = True, bus: bool = False) -> None:
+        """Until ``predicate()`` holds: re-checked on every state report, and with ``bus``
+        after every batch the event bus forwards too."""
+        self._bus_waiters += bus
         try:
             while not predicate():
                 if raise_failure and self._failure is not None:
                     raise self._failure
                 await self._changed.wait()
         finally:
-            self._waiting -= 1
+            self._bus_waiters -= bus
 
     def _notify(self) -> None:
         self._changed.set()
