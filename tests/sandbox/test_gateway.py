@@ -290,3 +290,33 @@ async def test_a_dispatch_before_ready_is_numbered_is_not_part_of_the_session() 
             "content": "after READY"})
         assert seqs == [3]  # after READY (1) and the guild's GUILD_CREATE (2)
         await c.close()
+
+
+async def test_a_dispatch_queued_behind_an_ending_op_9_is_not_part_of_the_session() -> None:
+    # Op 9 (not resumable) ends the session.  A dispatch that waited behind it for the
+    # socket once took an s anyway and went out after the op 9, in a session nobody could
+    # resume: the sandbox called it sent, no client could receive it (a chaos test "loss").
+    async with Sandbox(fast(guilds_per_shard=1)) as sb:
+        c = await RawClient.open(sb.gateway_url)
+        await c.ready(intents=int(Intents.GUILDS | Intents.GUILD_MESSAGES))
+        await c.recv_op(0, "GUILD_CREATE")
+        (conn,) = sb.connections
+        guild = sb.world.guilds_for(0, 1)[0]
+        seqs: list[int] = []
+
+        async def message() -> None:
+            seqs.extend(await sb.dispatch(0, "MESSAGE_CREATE", {
+                "id": "1", "guild_id": str(guild.id), "channel_id": str(guild.text_channel_id),
+                "content": "behind the op 9"}))
+
+        # Both queue up behind us for the socket, the op 9 first.
+        async with anyio.create_task_group() as tg, conn.lock:
+            tg.start_soon(sb.inject, 0, ("invalid_session", False))
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(message)
+            await anyio.wait_all_tasks_blocked()
+        assert seqs == []
+        assert not [r for r in sb.records("dispatch") if r.get("t") == "MESSAGE_CREATE"]
+        frame = await c.recv()
+        assert (frame["op"], frame["d"]) == (9, False)
+        await c.close()

@@ -36,20 +36,39 @@ _NUMBER_ID_LIMIT: Final = 2**53
 
 # -- delivery --------------------------------------------------------------------------------
 
-async def deliver(sb: Sandbox, session: Session, t: str, d: bytes) -> int:
-    """Give ``session`` the next ``s``, buffer the frame for replay, send it if attached."""
+async def deliver(sb: Sandbox, session: Session, t: str, d: bytes) -> int | None:
+    """Give ``session`` the next ``s``, buffer the frame for replay, send it if attached.
+
+    An attached session's ``s`` is taken once the frame can be written (its socket's send
+    lock held), so a session that ended while we waited for the lock (op 9, a closing code)
+    gets nothing: None, like a dead session.  Taken earlier, the dispatch once went out
+    after the op 9 that ended its session, in a session nobody could resume: a message the
+    sandbox called sent and no client could ever receive.
+    """
+    while (conn := session.conn) is not None:
+        async with conn.lock:
+            if session.conn is not conn:
+                continue  # detached or resumed elsewhere while we waited
+            if session.dead:
+                return None
+            seq, frame = _number(sb, session, t, d, conn.id)
+            conn.note_dispatch(seq)
+            await conn.send_unlocked(frame)
+            return seq
+    if session.dead:
+        return None
+    return _number(sb, session, t, d, None)[0]  # detached: kept for the RESUME's replay
+
+
+def _number(sb: Sandbox, session: Session, t: str, d: bytes, conn_id: int | None
+            ) -> tuple[int, bytes]:
     seq = session.next_seq()
     frame = dispatch_frame(seq, t, d)
     session.remember(seq, frame)
-    conn = session.conn
     if sb.config.record_dispatches:
-        sb.recorder.add("dispatch", shard_id=session.shard_id,
-                        conn=None if conn is None else conn.id, session_id=session.id,
-                        seq=seq, t=t)
-    if conn is not None:
-        conn.note_dispatch(seq)
-        await conn.send(frame)
-    return seq
+        sb.recorder.add("dispatch", shard_id=session.shard_id, conn=conn_id,
+                        session_id=session.id, seq=seq, t=t)
+    return seq, frame
 
 
 async def deliver_obj(sb: Sandbox, session: Session, t: str, d: Any) -> int | None:
