@@ -102,7 +102,7 @@ async def test_zero_matches_is_one_empty_chunk_and_other_guilds_get_silence() ->
 
 @pytest.mark.parametrize("d", [
     {"query": "", "limit": 0},
-    {"guild_id": "1", "query": "", "limit": 0, "user_ids": ["1"]},
+    {"guild_id": "1", "query": "a", "limit": 1, "user_ids": ["1"]},
     {"guild_id": "1"},
     {"guild_id": "1", "user_ids": [str(i) for i in range(101)]},
 ])
@@ -123,8 +123,8 @@ async def test_voice_join_gets_state_then_server_update_and_full_channels_nothin
         assert state["t"] == "VOICE_STATE_UPDATE" and state["d"]["session_id"]
         assert state["d"]["self_deaf"] is True
         assert server["t"] == "VOICE_SERVER_UPDATE" and server["d"]["guild_id"] == gid
-        await c.send({"op": 4, "d": {"guild_id": gid, "channel_id": None}})
-        assert await c.closed() == 4001  # missing self_mute/self_deaf
+        await c.send({"op": 4, "d": {"guild_id": gid, "self_mute": False, "self_deaf": False}})
+        assert await c.closed() == 4001  # missing channel_id
     async with Sandbox(fast(full_voice_channels=True)) as sb:
         c, (gid,) = await ready(sb)
         await c.send({"op": 4, "d": {"guild_id": gid, "channel_id": "5", "self_mute": False,

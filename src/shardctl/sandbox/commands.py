@@ -173,7 +173,7 @@ async def handle(conn: Connection, op: int, d: Any, now: float) -> None:
     if session is None:  # authed sockets always carry a session
         return
     if op == Op.PRESENCE_UPDATE:
-        validate_presence(d)
+        conn.note(validate_presence(d))
         if not conn.presences.hit(now):
             detail = f"more than {conn.presences.limit} presence updates in " \
                      f"{conn.presences.per} s"
@@ -212,6 +212,7 @@ async def channel_info(conn: Connection, session: Session, d: Any) -> None:
 async def voice(conn: Connection, session: Session, d: Any) -> None:
     """Op 4 → VOICE_STATE_UPDATE then VOICE_SERVER_UPDATE; full channels get nothing."""
     req = validate_voice(d)
+    conn.note(req.notes)
     sb = conn.sb
     if not any(g.id == req.guild_id for g in session.guilds):
         return
@@ -235,6 +236,7 @@ async def members(conn: Connection, session: Session, d: Any, now: float) -> Non
     """Op 8 → GUILD_MEMBERS_CHUNK pages, or RATE_LIMITED, or silence (§11, §9)."""
     sb = conn.sb
     req = validate_members_request(d, strict=sb.config.strict)
+    conn.note(req.notes)
     guild = next((g for g in session.guilds if g.id == req.guild_id), None)
     if guild is None:
         conn.rec("members_ignored", reason="guild not on this session", guild_id=req.guild_id)

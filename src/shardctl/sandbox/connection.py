@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import math
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -42,6 +43,7 @@ from shardctl.sandbox.faults import (
 from shardctl.sandbox.rules import HeartbeatMonitor, SlidingWindow
 from shardctl.sandbox.session import Session
 from shardctl.sandbox.validate import (
+    Note,
     Reject,
     parse_frame,
     validate_heartbeat,
@@ -127,6 +129,11 @@ class Connection:
 
     def violation(self, rule: str, detail: str) -> None:
         self.rec("violation", rule=rule, detail=detail)
+
+    def note(self, notes: Iterable[Note]) -> None:
+        """Accepted fields Discord ignores (legacy or unknown keys): recorded, not closed."""
+        for n in notes:
+            self.rec("note", rule=n.rule, detail=n.detail)
 
     # -- timers -----------------------------------------------------------------------------
 
@@ -409,6 +416,7 @@ class Connection:
             # The token is judged before the rest of the payload (4004 beats 4013/4010).
             raise Reject(4004, "authentication_failed", "unknown or reset token")
         ident = validate_identify(d, strict=cfg.strict)
+        self.note(ident.notes)
         denied = ident.intents & PRIVILEGED_INTENTS & ~sb.privileged_intents
         if denied:
             raise Reject(4014, "disallowed_intents", f"privileged intents {denied} not enabled")
@@ -491,6 +499,7 @@ class Connection:
         if self.authed:
             raise Reject(4005, "already_authenticated", "RESUME on an authenticated socket")
         req = validate_resume(d)
+        self.note(req.notes)
         if not sb.token_ok(req.token):
             raise Reject(4004, "authentication_failed", "unknown or reset token")
         self.timers.pop("op9_idle", None)

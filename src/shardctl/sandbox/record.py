@@ -11,7 +11,8 @@ the resume path") instead of sleeping.  Kinds (``Record.kind``):
 ``heartbeat_request``, ``client_close`` (code, reason), ``server_close`` (code, reason),
 ``drop``, ``dispatch`` (session_id, seq, t), ``command`` (op), ``fault`` (fault),
 ``invalid_session`` (resumable), ``reconnect``, ``warning`` (rule, detail),
-``violation`` (rule, detail), ``token_reset``, ``owner_emailed``.
+``violation`` (rule, detail), ``note`` (rule, detail: a field accepted as Discord accepts
+it, though legacy, undocumented or ignored), ``token_reset``, ``owner_emailed``.
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ class Recorder:
         elif kind == "warning":
             log.warning("warning %s (shard %s): %s", details.get("rule"), shard_id,
                         details.get("detail", ""))
+        elif kind == "note":
+            log.info("note %s (shard %s): %s", details.get("rule"), shard_id,
+                     details.get("detail", ""))
         else:
             log.debug("%s shard=%s conn=%s %s", kind, shard_id, conn, details)
         self.notify()
