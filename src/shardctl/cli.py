@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
@@ -71,8 +71,13 @@ def _sandbox_options(func: Callable[..., None]) -> Callable[..., None]:
               help="port serving both REST and the gateway (0: any free port)")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@click.option("--record", "record_path", default=None, metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="append the sandbox's record to FILE, one JSON line per record as it "
+                   "happens (violations, notes, identify, resume, dispatch, ...)")
 @_sandbox_options
-def sandbox_command(host: str, port: int, log_level: str, **fields: Any) -> None:
+def sandbox_command(host: str, port: int, log_level: str, record_path: Path | None,
+                    **fields: Any) -> None:
     """Run the local Discord emulator (REST + gateway) until interrupted.
 
     Point a client's REST base at the printed api URL and its gateway at the gateway URL.
@@ -84,6 +89,7 @@ def sandbox_command(host: str, port: int, log_level: str, **fields: Any) -> None
     import anyio
 
     from shardctl.sandbox import Sandbox, SandboxConfig
+    from shardctl.sandbox.record import file_sink
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -91,8 +97,10 @@ def sandbox_command(host: str, port: int, log_level: str, **fields: Any) -> None
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
-    async def serve() -> None:
+    async def serve(record: BinaryIO | None) -> None:
         async with Sandbox(config, host=host, port=port) as sb:
+            if record is not None:
+                sb.recorder.sink = file_sink(record)
             click.echo(f"api:     {sb.api_url}")
             click.echo(f"gateway: {sb.gateway_url}")
             click.echo(f"resume:  {sb.resume_gateway_url}", nl=True)
@@ -103,8 +111,11 @@ def sandbox_command(host: str, port: int, log_level: str, **fields: Any) -> None
                     click.echo(f"stopping on {signal.Signals(signum).name}")
                     return
 
-    with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(serve)
+    with contextlib.ExitStack() as files, contextlib.suppress(KeyboardInterrupt):
+        # Unbuffered appends, one write per record: a reader never sees half a line.
+        record = None if record_path is None else files.enter_context(
+            open(record_path, "ab", buffering=0))
+        anyio.run(serve, record)
 
 
 

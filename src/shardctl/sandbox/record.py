@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
+import orjson
 
 log = logging.getLogger("shardctl.sandbox")
 
@@ -54,6 +55,20 @@ class Violation:
     at: float
 
 
+def json_line(rec: Record) -> bytes:
+    """One record as a JSON line (``--record``): kind, at, shard_id, conn, details."""
+    return orjson.dumps({"kind": rec.kind, "at": rec.at, "shard_id": rec.shard_id,
+                         "conn": rec.conn, "details": rec.details},
+                        default=str, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
+
+
+def file_sink(out: BinaryIO) -> Callable[[Record], None]:
+    """A :attr:`Recorder.sink` appending each record to ``out`` as one JSON line."""
+    def write(rec: Record) -> None:
+        out.write(json_line(rec))
+    return write
+
+
 class Recorder:
     """Append-only records plus a wake-up on every append."""
 
@@ -61,6 +76,8 @@ class Recorder:
         self.records: list[Record] = []
         self.violations: list[Violation] = []
         self._changed: anyio.Event | None = None
+        #: Called with each record as it is appended (``shardctl sandbox --record FILE``).
+        self.sink: Callable[[Record], None] | None = None
 
     def add(self, kind: str, *, shard_id: int | None = None, conn: int | None = None,
             at: float | None = None, **details: Any) -> Record:
@@ -68,6 +85,8 @@ class Recorder:
         rec = Record(kind, anyio.current_time() if at is None else at, shard_id, conn,
                      details)
         self.records.append(rec)
+        if self.sink is not None:
+            self.sink(rec)
         if kind == "violation":
             self.violations.append(
                 Violation(str(details.get("rule")), str(details.get("detail", "")),
