@@ -21,6 +21,12 @@ import orjson
 from anyio.abc import Process
 
 TOKEN = "sandbox-token"
+#: The world the real-client tests share: 2 shards in 2 buckets (both IDENTIFY at once),
+#: a beat every 2 s, 4 MESSAGE_CREATE per second per session, and op 7 to shard 0 1.5 s
+#: after its READY (and again after each RESUMED).
+REAL_CLIENT_WORLD = ("--shard-count", "2", "--max-concurrency", "2",
+                     "--heartbeat-interval-ms", "2000", "--dispatch-rate", "4",
+                     "--fault", "reconnect@1.5/0")
 
 
 @dataclass

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import anyio
 import discord
 import discord.http
 import pytest
+from cli_sandbox import REAL_CLIENT_WORLD, TOKEN, cli_sandbox, stop
 
 from shardctl.sandbox import Sandbox, SandboxConfig
 
@@ -88,3 +91,57 @@ async def test_autosharded_client_readies_and_resumes_after_op7_and_op9(
             if r.name.startswith(("discord.gateway", "discord.shard", "discord.state",
                                   "discord.http"))
             and r.levelno >= logging.WARNING] == []
+
+
+async def test_autosharded_client_with_an_activity_against_the_cli_sandbox(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """discord.py with ``activity=`` and no status: its IDENTIFY presence is the legacy
+    ``game`` with ``status: null`` (Discord accepts it), beside hikari and @discordjs/ws
+    against ``shardctl sandbox``."""
+    async with cli_sandbox(tmp_path, *REAL_CLIENT_WORLD) as sb:
+        monkeypatch.setattr(discord.http.Route, "BASE", sb.api_url)
+        # shards 0 and 1 are in different buckets (max_concurrency 2): no pause between
+        client = PacedClient(0.0, intents=discord.Intents.default(),
+                             activity=discord.Game("sandbox"))
+        ready: set[int] = set()
+        resumed: set[int] = set()
+        messages: Counter[int] = Counter()
+        progress = anyio.Event()
+
+        def check() -> None:
+            if ready == {0, 1} and 0 in resumed and all(messages[s] >= 2 for s in (0, 1)):
+                progress.set()
+
+        @client.event
+        async def on_shard_ready(shard_id: int) -> None:
+            ready.add(shard_id)
+            check()
+
+        @client.event
+        async def on_shard_resumed(shard_id: int) -> None:
+            resumed.add(shard_id)
+            check()
+
+        @client.event
+        async def on_message(message: discord.Message) -> None:
+            assert message.guild is not None
+            messages[message.guild.shard_id] += 1
+            check()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.start, TOKEN)
+            try:
+                with anyio.fail_after(30):
+                    await progress.wait()
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                    await client.close()
+                tg.cancel_scope.cancel()
+        await stop(sb.process)
+
+        assert sb.records("violation") == [], sb.log()
+        assert sorted(r["shard_id"] for r in sb.records("identify")) == [0, 1]
+        assert all(r["details"]["path"] == "resume" for r in sb.records("resume"))
+        assert any(r["shard_id"] == 0 for r in sb.records("resumed"))
+        assert {"presence_legacy_game", "presence_null_status"} <= {
+            r["details"]["rule"] for r in sb.records("note")}
