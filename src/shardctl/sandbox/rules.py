@@ -11,7 +11,12 @@ from dataclasses import dataclass, field
 
 
 class SlidingWindow:
-    """At most ``limit`` events in any ``per`` seconds (or per fixed window if ``fixed``)."""
+    """At most ``limit`` events in any ``per`` seconds (or per fixed window if ``fixed``).
+
+    Source: §9 [doc] 120 client frames per 60 s per connection, heartbeats included (close
+    4008: the link is inferred); 5 presence updates per 20 s [doc, breach undocumented].
+    Sliding by default, fixed as an option: the window type is [choice].
+    """
 
     __slots__ = ("_count", "_events", "_fixed", "_window_start", "limit", "per")
 
@@ -39,7 +44,11 @@ class SlidingWindow:
 
 
 class HeartbeatMonitor:
-    """Heartbeat deadlines (§3 Sandbox): by HELLO/previous beat + N * (1 + tolerance)."""
+    """Heartbeat deadlines (§3 Sandbox): by HELLO/previous beat + N * (1 + tolerance).
+
+    Source: §3 [doc] a late beat gets the socket closed, with no documented deadline or
+    code; the 25 % tolerance and close 4000 are [choice].
+    """
 
     __slots__ = ("beats", "hello_at", "interval", "last_beat", "tolerance")
 
@@ -65,7 +74,8 @@ class HeartbeatMonitor:
 
 
 class IdentifyPacer:
-    """One IDENTIFY per ``interval`` per key ``shard_id % max_concurrency`` (§9).
+    """One IDENTIFY per ``interval`` per key ``shard_id % max_concurrency`` (§9 [doc]: 5 s,
+    op 9 on breach, across all sockets of the bot).
 
     A rejected try does not restart the window.  ``history`` keeps accepted times per key so
     tests and reports can check the gaps.
@@ -97,7 +107,11 @@ class IdentifyPacer:
 
 @dataclass(slots=True)
 class SessionBudget:
-    """session_start_limit (§9): one fixed window opened by the first IDENTIFY."""
+    """session_start_limit (§9): one fixed window opened by the first IDENTIFY.
+
+    Source: §9/§15 [doc] ``total`` starts per window, going past it resets the token; RESUME
+    never counts.  One fixed window opened by the first IDENTIFY is [choice].
+    """
 
     total: int
     remaining_at_start: int
@@ -134,7 +148,8 @@ class SessionBudget:
 
 @dataclass(slots=True)
 class MemberRequestLimiter:
-    """All-members op 8: one per guild per ``per`` seconds, bot-wide (§9)."""
+    """All-members op 8: one per guild per ``per`` seconds, bot-wide (§9 [doc], enforced
+    since 2025-10-01: RATE_LIMITED, no chunks, no close)."""
 
     per: float = 30.0
     last: dict[int, float] = field(default_factory=dict)
