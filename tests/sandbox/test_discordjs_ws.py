@@ -44,7 +44,7 @@ def discordjs_client() -> Path:
         for name in ("package.json", "package-lock.json"):
             shutil.copy(FIXTURE / name, target / name)
         result = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--omit=dev"],
-                                cwd=target, capture_output=True, text=True, timeout=300,
+                                cwd=target, capture_output=True, text=True, timeout=180,
                                 check=False)
         assert result.returncode == 0, f"npm ci failed:\n{result.stderr[-2000:]}"
     shutil.copy(FIXTURE / "client.js", target / "client.js")  # always the current file

@@ -289,8 +289,8 @@ def validate_presence(d: Any) -> list[Note]:
 
 def _activity(act: object, notes: list[Note]) -> None:
     """§11 [doc]: ``name`` and ``type`` 0-5; ``state``/``url`` optional (hikari sends them
-    as null).  Other keys are ignored for bots (discord.py's Game sends ``timestamps``,
-    ``assets``, ``platform``)."""
+    as null), strings when set ([choice]).  Other keys are ignored for bots (discord.py's
+    Game sends ``timestamps``, ``assets``, ``platform``; twilight ``created_at``)."""
     if (not isinstance(act, Mapping) or not isinstance(act.get("name"), str)
             or act.get("type") not in ACTIVITY_TYPES or isinstance(act.get("type"), bool)):
         raise Reject(4001, "presence_shape", f"bad activity {act!r}")
