@@ -1,30 +1,67 @@
-"""shardctl: a multiprocess Discord gateway shard cluster manager."""
+"""shardctl: a multiprocess Discord gateway shard cluster manager.
+
+The public names load on first use (PEP 562): a worker process imports ``shardctl.worker``
+and with it this package, and must not pay for the supervisor (``cluster/``, httpx) it
+never runs; the supervisor must not load the websocket client its workers use.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any, Final
+
 from shardctl._version import __version__
-from shardctl.cluster.commands import CommandReply
-from shardctl.cluster.config import RunConfig
-from shardctl.cluster.supervisor import CrashLoopError, ShardStatus, Supervisor
-from shardctl.errors import (
-    AuthenticationError,
-    ConfigurationError,
-    DisallowedIntentsError,
-    DiscordError,
-    GatewayFatalError,
-    InvalidIntentsError,
-    PayloadError,
-    ProtocolError,
-    RateLimitedError,
-    SessionBudgetError,
-    ShardctlError,
-    ShardingError,
-)
-from shardctl.gateway.intents import Intents
-from shardctl.ipc.consumer import Consumer, Gap
-from shardctl.ipc.events import Event
-from shardctl.worker.limiter import LocalSessionLimiter
-from shardctl.worker.shard import Shard
+
+if TYPE_CHECKING:
+    from shardctl.cluster.commands import CommandReply
+    from shardctl.cluster.config import RunConfig
+    from shardctl.cluster.supervisor import CrashLoopError, ShardStatus, Supervisor
+    from shardctl.errors import (
+        AuthenticationError,
+        ConfigurationError,
+        DisallowedIntentsError,
+        DiscordError,
+        GatewayFatalError,
+        InvalidIntentsError,
+        PayloadError,
+        ProtocolError,
+        RateLimitedError,
+        SessionBudgetError,
+        ShardctlError,
+        ShardingError,
+    )
+    from shardctl.gateway.intents import Intents
+    from shardctl.ipc.consumer import Consumer, Gap
+    from shardctl.ipc.events import Event
+    from shardctl.worker.limiter import LocalSessionLimiter
+    from shardctl.worker.shard import Shard
+
+#: Public name → the module that defines it; mirrors the TYPE_CHECKING imports above.
+_WHERE: Final[dict[str, str]] = {
+    "AuthenticationError": "shardctl.errors",
+    "CommandReply": "shardctl.cluster.commands",
+    "ConfigurationError": "shardctl.errors",
+    "Consumer": "shardctl.ipc.consumer",
+    "CrashLoopError": "shardctl.cluster.supervisor",
+    "DisallowedIntentsError": "shardctl.errors",
+    "DiscordError": "shardctl.errors",
+    "Event": "shardctl.ipc.events",
+    "Gap": "shardctl.ipc.consumer",
+    "GatewayFatalError": "shardctl.errors",
+    "Intents": "shardctl.gateway.intents",
+    "InvalidIntentsError": "shardctl.errors",
+    "LocalSessionLimiter": "shardctl.worker.limiter",
+    "PayloadError": "shardctl.errors",
+    "ProtocolError": "shardctl.errors",
+    "RateLimitedError": "shardctl.errors",
+    "RunConfig": "shardctl.cluster.config",
+    "SessionBudgetError": "shardctl.errors",
+    "Shard": "shardctl.worker.shard",
+    "ShardStatus": "shardctl.cluster.supervisor",
+    "ShardctlError": "shardctl.errors",
+    "ShardingError": "shardctl.errors",
+    "Supervisor": "shardctl.cluster.supervisor",
+}
 
 __all__ = [
     "AuthenticationError",
@@ -53,3 +90,16 @@ __all__ = [
     "__version__",
 ]
 
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first access and cache the name here."""
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shardctl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
