@@ -6,11 +6,15 @@ import pytest
 
 from shardctl.gateway.closecodes import (
     CLOSE_CODES,
+    RESUMABLE,
     SESSION_ENDING_CLIENT_CODES,
     ZOMBIE_CLOSE_CODE,
     CloseAction,
+    CloseCode,
     classify,
+    keeps_session,
 )
+from shardctl.gateway.closecodes import FATAL as FATAL_CODES
 
 RESUME, REIDENTIFY, FATAL = CloseAction.RESUME, CloseAction.REIDENTIFY, CloseAction.FATAL
 
@@ -58,6 +62,30 @@ def test_zombie_close_code_keeps_the_session_resumable() -> None:
     assert ZOMBIE_CLOSE_CODE not in CLOSE_CODES
     assert 4000 <= ZOMBIE_CLOSE_CODE <= 4999
     assert {1000, 1001} == SESSION_ENDING_CLIENT_CODES
+
+
+def test_the_enum_names_every_table_code_as_the_table_does() -> None:
+    for code, entry in CLOSE_CODES.items():
+        assert CloseCode(code).name == entry.name
+    assert classify(None).code == CloseCode.NO_CLOSE_FRAME
+
+
+def test_resumable_and_fatal_are_the_documents_resume_and_stop_rows() -> None:
+    assert {c for c, a in EXPECTED.items() if a is RESUME} == RESUMABLE
+    assert {c for c, a in EXPECTED.items() if a is FATAL} == FATAL_CODES
+
+
+@pytest.mark.parametrize("code", [*sorted(EXPECTED), 1001, 1006, 1011, 4006, 4900, None])
+def test_a_server_close_keeps_the_session_exactly_when_the_client_resumes(
+        code: int | None) -> None:
+    expected = EXPECTED.get(code, RESUME) if code is not None else RESUME
+    assert keeps_session(code) is (expected is RESUME)
+
+
+def test_only_1000_and_1001_from_the_client_end_the_session() -> None:
+    # §7: any other client code (4000, 4009, the zombie's 4900) keeps it resumable.
+    assert {CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY} == SESSION_ENDING_CLIENT_CODES
+    assert CloseCode.SESSION_TIMED_OUT not in SESSION_ENDING_CLIENT_CODES
 
 
 def test_messages_name_the_fix_for_fatal_codes() -> None:

@@ -111,6 +111,28 @@ async def test_close_with_a_code() -> None:
         assert await c.closed() == 4009
 
 
+@pytest.mark.parametrize(("code", "resumable"), [
+    (4000, True), (4008, True), (4006, True), (1011, True),  # §7 "Resume" rows, and unknowns
+    (4001, False), (4007, False), (4009, False), (4004, False),  # re-identify, stop
+])
+async def test_a_server_close_keeps_the_session_exactly_when_the_client_should_resume(
+        code: int, resumable: bool) -> None:
+    # The sandbox and the client decide from one set (gateway/closecodes.py): a client told
+    # to RESUME after a close must find its session, and one told to IDENTIFY must not.
+    async with Sandbox(fast()) as sb:
+        c, sid = await ready(sb)
+        await sb.inject(0, Close(code))
+        assert await c.closed() == code
+        r = await RawClient.open(sb.resume_gateway_url)
+        await r.hello()
+        await r.resume(sid, 2)
+        if resumable:
+            await r.recv_op(0, "RESUMED")
+        else:
+            assert (await r.recv_op(9))["d"] is False
+        await r.close()
+
+
 async def test_server_heartbeat_request_is_recorded_and_answered() -> None:
     async with Sandbox(fast(heartbeat_request_grace=0.5)) as sb:
         c, _ = await ready(sb)

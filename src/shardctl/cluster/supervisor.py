@@ -37,6 +37,7 @@ from shardctl.cluster.restarts import RestartPolicy
 from shardctl.cluster.sessions import SessionRecord
 from shardctl.cluster.status_report import status_body
 from shardctl.cluster.workers import WorkerSlot, kill, spawn, worker_command
+from shardctl.gateway.closecodes import SESSION_ENDING_CLIENT_CODES
 from shardctl.gateway.sharding import shard_for
 from shardctl.ipc import endpoints
 from shardctl.ipc.assignment import Assignment, ShardAssignment
@@ -326,7 +327,7 @@ class Supervisor:
             self._notify()
 
     def _save_sessions(self, code: int) -> None:
-        if code in (1000, 1001):
+        if code in SESSION_ENDING_CLIENT_CODES:
             records: dict[int, SessionRecord] = {}  # those codes end the sessions
         else:
             records = {r.shard_id: r for r in self._resumable_sessions()}

@@ -46,6 +46,7 @@ from shardctl.gateway.closecodes import (
     SESSION_ENDING_CLIENT_CODES,
     ZOMBIE_CLOSE_CODE,
     CloseAction,
+    CloseCode,
     classify,
 )
 from shardctl.gateway.frames import Frame, read_frame
@@ -84,7 +85,7 @@ API_VERSION: Final = 10
 ENCODING: Final = "json"
 #: Code for the connections we drop to reconnect (op 7, op 9, receive timeout, a corrupt
 #: frame): anything but 1000/1001 keeps the session resumable (protocol §7).
-RECONNECT_CLOSE_CODE: Final = 4000
+RECONNECT_CLOSE_CODE: Final = CloseCode.UNKNOWN_ERROR
 #: The first beat is due at ``interval * jitter`` and must arrive within [0, interval]
 #: (protocol §3): jitter is drawn from [0, 0.9) so a busy event loop's lateness cannot push
 #: a beat drawn near 1.0 past the interval.
@@ -225,17 +226,17 @@ def fatal_error(code: int, *, shard_id: int, intents: int) -> GatewayFatalError:
     """The exception for a close code that forbids reconnecting, naming the cause and fix."""
     info = classify(code)
     head = f"shard {shard_id}: gateway closed with {code} ({info.name}): {info.message}"
-    if code == 4004:
+    if code == CloseCode.AUTHENTICATION_FAILED:
         return AuthenticationError(
             f"{head}. Check the bot token (Developer Portal → Bot → Reset Token); "
             "shardctl does not retry a rejected token.", code=code)
-    if code in (4010, 4011):
+    if code in (CloseCode.INVALID_SHARD, CloseCode.SHARDING_REQUIRED):
         return ShardingError(
             f"{head}. Fetch /gateway/bot again and restart with its recommended shard count.",
             code=code)
-    if code == 4013:
+    if code == CloseCode.INVALID_INTENTS:
         return InvalidIntentsError(f"{head} (intents sent: {intents}).", code=code)
-    if code == 4014:
+    if code == CloseCode.DISALLOWED_INTENTS:
         names = Intents(intents).privileged.names()
         asked = ", ".join(names) if names else "none"
         return DisallowedIntentsError(

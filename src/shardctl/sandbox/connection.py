@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import DATA_OPCODES, Frame
 from websockets.protocol import Event
 
+from shardctl.gateway.closecodes import FATAL, SESSION_ENDING_CLIENT_CODES, keeps_session
 from shardctl.gateway.intents import PRIVILEGED_INTENTS
 from shardctl.gateway.opcodes import PRE_AUTH_OPS, Op
 from shardctl.sandbox import arrival, commands, wire
@@ -54,12 +55,6 @@ from shardctl.sandbox.validate import (
 if TYPE_CHECKING:
     from shardctl.sandbox.server import Sandbox
 
-#: Server close codes after which the session stays resumable (§7 client action "Resume").
-KEEP_SESSION_CODES: Final = frozenset({4000, 4002, 4005, 4008, 1001})
-#: Close codes after which a client must not retry with the same settings (§7 "Stop").
-FATAL_CODES: Final = frozenset({4004, 4010, 4011, 4012, 4013, 4014})
-#: Client close codes that end the session at once (§7).
-ENDING_CLIENT_CODES: Final = frozenset({1000, 1001})
 _DISPATCH_QUIET: Final = 1.0
 #: Older docs: wait a random 1-5 s after op 9 before re-identifying (§6).
 REIDENTIFY_MIN_DELAY: Final = 1.0
@@ -249,7 +244,7 @@ class Connection:
         code = exc.rcvd.code if exc.rcvd is not None else 1006
         reason = exc.rcvd.reason if exc.rcvd is not None else ""
         self.rec("client_close", code=code, reason=reason, tcp_drop=exc.rcvd is None)
-        self.detach(kill=code in ENDING_CLIENT_CODES)
+        self.detach(kill=code in SESSION_ENDING_CLIENT_CODES)
 
     def detach(self, *, kill: bool) -> None:
         session, self.session = self.session, None
@@ -265,9 +260,10 @@ class Connection:
             return
         self.closed = True
         self.rec("server_close", code=code, reason=reason)
-        if code in FATAL_CODES and self.sb.attempts_after_fatal is None:
+        if code in FATAL and self.sb.attempts_after_fatal is None:
             self.sb.attempts_after_fatal = 0
-        self.detach(kill=code not in KEEP_SESSION_CODES)
+        # The client's machine decides from the same test whether to RESUME (§7).
+        self.detach(kill=not keeps_session(code))
         await self.ws.close(code, reason)
 
     def drop(self) -> None:
