@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from shardctl.gateway.lifecycle import SHARD_DISCONNECT, SHARD_RESUMED
+
 #: Bus names of the lifecycle events the counters single out (DESIGN.md §4).
-DISCONNECT: Final = "SHARD_DISCONNECT"
-RESUMED: Final = "SHARD_RESUMED"
+DISCONNECT: Final = SHARD_DISCONNECT
+RESUMED: Final = SHARD_RESUMED
 #: Every successful IDENTIFY ends with exactly one READY dispatch.
 READY: Final = "READY"
 

@@ -53,6 +53,7 @@ from shardctl.gateway.frames import Frame, read_frame
 from shardctl.gateway.heartbeat import Heartbeat, check_ack_timeout
 from shardctl.gateway.inflate import new_inflater
 from shardctl.gateway.intents import Intents
+from shardctl.gateway.lifecycle import DISCONNECT, INVALID_SESSION, SHARD_READY, SHARD_RESUMED
 from shardctl.gateway.opcodes import Op
 from shardctl.gateway.payloads import heartbeat_frame, identify_frame, resume_frame
 from shardctl.gateway.ratelimit import PRESENCE_LIMIT, CommandRateLimit, SlidingWindow
@@ -98,13 +99,6 @@ INVALID_SESSION_DELAY: Final = (1.0, 5.0)
 #: and a RESUME is always safe to try -- Discord answers op 9 d:false when the session is
 #: gone, and the shard then IDENTIFYs (protocol §5, §7).
 MAX_FAILED_RESUME_CONNECTS: Final = 3
-
-#: Lifecycle events emitted among the dispatches, in order (lacord's output events).
-SHARD_READY: Final = "SHARD_READY"
-SHARD_RESUMED: Final = "SHARD_RESUMED"
-INVALID_SESSION: Final = "INVALID_SESSION"
-DISCONNECT: Final = "DISCONNECT"
-LIFECYCLE_EVENTS: Final = frozenset({SHARD_READY, SHARD_RESUMED, INVALID_SESSION, DISCONNECT})
 
 
 _FROM_FRAME: Final[Any] = object()

@@ -56,6 +56,7 @@ from typing import Any, Final
 import orjson
 
 from shardctl.errors import ProtocolError
+from shardctl.gateway.lifecycle import BUS_TYPES
 
 VERSION: Final = 1
 #: header flag: ``seq`` carries the gateway sequence number ``s``.
@@ -64,9 +65,7 @@ HAS_SEQ: Final = 0x01
 MAX_TYPE_LEN: Final = 64
 #: Lifecycle events emitted by the worker's shards (mirroring lacord's output events); they
 #: have no gateway ``s`` and are flushed at once rather than waiting for a batch.
-LIFECYCLE_TYPES: Final = frozenset(
-    {"SHARD_READY", "SHARD_RESUMED", "SHARD_DISCONNECT", "INVALID_SESSION"}
-)
+LIFECYCLE_TYPES: Final = BUS_TYPES
 #: The dispatch that starts a new session: its ``s`` is 1 and resets the expected sequence.
 NEW_SESSION_TYPE: Final = "READY"
 

@@ -20,7 +20,8 @@ import anyio
 import anyio.abc
 
 from shardctl.errors import GatewayFatalError, ProtocolError
-from shardctl.gateway.machine import DISCONNECT, Emit
+from shardctl.gateway.lifecycle import BUS_TYPE
+from shardctl.gateway.machine import Emit
 from shardctl.gateway.sharding import shard_for
 from shardctl.ipc.assignment import Assignment
 from shardctl.ipc.bus import EventPublisher
@@ -42,9 +43,6 @@ RESUMABLE_CLOSE: Final = 4009
 EXIT_OK: Final = 0
 EXIT_SUPERVISOR_LOST: Final = 3
 EXIT_BAD_ASSIGNMENT: Final = 4
-
-#: Bus name of lacord's DISCONNECT output event (DESIGN.md §4).
-BUS_NAMES: Final = {DISCONNECT: "SHARD_DISCONNECT"}
 
 
 class _ShardInfo:
@@ -162,7 +160,7 @@ class Worker:
             if emit.name in _GUILD_EVENTS:
                 _track_guilds(info.guilds, emit.name, emit.data)
             return publisher.pressure()
-        name = BUS_NAMES.get(emit.name, emit.name)
+        name = BUS_TYPE.get(emit.name, emit.name)
         counts[name] = counts.get(name, 0) + 1
         publisher.publish(shard.id, name, None, lifecycle_payload(emit.data),
                           received_at_ns=now_ns)

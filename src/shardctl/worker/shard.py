@@ -30,6 +30,7 @@ from shardctl.errors import (
     PayloadError,
     ProtocolError,
 )
+from shardctl.gateway.lifecycle import SHARD_READY, SHARD_RESUMED
 from shardctl.gateway.machine import (
     Action,
     Close,
@@ -537,7 +538,7 @@ class Shard:
         except Exception:
             # A bug in the consumer must not take the gateway connection down with it.
             log.exception("shard %d: output callback failed for %s", self._id, name)
-        if name in ("SHARD_READY", "SHARD_RESUMED") and not self._started:
+        if name in (SHARD_READY, SHARD_RESUMED) and not self._started:
             # After the output saw it, so whoever awaited tg.start() sees a READY shard.
             self._started = True
             self._task_status.started()
