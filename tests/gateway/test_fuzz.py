@@ -6,7 +6,6 @@ timeout, so a decoder that loops forever fails instead of stalling the suite.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import zlib
 from datetime import timedelta
@@ -22,7 +21,6 @@ from shardctl.gateway.inflate import (
     ZLIB_SUFFIX,
     ZlibStreamInflater,
     ZstdStreamInflater,
-    inflate_payload,
     zstd_available,
 )
 from shardctl.gateway.machine import ShardMachine
@@ -94,13 +92,6 @@ def test_zlib_bombs_are_refused_not_inflated(size: int) -> None:
     inflater = ZlibStreamInflater(max_size=4096)
     with pytest.raises(ProtocolError, match="more than 4096"):
         inflater.feed(stream([b"\0" * size])[0])
-
-
-@FUZZ
-@given(st.binary(max_size=1024))
-def test_payload_inflater_survives_any_bytes(data: bytes) -> None:
-    with contextlib.suppress(ProtocolError):
-        assert isinstance(inflate_payload(data, max_size=4096), bytes)
 
 
 needs_zstd = pytest.mark.skipif(not zstd_available(), reason="zstandard not installed")

@@ -18,7 +18,6 @@ from shardctl.gateway.inflate import (
     ZLIB_SUFFIX,
     ZlibStreamInflater,
     ZstdStreamInflater,
-    inflate_payload,
     new_inflater,
     zstd_available,
 )
@@ -337,23 +336,3 @@ def test_missing_zstandard_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
         new_inflater("zstd-stream")
     assert isinstance(new_inflater("zlib-stream"), ZlibStreamInflater)
 
-
-# -- payload compression (IDENTIFY compress: true) ------------------------------------------
-
-
-def test_inflate_payload_decodes_a_standalone_zlib_message() -> None:
-    assert inflate_payload(zlib.compress(_payload(3))) == _payload(3)
-
-
-@pytest.mark.parametrize(("data", "match"), [
-    (b"garbage", "corrupt"), (zlib.compress(b"{}" * 100)[:-5], "truncated"),
-    (zlib.compress(b"{}") + b"x", "after the end"),
-])
-def test_inflate_payload_refuses_bad_messages(data: bytes, match: str) -> None:
-    with pytest.raises(ProtocolError, match=match):
-        inflate_payload(data)
-
-
-def test_inflate_payload_refuses_a_bomb() -> None:
-    with pytest.raises(ProtocolError, match="more than"):
-        inflate_payload(zlib.compress(bytes(8 * MIB), 9), max_size=MIB)

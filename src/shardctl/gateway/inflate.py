@@ -9,6 +9,9 @@ Safety: the server controls the input, so a corrupt stream raises
 :class:`~shardctl.errors.ProtocolError` (drop the connection, the instance is unusable), and
 one payload may not decompress to more than ``max_size`` bytes (a decompression bomb would
 otherwise take the worker's memory).
+
+Payload compression (IDENTIFY ``compress: true``) is never requested -- transport compression
+supersedes it (§8) -- so it has no inflater here.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ __all__ = [
     "ZLIB_SUFFIX",
     "ZlibStreamInflater",
     "ZstdStreamInflater",
-    "inflate_payload",
     "new_inflater",
     "zstd_available",
 ]
@@ -190,21 +192,3 @@ def new_inflater(mode: str | None, *, max_size: int = MAX_PAYLOAD_SIZE,
         f"unknown transport compression {mode!r}; use 'zlib-stream', 'zstd-stream' or none"
     )
 
-
-def inflate_payload(data: bytes, *, max_size: int = MAX_PAYLOAD_SIZE) -> bytes:
-    """Payload compression (IDENTIFY ``compress: true``, no transport compression, §8).
-
-    Each binary message is then a complete, independent zlib stream.
-    """
-    zobj = zlib.decompressobj()
-    try:
-        out = zobj.decompress(data, max_size + 1)
-    except zlib.error as exc:
-        raise ProtocolError(f"corrupt zlib payload: {exc}") from None
-    if len(out) > max_size:
-        raise ProtocolError(f"zlib payload decompresses to more than {max_size} bytes")
-    if not zobj.eof:
-        raise ProtocolError("truncated zlib payload: the stream does not end in this message")
-    if zobj.unused_data:
-        raise ProtocolError("data after the end of a zlib payload")
-    return out
