@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from shardctl.errors import ProtocolError
 from shardctl.ipc.control import KINDS, VERSION, ControlMessage, decode
-from shardctl.ipc.events import Event, decode_batch, decode_event, encode_event
+from shardctl.ipc.events import Event, decode_event, encode_event
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -73,13 +73,3 @@ def test_event_decoder_survives_cut_and_spliced_events(junk: bytes, shard: int,
     for message in (real[:cut], real[:cut] + junk, junk + real):
         with contextlib.suppress(ProtocolError):
             decode_event(message)
-
-
-@FUZZ
-@given(st.binary(max_size=512))
-def test_batch_decoder_survives_any_bytes(batch: bytes) -> None:
-    try:
-        events = decode_batch(batch)
-    except ProtocolError:
-        return
-    assert all(isinstance(e, Event) for e in events)

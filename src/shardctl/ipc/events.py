@@ -45,7 +45,8 @@ Worker batch (worker XPUB → supervisor SUB): ONE frame per batch::
         the consumer message exactly as above, with bus_seq and epoch zero
 
 so the supervisor's hot path is: unpack 5 bytes, patch 12 bytes, send a slice -- no JSON,
-no per-event objects (DESIGN.md §3).
+no per-event objects (DESIGN.md §3).  :class:`~shardctl.ipc.bus.BatchBuilder` writes batches
+from :func:`encode_record`; :class:`~shardctl.ipc.bus.EventForwarder` is their one reader.
 """
 
 from __future__ import annotations
@@ -81,7 +82,6 @@ PREFIX: Final = struct.Struct(">BI")
 BATCH_HEADER: Final = struct.Struct(">BBH")
 #: per-event prefix inside a batch: message length, type length
 RECORD: Final = struct.Struct(">IB")
-MAX_BATCH_EVENTS: Final = 0xFFFF
 _U32: Final = 0xFFFFFFFF
 
 
@@ -183,48 +183,6 @@ def encode_record(t: str | bytes, shard: int, seq: int | None, received_at_ns: i
     head = HEADER.pack(VERSION, shard, flags, 0, seq or 0, received_at_ns, 0, 0)
     return b"".join((RECORD.pack(len(tb) + 1 + HEADER_SIZE + len(payload), len(tb)),
                      tb, b"\0", head, payload))
-
-
-def encode_batch(records: list[bytes]) -> bytes:
-    """Join records made by :func:`encode_record` into one worker batch frame."""
-    if len(records) > MAX_BATCH_EVENTS:
-        raise ValueError(f"a batch holds at most {MAX_BATCH_EVENTS} events")
-    return BATCH_HEADER.pack(VERSION, 0, len(records)) + b"".join(records)
-
-
-def iter_batch(batch: bytes) -> list[tuple[int, int, int]]:
-    """Split a batch: ``[(message_start, message_end, type_len), ...]``.
-
-    Validates the framing (version, lengths, terminator) but not the payloads.  Raises
-    ProtocolError on anything malformed, before any event of the batch is used.
-    """
-    n = len(batch)
-    if n < BATCH_HEADER.size:
-        raise ProtocolError("event batch shorter than its header")
-    version, _, count = BATCH_HEADER.unpack_from(batch, 0)
-    if version != VERSION:
-        raise ProtocolError(f"unknown event batch version {version}")
-    out: list[tuple[int, int, int]] = []
-    off = BATCH_HEADER.size
-    for _ in range(count):
-        if off + RECORD.size > n:
-            raise ProtocolError("event batch truncated")
-        mlen, tlen = RECORD.unpack_from(batch, off)
-        start = off + RECORD.size
-        end = start + mlen
-        if (end > n or tlen == 0 or mlen < tlen + 1 + HEADER_SIZE
-                or batch[start + tlen] != 0 or batch[start + tlen + 1] != VERSION):
-            raise ProtocolError("malformed event record in batch")
-        out.append((start, end, tlen))
-        off = end
-    if off != n:
-        raise ProtocolError("trailing bytes after the last event of a batch")
-    return out
-
-
-def decode_batch(batch: bytes) -> list[Event]:
-    """All events of a worker batch (tests and tools; the forwarder never builds Events)."""
-    return [decode_event(batch[start:end]) for start, end, _ in iter_batch(batch)]
 
 
 def encode_event(t: str, shard: int, seq: int | None, received_at_ns: int, payload: bytes,
