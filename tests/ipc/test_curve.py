@@ -65,13 +65,15 @@ def stranger(key_dirs: tuple[Path, Path], server: CurveServer) -> CurveClient:
 
 def test_generated_key_directory_is_private(key_dirs: tuple[Path, Path]) -> None:
     ours = key_dirs[0]
-    for path in [ours, ours / "clients", ours / "authorized"]:
+    for path in [ours, ours / "clients", ours / "authorized", ours / "authorized" / "worker"]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
     files = [p for p in ours.rglob("*") if p.is_file()]
     names = {p.relative_to(ours).as_posix() for p in files}
     assert {"server.key", "server.key_secret", "clients/worker.key_secret",
-            "clients/consumer.key_secret", "authorized/worker.key",
-            "authorized/consumer.key"} <= names
+            "clients/consumer.key_secret", "clients/operator.key_secret",
+            "clients/supervisor.key_secret", "authorized/worker/worker.key",
+            "authorized/consumer/consumer.key", "authorized/operator/operator.key",
+            "authorized/supervisor/supervisor.key"} <= names
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files)
 
 
@@ -107,8 +109,9 @@ async def test_curve_allows_binding_every_interface(server: CurveServer,
         try:
             await client.send("beat")
             with anyio.fail_after(5):
-                _, message = await control.receive()
-            assert message.kind == "beat"
+                incoming = await control.receive()
+            assert incoming.message.kind == "beat"
+            assert incoming.role == "worker"
         finally:
             client.close()
     finally:
@@ -125,9 +128,10 @@ async def test_control_serves_an_authorised_worker(server: CurveServer,
     try:
         await client.send("register", {"worker": None, "pid": 1})
         with anyio.fail_after(5):
-            peer, message = await control.receive()
-        assert message.kind == "register"
-        assert await control.send(peer, "beat")
+            incoming = await control.receive()
+        assert incoming.message.kind == "register"
+        assert incoming.role == "worker"
+        assert control.send(incoming.peer, "beat")
         with anyio.fail_after(5):
             assert (await client.receive()).kind == "beat"
     finally:
@@ -262,9 +266,11 @@ def test_keys_generate_command_makes_the_layout_and_keeps_existing_keys(tmp_path
     assert result.exit_code == 0, result.output
     first = load_server(target)
     result = runner.invoke(main, ["keys", "generate", "--dir", str(target),
-                                  "--client", "bot-2"])
+                                  "--client", "bot-2", "--role", "consumer"])
     assert result.exit_code == 0, result.output
     again = load_server(target)
     assert again.public == first.public  # clients keep trusting the same server key
-    assert again.authorized == first.authorized | {load_client(target, "bot-2").public}
+    bot = load_client(target, "bot-2").public
+    assert again.authorized == first.authorized | {bot}
+    assert again.clients[bot] == "consumer:bot-2"
     assert first.secret.decode() not in result.output

@@ -1,0 +1,71 @@
+"""How often a peer that is not a worker may ask the supervisor anything (issue 12).
+
+Anyone who can reach the control endpoint can send requests (``status``, a registration
+attempt); each costs the supervisor a reply it may never get rid of.  Registered workers are
+not limited -- their beats and reports are the cluster's own traffic -- every other peer
+gets a token bucket by its ZeroMQ identity: a burst, then a steady rate.  Requests beyond it
+are dropped unanswered, counted, and logged once per peer.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Final
+
+log = logging.getLogger(__name__)
+
+#: Requests per second a non-worker peer may keep up (``shardctl status`` asks once) ...
+RATE: Final = 10.0
+#: ... after a burst of this many.
+BURST: Final = 20.0
+#: Peers remembered at once; the longest-idle is forgotten first (memory stays bounded
+#: however many connections a stranger opens).
+MAX_PEERS: Final = 4096
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at: float
+    #: What was logged about this peer already (each once).
+    noted: set[str] = field(default_factory=set)
+
+
+class PeerBudget:
+    """A token bucket per peer; the clock is the caller's (``now`` in seconds)."""
+
+    def __init__(self, *, rate: float = RATE, burst: float = BURST,
+                 max_peers: int = MAX_PEERS) -> None:
+        self.rate, self.burst, self.max_peers = rate, burst, max_peers
+        self._buckets: dict[bytes, _Bucket] = {}
+        #: Requests refused so far, over all peers.
+        self.refused = 0
+
+    def allow(self, peer: bytes, now: float) -> bool:
+        """Take one request from ``peer``'s budget: False (logged once) if it has none."""
+        bucket = self._buckets.pop(peer, None)
+        if bucket is None:
+            if len(self._buckets) >= self.max_peers:
+                del self._buckets[next(iter(self._buckets))]
+            bucket = _Bucket(self.burst, now)
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.at) * self.rate)
+        bucket.at = now
+        self._buckets[peer] = bucket  # re-inserted: the dict's order is idleness
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return True
+        self.refused += 1
+        if self.first(peer, "rate"):
+            log.warning("control: peer %s asks faster than %g requests/s; dropping its "
+                        "requests beyond that (counted, not logged again)",
+                        peer.hex(), self.rate)
+        return False
+
+    def first(self, peer: bytes, topic: str) -> bool:
+        """True the first time ``topic`` comes up for ``peer``: log it then, count it after."""
+        bucket = self._buckets.get(peer)
+        if bucket is None or topic in bucket.noted:
+            return bucket is None
+        bucket.noted.add(topic)
+        return True
