@@ -84,7 +84,8 @@ def worker_command(control_endpoint: str, keys: Path | None, key_name: str,
     """Join a supervisor, possibly on another host, and run the shards it assigns.
 
     The supervisor needs a free remote slot (`shardctl run --remote-workers N`).  Across
-    hosts both ends need CURVE keys: the worker's key must be authorised by the supervisor.
+    hosts both ends need CURVE keys: the supervisor must authorise this key with the worker
+    role (`shardctl keys generate` makes clients/worker).
     If this worker's host vanishes, the supervisor moves its shards to a live worker, where
     they RESUME.  Exits when the supervisor stops it or stays silent.
     """

@@ -152,7 +152,9 @@ async def test_a_stranger_on_an_insecure_loopback_control_gets_no_token_and_no_p
         async with guarded_cluster(run_dir, control_endpoint=control,
                                    insecure_loopback=True) as cluster:
             loot = await try_everything(cluster.control, cluster.sup, curve=None)
+            refused = cluster.sup.control_refusals
     assert_no_token(loot)
+    assert refused["registration"] == 7  # every attempt counted (and logged once)
     statuses = [m.body for m in loot.messages if m.kind == "status"]
     assert statuses, "an anonymous peer still gets a (redacted) status"
     body = statuses[0]
@@ -200,6 +202,7 @@ async def test_a_flood_of_status_requests_that_never_reads_leaves_the_cluster_ru
                             pass
                 finally:
                     polite.close()
+                assert cluster.sup.control_refusals["rate"] > 4000
             finally:
                 flood.close(linger=0)
                 context.term()

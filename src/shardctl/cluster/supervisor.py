@@ -593,6 +593,12 @@ class Supervisor:
             self._forwarder.on_batch = hook
 
     @property
+    def control_refusals(self) -> dict[str, int]:
+        """Control messages refused so far, by reason (also ``/metrics``)."""
+        return {"dropped_send": self._control.drops if self._control is not None else 0,
+                "rate": self._budget.refused, "registration": self.refused_registrations}
+
+    @property
     def listener_drops(self) -> int:
         """Events in-process listeners lost because they fell too far behind."""
         return self._fanout.drops
