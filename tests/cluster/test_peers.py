@@ -46,3 +46,13 @@ def test_never_more_than_the_burst_plus_the_rate_over_the_time(
         now += gap
         allowed += budget.allow(b"p", now)
     assert allowed <= burst + rate * now + 1e-6
+
+
+def test_peers_without_credentials_share_one_budget_however_many_connect() -> None:
+    budget = PeerBudget(rate=10.0, burst=20.0, anonymous_rate=5.0, anonymous_burst=8.0)
+    answered = sum(budget.allow(n.to_bytes(4, "big"), 0.0, anonymous=True)
+                   for n in range(100))
+    assert answered == 8
+    assert budget.allow(b"operator", 0.0), "peers with credentials do not share it"
+    assert sum(budget.allow(n.to_bytes(4, "big"), 1.0, anonymous=True)
+               for n in range(100, 200)) == 5

@@ -4,7 +4,9 @@ Anyone who can reach the control endpoint can send requests (``status``, a regis
 attempt); each costs the supervisor a reply it may never get rid of.  Registered workers are
 not limited -- their beats and reports are the cluster's own traffic -- every other peer
 gets a token bucket by its ZeroMQ identity: a burst, then a steady rate.  Requests beyond it
-are dropped unanswered, counted, and logged once per peer.
+are dropped unanswered, counted, and logged once per peer.  Peers without any credential
+(an ``--insecure-loopback`` endpoint: any local user, as many connections as they like)
+also share one bucket between them, so opening connections buys no more replies.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ log = logging.getLogger(__name__)
 RATE: Final = 10.0
 #: ... after a burst of this many.
 BURST: Final = 20.0
+#: What all peers without credentials may ask together.
+ANONYMOUS_RATE: Final = 20.0
+ANONYMOUS_BURST: Final = 40.0
 #: Peers remembered at once; the longest-idle is forgotten first (memory stays bounded
 #: however many connections a stranger opens).
 MAX_PEERS: Final = 4096
@@ -36,30 +41,39 @@ class PeerBudget:
     """A token bucket per peer; the clock is the caller's (``now`` in seconds)."""
 
     def __init__(self, *, rate: float = RATE, burst: float = BURST,
-                 max_peers: int = MAX_PEERS) -> None:
+                 max_peers: int = MAX_PEERS, anonymous_rate: float = ANONYMOUS_RATE,
+                 anonymous_burst: float = ANONYMOUS_BURST) -> None:
         self.rate, self.burst, self.max_peers = rate, burst, max_peers
         self._buckets: dict[bytes, _Bucket] = {}
+        self._anonymous_rate = anonymous_rate
+        self._anonymous = _Bucket(anonymous_burst, 0.0)
+        self._anonymous_burst = anonymous_burst
         #: Requests refused so far, over all peers.
         self.refused = 0
 
-    def allow(self, peer: bytes, now: float) -> bool:
-        """Take one request from ``peer``'s budget: False (logged once) if it has none."""
+    def allow(self, peer: bytes, now: float, *, anonymous: bool = False) -> bool:
+        """Take one request from ``peer``'s budget (and, ``anonymous``, from the one all
+        peers without credentials share): False (logged once per peer) if either is empty."""
         bucket = self._buckets.pop(peer, None)
         if bucket is None:
             if len(self._buckets) >= self.max_peers:
                 del self._buckets[next(iter(self._buckets))]
             bucket = _Bucket(self.burst, now)
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.at) * self.rate)
-        bucket.at = now
         self._buckets[peer] = bucket  # re-inserted: the dict's order is idleness
-        if bucket.tokens >= 1.0:
+        _refill(bucket, now, self.rate, self.burst)
+        shared = self._anonymous
+        if anonymous:
+            _refill(shared, now, self._anonymous_rate, self._anonymous_burst)
+        if bucket.tokens >= 1.0 and (not anonymous or shared.tokens >= 1.0):
             bucket.tokens -= 1.0
+            if anonymous:
+                shared.tokens -= 1.0
             return True
         self.refused += 1
         if self.first(peer, "rate"):
-            log.warning("control: peer %s asks faster than %g requests/s; dropping its "
-                        "requests beyond that (counted, not logged again)",
-                        peer.hex(), self.rate)
+            log.warning("control: dropping requests of peer %s beyond its budget (%g/s per "
+                        "peer, %g/s for all peers without credentials; counted, not logged "
+                        "again)", peer.hex(), self.rate, self._anonymous_rate)
         return False
 
     def first(self, peer: bytes, topic: str) -> bool:
@@ -69,3 +83,8 @@ class PeerBudget:
             return bucket is None
         bucket.noted.add(topic)
         return True
+
+
+def _refill(bucket: _Bucket, now: float, rate: float, burst: float) -> None:
+    bucket.tokens = min(burst, bucket.tokens + max(0.0, now - bucket.at) * rate)
+    bucket.at = max(bucket.at, now)

@@ -505,7 +505,7 @@ class Supervisor:
         slot = next((s for s in self.slots if s.peer == peer), None)
         if slot is None:
             # Anyone who can connect: a bounded rate, and no way to a slot but a proof.
-            if self._budget.allow(peer, anyio.current_time()):
+            if self._budget.allow(peer, anyio.current_time(), anonymous=incoming.role is None):
                 self._from_peer(control, incoming)
             return
         try:
