@@ -10,6 +10,8 @@ every shard is still READY and the consumer saw every event exactly once.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -205,6 +207,48 @@ async def test_a_flood_of_status_requests_that_never_reads_leaves_the_cluster_ru
                 assert cluster.sup.control_refusals["rate"] > 4000
             finally:
                 flood.close(linger=0)
+                context.term()
+
+
+async def test_strangers_flooding_status_never_keep_a_respawned_worker_out() -> None:
+    # Strangers on an insecure loopback endpoint share one request budget; a worker's
+    # registration is never charged to it, so it gets through while they exhaust it.
+    with short_dir() as run_dir:
+        config = SandboxConfig(shard_count=2, max_concurrency=2, identify_interval=0.2,
+                               heartbeat_interval_ms=2000, guilds_per_shard=1, token=TOKEN)
+        control = f"tcp://127.0.0.1:{free_port()}"
+        async with Sandbox(config) as sb, Supervisor(
+                token=TOKEN, api_url=sb.api_url, processes=1, identify_interval=0.2,
+                runtime_dir=run_dir, state_file=run_dir / "state.json",
+                control_endpoint=control, insecure_loopback=True) as sup, \
+                anyio.create_task_group() as tg:
+            with anyio.fail_after(30):
+                await sup.wait_ready()
+            context = zmq.asyncio.Context()
+            floods = [context.socket(zmq.DEALER) for _ in range(20)]
+
+            async def flood(sock: zmq.asyncio.Socket) -> None:
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.connect(control)
+                while True:
+                    await sock.send_multipart([b"SC1", b"status", b"{}"])
+                    await anyio.sleep(0.01)
+
+            try:
+                for sock in floods:
+                    tg.start_soon(flood, sock)
+                old = sup.slots[0].pid
+                assert old is not None
+                os.kill(old, signal.SIGKILL)
+                with anyio.fail_after(30):
+                    await sup.wait_until(lambda shards: all(
+                        s.state == "ready" and s.pid not in (None, old) for s in shards))
+                assert sup.control_refusals["rate"] > 0, "the strangers never ran dry"
+                assert sup.slots[0].restarts == 1
+                tg.cancel_scope.cancel()
+            finally:
+                for sock in floods:
+                    sock.close(linger=0)
                 context.term()
 
 

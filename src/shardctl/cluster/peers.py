@@ -1,9 +1,10 @@
 """How often a peer that is not a worker may ask the supervisor anything (issue 12).
 
-Anyone who can reach the control endpoint can send requests (``status``, a registration
-attempt); each costs the supervisor a reply it may never get rid of.  Registered workers are
-not limited -- their beats and reports are the cluster's own traffic -- every other peer
-gets a token bucket by its ZeroMQ identity: a burst, then a steady rate.  Requests beyond it
+Anyone who can reach the control endpoint can send requests (``status``); each costs the
+supervisor a reply it may never get rid of.  Registered workers are not limited -- their
+beats and reports are the cluster's own traffic -- and neither are registrations, which are
+answered only when they prove themselves (a refusal costs nothing).  Every other peer gets
+a token bucket by its ZeroMQ identity: a burst, then a steady rate.  Requests beyond it
 are dropped unanswered, counted, and logged once per peer.  Peers without any credential
 (an ``--insecure-loopback`` endpoint: any local user, as many connections as they like)
 also share one bucket between them, so opening connections buys no more replies.
@@ -54,12 +55,9 @@ class PeerBudget:
     def allow(self, peer: bytes, now: float, *, anonymous: bool = False) -> bool:
         """Take one request from ``peer``'s budget (and, ``anonymous``, from the one all
         peers without credentials share): False (logged once per peer) if either is empty."""
-        bucket = self._buckets.pop(peer, None)
-        if bucket is None:
-            if len(self._buckets) >= self.max_peers:
-                del self._buckets[next(iter(self._buckets))]
-            bucket = _Bucket(self.burst, now)
-        self._buckets[peer] = bucket  # re-inserted: the dict's order is idleness
+        # Re-inserted on every request: the dict's order is idleness.
+        known = self._buckets.pop(peer, None)
+        bucket = self._add(peer, known if known is not None else _Bucket(self.burst, now))
         _refill(bucket, now, self.rate, self.burst)
         shared = self._anonymous
         if anonymous:
@@ -79,10 +77,18 @@ class PeerBudget:
     def first(self, peer: bytes, topic: str) -> bool:
         """True the first time ``topic`` comes up for ``peer``: log it then, count it after."""
         bucket = self._buckets.get(peer)
-        if bucket is None or topic in bucket.noted:
-            return bucket is None
+        if bucket is None:
+            bucket = self._add(peer, _Bucket(self.burst, 0.0))
+        if topic in bucket.noted:
+            return False
         bucket.noted.add(topic)
         return True
+
+    def _add(self, peer: bytes, bucket: _Bucket) -> _Bucket:
+        if len(self._buckets) >= self.max_peers:
+            del self._buckets[next(iter(self._buckets))]
+        self._buckets[peer] = bucket
+        return bucket
 
 
 def _refill(bucket: _Bucket, now: float, rate: float, burst: float) -> None:

@@ -504,9 +504,7 @@ class Supervisor:
         peer = incoming.peer
         slot = next((s for s in self.slots if s.peer == peer), None)
         if slot is None:
-            # Anyone who can connect: a bounded rate, and no way to a slot but a proof.
-            if self._budget.allow(peer, anyio.current_time(), anonymous=incoming.role is None):
-                self._from_peer(control, incoming)
+            self._from_peer(control, incoming)
             return
         try:
             message = self._parts.feed(peer, incoming.message)
@@ -524,17 +522,26 @@ class Supervisor:
             self._answer_status(control, peer, incoming.role)
 
     def _from_peer(self, control: ControlServer, incoming: Incoming) -> None:
-        """A message from a peer that holds no slot: a status query or a registration."""
+        """A message from a peer that holds no slot: a status query or a registration.
+
+        Whatever would be answered costs the peer's request budget (cluster/peers.py); a
+        registration is answered only when it proves itself, so a flood of bad ones costs
+        nothing but their reading -- and never delays a real worker's registration.
+        """
         peer, kind, role = incoming.peer, incoming.message.kind, incoming.role
+        if kind == "register":
+            self._register(control, peer, incoming.message, role)
+            return
+        stale = kind in {"beat", "state"} and role == Role.WORKER and any(
+            s.remote for s in self.slots)
+        if (kind != "status" and not stale) or not self._budget.allow(
+                peer, anyio.current_time(), anonymous=role is None):
+            return  # a worker we already replaced, a stranger, or over its budget
         if kind == "status":
             self._answer_status(control, peer, role)
-        elif kind == "register":
-            self._register(control, peer, incoming.message, role)
-        elif kind in {"beat", "state"} and role == Role.WORKER and any(
-                s.remote for s in self.slots):
+        else:
             # A remote worker we took for lost is back: its shards run elsewhere now.
             control.send(peer, "stop", {"code": RESUMABLE_CLOSE})
-        # Anything else is a worker we already replaced, or a stranger: ignored.
 
     def _answer_status(self, control: ControlServer, peer: bytes, role: Role | None) -> None:
         # In full to operators (a CURVE operator key, or this user on the private ipc
