@@ -145,8 +145,9 @@ def sandbox_command(host: str, port: int, log_level: str, record_path: Path | No
               help="Pace for the local sandbox, not Discord: allows --identify-interval below "
                    "5 s, and only on ipc:// or loopback endpoints.")
 @click.option("--keys", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="CURVE key directory: only clients with authorised keys are served "
-                   "(supervisors use clients/worker)")
+              help="CURVE key directory: only clients with authorised keys of the worker, "
+                   "supervisor or operator role are served (supervisors use "
+                   "clients/supervisor)")
 def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify_interval: float,
                     remaining: int | None, total: int | None, reset_after: int | None,
                     sandbox: bool, keys: Path | None = None) -> None:
@@ -172,7 +173,7 @@ def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify
     from shardctl.cluster.limiter_service import LimiterServer
     from shardctl.errors import ConfigurationError
     from shardctl.ipc import endpoints
-    from shardctl.ipc.security import load_server
+    from shardctl.ipc.security import for_socket, load_server
 
     if identify_interval < DEFAULT_IDENTIFY_INTERVAL and not sandbox:
         raise click.UsageError(
@@ -190,7 +191,7 @@ def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify
             endpoint, max_concurrency=max_concurrency, interval=identify_interval,
             remaining=remaining, total=total,
             reset_after=None if reset_after is None else reset_after / 1000.0,
-            curve=load_server(keys) if keys is not None else None,
+            curve=for_socket(load_server(keys), "limiter") if keys is not None else None,
         )
     except (ConfigurationError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -365,6 +366,9 @@ def _leaf(error: BaseException) -> BaseException:
               envvar="SHARDCTL_KEYS", show_envvar=True,
               help="CURVE key directory (`shardctl keys generate`): encrypt and authenticate "
                    "every endpoint; needed to bind addresses other hosts can reach")
+@click.option("--insecure-loopback", is_flag=True,
+              help="accept a loopback tcp:// --control-endpoint without --keys: every local "
+                   "user can reach it (they get a redacted status and no worker slot)")
 @click.option("--remote-workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="worker slots for `shardctl worker --supervisor tcp://HOST:PORT` on other "
                    "hosts (set --control-endpoint tcp://HOST:PORT and --keys)")
@@ -382,6 +386,7 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
                 identify_interval: float, events_endpoint: str | None,
                 control_endpoint: str | None, limiter: str | None, state_file: Path | None,
                 keys: Path | None = None, remote_workers: int = 0,
+                insecure_loopback: bool = False,
                 ignore_session_start_limit: bool, log_level: str, log_format: str = "text",
                 metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> None:
     """Run a shard cluster: discover, plan, spawn workers, forward events until stopped.
@@ -396,6 +401,7 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
     from shardctl import logformat
     from shardctl.cluster import config as cfg
     from shardctl.errors import ConfigurationError, ShardctlError
+    from shardctl.ipc.control import check_control_endpoint
     from shardctl.liveview import Display, choose_mode
 
     display = Display(choose_mode(log_format, isatty=sys.stdout.isatty()))
@@ -415,7 +421,11 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
             "control_endpoint": control_endpoint, "limiter": limiter, "state_file": state_file,
             "ignore_session_start_limit": ignore_session_start_limit,
             "curve_keys": keys, "remote_workers": remote_workers,
+            "insecure_loopback": insecure_loopback,
         }
+        if control_endpoint is not None:
+            check_control_endpoint(control_endpoint, curve=keys is not None,
+                                   insecure_loopback=insecure_loopback)
         if processes is not None:
             options["processes"] = processes
         if api_url is not None:
@@ -526,7 +536,8 @@ EXIT_STATUS_UNREACHABLE = 3
               show_default=True, metavar="SECONDS", help="how long to wait for the supervisor")
 @click.option("--keys", type=click.Path(file_okay=False, path_type=Path), default=None,
               envvar="SHARDCTL_KEYS", show_envvar=True,
-              help="CURVE key directory of a supervisor run with --keys (its worker keypair)")
+              help="CURVE key directory of a supervisor run with --keys (its operator keypair, "
+                   "clients/operator)")
 def status_command(control_endpoint: str | None, as_json: bool, timeout: float,
                    keys: Path | None) -> None:
     """Ask a running supervisor for every shard's state; exit 1 unless all are READY.
@@ -546,7 +557,7 @@ def status_command(control_endpoint: str | None, as_json: bool, timeout: float,
 
     try:
         endpoint = control_endpoint or endpoints.ipc_endpoint("control.sock")
-        curve = None if keys is None else load_client(keys, "worker")
+        curve = None if keys is None else load_client(keys, "operator")
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
 

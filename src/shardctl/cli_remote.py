@@ -36,21 +36,31 @@ def keys_group() -> None:
                                  "$XDG_CONFIG_HOME/shardctl/keys]")
 @click.option("--client", "clients", multiple=True, metavar="NAME",
               help="client keypair to create and authorise; repeat for several  "
-                   "[default: worker, consumer]")
+                   "[default: one per role: worker, consumer, operator, supervisor]")
+@click.option("--role", type=click.Choice(["worker", "consumer", "operator", "supervisor"]),
+              default=None,
+              help="the role of the --client keys (default: the role each is named after)")
 @click.option("--force", is_flag=True,
               help="replace existing keypairs (every client must then get the new files)")
-def keys_generate(directory: Path | None, clients: tuple[str, ...], force: bool) -> None:
-    """Create the supervisor's keypair and client keypairs, and authorise the clients.
+def keys_generate(directory: Path | None, clients: tuple[str, ...], role: str | None,
+                  force: bool) -> None:
+    """Create the supervisor's keypair and client keypairs, and authorise each client for
+    its role.
 
-    Copy DIR/server.key and DIR/clients/NAME.key_secret to a worker or consumer host; the
-    server keypair stays on the supervisor's host.  Existing keys are kept unless --force.
+    worker: run shards (control, events in, limiter); consumer: subscribe to events only;
+    operator: full status, subscribe, configure a limiter; supervisor: use a shared
+    limiter.  Copy DIR/server.key and DIR/clients/NAME.key_secret to that client's host;
+    the server keypair stays on the supervisor's host.  Existing keys are kept unless
+    --force, so running it again is safe (it also moves keys of the older flat layout).
     """
     from shardctl.errors import ConfigurationError
     from shardctl.ipc.security import DEFAULT_CLIENTS, generate_keys
 
+    if role is not None and not clients:
+        raise click.UsageError("--role needs --client NAME")
     target = directory or default_key_dir()
     try:
-        written = generate_keys(target, clients or DEFAULT_CLIENTS, force=force)
+        written = generate_keys(target, clients or DEFAULT_CLIENTS, role=role, force=force)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     for path in written:
@@ -74,7 +84,8 @@ def worker_command(control_endpoint: str, keys: Path | None, key_name: str,
     """Join a supervisor, possibly on another host, and run the shards it assigns.
 
     The supervisor needs a free remote slot (`shardctl run --remote-workers N`).  Across
-    hosts both ends need CURVE keys: the worker's key must be authorised by the supervisor.
+    hosts both ends need CURVE keys: the supervisor must authorise this key with the worker
+    role (`shardctl keys generate` makes clients/worker).
     If this worker's host vanishes, the supervisor moves its shards to a live worker, where
     they RESUME.  Exits when the supervisor stops it or stays silent.
     """

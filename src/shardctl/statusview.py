@@ -46,4 +46,7 @@ def format_table(body: Mapping[str, Any]) -> str:
                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
              for row in table]
     lines.append(summary_line(body.get("summary") or {}))
+    if body.get("redacted"):
+        lines.append("(redacted for a peer without credentials: pass --keys DIR with an "
+                     "operator key, or ask over the ipc:// endpoint, for pids and seqs)")
     return "\n".join(lines)

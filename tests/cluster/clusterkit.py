@@ -62,8 +62,12 @@ class ConsumerProcess:
 
 
 @asynccontextmanager
-async def consumer_process(endpoint: str, *types: str) -> AsyncIterator[ConsumerProcess]:
+async def consumer_process(endpoint: str, *types: str,
+                           keys: Path | None = None) -> AsyncIterator[ConsumerProcess]:
+    """``keys``: a CURVE key directory; the consumer uses its ``consumer`` key."""
     args = [sys.executable, "-m", "shardctl.cli", "events", "--endpoint", endpoint]
+    if keys is not None:
+        args += ["--keys", str(keys)]
     for t in types:
         args += ["--type", t]
     process = await anyio.open_process(args, stderr=subprocess.DEVNULL)

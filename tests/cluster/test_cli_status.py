@@ -77,3 +77,52 @@ async def test_status_without_a_supervisor_exits_3() -> None:
         code, _, err = await status(f"ipc://{run_dir}/control.sock", "--timeout", "0.5")
     assert code == 3
     assert "no supervisor answered" in err
+
+
+async def test_status_over_curve_uses_the_operator_key_and_gets_everything() -> None:
+    from shardctl.ipc.security import generate_keys
+
+    config = SandboxConfig(shard_count=2, max_concurrency=2, identify_interval=0.2,
+                           heartbeat_interval_ms=1000, guilds_per_shard=1)
+    with short_dir() as base:
+        generate_keys(base / "keys")
+        (base / "run").mkdir(mode=0o700)
+        async with Sandbox(config) as sb, Supervisor(
+                token=TOKEN, api_url=sb.api_url, processes=1, identify_interval=0.2,
+                runtime_dir=base / "run", state_file=base / "run" / "state.json",
+                curve_keys=base / "keys") as sup:
+            with anyio.fail_after(20):
+                await sup.wait_ready()
+            endpoint = sup.endpoints["control"]
+            code, out, err = await status(endpoint, "--json", "--keys", str(base / "keys"))
+            assert code == 0, err
+            body = orjson.loads(out)
+            assert {row["pid"] for row in body["shards"]} == {sup.slots[0].pid}
+            assert "redacted" not in body
+            # Without keys the CURVE handshake never happens: no answer at all.
+            code, _, err = await status(endpoint, "--timeout", "1")
+            assert code == 3, err
+
+
+async def test_status_on_an_insecure_loopback_endpoint_is_redacted_and_says_so() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = SandboxConfig(shard_count=2, max_concurrency=2, identify_interval=0.2,
+                           heartbeat_interval_ms=1000, guilds_per_shard=1)
+    with short_dir() as run_dir:
+        async with Sandbox(config) as sb, Supervisor(
+                token=TOKEN, api_url=sb.api_url, processes=1, identify_interval=0.2,
+                runtime_dir=run_dir, state_file=run_dir / "state.json",
+                control_endpoint=f"tcp://127.0.0.1:{port}", insecure_loopback=True) as sup:
+            with anyio.fail_after(20):
+                await sup.wait_ready()
+            code, out, err = await status(sup.endpoints["control"])
+            assert code == 0, err
+            lines = out.splitlines()
+            assert [line.split()[:3] for line in lines[1:3]] == [["0", "-", "ready"],
+                                                                  ["1", "-", "ready"]]
+            assert str(sup.slots[0].pid) not in out
+            assert lines[-1].startswith("(redacted for a peer without credentials")

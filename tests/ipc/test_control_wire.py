@@ -63,17 +63,54 @@ async def test_server_and_client_exchange_and_drop_garbage(tmp_path: Path) -> No
     try:
         with anyio.fail_after(5):
             await raw.send_multipart([b"garbage"])
-            await client.send("register", {"worker": 0, "pid": 1})
-            peer, message = await server.receive()
-            assert message.kind == "register"
-            assert message.body == {"worker": 0, "pid": 1}
-            assert await server.send(peer, "assign", {"shards": [0, 1]})
+            await client.send("register", {"worker": 0, "secret": "ab" * 32})
+            incoming = await server.receive()
+            assert incoming.message.kind == "register"
+            assert incoming.message.body == {"worker": 0, "secret": "ab" * 32}
+            assert incoming.role == "operator"  # this user, on the private ipc endpoint
+            assert server.send(incoming.peer, "assign", {"shards": [0, 1]})
             reply = await client.receive()
             assert reply.kind == "assign"
             assert reply.body["shards"] == [0, 1]
-            assert not await server.send(b"no-such-peer", "beat")
+            assert not server.send(b"no-such-peer", "beat")
+            assert server.drops == 1
     finally:
         raw.close(linger=0)
         client.close()
+        server.close()
+        context.term()
+
+
+@pytest.mark.anyio
+async def test_sends_to_a_peer_that_never_reads_are_dropped_not_blocked(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Issue 12 item 4: with ROUTER_MANDATORY a full queue made the send raise zmq.Again
+    # in the supervisor's loop.  Now it is a drop: counted, logged once, never raised.
+    import zmq
+    import zmq.asyncio
+
+    from shardctl.ipc.control import ControlServer
+
+    context = zmq.asyncio.Context()
+    server = ControlServer(f"ipc://{tmp_path}/control", context=context)
+    mute = context.socket(zmq.DEALER)
+    mute.setsockopt(zmq.RCVHWM, 1)
+    mute.connect(server.endpoint)
+    body = {"shards": [{"id": i, "state": "ready"} for i in range(50)]}
+    try:
+        with anyio.fail_after(5):
+            await mute.send_multipart(encode("status"))
+            peer = (await server.receive()).peer
+        sent = 0
+        while server.send(peer, "status", body):
+            sent += 1
+            assert sent < 1_000_000, "the peer's queue never filled"
+        for _ in range(100):
+            assert not server.send(peer, "status", body)
+        assert server.drops == 101
+        logged = [r for r in caplog.records if "dropped a status message" in r.getMessage()]
+        assert len(logged) == 1
+    finally:
+        mute.close(linger=0)
         server.close()
         context.term()

@@ -22,6 +22,7 @@ from shardctl.ipc.limiter import LimiterClient
 from shardctl.ipc.security import (
     CurveClient,
     CurveServer,
+    for_socket,
     generate_keys,
     load_client,
     load_server,
@@ -65,13 +66,15 @@ def stranger(key_dirs: tuple[Path, Path], server: CurveServer) -> CurveClient:
 
 def test_generated_key_directory_is_private(key_dirs: tuple[Path, Path]) -> None:
     ours = key_dirs[0]
-    for path in [ours, ours / "clients", ours / "authorized"]:
+    for path in [ours, ours / "clients", ours / "authorized", ours / "authorized" / "worker"]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
     files = [p for p in ours.rglob("*") if p.is_file()]
     names = {p.relative_to(ours).as_posix() for p in files}
     assert {"server.key", "server.key_secret", "clients/worker.key_secret",
-            "clients/consumer.key_secret", "authorized/worker.key",
-            "authorized/consumer.key"} <= names
+            "clients/consumer.key_secret", "clients/operator.key_secret",
+            "clients/supervisor.key_secret", "authorized/worker/worker.key",
+            "authorized/consumer/consumer.key", "authorized/operator/operator.key",
+            "authorized/supervisor/supervisor.key"} <= names
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files)
 
 
@@ -107,8 +110,9 @@ async def test_curve_allows_binding_every_interface(server: CurveServer,
         try:
             await client.send("beat")
             with anyio.fail_after(5):
-                _, message = await control.receive()
-            assert message.kind == "beat"
+                incoming = await control.receive()
+            assert incoming.message.kind == "beat"
+            assert incoming.role == "worker"
         finally:
             client.close()
     finally:
@@ -125,9 +129,10 @@ async def test_control_serves_an_authorised_worker(server: CurveServer,
     try:
         await client.send("register", {"worker": None, "pid": 1})
         with anyio.fail_after(5):
-            peer, message = await control.receive()
-        assert message.kind == "register"
-        assert await control.send(peer, "beat")
+            incoming = await control.receive()
+        assert incoming.message.kind == "register"
+        assert incoming.role == "worker"
+        assert control.send(incoming.peer, "beat")
         with anyio.fail_after(5):
             assert (await client.receive()).kind == "beat"
     finally:
@@ -262,9 +267,159 @@ def test_keys_generate_command_makes_the_layout_and_keeps_existing_keys(tmp_path
     assert result.exit_code == 0, result.output
     first = load_server(target)
     result = runner.invoke(main, ["keys", "generate", "--dir", str(target),
-                                  "--client", "bot-2"])
+                                  "--client", "bot-2", "--role", "consumer"])
     assert result.exit_code == 0, result.output
     again = load_server(target)
     assert again.public == first.public  # clients keep trusting the same server key
-    assert again.authorized == first.authorized | {load_client(target, "bot-2").public}
+    bot = load_client(target, "bot-2").public
+    assert again.authorized == first.authorized | {bot}
+    assert again.clients[bot] == "consumer:bot-2"
     assert first.secret.decode() not in result.output
+
+
+# -- roles -----------------------------------------------------------------------------------
+
+
+def client_of(key_dirs: tuple[Path, Path], role: str) -> CurveClient:
+    return load_client(key_dirs[0], role)
+
+
+@pytest.mark.parametrize(("role", "heard"), [("worker", True), ("operator", True),
+                                             ("consumer", False), ("supervisor", False)])
+async def test_control_admits_workers_and_operators_only(
+        key_dirs: tuple[Path, Path], server: CurveServer, role: str, heard: bool) -> None:
+    control = ControlServer(ANY_PORT, curve=server)
+    client = ControlClient(control.endpoint, curve=client_of(key_dirs, role))
+    try:
+        with anyio.move_on_after(SILENCE if not heard else 5) as scope:
+            await client.send("status")
+            incoming = await control.receive()
+        assert scope.cancelled_caught is not heard
+        if heard:
+            assert incoming.role == role  # the ZAP User-Id "ROLE:NAME", read per message
+    finally:
+        client.close()
+        control.close()
+
+
+@pytest.mark.parametrize(("role", "admitted"), [("consumer", True), ("operator", True),
+                                                ("worker", False), ("supervisor", False)])
+async def test_events_out_admits_consumers_and_operators_only(
+        key_dirs: tuple[Path, Path], server: CurveServer, role: str, admitted: bool) -> None:
+    async with curve_bus(server) as fwd, \
+            Consumer(fwd.outbound, curve=client_of(key_dirs, role)):
+        with anyio.move_on_after(SILENCE if not admitted else 5):
+            await fwd.wait_subscribed(b"")
+        assert bool(fwd.subscriptions) is admitted
+
+
+async def test_events_in_admits_workers_only(key_dirs: tuple[Path, Path],
+                                             server: CurveServer) -> None:
+    async with curve_bus(server) as fwd, anyio.create_task_group() as tg:
+        for role in ("consumer", "operator", "supervisor"):
+            publisher = EventPublisher(fwd.inbound, curve=client_of(key_dirs, role))
+            await tg.start(publisher.run)
+            with anyio.move_on_after(SILENCE / 3):
+                await publisher.wait_subscribed()
+            assert not publisher.subscribed, f"events in admitted a {role} key"
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("role", "granted"), [("supervisor", True), ("operator", True),
+                                               ("consumer", False)])
+async def test_the_limiter_admits_workers_supervisors_and_operators(
+        key_dirs: tuple[Path, Path], server: CurveServer, role: str, granted: bool) -> None:
+    limiter = LimiterServer(ANY_PORT, max_concurrency=1, interval=0.05,
+                            curve=for_socket(server, "limiter"))
+    async with anyio.create_task_group() as tg:
+        endpoint = await tg.start(limiter.serve)
+        async with LimiterClient(endpoint, curve=client_of(key_dirs, role)) as client:
+            got = False
+            with anyio.move_on_after(SILENCE if not granted else 5):
+                async with client.identify(0):
+                    got = True
+        assert got is granted
+        tg.cancel_scope.cancel()
+
+
+def test_the_supervisor_reaches_a_shared_limiter_with_its_own_key(
+        key_dirs: tuple[Path, Path]) -> None:
+    from shardctl.cluster.remote import supervisor_keys
+
+    _, client = supervisor_keys(key_dirs[0], shared_limiter=True)
+    assert client is not None
+    assert client.public == load_client(key_dirs[0], "supervisor").public
+    assert supervisor_keys(key_dirs[0])[1] is None  # no shared limiter: no client key
+
+
+# -- key layout ------------------------------------------------------------------------------
+
+
+def flatten(directory: Path, *names: str) -> None:
+    """Turn authorized/ROLE/NAME.key into the older authorized/NAME.key."""
+    for name in names:
+        for path in (directory / "authorized").glob(f"*/{name}.key"):
+            path.rename(directory / "authorized" / f"{name}.key")
+
+
+def test_a_flat_key_named_after_a_role_keeps_that_role(tmp_path: Path) -> None:
+    keys = tmp_path / "k"
+    generate_keys(keys, ["worker", "consumer"])
+    flatten(keys, "worker", "consumer")
+    server = load_server(keys)
+    assert sorted(server.clients.values()) == ["consumer:consumer", "worker:worker"]
+
+
+def test_a_flat_key_of_any_other_name_is_refused_until_keys_are_generated_again(
+        tmp_path: Path) -> None:
+    keys = tmp_path / "k"
+    generate_keys(keys, ["bot-2"], role="consumer")
+    generate_keys(keys, ["worker"])
+    flatten(keys, "bot-2", "worker")
+    secret = (keys / "clients" / "bot-2.key_secret").read_bytes()
+    with pytest.raises(ConfigurationError, match=r"bot-2.key has no role .*re-run "
+                                                 r"`shardctl keys generate`.*--client bot-2"):
+        load_server(keys)
+    generate_keys(keys, ["bot-2"], role="consumer")  # what the message says to do
+    server = load_server(keys)
+    assert sorted(server.clients.values()) == ["consumer:bot-2", "worker:worker"]
+    assert (keys / "clients" / "bot-2.key_secret").read_bytes() == secret  # key kept
+    assert not (keys / "authorized" / "bot-2.key").exists()
+    generate_keys(keys)  # the default clients: the flat worker.key moves under its role
+    assert (keys / "authorized" / "worker" / "worker.key").exists()
+    assert not (keys / "authorized" / "worker.key").exists()
+
+
+def test_one_key_in_two_roles_or_an_unknown_role_directory_is_refused(tmp_path: Path) -> None:
+    keys = tmp_path / "k"
+    generate_keys(keys, ["worker", "operator"])
+    copy = keys / "authorized" / "operator" / "twin.key"
+    copy.write_bytes((keys / "authorized" / "worker" / "worker.key").read_bytes())
+    with pytest.raises(ConfigurationError, match="one key, one role"):
+        load_server(keys)
+    copy.unlink()
+    (keys / "authorized" / "admin").mkdir()
+    with pytest.raises(ConfigurationError, match="not a role directory"):
+        load_server(keys)
+
+
+def test_a_client_needs_a_role_and_keeps_the_one_it_has(tmp_path: Path) -> None:
+    keys = tmp_path / "k"
+    with pytest.raises(ConfigurationError, match="'bot' needs a role"):
+        generate_keys(keys, ["bot"])
+    with pytest.raises(ConfigurationError, match="unknown role 'admin'"):
+        generate_keys(keys, ["bot"], role="admin")
+    generate_keys(keys, ["bot"], role="consumer")
+    with pytest.raises(ConfigurationError, match="already authorised as consumer"):
+        generate_keys(keys, ["bot"], role="worker")
+
+
+def test_keys_generate_role_needs_a_client(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from shardctl.cli import main
+
+    result = CliRunner().invoke(main, ["keys", "generate", "--dir", str(tmp_path / "k"),
+                                       "--role", "consumer"])
+    assert result.exit_code == 2
+    assert "--role needs --client NAME" in result.output

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shardctl.errors import ProtocolError
-from shardctl.ipc.control import KINDS, VERSION, ControlMessage, decode
+from shardctl.ipc.control import KINDS, VERSION, ControlMessage, Reassembler, decode
 from shardctl.ipc.events import Event, decode_event, encode_event
 
 pytestmark = pytest.mark.timeout(120)
@@ -52,6 +52,28 @@ def test_control_decoder_survives_any_frames(frames: list[bytes]) -> None:
 def test_control_decoder_survives_near_valid_messages(version: bytes, kind: bytes,
                                                       body: bytes) -> None:
     check_decode([version, kind, body])
+
+
+part_bodies = st.fixed_dictionaries({}, optional={
+    "id": st.sampled_from(["a", "b"]) | json_values,
+    "kind": st.sampled_from(sorted(KINDS)) | json_values,
+    "index": st.integers(-1, 3) | json_values,
+    "count": st.integers(0, 4) | json_values,
+    "data": st.sampled_from(["", "e30=", "eyJh", "Ig==", "!!"]) | json_values,
+})
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.sampled_from([b"w1", b"w2"]), part_bodies), max_size=12))
+def test_reassembly_survives_any_parts(parts: list[tuple[bytes, dict[str, object]]]) -> None:
+    assembler = Reassembler()
+    for sender, body in parts:
+        try:
+            message = assembler.feed(sender, ControlMessage("part", body))
+        except ProtocolError:
+            continue
+        assert message is None or (message.kind in KINDS - {"part"}
+                                   and isinstance(message.body, dict))
 
 
 @FUZZ

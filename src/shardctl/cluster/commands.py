@@ -51,10 +51,11 @@ class CommandRouter:
         done, box = anyio.Event(), list[dict[str, Any]]()
         self._waiting[command_id] = (done, box)
         try:
-            sent = await control.send(peer, "command", {
+            sent = control.send(peer, "command", {
                 "id": command_id, "shard": shard_id, "name": name, "args": args})
             if not sent:
-                return CommandReply(shard_id, False, f"the worker of shard {shard_id} is gone")
+                return CommandReply(shard_id, False, f"the worker of shard {shard_id} is gone "
+                                    "or not reading its control channel")
             with anyio.move_on_after(wait):
                 await done.wait()
         finally:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from shardctl.cluster.discovery import DEFAULT_API_URL
 from shardctl.errors import ConfigurationError
 from shardctl.gateway.intents import Intents
+from shardctl.ipc.control import check_control_endpoint
 
 Compression = Literal["zlib-stream", "zstd-stream"] | None
 COMPRESSIONS: Final = ("zlib-stream", "zstd-stream", "none")
@@ -44,6 +45,9 @@ class RunConfig:
     #: Worker slots filled by ``shardctl worker --supervisor ...`` from other hosts
     #: (shardctl.cluster.remote), on top of the ``processes`` spawned here.
     remote_workers: int = 0
+    #: Accept a loopback tcp control endpoint without CURVE: every local user can reach it
+    #: (they get a redacted status and take no slot; README "Security model").
+    insecure_loopback: bool = False
 
     def __post_init__(self) -> None:
         if not self.token.strip():
@@ -60,6 +64,9 @@ class RunConfig:
         if not 50 <= self.large_threshold <= 250:
             raise ConfigurationError("large_threshold must be between 50 and 250")
         check_identify_interval(self.identify_interval, self.api_url)
+        if self.control_endpoint is not None:
+            check_control_endpoint(self.control_endpoint, curve=self.curve_keys is not None,
+                                   insecure_loopback=self.insecure_loopback)
 
 
 def check_identify_interval(interval: float, api_url: str) -> None:

@@ -85,6 +85,7 @@ class SupervisorCollector(Collector):
                                   value=by_type.get(READY, 0))
         yield from self._budget()
         yield from self._workers()
+        yield from self._control()
         yield from self._bus()
 
     def _budget(self) -> Iterable[Metric]:
@@ -117,6 +118,15 @@ class SupervisorCollector(Collector):
             up.add_metric([str(slot.index)], 1 if slot.alive else 0)
         yield restarts
         yield up
+
+    def _control(self) -> Iterable[Metric]:
+        refused = CounterMetricFamily(
+            "shardctl_control_refused", "Control messages refused: replies dropped for peers "
+            "gone or not reading, requests over a peer's rate, registrations without a proof",
+            labels=["reason"])
+        for reason, count in sorted(self._sup.control_refusals.items()):
+            refused.add_metric([reason], count)
+        yield refused
 
     def _bus(self) -> Iterable[Metric]:
         forwarder = self._sup._forwarder

@@ -5,8 +5,9 @@ than it spawns (``--processes``, which may then be 0).  The supervisor never sta
 for a remote slot: a ``shardctl worker --supervisor tcp://HOST:PORT`` started on any host
 registers with ``worker: null`` and takes the first free remote slot (preferring one with
 shards to run).  Across hosts the control endpoint is ``tcp://`` on an address the workers can
-reach, which needs CURVE keys (``--keys DIR``, :mod:`shardctl.ipc.security`): only workers with
-an authorised key can connect, register, or receive an assignment (and the token in it).
+reach, which needs CURVE keys (``--keys DIR``, :mod:`shardctl.ipc.security`): only peers whose
+key has the ``worker`` role can register for a remote slot and receive its assignment (and
+the token in it); see :mod:`shardctl.cluster.registration`.
 
 Endpoints: a worker learns the limiter and the events-in endpoints from its assignment, so
 they must be reachable from its host too.  When the control endpoint is ``tcp://HOST:PORT``,
@@ -39,15 +40,14 @@ from shardctl.ipc.security import CurveClient, CurveServer, load_client, load_se
 __all__ = ["adopter_for", "claim_slot", "move_shards", "service_endpoint", "supervisor_keys"]
 
 
-def supervisor_keys(directory: Path | None) -> tuple[CurveServer | None, CurveClient | None]:
-    """The supervisor's server keys, and the client keys its local workers use (if any)."""
+def supervisor_keys(directory: Path | None, *, shared_limiter: bool = False
+                    ) -> tuple[CurveServer | None, CurveClient | None]:
+    """The supervisor's server keys, and with ``shared_limiter`` its own client keys (the
+    ``supervisor`` role, which may configure a ``shardctl limiter``; never a worker's)."""
     if directory is None:
         return None, None
     server = load_server(directory)
-    try:
-        client: CurveClient | None = load_client(directory, "worker")
-    except ConfigurationError:
-        client = None
+    client = load_client(directory, "supervisor") if shared_limiter else None
     return server, client
 
 

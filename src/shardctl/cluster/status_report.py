@@ -3,7 +3,9 @@
 One row per shard and a summary, built in the supervisor from its latest worker reports.
 Ages are computed here, from the supervisor's clock, so the asking peer's clock never
 matters.  Session ids are left out: the reply is for people, and a session is half of
-what a RESUME needs.
+what a RESUME needs.  A peer without credentials (insecure loopback tcp: any local user)
+gets :func:`redacted_status_body`: states and counts, nothing that helps an attack -- no
+pids (signal targets), seqs, latencies, ages or error texts.
 """
 
 from __future__ import annotations
@@ -52,4 +54,18 @@ def status_body(shards: Sequence[ShardStatus], slots: Sequence[WorkerSlot],
         "workers": [{"index": w.index, "pid": w.pid, "restarts": w.restarts,
                      "shards": len(w.shard_ids)} for w in slots],
         "summary": {**summary(shards), "workers": len(slots)},
+    }
+
+
+def redacted_status_body(shards: Sequence[ShardStatus], slots: Sequence[WorkerSlot]
+                         ) -> dict[str, Any]:
+    """States and counts only, for peers without credentials (module docstring)."""
+    full = summary(shards)
+    return {
+        "redacted": True,
+        "shards": [{"id": s.id, "worker": s.worker, "state": s.state} for s in shards],
+        "workers": [{"index": w.index, "shards": len(w.shard_ids)} for w in slots],
+        "summary": {"shards": full["shards"], "ready": full["ready"],
+                    "all_ready": full["all_ready"], "states": full["states"],
+                    "workers": len(slots)},
     }

@@ -24,7 +24,7 @@ import anyio
 import anyio.abc
 
 from shardctl import errors
-from shardctl.cluster import remote
+from shardctl.cluster import registration, remote
 from shardctl.cluster import sessions as session_file
 from shardctl.cluster.commands import COMMAND_TIMEOUT, CommandReply, CommandRouter
 from shardctl.cluster.config import RunConfig
@@ -32,19 +32,21 @@ from shardctl.cluster.counters import EventTotals
 from shardctl.cluster.discovery import GatewayInfo, fetch_gateway_bot
 from shardctl.cluster.fanout import BatchHook, EventFanout, Output
 from shardctl.cluster.limiter_service import LimiterServer
+from shardctl.cluster.peers import PeerBudget
 from shardctl.cluster.planner import parse_shard_ids, plan
 from shardctl.cluster.restarts import RestartPolicy
 from shardctl.cluster.sessions import SessionRecord
-from shardctl.cluster.status_report import status_body
+from shardctl.cluster.status_report import redacted_status_body, status_body
 from shardctl.cluster.workers import WorkerSlot, kill, spawn, worker_command
 from shardctl.gateway.closecodes import SESSION_ENDING_CLIENT_CODES
 from shardctl.gateway.sharding import shard_for
 from shardctl.ipc import endpoints
 from shardctl.ipc.assignment import Assignment, ShardAssignment
 from shardctl.ipc.bus import EventForwarder
-from shardctl.ipc.control import ControlMessage, ControlServer
+from shardctl.ipc.control import ControlMessage, ControlServer, Incoming, Reassembler
 from shardctl.ipc.events import Event
 from shardctl.ipc.limiter import LimiterClient
+from shardctl.ipc.security import Role, for_socket
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,12 @@ class Supervisor:
         self._batch_hook: BatchHook | None = None
         self._fanout = EventFanout(self._install_batch_hook)
         self._commands = CommandRouter()
+        #: Long messages from registered workers, joined (ipc/control.py "Parts").
+        self._parts = Reassembler()
+        #: Requests from peers that are not workers: a bounded rate each (cluster/peers.py).
+        self._budget = PeerBudget()
+        #: Registrations refused (a wrong or used secret, a busy slot, a missing role).
+        self.refused_registrations = 0
         self._stopping = False
         self._stopped = anyio.Event()
         self._failure: BaseException | None = None
@@ -197,7 +205,8 @@ class Supervisor:
         limit = info.session_start_limit
         # CURVE on every endpoint when keys are configured; limiter and events-in sit next
         # to a tcp control endpoint so remote workers reach them (cluster/remote.py).
-        curve, self._worker_curve = remote.supervisor_keys(self.config.curve_keys)
+        curve, self._supervisor_curve = remote.supervisor_keys(
+            self.config.curve_keys, shared_limiter=self.config.limiter is not None)
         control_ep = self.config.control_endpoint
         limiter_ep = self.config.limiter
         if limiter_ep is None:
@@ -205,7 +214,7 @@ class Supervisor:
                 remote.service_endpoint(control_ep, "limiter", run_dir),
                 max_concurrency=limit.max_concurrency, interval=self.config.identify_interval,
                 remaining=limit.remaining, total=limit.total, reset_after=limit.reset_after,
-                curve=curve)
+                curve=for_socket(curve, "limiter"))
             limiter_ep = await tg.start(self.limiter.serve)
             if must_identify:
                 # Closed now, before any worker exists to ask; opened by the task, or by the
@@ -224,7 +233,12 @@ class Supervisor:
         forwarder.last_seq.update({r.shard_id: r.seq for r in resumable.values()})
         await tg.start(forwarder.run)
         self._control = ControlServer(
-            control_ep or endpoints.ipc_endpoint("control.sock", run_dir), curve=curve)
+            control_ep or endpoints.ipc_endpoint("control.sock", run_dir), curve=curve,
+            insecure_loopback=self.config.insecure_loopback)
+        if curve is None and self._control.endpoint.startswith("tcp://"):
+            log.warning("supervisor: control endpoint %s is open to every user of this host "
+                        "(--insecure-loopback): they get a redacted status and take no worker "
+                        "slot; use --keys or ipc:// to keep them out", self._control.endpoint)
         tg.start_soon(self._control_loop, self._control)
         self.endpoints = {"limiter": limiter_ep, "events": forwarder.outbound,
                           "events_in": forwarder.inbound, "control": self._control.endpoint}
@@ -248,7 +262,7 @@ class Supervisor:
             task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """A shared limiter learns this bot's fresh limits from our ``GET /gateway/bot``."""
         limit = info.session_start_limit
-        async with LimiterClient(endpoint, curve=self._worker_curve) as client:
+        async with LimiterClient(endpoint, curve=self._supervisor_curve) as client:
             client.configure(max_concurrency=limit.max_concurrency, remaining=limit.remaining,
                              total=limit.total, reset_after=limit.reset_after)
             task_status.started()
@@ -290,7 +304,7 @@ class Supervisor:
         control = self._control
         for slot in self.slots:
             if control is not None and slot.peer is not None and slot.alive:
-                await control.send(slot.peer, "stop", {"code": code})
+                control.send(slot.peer, "stop", {"code": code})
         with anyio.move_on_after(STOP_TIMEOUT):
             for slot in self.slots:
                 if slot.process is not None:
@@ -414,6 +428,8 @@ class Supervisor:
             await anyio.sleep(delay)
 
     def _mark_worker_gone(self, slot: WorkerSlot) -> None:
+        if slot.peer is not None:
+            self._parts.forget(slot.peer)
         slot.peer = None
         for shard_id in slot.shard_ids:
             status = self._status[shard_id]
@@ -437,7 +453,7 @@ class Supervisor:
                                 "%.1f s; killing it", slot.index, slot.pid, now - slot.last_beat)
                     kill(slot)
                 elif slot.peer is not None and self._control is not None:
-                    await self._control.send(slot.peer, "beat")
+                    self._control.send(slot.peer, "beat")
 
     async def _remote_lost(self, slot: WorkerSlot, silent: float) -> None:
         """A remote worker's host is gone: its shards RESUME on a live worker (remote.py)."""
@@ -454,7 +470,7 @@ class Supervisor:
             self._status[shard_id].worker = adopter.index
         log.info("supervisor: worker %d adopts shards %s of lost worker %d",
                  adopter.index, moved, slot.index)
-        await self._control.send(adopter.peer, "assign", self._assignment(adopter).to_body())
+        self._control.send(adopter.peer, "assign", self._assignment(adopter).to_body())
 
     def _assignment(self, slot: WorkerSlot) -> Assignment:
         assert self.info is not None
@@ -478,53 +494,78 @@ class Supervisor:
 
     async def _control_loop(self, control: ControlServer) -> None:
         while True:
-            peer, message = await control.receive()
+            incoming = await control.receive()
             try:
-                await self._handle(control, peer, message)
+                self._handle(control, incoming)
             except (KeyError, TypeError, ValueError) as exc:
-                log.warning("supervisor: dropped an invalid %s message: %s", message.kind, exc)
+                log.warning("supervisor: dropped an invalid %s message: %s",
+                            incoming.message.kind, exc)
 
-    async def _handle(self, control: ControlServer, peer: bytes,
-                      message: ControlMessage) -> None:
-        kind, body = message.kind, message.body
-        if kind == "status":
-            # A read-only query from any peer (`shardctl status`); never a worker's message.
-            await control.send(peer, "status", status_body(self.status(), self.slots))
-            return
-        if kind == "register":
-            slot = self._slot_for_registration(body, peer)
-            if slot is None:
-                log.warning("supervisor: a worker registered for no known slot: %r", body)
-                return
-            slot.peer, slot.last_beat = peer, anyio.current_time()
-            await control.send(peer, "assign", self._assignment(slot).to_body())
-            return
+    def _handle(self, control: ControlServer, incoming: Incoming) -> None:
+        peer = incoming.peer
         slot = next((s for s in self.slots if s.peer == peer), None)
         if slot is None:
-            if kind in {"beat", "state"} and any(s.remote for s in self.slots):
-                # A remote worker we took for lost is back: its shards run elsewhere now.
-                await control.send(peer, "stop", {"code": RESUMABLE_CLOSE})
-            return  # a worker we already replaced, or a stranger
+            self._from_peer(control, incoming)
+            return
+        try:
+            message = self._parts.feed(peer, incoming.message)
+        except errors.ProtocolError as exc:
+            log.warning("supervisor: worker %d: %s", slot.index, exc)
+            return
+        if message is None:
+            return  # a part of a longer message
         slot.last_beat = anyio.current_time()
-        if kind == "state":
-            self._on_state(slot, body)
-        elif kind == "reply":
-            self._commands.on_reply(body)
+        if message.kind == "state":
+            self._on_state(slot, message.body)
+        elif message.kind == "reply":
+            self._commands.on_reply(message.body)
+        elif message.kind == "status":
+            self._answer_status(control, peer, incoming.role)
 
-    def _slot_for_registration(self, body: dict[str, Any], peer: bytes) -> WorkerSlot | None:
-        index, pid = body.get("worker"), body.get("pid")
-        if index is None:
-            # A worker from another host (`shardctl worker`): with CURVE it proved its key
-            # in the handshake; it takes a free remote slot, if any (cluster/remote.py).
-            slot = remote.claim_slot(self.slots, peer)
-            if slot is not None:
-                slot.pid = pid if isinstance(pid, int) else None
-            return slot
-        if not isinstance(index, int) or not 0 <= index < len(self.slots):
-            return None
-        slot = self.slots[index]
-        # Only the process we spawned for this slot may take it.
-        return slot if slot.pid == pid else None
+    def _from_peer(self, control: ControlServer, incoming: Incoming) -> None:
+        """A message from a peer that holds no slot: a status query or a registration.
+
+        Whatever would be answered costs the peer's request budget (cluster/peers.py); a
+        registration is answered only when it proves itself, so a flood of bad ones costs
+        nothing but their reading -- and never delays a real worker's registration.
+        """
+        peer, kind, role = incoming.peer, incoming.message.kind, incoming.role
+        if kind == "register":
+            self._register(control, peer, incoming.message, role)
+            return
+        stale = kind in {"beat", "state"} and role == Role.WORKER and any(
+            s.remote for s in self.slots)
+        if (kind != "status" and not stale) or not self._budget.allow(
+                peer, anyio.current_time(), anonymous=role is None):
+            return  # a worker we already replaced, a stranger, or over its budget
+        if kind == "status":
+            self._answer_status(control, peer, role)
+        else:
+            # A remote worker we took for lost is back: its shards run elsewhere now.
+            control.send(peer, "stop", {"code": RESUMABLE_CLOSE})
+
+    def _answer_status(self, control: ControlServer, peer: bytes, role: Role | None) -> None:
+        # In full to operators (a CURVE operator key, or this user on the private ipc
+        # endpoint); states and counts only to anyone else (cluster/status_report.py).
+        shards = self.status()
+        control.send(peer, "status", status_body(shards, self.slots) if role == Role.OPERATOR
+                     else redacted_status_body(shards, self.slots))
+
+    def _register(self, control: ControlServer, peer: bytes, message: ControlMessage,
+                  role: Role | None) -> None:
+        slot, why = registration.slot_for(self.slots, message.body, peer, role,
+                                          curve=self.config.curve_keys is not None)
+        if slot is None:
+            self.refused_registrations += 1
+            if self._budget.first(peer, "register"):
+                log.warning("supervisor: refused a registration from peer %s: %s (further "
+                            "refusals for this peer are counted, not logged)", peer.hex(), why)
+            return
+        if slot.remote:
+            pid = message.body.get("pid")
+            slot.pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+        slot.peer, slot.last_beat = peer, anyio.current_time()
+        control.send(peer, "assign", self._assignment(slot).to_body())
 
     def _on_state(self, slot: WorkerSlot, body: dict[str, Any]) -> None:
         for item in body["shards"]:
@@ -558,6 +599,12 @@ class Supervisor:
         self._batch_hook = hook
         if self._forwarder is not None:
             self._forwarder.on_batch = hook
+
+    @property
+    def control_refusals(self) -> dict[str, int]:
+        """Control messages refused so far, by reason (also ``/metrics``)."""
+        return {"dropped_send": self._control.drops if self._control is not None else 0,
+                "rate": self._budget.refused, "registration": self.refused_registrations}
 
     @property
     def listener_drops(self) -> int:

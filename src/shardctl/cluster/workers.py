@@ -4,18 +4,28 @@ A worker is a separate OS process (``python -m shardctl.worker``) that connects 
 supervisor's control endpoint.  The supervisor watches two things: the process itself (exit)
 and its liveness beats on the control channel; a worker that stops beating (frozen,
 SIGSTOPped, deadlocked) is killed so that the exit path respawns it.
+
+Only the process spawned for a slot may take it: each spawn draws a fresh secret and writes
+it, as one line, to the child's stdin (a pipe closed right after; never argv or the
+environment, which other local users can read in ``/proc``).  The worker registers with it
+and the supervisor compares it once.  The child's environment is ours minus every token
+variable: the token reaches a worker only in its assignment.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import os
+import secrets
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 import anyio
 import anyio.abc
@@ -23,6 +33,10 @@ import anyio.abc
 from shardctl.cluster.restarts import RestartPolicy
 
 log = logging.getLogger(__name__)
+
+#: Environment variables a worker never inherits: the token, or where to find it.
+TOKEN_VARIABLES: Final = ("DISCORD_TOKEN",)
+TOKEN_PREFIXES: Final = ("SHARDCTL_TOKEN",)
 
 
 def worker_command(control_endpoint: str, index: int, keys: Path | None = None) -> list[str]:
@@ -50,6 +64,18 @@ class WorkerSlot:
     #: Run by a worker on another host that registers itself (shardctl.cluster.remote); the
     #: supervisor spawns no process for it and knows it alive while it is registered.
     remote: bool = False
+    #: The current process's per-spawn secret (hex) until it registers with it.
+    secret: str | None = field(default=None, repr=False)
+
+    def take(self, secret: object) -> bool:
+        """Whether ``secret`` is this slot's, which it then stops being (one registration)."""
+        if self.secret is None or not isinstance(secret, str):
+            return False
+        if not hmac.compare_digest(secret.encode("utf-8", "surrogatepass"),
+                                   self.secret.encode()):
+            return False
+        self.secret = None
+        return True
 
     @property
     def alive(self) -> bool:
@@ -58,16 +84,33 @@ class WorkerSlot:
         return self.process is not None and self.process.returncode is None
 
 
-async def spawn(slot: WorkerSlot, command: Sequence[str], *, now: float) -> None:
-    env = dict(os.environ)
+def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Ours, minus the token variables, plus unbuffered output."""
+    env = {k: v for k, v in (os.environ if environ is None else environ).items()
+           if k not in TOKEN_VARIABLES and not k.startswith(TOKEN_PREFIXES)}
     # Workers log to the supervisor's stderr; unbuffered so a crash loses no lines.
     env["PYTHONUNBUFFERED"] = "1"
-    slot.process = await anyio.open_process(list(command), stdin=None, stdout=None, stderr=None,
-                                            env=env)
+    return env
+
+
+async def spawn(slot: WorkerSlot, command: Sequence[str], *, now: float) -> None:
+    slot.secret = secret = secrets.token_hex(32)
+    slot.process = await anyio.open_process(list(command), stdin=subprocess.PIPE, stdout=None,
+                                            stderr=None, env=worker_environment())
     slot.pid = slot.process.pid
     slot.peer = None
     slot.last_beat = now
     slot.generation += 1
+    stdin = slot.process.stdin
+    assert stdin is not None
+    try:
+        # 65 bytes into an empty pipe: never blocks.
+        await stdin.send(f"{secret}\n".encode())
+    except (BrokenPipeError, ConnectionResetError, anyio.BrokenResourceError):
+        log.warning("worker %d (pid %d) exited before reading its secret", slot.index,
+                    slot.pid)  # its exit is seen by whoever waits for it
+    finally:
+        await stdin.aclose()
     log.info("worker %d started (pid %d, shards %s)", slot.index, slot.pid,
              _ranges(slot.shard_ids))
 

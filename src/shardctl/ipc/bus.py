@@ -67,7 +67,7 @@ from shardctl.ipc.events import (
     type_bytes,
 )
 from shardctl.ipc.readable import Readable
-from shardctl.ipc.security import CurveClient, CurveServer
+from shardctl.ipc.security import CurveClient, CurveServer, for_socket
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ _RETRY_MIN: Final = 0.0005
 _RETRY_MAX: Final = 0.02
 #: Backlog (events) above which the worker's shards pause reading: ~15 MB of MESSAGE_CREATE.
 DEFAULT_HIGH_WATER: Final = 10_000
+#: ZMQ_MAXMSGSIZE of events out: what a consumer sends is a subscription, a few bytes.
+SUBSCRIPTION_MAX_BYTES: Final = 64 << 10
 
 
 def wait_socket(shadow: zmq.asyncio.Socket, timeout_ms: int, flags: int) -> Awaitable[int]:
@@ -468,15 +470,17 @@ class EventForwarder:
             sin.setsockopt(zmq.SUBSCRIBE, b"")
             sout.setsockopt(zmq.SNDHWM, self._out_hwm)
             sout.setsockopt(zmq.LINGER, 0)
+            # Consumers send only subscriptions (event type prefixes) upstream.
+            sout.setsockopt(zmq.MAXMSGSIZE, SUBSCRIPTION_MAX_BYTES)
             if self._nodrop:
                 sout.setsockopt(zmq.XPUB_NODROP, 1)
             with contextlib.ExitStack() as binds:
                 # endpoints.bind: ipc:// binds are locked (no silent takeover), tcp:// must be
                 # loopback; ``tcp://127.0.0.1:*`` picks a port, so record what we got.
                 self.inbound = binds.enter_context(
-                    endpoints.bind(sin, self.inbound, curve=self._curve))
-                self.outbound = binds.enter_context(
-                    endpoints.bind(sout, self.outbound, curve=self._curve))
+                    endpoints.bind(sin, self.inbound, curve=for_socket(self._curve, "events_in")))
+                self.outbound = binds.enter_context(endpoints.bind(
+                    sout, self.outbound, curve=for_socket(self._curve, "events_out")))
                 self._out = sout
                 aout = zmq.asyncio.Socket.from_socket(sout)
                 async with Readable(sin) as readable, anyio.create_task_group() as tg:

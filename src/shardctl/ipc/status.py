@@ -1,8 +1,10 @@
 """Asking a running supervisor for its status over the control channel (``shardctl status``).
 
 The asker is a plain DEALER peer: it sends ``status`` {} and waits for the ``status`` reply
-(see :mod:`shardctl.ipc.control`).  It never registers, so the supervisor never takes it
-for a worker.
+(see :mod:`shardctl.ipc.control`; a long one arrives in parts, joined here).  It never
+registers, so the supervisor never takes it for a worker.  An operator (the ``operator``
+CURVE key, or this user on the private ipc:// endpoint) gets the full body; any other peer
+a body with ``redacted: true``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,15 @@
-"""``python -m shardctl.worker --control ENDPOINT [--index N]``: how the supervisor starts us."""
+"""``python -m shardctl.worker --control ENDPOINT [--index N]``: how the supervisor starts us.
+
+With ``--index`` the first line on stdin is the per-spawn secret (64 hex digits) that
+proves to the supervisor that this process is the one it spawned for that slot
+(cluster/workers.py); stdin is a pipe the supervisor closes right after it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -23,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=Path, default=None,
                         help="CURVE key directory (its clients/worker keypair is used)")
     args = parser.parse_args(argv)
+    secret = None
+    if args.index is not None:
+        secret = sys.stdin.readline().strip()
+        if not re.fullmatch(r"[0-9a-f]{64}", secret):
+            parser.error("--index needs the supervisor's per-spawn secret as the first line "
+                         "of stdin (workers are started by `shardctl run`)")
     curve = load_client(args.keys, "worker") if args.keys is not None else None
     # Ctrl-C reaches the whole process group; the supervisor alone decides how we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -30,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     logformat.configure(os.environ.get("SHARDCTL_LOG_LEVEL", "INFO"),
                         logformat.format_from_env(), process=f"worker[{args.index}]")
     freeze_startup_heap()
-    return anyio.run(run_worker, args.control, args.index, curve, backend="asyncio")
+    return anyio.run(run_worker, args.control, args.index, curve, secret, backend="asyncio")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from shardctl.gateway.machine import Emit
 from shardctl.gateway.sharding import shard_for
 from shardctl.ipc.assignment import Assignment
 from shardctl.ipc.bus import EventPublisher
-from shardctl.ipc.control import ControlClient, ControlMessage
+from shardctl.ipc.control import ControlClient, ControlMessage, MessageTooLargeError
 from shardctl.ipc.events import lifecycle_payload
 from shardctl.ipc.limiter import LimiterClient
 from shardctl.ipc.security import CurveClient
@@ -62,9 +62,11 @@ class _ShardInfo:
 class Worker:
     def __init__(self, control_endpoint: str, index: int | None, *,
                  clock: Callable[[], float] = time.monotonic,
-                 curve: CurveClient | None = None) -> None:
+                 curve: CurveClient | None = None, secret: str | None = None) -> None:
         # ``curve``: client keys for a supervisor that runs CURVE; every channel uses them.
+        # ``secret``: the per-spawn secret of a worker the supervisor spawned (its stdin).
         self._curve = curve
+        self._secret = secret
         self._limiter: LimiterClient | None = None
         self._control = ControlClient(control_endpoint, curve=curve)
         self._index = index
@@ -78,7 +80,7 @@ class Worker:
 
     async def run(self) -> int:
         try:
-            await self._control.send("register", {"worker": self._index, "pid": os.getpid()})
+            await self._control.send("register", self._registration())
             try:
                 assignment = await self._await_assignment()
             except (TimeoutError, ProtocolError) as exc:
@@ -88,6 +90,11 @@ class Worker:
             return self._exit_code
         finally:
             self._control.close()
+
+    def _registration(self) -> dict[str, Any]:
+        if self._index is None:  # a remote worker: its CURVE key is its proof
+            return {"worker": None, "pid": os.getpid()}
+        return {"worker": self._index, "secret": self._secret}
 
     async def _await_assignment(self) -> Assignment:
         with anyio.fail_after(ASSIGN_TIMEOUT):
@@ -247,10 +254,13 @@ class Worker:
     async def _command(self, message: ControlMessage) -> None:
         body = message.body
         result = await self._execute(body)
-        await self._control.send("reply", {"id": body.get("id"), "ok": result.ok,
-                                           "error": result.error,
-                                           "retry_after": result.retry_after,
-                                           "value": result.value})
+        reply = {"id": body.get("id"), "ok": result.ok, "error": result.error,
+                 "retry_after": result.retry_after, "value": result.value}
+        try:
+            await self._control.send("reply", reply)
+        except MessageTooLargeError as exc:
+            await self._control.send("reply", {"id": body.get("id"), "ok": False,
+                                               "error": f"the reply is too large: {exc}"})
 
     async def _execute(self, body: dict[str, Any]) -> CommandResult:
         name, args = body.get("name"), body.get("args")
@@ -298,9 +308,10 @@ def _track_guilds(guilds: set[str], name: str, d: Any) -> None:
 
 
 async def run_worker(control_endpoint: str, index: int | None,
-                     curve: CurveClient | None = None) -> int:
+                     curve: CurveClient | None = None, secret: str | None = None) -> int:
     """Entry point of ``python -m shardctl.worker`` and ``shardctl worker``: the exit code.
 
-    ``index`` None: a worker from another host, which takes a free remote slot.
+    ``index`` None: a worker from another host, which takes a free remote slot.  Else
+    ``secret`` is the per-spawn secret the supervisor gave this process.
     """
-    return await Worker(control_endpoint, index, curve=curve).run()
+    return await Worker(control_endpoint, index, curve=curve, secret=secret).run()
