@@ -44,6 +44,7 @@ from shardctl.ipc.bus import EventForwarder
 from shardctl.ipc.control import ControlMessage, ControlServer
 from shardctl.ipc.events import Event
 from shardctl.ipc.limiter import LimiterClient
+from shardctl.ipc.publishers import new_publish_key
 
 log = logging.getLogger(__name__)
 
@@ -443,6 +444,9 @@ class Supervisor:
         log.warning("supervisor: remote worker %d missed its liveness beats for %.1f s; "
                     "taking its shards away", slot.index, silent)
         self._mark_worker_gone(slot)
+        if self._forwarder is not None:
+            # It may still be alive and publishing: nothing of it is forwarded any more.
+            self._forwarder.publishers.revoke(slot.index)
         adopter = remote.adopter_for(self.slots, slot)
         if adopter is None or adopter.peer is None or self._control is None:
             log.warning("supervisor: no live worker to adopt shards %s; they wait for the "
@@ -453,10 +457,14 @@ class Supervisor:
             self._status[shard_id].worker = adopter.index
         log.info("supervisor: worker %d adopts shards %s of lost worker %d",
                  adopter.index, moved, slot.index)
-        await self._control.send(adopter.peer, "assign", self._assignment(adopter).to_body())
+        await self._control.send(adopter.peer, "assign",
+                                 self._assignment(adopter, same_process=True).to_body())
 
-    def _assignment(self, slot: WorkerSlot) -> Assignment:
-        assert self.info is not None
+    def _assignment(self, slot: WorkerSlot, *, same_process: bool = False) -> Assignment:
+        """What ``slot``'s worker runs now, with a fresh publish key that events-in takes
+        from now on (the old one stops working; ``same_process``: not before the worker
+        has switched, since it is the same live publisher, see ipc/publishers.py)."""
+        assert self.info is not None and self._forwarder is not None
         shards = []
         for shard_id in slot.shard_ids:
             record = self._session_of(shard_id)
@@ -465,13 +473,17 @@ class Supervisor:
                                               record.resume_gateway_url, record.seq))
             else:
                 shards.append(ShardAssignment(shard_id))
+        key = new_publish_key()
+        self._forwarder.publishers.authorize(slot.index, key, slot.shard_ids,
+                                             same_process=same_process)
         return Assignment(
             token=self.config.token, gateway_url=self.info.url, shard_count=self.shard_count,
             intents=int(self.config.intents), compression=self.config.compression,
             limiter=self.endpoints["limiter"], events=self.endpoints["events_in"],
             shards=tuple(shards), large_threshold=self.config.large_threshold,
             beat_interval=self._beat_interval,
-            supervisor_timeout=max(10.0, self._liveness_timeout * 2))
+            supervisor_timeout=max(10.0, self._liveness_timeout * 2),
+            worker=slot.index, publish_key=key)
 
     # ------------------------------------------------------------------ control channel
 

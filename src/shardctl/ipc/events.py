@@ -36,16 +36,23 @@ so any subscriber can count what it lost between the supervisor and itself; ``se
 unfiltered subscriber check the whole chain from Discord.  READY starts a new session at
 ``s = 1``; RESUMED and replays continue the old numbering.
 
-Worker batch (worker XPUB → supervisor SUB): ONE frame per batch::
+Worker batch (worker XPUB → supervisor SUB): ONE frame per batch, internal to shardctl::
 
-    batch header   4 bytes: u8 version = 1, u8 reserved, u16 event count
+    batch header   40 bytes, big-endian:
+        +0   u8   batch version = 2
+        +1   u8   reserved (0)
+        +2   u16  event count
+        +4   u32  worker: the publisher's slot index (its assignment's ``worker``)
+        +8   32 bytes  publish key: the ``publish_key`` of that assignment
     then per event:
         u32  length of the consumer message that follows
         u8   length of the type
         the consumer message exactly as above, with bus_seq and epoch zero
 
-so the supervisor's hot path is: unpack 5 bytes, patch 12 bytes, send a slice -- no JSON,
-no per-event objects (DESIGN.md §3).
+so the supervisor's hot path is: check the header once per batch, unpack 5 bytes per event,
+patch 12 bytes, send a slice -- no JSON, no per-event objects (DESIGN.md §3).  Version 1
+batches (no worker, no key) are refused: anyone who can reach events-in could send them
+(:mod:`shardctl.ipc.publishers`).  A batch is at most :data:`MAX_BATCH_BYTES`.
 """
 
 from __future__ import annotations
@@ -79,7 +86,15 @@ BUS_OFFSET: Final = 24
 BUS: Final = struct.Struct(">QI")
 #: the part of HEADER that belongs to a subscription prefix: version + shard
 PREFIX: Final = struct.Struct(">BI")
-BATCH_HEADER: Final = struct.Struct(">BBH")
+#: worker batches: version 2 carries the publisher's slot and publish key
+BATCH_VERSION: Final = 2
+BATCH_HEADER: Final = struct.Struct(">BBHI32s")
+#: bytes of the publish key in a batch header (shardctl.ipc.publishers.PUBLISH_KEY_SIZE)
+BATCH_KEY_SIZE: Final = 32
+#: Largest worker batch the supervisor reads (its ZMQ_MAXMSGSIZE on events-in): a gateway
+#: payload may decompress to 64 MiB (the inflaters' cap), sealed into a batch that already
+#: holds up to the publisher's max_bytes (256 KiB by default).
+MAX_BATCH_BYTES: Final = 72 * 2**20
 #: per-event prefix inside a batch: message length, type length
 RECORD: Final = struct.Struct(">IB")
 MAX_BATCH_EVENTS: Final = 0xFFFF
@@ -186,11 +201,19 @@ def encode_record(t: str | bytes, shard: int, seq: int | None, received_at_ns: i
                      tb, b"\0", head, payload))
 
 
-def encode_batch(records: list[bytes]) -> bytes:
-    """Join records made by :func:`encode_record` into one worker batch frame."""
+def encode_batch(records: list[bytes], *, worker: int = 0,
+                 key: bytes = bytes(BATCH_KEY_SIZE)) -> bytes:
+    """Join records made by :func:`encode_record` into one worker batch frame, sent by
+    ``worker`` with its assignment's publish ``key``."""
     if len(records) > MAX_BATCH_EVENTS:
         raise ValueError(f"a batch holds at most {MAX_BATCH_EVENTS} events")
-    return BATCH_HEADER.pack(VERSION, 0, len(records)) + b"".join(records)
+    return batch_header(len(records), worker, key) + b"".join(records)
+
+
+def batch_header(count: int, worker: int, key: bytes) -> bytes:
+    if len(key) != BATCH_KEY_SIZE:
+        raise ValueError(f"a publish key has {BATCH_KEY_SIZE} bytes")
+    return BATCH_HEADER.pack(BATCH_VERSION, 0, count, _check_u32(worker, "worker"), key)
 
 
 def iter_batch(batch: bytes) -> list[tuple[int, int, int]]:
@@ -202,8 +225,8 @@ def iter_batch(batch: bytes) -> list[tuple[int, int, int]]:
     n = len(batch)
     if n < BATCH_HEADER.size:
         raise ProtocolError("event batch shorter than its header")
-    version, _, count = BATCH_HEADER.unpack_from(batch, 0)
-    if version != VERSION:
+    version, _, count, _, _ = BATCH_HEADER.unpack_from(batch, 0)
+    if version != BATCH_VERSION:
         raise ProtocolError(f"unknown event batch version {version}")
     out: list[tuple[int, int, int]] = []
     off = BATCH_HEADER.size
