@@ -58,7 +58,8 @@ def _sandbox_options(func: Callable[..., None]) -> Callable[..., None]:
             option = click.option(f"--{name}/--no-{name}", f.name, default=default,
                                   show_default=True, help=help_text)
         else:
-            kind = {"int": int, "float": float, "str": str, "int | None": int}[str(f.type)]
+            kind = {"int": int, "float": float, "str": str, "int | None": int,
+                    "str | None": str}[str(f.type)]
             option = click.option(flag, f.name, type=kind, default=default, show_default=True,
                                   help=help_text)
         func = option(func)

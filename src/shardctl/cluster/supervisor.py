@@ -34,7 +34,7 @@ from shardctl.cluster.fanout import BatchHook, EventFanout, Output
 from shardctl.cluster.limiter_service import LimiterServer
 from shardctl.cluster.planner import parse_shard_ids, plan
 from shardctl.cluster.restarts import RestartPolicy
-from shardctl.cluster.sessions import SessionRecord
+from shardctl.cluster.sessions import ResumeUrlCheck, SessionRecord
 from shardctl.cluster.status_report import status_body
 from shardctl.cluster.workers import WorkerSlot, kill, spawn, worker_command
 from shardctl.gateway.sharding import shard_for
@@ -125,6 +125,8 @@ class Supervisor:
         #: Per-shard event counts by type, cumulative over worker restarts (metrics, rates).
         self.event_totals = EventTotals()
         self.endpoints: dict[str, str] = {}
+        #: where a RESUME may go: Discord's gateway hosts, and ours once discovered
+        self._resume_allowed = ResumeUrlCheck()
 
     def __repr__(self) -> str:
         return (f"<Supervisor shards={self.shard_count} workers={len(self.slots)} "
@@ -135,10 +137,12 @@ class Supervisor:
     async def __aenter__(self) -> Supervisor:
         info = self.info = await fetch_gateway_bot(self.config.token,
                                                    api_url=self.config.api_url)
+        self._resume_allowed = ResumeUrlCheck((info.url, self.config.api_url))
         self.shard_count = self.config.shards or info.shards
         ids = (parse_shard_ids(self.config.shard_ids, self.shard_count)
                if self.config.shard_ids else list(range(self.shard_count)))
-        saved = session_file.load(self.state_file, self.config.token, self.shard_count)
+        saved = session_file.load(self.state_file, self.config.token, self.shard_count,
+                                  resume_allowed=self._resume_allowed)
         resumable = {i: saved[i] for i in ids if i in saved}
         self._check_budget(info, len(ids) - len(resumable))
         local = self.config.processes
@@ -220,7 +224,7 @@ class Supervisor:
             # A slow consumer must not stall the cluster: it loses events at its high-water
             # mark and sees the loss as bus_seq gaps (DESIGN.md §3).
             nodrop=False, on_batch=self._batch_hook, on_progress=self._on_bus_progress,
-            curve=curve)
+            curve=curve, resume_url_allowed=self._resume_allowed)
         forwarder.last_seq.update({r.shard_id: r.seq for r in resumable.values()})
         await tg.start(forwarder.run)
         self._control = ControlServer(
@@ -552,7 +556,10 @@ class Supervisor:
             self.event_totals.observe(shard_id, slot.pid, item.get("counts"))
             if item.get("session_id"):
                 status.session_id = item["session_id"]
-                status.resume_gateway_url = item.get("resume_gateway_url")
+                url = item.get("resume_gateway_url")
+                # Not a host the token may go to: keep the session out of any RESUME.
+                status.resume_gateway_url = (
+                    url if isinstance(url, str) and self._resume_allowed(url) else None)
             elif status.state == "ready":
                 status.session_id = status.resume_gateway_url = None
             error = item.get("error")

@@ -454,6 +454,9 @@ class EventForwarder:
     whose ``s`` was already forwarded, so a resume replay is never published twice.  READY
     starts a new session and always passes.
 
+    ``resume_url_allowed`` judges the ``resume_gateway_url`` of each READY: a session whose
+    URL it refuses is not noted (``last_session``), so nobody RESUMEs it.
+
     ``on_batch`` is called after each batch is forwarded with its events decoded (only built
     when a hook is set): the supervisor feeds in-process iterators from it.  It runs on the
     forwarder's hot path: keep it short and non-blocking (e.g. ``send_nowait`` into memory
@@ -481,7 +484,8 @@ class EventForwarder:
                  on_batch: BatchHook | None = None,
                  on_progress: Callable[[], None] | None = None, drop_duplicates: bool = True,
                  epoch: int | None = None, curve: CurveServer | None = None,
-                 max_batch_bytes: int = MAX_BATCH_BYTES) -> None:
+                 max_batch_bytes: int = MAX_BATCH_BYTES,
+                 resume_url_allowed: Callable[[str], bool] | None = None) -> None:
         self.inbound = inbound
         self.outbound = outbound
         self._context = context
@@ -507,6 +511,7 @@ class EventForwarder:
         #: who may publish which shards (the supervisor authorizes every assignment)
         self.publishers = PublishGrants()
         self._max_batch_bytes = max_batch_bytes
+        self._resume_url_allowed = resume_url_allowed
         #: claimed workers already logged as refused / foreign (None: not a known worker)
         self._logged: set[tuple[str, int | None]] = set()
 
@@ -737,10 +742,12 @@ class EventForwarder:
             session, url = d.get("session_id"), d.get("resume_gateway_url")
         except (orjson.JSONDecodeError, AttributeError):
             session = url = None
-        if isinstance(session, str) and isinstance(url, str):
+        allowed = self._resume_url_allowed
+        if isinstance(session, str) and isinstance(url, str) and (
+                allowed is None or allowed(url)):
             self.last_session[shard] = (session, url)
         else:
-            self.last_session.pop(shard, None)
+            self.last_session.pop(shard, None)  # no RESUME of this one: the shard IDENTIFYs
 
     async def _read_subscriptions(self, sout: zmq.Socket[bytes],
                                   aout: zmq.asyncio.Socket) -> None:
