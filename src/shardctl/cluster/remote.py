@@ -36,7 +36,8 @@ from shardctl.errors import ConfigurationError
 from shardctl.ipc import endpoints
 from shardctl.ipc.security import CurveClient, CurveServer, load_client, load_server
 
-__all__ = ["adopter_for", "claim_slot", "move_shards", "service_endpoint", "supervisor_keys"]
+__all__ = ["adopter_for", "claim_slot", "limiter_keys", "move_shards", "service_endpoint",
+           "supervisor_keys"]
 
 
 def supervisor_keys(directory: Path | None) -> tuple[CurveServer | None, CurveClient | None]:
@@ -49,6 +50,18 @@ def supervisor_keys(directory: Path | None) -> tuple[CurveServer | None, CurveCl
     except ConfigurationError:
         client = None
     return server, client
+
+
+def limiter_keys(directory: Path | None) -> CurveClient | None:
+    """The client keys the supervisor configures a shared limiter with: its own
+    (``clients/supervisor``), since a worker's key may only ask for slots; a key directory
+    made before roles has only the worker's, which a role-checking limiter refuses."""
+    if directory is None:
+        return None
+    try:
+        return load_client(directory, "supervisor")
+    except ConfigurationError:
+        return load_client(directory, "worker")
 
 
 def service_endpoint(control: str | None, name: str, run_dir: Path) -> str:

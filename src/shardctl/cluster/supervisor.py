@@ -209,7 +209,7 @@ class Supervisor:
                 remote.service_endpoint(control_ep, "limiter", run_dir),
                 max_concurrency=limit.max_concurrency, interval=self.config.identify_interval,
                 remaining=limit.remaining, total=limit.total, reset_after=limit.reset_after,
-                curve=curve)
+                curve=curve, insecure_loopback=self.config.insecure_loopback)
             limiter_ep = await tg.start(self.limiter.serve)
             if must_identify:
                 # Closed now, before any worker exists to ask; opened by the task, or by the
@@ -250,11 +250,18 @@ class Supervisor:
     async def _configure_remote_limiter(
             self, endpoint: str, info: GatewayInfo, *,
             task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """A shared limiter learns this bot's fresh limits from our ``GET /gateway/bot``."""
+        """A shared limiter learns this bot's fresh limits from our ``GET /gateway/bot``.
+
+        Before any worker exists: a limiter that does not answer, or refuses us, ends the
+        start within ``limiter_timeout`` with one line naming it.
+        """
         limit = info.session_start_limit
-        async with LimiterClient(endpoint, curve=self._worker_curve) as client:
-            client.configure(max_concurrency=limit.max_concurrency, remaining=limit.remaining,
-                             total=limit.total, reset_after=limit.reset_after)
+        async with LimiterClient(endpoint, curve=remote.limiter_keys(self.config.curve_keys)
+                                 ) as client:
+            with client.answer_within(self.config.limiter_timeout):
+                await client.configure(
+                    max_concurrency=limit.max_concurrency, remaining=limit.remaining,
+                    total=limit.total, reset_after=limit.reset_after)
             task_status.started()
             await anyio.sleep_forever()
 
