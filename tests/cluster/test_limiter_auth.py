@@ -187,7 +187,7 @@ def test_a_loopback_tcp_limiter_without_keys_needs_the_operator_s_opt_in() -> No
 @pytest.fixture(scope="module")
 def role_keys() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="sla-keys-") as tmp:
-        generate_keys(Path(tmp), ["worker", "supervisor", "operator"])
+        generate_keys(Path(tmp), ["worker", "supervisor", "operator", "consumer"])
         yield Path(tmp)
 
 
@@ -195,7 +195,8 @@ def role_keys() -> Iterator[Path]:
 def roles_in_zap(role_keys: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The ZAP handler names each authorised key's role in User-Id, "<role>:<name>" (the
     layout of issue 12's role keys; the key-only handler of today names the key)."""
-    names = {load_client(role_keys, n).public: n for n in ("worker", "supervisor", "operator")}
+    names = {load_client(role_keys, n).public: n
+             for n in ("worker", "supervisor", "operator", "consumer")}
 
     def user_id(self: object, key: bytes) -> str:
         name = names[z85.encode(key)]
@@ -217,6 +218,11 @@ async def test_over_curve_only_supervisor_and_operator_keys_configure(role_keys:
                 await worker.configure(max_concurrency=64)
             async with worker.identify(0):  # a worker asks for slots
                 pass
+        async with LimiterClient(server.endpoint,
+                                 curve=load_client(role_keys, "consumer")) as consumer:
+            with pytest.raises(LimiterRefusedError, match="consumer role may not"), \
+                    consumer.answer_within(5):
+                await consumer.configure(max_concurrency=64)
         for name, mc in (("supervisor", 2), ("operator", 3)):
             async with LimiterClient(server.endpoint,
                                      curve=load_client(role_keys, name)) as client:

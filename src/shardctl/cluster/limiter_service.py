@@ -378,6 +378,9 @@ class LimiterServer:
     def _client_for(self, peer: bytes, client_id: str, now: float) -> _Client | None:
         """The client ``peer`` speaks for; None (refused) if that id is another's."""
         service = self._service_or_raise()
+        if service.role_of(peer) == "consumer":  # subscribes to events, nothing else
+            service.send_refused(peer, client_id, "the consumer role may not use the limiter")
+            return None
         principal = service.principal_of(peer)
         client = self._clients.get(client_id)
         if client is None:

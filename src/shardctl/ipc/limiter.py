@@ -876,12 +876,23 @@ class LimiterClient:
                     self._answers[message.seq] = message
                     self._answered.set()
                     self._answered = anyio.Event()
-            elif isinstance(message, Refused) and message.reason not in self._refusals:
-                # Our id is held by another connection (ours before a reconnect, until the
-                # service sees that one gone): pings go on, and the next pong resyncs.
-                self._refusals.add(message.reason)
-                log.warning("limiter client %s: the limiter ignored us: %s", self.client_id,
-                            message.reason)
+            elif isinstance(message, Refused):
+                self._refused(message)
+
+    def _refused(self, message: Refused) -> None:
+        """The service ignored us: a configure waiting for its answer has it; requests wait
+        on (our id is held by our own connection before a reconnect until the service sees
+        that one gone: pings go on, and the next pong resyncs)."""
+        waiting = [seq for seq, answer in self._answers.items() if answer is None]
+        for seq in waiting:
+            self._answers[seq] = Configured(seq, False, message.reason)
+        if waiting:
+            self._answered.set()
+            self._answered = anyio.Event()
+        if message.reason not in self._refusals:
+            self._refusals.add(message.reason)
+            log.warning("limiter client %s: the limiter ignored us: %s", self.client_id,
+                        message.reason)
 
     async def _pinger(self) -> None:
         while True:
