@@ -37,6 +37,18 @@ def test_the_same_process_keeps_its_old_key_until_it_uses_the_new_one() -> None:
     assert grants.check(0, old) is None  # switched: nothing older can follow
 
 
+def test_two_adoptions_before_the_switch_keep_both_old_keys() -> None:
+    grants = PublishGrants()
+    k1, k2, k3 = new_publish_key(), new_publish_key(), new_publish_key()
+    grants.authorize(0, k1, [0])
+    grants.authorize(0, k2, [0, 1], same_process=True)
+    grants.authorize(0, k3, [0, 1, 2], same_process=True)
+    assert grants.check(0, k1) == {0}  # sealed before the first adoption, still in flight
+    assert grants.check(0, k2) == {0, 1}
+    assert grants.check(0, k3) == {0, 1, 2}
+    assert grants.check(0, k1) is None and grants.check(0, k2) is None
+
+
 def test_a_revoked_worker_publishes_nothing() -> None:
     grants = PublishGrants()
     key = new_publish_key()
@@ -63,13 +75,13 @@ def test_a_key_opens_exactly_what_its_latest_assignments_allow(
     grants = PublishGrants()
     keys = [new_publish_key() for _ in range(4)]
     current: dict[int, tuple[int, frozenset[int]]] = {}
-    previous: dict[int, tuple[int, frozenset[int]]] = {}
+    previous: dict[int, list[tuple[int, frozenset[int]]]] = {}
     for n, (op, worker, k) in enumerate(ops):
         shards = frozenset({worker, n})
         if op in ("authorize", "same"):
             grants.authorize(worker, keys[k], shards, same_process=op == "same")
             if op == "same" and worker in current:
-                previous[worker] = current[worker]
+                previous[worker] = [*previous.get(worker, []), current[worker]][-8:]
             else:
                 previous.pop(worker, None)
             current[worker] = (k, shards)
@@ -82,6 +94,7 @@ def test_a_key_opens_exactly_what_its_latest_assignments_allow(
             if worker in current and keys[current[worker][0]] == keys[k]:
                 expected = current[worker][1]
                 previous.pop(worker, None)
-            elif worker in current and worker in previous and previous[worker][0] == k:
-                expected = previous[worker][1]
+            elif worker in current:
+                expected = next((shards for key, shards in previous.get(worker, [])
+                                 if key == k), None)
             assert grants.check(worker, keys[k]) == expected

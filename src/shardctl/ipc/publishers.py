@@ -10,10 +10,11 @@ the header of every batch (:mod:`shardctl.ipc.events`).  :class:`PublishGrants` 
 slot, the key of its current assignment and its shards.  A new assignment replaces the key,
 so a respawned (or moved) worker's predecessor is shut out at once -- its late batches are
 what the RESUME replays anyway.  A live worker that is given more shards (it adopts a lost
-remote worker's) gets a new key too, but keeps its old one until its first batch with the
+remote worker's) gets a new key too, but keeps its old ones until its first batch with the
 new key arrives: the batches it sealed before hold events of shards it still runs, and one
-publisher's batches arrive in order, so after that first new batch none with the old key
-can still be on the way.
+publisher's batches arrive in order, so after that first new batch none with an old key
+can still be on the way.  (Old keys, not one: two workers of a host that vanished are
+adopted in the same moment, possibly by one worker.)
 
 Pure bookkeeping, O(1) per batch: a dict lookup and :func:`hmac.compare_digest`.
 """
@@ -30,6 +31,9 @@ __all__ = ["PUBLISH_KEY_SIZE", "PublishGrants", "new_publish_key"]
 
 #: bytes of random key per assignment: far beyond guessing at any batch rate.
 PUBLISH_KEY_SIZE: Final = 32
+#: old keys a live worker may still use (adoptions faster than it switches): a bound, so
+#: a check stays O(1).
+_MAX_PREVIOUS: Final = 8
 
 
 def new_publish_key() -> bytes:
@@ -47,8 +51,8 @@ class PublishGrants:
 
     def __init__(self) -> None:
         self._current: dict[int, _Grant] = {}
-        #: the key a live worker held before its latest assignment, until it switches
-        self._previous: dict[int, _Grant] = {}
+        #: the keys a live worker held before its latest assignment, until it switches
+        self._previous: dict[int, tuple[_Grant, ...]] = {}
 
     def authorize(self, worker: int, key: bytes, shards: Iterable[int], *,
                   same_process: bool = False) -> None:
@@ -61,7 +65,7 @@ class PublishGrants:
             raise ValueError(f"a publish key has {PUBLISH_KEY_SIZE} bytes")
         old = self._current.get(worker)
         if same_process and old is not None:
-            self._previous[worker] = old
+            self._previous[worker] = (*self._previous.get(worker, ()), old)[-_MAX_PREVIOUS:]
         else:
             self._previous.pop(worker, None)
         self._current[worker] = _Grant(key, frozenset(shards))
@@ -83,7 +87,7 @@ class PublishGrants:
             if self._previous:
                 self._previous.pop(worker, None)  # switched: no old-key batch can follow
             return grant.shards
-        old = self._previous.get(worker)
-        if old is not None and hmac.compare_digest(old.key, key):
-            return old.shards
+        for old in self._previous.get(worker, ()):
+            if hmac.compare_digest(old.key, key):
+                return old.shards
         return None
