@@ -58,7 +58,8 @@ def _sandbox_options(func: Callable[..., None]) -> Callable[..., None]:
             option = click.option(f"--{name}/--no-{name}", f.name, default=default,
                                   show_default=True, help=help_text)
         else:
-            kind = {"int": int, "float": float, "str": str, "int | None": int}[str(f.type)]
+            kind = {"int": int, "float": float, "str": str, "int | None": int,
+                    "str | None": str}[str(f.type)]
             option = click.option(flag, f.name, type=kind, default=default, show_default=True,
                                   help=help_text)
         func = option(func)
@@ -148,9 +149,13 @@ def sandbox_command(host: str, port: int, log_level: str, record_path: Path | No
               help="CURVE key directory: only clients with authorised keys of the worker, "
                    "supervisor or operator role are served (supervisors use "
                    "clients/supervisor)")
+@click.option("--insecure-loopback", is_flag=True,
+              help="Allow a tcp://127.0.0.1 endpoint without --keys: every user of this host "
+                   "can then ask it for slots, and nobody may configure it over the wire.")
 def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify_interval: float,
                     remaining: int | None, total: int | None, reset_after: int | None,
-                    sandbox: bool, keys: Path | None = None) -> None:
+                    sandbox: bool, keys: Path | None = None,
+                    insecure_loopback: bool = False) -> None:
     """Serve the session limiter on its own, for supervisors on several hosts of one bot.
 
     Every IDENTIFY of every shard that uses this limiter waits for a grant: one per bucket
@@ -192,6 +197,7 @@ def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify
             remaining=remaining, total=total,
             reset_after=None if reset_after is None else reset_after / 1000.0,
             curve=for_socket(load_server(keys), "limiter") if keys is not None else None,
+            insecure_loopback=insecure_loopback,
         )
     except (ConfigurationError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -357,6 +363,9 @@ def _leaf(error: BaseException) -> BaseException:
               help="the workers' control channel  [default: ipc://<runtime dir>/control.sock]")
 @click.option("--limiter", default=None, metavar="ENDPOINT",
               help="use a shared `shardctl limiter` instead of the built-in one")
+@click.option("--limiter-timeout", type=float, default=5.0, show_default=True,
+              metavar="SECONDS", help="how long the shared --limiter has to acknowledge "
+                                      "this bot's limits before the start fails")
 @click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="sessions saved on stop, resumed on start "
                    "[default: $XDG_STATE_HOME/shardctl/sessions.json]")
@@ -385,8 +394,8 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
                 shard_ids: str | None, intents: str, compression: str,
                 identify_interval: float, events_endpoint: str | None,
                 control_endpoint: str | None, limiter: str | None, state_file: Path | None,
-                keys: Path | None = None, remote_workers: int = 0,
-                insecure_loopback: bool = False,
+                limiter_timeout: float = 5.0, keys: Path | None = None,
+                remote_workers: int = 0, insecure_loopback: bool = False,
                 ignore_session_start_limit: bool, log_level: str, log_format: str = "text",
                 metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> None:
     """Run a shard cluster: discover, plan, spawn workers, forward events until stopped.
@@ -419,6 +428,7 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
             "compression": cfg.parse_compression(compression),
             "identify_interval": identify_interval, "events_endpoint": events_endpoint,
             "control_endpoint": control_endpoint, "limiter": limiter, "state_file": state_file,
+            "limiter_timeout": limiter_timeout,
             "ignore_session_start_limit": ignore_session_start_limit,
             "curve_keys": keys, "remote_workers": remote_workers,
             "insecure_loopback": insecure_loopback,

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import os
 import signal
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from shardctl.cli import main
+from shardctl.cluster.limiter_service import LimiterServer
 from shardctl.ipc.limiter import LimiterClient
 
 
@@ -33,6 +37,7 @@ def short_dir() -> Iterator[Path]:
         (["--bind", "tcp://0.0.0.0:7000", "--sandbox", "--identify-interval", "0.1"], 2,
          "loopback"),
         (["--bind", "udp://x:1"], 1, "unsupported endpoint"),
+        (["--bind", "tcp://127.0.0.1:7000"], 1, "--insecure-loopback"),
         (["--max-concurrency", "0"], 2, "max-concurrency"),
     ],
 )
@@ -87,3 +92,70 @@ async def test_standalone_service_paces_a_client_and_stops_cleanly(short_dir: Pa
             with anyio.fail_after(5):
                 await process.wait()
         await process.aclose()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _run_against(limiter: str, short_dir: Path) -> tuple[int | None, str, float]:
+    """``shardctl run --limiter LIMITER`` on the built-in sandbox: (exit code, stderr, s)."""
+    env = {**os.environ, "SHARDCTL_RUNTIME_DIR": str(short_dir)}
+    env.pop("DISCORD_TOKEN", None)  # the built-in sandbox: nothing leaves this host
+    started = time.monotonic()
+    process = await anyio.open_process(
+        [sys.executable, "-m", "shardctl.cli", "run", "--limiter", limiter,
+         "--limiter-timeout", "2", "--processes", "1", "--shards", "1",
+         "--state-file", str(short_dir / "s.json"), "--log-format", "json"],
+        env=env, stdout=subprocess.DEVNULL)
+    try:
+        assert process.stderr is not None
+        err = ""
+        with anyio.move_on_after(30):
+            async for chunk in process.stderr:
+                err += chunk.decode()
+            await process.wait()
+        return process.returncode, err, time.monotonic() - started
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.aclose()
+
+
+def _error_line(err: str) -> str:
+    (line,) = [x for x in err.splitlines() if x.startswith("shardctl: error:")]
+    assert "Traceback" not in err
+    assert "worker 0 started" not in err  # nothing was spawned
+    return line
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+async def test_run_with_a_limiter_nobody_serves_fails_fast_naming_it(short_dir: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    code, err, took = await _run_against(endpoint, short_dir)
+    assert code == 2, err
+    assert took < 20  # the sandbox's start, then the 2 s wait, not forever
+    line = _error_line(err)
+    assert endpoint in line and "no limiter answered" in line
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+async def test_run_with_a_limiter_that_refuses_its_limits_fails_saying_why(
+        short_dir: Path) -> None:
+    # A loopback limiter without keys: anyone may ask it for slots, nobody may set its pace.
+    server = LimiterServer("tcp://127.0.0.1:*", insecure_loopback=True)
+    async with anyio.create_task_group() as tg:
+        endpoint = await tg.start(server.serve)
+        code, err, _ = await _run_against(endpoint, short_dir)
+        tg.cancel_scope.cancel()
+    assert code == 2, err
+    line = _error_line(err)
+    assert endpoint in line and "refused our limits" in line and "anonymous" in line
+    assert server.scheduler.max_concurrency == 1

@@ -153,7 +153,7 @@ async def test_max_concurrency_update_while_running(endpoint: str) -> None:
                 # sent at its hold limit, which is slower than this test wants to measure).
                 await server.wait_for(
                     lambda: len(server.grants()) == 1 and not any(server.scheduler.holding()))
-                client.configure(max_concurrency=2)  # over the wire, like a supervisor would
+                await client.configure(max_concurrency=2)  # over the wire, acknowledged
                 await server.wait_for(lambda: server.scheduler.max_concurrency == 2)
     grants = server.grants()
     assert len(grants) == 5

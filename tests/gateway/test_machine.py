@@ -197,6 +197,18 @@ def test_op7_resumes_on_resume_url() -> None:
     assert m.resume_url() == RESUME_URL
 
 
+def test_a_refused_resume_url_turns_the_planned_resume_into_an_identify() -> None:
+    m = new_machine()
+    connect_ready(m)
+    plan = one(m.receive(frame(7), 1.0), Reconnect)
+    assert plan.resume
+    instead = m.resume_refused(1.0)  # the driver will not send the token there
+    assert not instead.resume and instead.delay == 0.0
+    assert m.session_id is None and m.resume_url() is None
+    m.opened(1.0)
+    assert m.receive(hello(), 1.0) == [NeedIdentify()]  # through the limiter, as ever
+
+
 def test_op7_before_ready_identifies_on_cached_url() -> None:
     m = new_machine()
     m.start(0.0)

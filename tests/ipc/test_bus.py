@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -14,9 +14,17 @@ import anyio.lowlevel
 import pytest
 import zmq
 
+from batchkit import encode_batch
 from shardctl.ipc.bus import BatchBuilder, EventForwarder, EventPublisher
 from shardctl.ipc.consumer import Consumer, Gap
-from shardctl.ipc.events import Event, lifecycle_payload, subscription_prefix
+from shardctl.ipc.events import (
+    Event,
+    batch_header,
+    encode_record,
+    lifecycle_payload,
+    subscription_prefix,
+)
+from shardctl.ipc.publishers import new_publish_key
 
 pytestmark = pytest.mark.anyio
 
@@ -32,6 +40,14 @@ def ipc_dir() -> Iterator[Path]:
 def frame(t: str, seq: int, body: str = "x") -> bytes:
     return b'{"op":0,"s":%d,"t":"%s","d":{"n":%d,"b":"%s"}}' % (
         seq, t.encode(), seq, body.encode())
+
+
+def publisher(fwd: EventForwarder, *, worker: int = 0, shards: Sequence[int] = range(16),
+              **kwargs: Any) -> EventPublisher:
+    """A worker's publisher with the credential of an assignment ``fwd`` knows of."""
+    key = new_publish_key()
+    fwd.publishers.authorize(worker, key, shards)
+    return EventPublisher(fwd.inbound, worker=worker, publish_key=key, **kwargs)
 
 
 @asynccontextmanager
@@ -82,7 +98,7 @@ def test_batch_is_due_when_full() -> None:
     assert b.add(b"r", now=0.0)
     batch, count = b.seal()
     assert count == 32 and len(b) == 0 and b.deadline is None
-    assert batch[:4] == b"\x01\x00\x00\x20"
+    assert batch[:4] == b"\x02\x00\x00\x20"  # batch version 2, 32 events
 
 
 def test_batch_is_due_when_big() -> None:
@@ -108,7 +124,7 @@ def test_batch_is_due_max_delay_after_its_first_event() -> None:
 
 async def test_full_batch_is_sent_inside_publish_and_a_partial_one_waits(ipc_dir: Path) -> None:
     async with bus(ipc_dir) as fwd:
-        pub = EventPublisher(fwd.inbound, max_events=8, max_delay=60.0)
+        pub = publisher(fwd, max_events=8, max_delay=60.0)
         async with running(pub):
             with anyio.fail_after(5):
                 await pub.wait_subscribed()
@@ -121,7 +137,7 @@ async def test_full_batch_is_sent_inside_publish_and_a_partial_one_waits(ipc_dir
 
 async def test_partial_batch_is_flushed_after_max_delay(ipc_dir: Path) -> None:
     async with bus(ipc_dir) as fwd:
-        pub = EventPublisher(fwd.inbound, max_events=64, max_delay=0.002)
+        pub = publisher(fwd, max_events=64, max_delay=0.002)
         async with running(pub), Consumer(fwd.outbound) as consumer:
             await subscribed(fwd, consumer, pub)
             for seq in (1, 2, 3):
@@ -134,7 +150,7 @@ async def test_partial_batch_is_flushed_after_max_delay(ipc_dir: Path) -> None:
 async def test_by_default_events_published_together_go_as_one_batch_after_the_loop_pass(
         ipc_dir: Path) -> None:
     async with bus(ipc_dir) as fwd:
-        pub = EventPublisher(fwd.inbound)
+        pub = publisher(fwd)
         async with running(pub), Consumer(fwd.outbound) as consumer:
             await subscribed(fwd, consumer, pub)
             batches = fwd.stats.batches
@@ -151,7 +167,7 @@ async def test_by_default_events_published_together_go_as_one_batch_after_the_lo
 
 async def test_lifecycle_events_are_sent_at_once(ipc_dir: Path) -> None:
     async with bus(ipc_dir) as fwd:
-        pub = EventPublisher(fwd.inbound, max_events=64, max_delay=60.0)
+        pub = publisher(fwd, max_events=64, max_delay=60.0)
         async with running(pub), Consumer(fwd.outbound) as consumer:
             await subscribed(fwd, consumer, pub)
             pub.publish(2, "GUILD_CREATE", 1, frame("GUILD_CREATE", 1))
@@ -172,7 +188,7 @@ async def test_publisher_holds_events_until_the_supervisor_subscribes(ipc_dir: P
             all_seen.set()
 
     fwd = EventForwarder(f"ipc://{ipc_dir}/in", f"ipc://{ipc_dir}/out", on_batch=on_batch)
-    pub = EventPublisher(fwd.inbound, max_events=10)
+    pub = publisher(fwd, max_events=10)
     async with running(pub):
         for seq in range(1, 101):
             pub.publish(1, "MESSAGE_CREATE", seq, frame("MESSAGE_CREATE", seq))
@@ -216,7 +232,7 @@ def assert_exactly_once_in_order(got: list[Event], shards: Sequence[int], n: int
 async def test_burst_is_delivered_exactly_once_in_order(ipc_dir: Path, transport: str) -> None:
     n = 5000 if transport == "ipc" else 2500
     async with bus(ipc_dir if transport == "ipc" else None) as fwd:
-        pubs = [EventPublisher(fwd.inbound), EventPublisher(fwd.inbound)]
+        pubs = [publisher(fwd, worker=0), publisher(fwd, worker=1)]
         shard_sets = [(0, 2), (1, 3)]  # two workers, two shards each: 4n = 20k events on ipc
         async with running(*pubs), Consumer(fwd.outbound) as consumer:
             await subscribed(fwd, consumer, *pubs)
@@ -233,7 +249,7 @@ async def test_burst_is_delivered_exactly_once_in_order(ipc_dir: Path, transport
 
 async def test_type_subscription_is_exact_not_prefix(ipc_dir: Path) -> None:
     async with bus(ipc_dir) as fwd:
-        pub = EventPublisher(fwd.inbound)
+        pub = publisher(fwd)
         async with running(pub), Consumer(fwd.outbound, types=["MESSAGE_CREATE"]) as mc, \
                 Consumer(fwd.outbound, types=["MESSAGE_CREATE_X"]) as mx, \
                 Consumer(fwd.outbound, types=["MESSAGE_CREATE"], shards=[1]) as mc1:
@@ -264,7 +280,7 @@ async def test_type_subscription_is_exact_not_prefix(ipc_dir: Path) -> None:
 
 async def test_replayed_events_are_forwarded_once_and_ready_starts_over(ipc_dir: Path) -> None:
     async with bus(ipc_dir) as fwd:
-        pub = EventPublisher(fwd.inbound)
+        pub = publisher(fwd)
         async with running(pub), Consumer(fwd.outbound) as consumer:
             await subscribed(fwd, consumer, pub)
             # a respawned worker RESUMEs from seq 3 while 4 and 5 were already forwarded
@@ -284,7 +300,7 @@ async def test_replayed_events_are_forwarded_once_and_ready_starts_over(ipc_dir:
 async def test_events_lost_before_the_supervisor_are_counted_and_reported(ipc_dir: Path) -> None:
     gaps: list[Gap] = []
     async with bus(ipc_dir) as fwd:
-        pub = EventPublisher(fwd.inbound)
+        pub = publisher(fwd)
         async with running(pub), Consumer(fwd.outbound, on_gap=gaps.append) as consumer:
             await subscribed(fwd, consumer, pub)
             for seq in [1, 2, 5, 6]:
@@ -296,7 +312,8 @@ async def test_events_lost_before_the_supervisor_are_counted_and_reported(ipc_di
     assert consumer.missed == 2
 
 
-async def test_malformed_batch_is_dropped_and_the_bus_keeps_going(ipc_dir: Path) -> None:
+async def test_malformed_batch_from_a_worker_is_dropped_and_the_bus_keeps_going(
+        ipc_dir: Path) -> None:
     seen: list[Event] = []
     two_seen = anyio.Event()
 
@@ -306,29 +323,141 @@ async def test_malformed_batch_is_dropped_and_the_bus_keeps_going(ipc_dir: Path)
             two_seen.set()
 
     async with bus(ipc_dir, on_batch=on_batch) as fwd:
-        rogue = zmq.Context.instance().socket(zmq.PUB)
+        broken = zmq.Context.instance().socket(zmq.PUB)
         try:
-            rogue.connect(fwd.inbound)
-            pub = EventPublisher(fwd.inbound, max_events=2)
+            broken.connect(fwd.inbound)
+            key = new_publish_key()
+            fwd.publishers.authorize(1, key, [0])  # a worker with a bug, but ours
+            pub = publisher(fwd, max_events=2)
             async with running(pub):
                 with anyio.fail_after(5):
                     await pub.wait_subscribed()
                     while fwd.stats.malformed == 0:
-                        rogue.send(b"\x01\x00\x00\x05garbage")
+                        broken.send(batch_header(5, 1, key) + b"garbage")
                         await anyio.sleep(0.01)
                     pub.publish(0, "MESSAGE_CREATE", 1, frame("MESSAGE_CREATE", 1))
                     pub.publish(0, "MESSAGE_CREATE", 2, frame("MESSAGE_CREATE", 2))
                     await two_seen.wait()
         finally:
-            rogue.close(linger=0)
+            broken.close(linger=0)
     assert [e.seq for e in seen] == [1, 2]
     assert seen[0].epoch == fwd.epoch and seen[0].bus_seq == 1
+    assert fwd.stats.refused == 0
+
+
+async def stranger_sends(fwd: EventForwarder, batches: Sequence[bytes]) -> None:
+    """A PUB that is not ours: resend (slow joiner) until the forwarder refused them all."""
+    rogue = zmq.Context.instance().socket(zmq.PUB)
+    try:
+        rogue.connect(fwd.inbound)
+        with anyio.fail_after(5):
+            while fwd.stats.refused < len(batches):
+                for batch in batches:
+                    rogue.send(batch)
+                await anyio.sleep(0.01)
+    finally:
+        rogue.close(linger=0)
+
+
+async def until(predicate: Callable[[], bool], within: float = 5.0) -> None:
+    """Poll the forwarder's counters: a refused batch or event leaves no other trace."""
+    with anyio.fail_after(within):
+        while not predicate():  # noqa: ASYNC110 - dropping signals no event to await
+            await anyio.sleep(0.005)
+
+
+def one(t: str, shard: int, seq: int, **header: Any) -> bytes:
+    return encode_batch([encode_record(t, shard, seq, 0, frame(t, seq))], **header)
+
+
+async def test_batches_without_a_current_publish_key_are_refused_before_they_count(
+        ipc_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[Event] = []
+    async with bus(ipc_dir, on_batch=seen.extend) as fwd:
+        fwd.last_seq[0] = 5
+        pub = publisher(fwd, worker=0, shards=[0])
+        async with running(pub):
+            with anyio.fail_after(5):
+                await pub.wait_subscribed()
+            forged = [
+                one("MESSAGE_CREATE", 0, 10**9),                                 # no key
+                one("MESSAGE_CREATE", 0, 10**9, worker=0, key=bytes(32)),       # a guess
+                one("MESSAGE_CREATE", 0, 10**9, worker=7, key=new_publish_key()),  # no worker
+                b"\x01\x00\x00\x01" + encode_record("READY", 0, 1, 0, b"{}"),  # version 1
+                b"junk",
+            ]
+            await stranger_sends(fwd, forged)
+            assert fwd.stats.refused == len(forged)
+            assert fwd.last_seq == {0: 5} and fwd.last_session == {}
+            assert seen == [] and fwd.stats.events == 0
+            pub.publish(0, "MESSAGE_CREATE", 6, frame("MESSAGE_CREATE", 6))
+            pub.flush_nowait()
+            await until(lambda: fwd.last_seq[0] == 6)
+    assert [e.seq for e in seen] == [6]
+    refusals = [r for r in caplog.records if "publish key" in r.getMessage()]
+    assert len(refusals) == 2  # once for worker 0, once for everyone unknown
+
+
+async def test_a_worker_publishes_only_its_own_shards(ipc_dir: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[Event] = []
+    async with bus(ipc_dir, on_batch=seen.extend) as fwd:
+        mine = publisher(fwd, worker=0, shards=[0, 2], max_events=4)
+        theirs = publisher(fwd, worker=1, shards=[1, 3])
+        async with running(mine, theirs):
+            with anyio.fail_after(5):
+                await mine.wait_subscribed()
+            for seq in (1, 2):
+                for shard in (0, 1, 2, 3):  # 1 and 3 belong to worker 1
+                    mine.publish(shard, "MESSAGE_CREATE", seq, frame("MESSAGE_CREATE", seq))
+            mine.flush_nowait()
+            await until(lambda: fwd.stats.events + fwd.stats.foreign == 8)
+    assert sorted((e.shard, e.seq) for e in seen) == [(0, 1), (0, 2), (2, 1), (2, 2)]
+    assert fwd.stats.foreign == 4 and fwd.stats.refused == 0
+    assert set(fwd.last_seq) == {0, 2}
+    assert len([r for r in caplog.records if "not assigned to it" in r.getMessage()]) == 1
+
+
+async def test_a_new_assignment_shuts_the_old_key_out(ipc_dir: Path) -> None:
+    seen: list[Event] = []
+    async with bus(ipc_dir, on_batch=seen.extend) as fwd:
+        old = publisher(fwd, worker=0, shards=[0])
+        new = publisher(fwd, worker=0, shards=[0])  # a respawned worker: its slot's new key
+        async with running(old, new):
+            with anyio.fail_after(5):
+                await old.wait_subscribed()
+                await new.wait_subscribed()
+            old.publish(0, "MESSAGE_CREATE", 1, frame("MESSAGE_CREATE", 1), urgent=True)
+            new.publish(0, "MESSAGE_CREATE", 2, frame("MESSAGE_CREATE", 2), urgent=True)
+            await until(lambda: fwd.stats.events + fwd.stats.refused == 2)
+    assert [e.seq for e in seen] == [2]
+    assert fwd.stats.refused == 1
+
+
+async def test_a_worker_given_more_shards_switches_keys_without_losing_a_batch(
+        ipc_dir: Path) -> None:
+    seen: list[Event] = []
+    async with bus(ipc_dir, on_batch=seen.extend) as fwd:
+        pub = publisher(fwd, worker=0, shards=[0], max_events=1)
+        async with running(pub):
+            with anyio.fail_after(5):
+                await pub.wait_subscribed()
+            pub.publish(0, "MESSAGE_CREATE", 1, frame("MESSAGE_CREATE", 1))  # sealed, old key
+            # It adopts shard 1: a new assignment, to the same live process.
+            key = new_publish_key()
+            fwd.publishers.authorize(0, key, [0, 1], same_process=True)
+            pub.set_credential(0, key)
+            pub.publish(1, "MESSAGE_CREATE", 1, frame("MESSAGE_CREATE", 1))
+            pub.publish(0, "MESSAGE_CREATE", 2, frame("MESSAGE_CREATE", 2))
+            await until(lambda: fwd.stats.events == 3)
+    assert [(e.shard, e.seq) for e in seen] == [(0, 1), (1, 1), (0, 2)]
+    assert fwd.stats.refused == 0
 
 
 async def test_slow_consumer_pushes_back_instead_of_losing_events(ipc_dir: Path) -> None:
     n = 3000  # x 4 KB: far more than the pipes and kernel buffers hold
     async with bus(ipc_dir, out_hwm=50, in_hwm=5) as fwd:
-        pub = EventPublisher(fwd.inbound, max_events=32, hwm=5)
+        pub = publisher(fwd, max_events=32, hwm=5)
         async with running(pub), Consumer(fwd.outbound, hwm=50) as consumer:
             await subscribed(fwd, consumer, pub)
             for seq in range(1, n + 1):
@@ -349,7 +478,7 @@ async def test_a_stuck_consumer_holds_the_bus_without_starving_the_event_loop(
             stuck.setsockopt(zmq.RCVHWM, 20)
             stuck.setsockopt(zmq.SUBSCRIBE, b"")
             stuck.connect(fwd.outbound)  # connected and subscribed, never reads
-            pub = EventPublisher(fwd.inbound)
+            pub = publisher(fwd)
             async with running(pub):
                 with anyio.fail_after(5):
                     await fwd.wait_subscribed(b"")
@@ -380,7 +509,7 @@ async def test_forwarder_notes_the_session_of_each_ready(tmp_path: Path) -> None
     fwd = EventForwarder(f"ipc://{tmp_path}/in", f"ipc://{tmp_path}/out", on_batch=on_batch)
     async with anyio.create_task_group() as tg:
         await tg.start(fwd.run)
-        pub = EventPublisher(fwd.inbound, max_events=1)
+        pub = publisher(fwd, max_events=1)
         async with running(pub):
             with anyio.fail_after(5):
                 await pub.wait_subscribed()
@@ -395,7 +524,7 @@ async def test_a_high_backlog_asks_readers_to_pause_until_it_drains(ipc_dir: Pat
     seen: list[Event] = []
     fwd = EventForwarder(f"ipc://{ipc_dir}/in", f"ipc://{ipc_dir}/out",
                          on_batch=seen.extend)
-    pub = EventPublisher(fwd.inbound, max_events=10, high_water=50, max_pause=60.0)
+    pub = publisher(fwd, max_events=10, high_water=50, max_pause=60.0)
     async with running(pub):
         for seq in range(1, 50):
             pub.publish(1, "MESSAGE_CREATE", seq, frame("MESSAGE_CREATE", seq))

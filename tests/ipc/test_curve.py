@@ -19,6 +19,7 @@ from shardctl.ipc.bus import EventForwarder, EventPublisher
 from shardctl.ipc.consumer import Consumer
 from shardctl.ipc.control import ControlClient, ControlServer
 from shardctl.ipc.limiter import LimiterClient
+from shardctl.ipc.publishers import new_publish_key
 from shardctl.ipc.security import (
     CurveClient,
     CurveServer,
@@ -181,7 +182,9 @@ async def test_bus_carries_events_between_authorised_peers(
         server: CurveServer, worker: CurveClient, key_dirs: tuple[Path, Path]) -> None:
     consumer_keys = load_client(key_dirs[0], "consumer")
     async with curve_bus(server) as fwd, anyio.create_task_group() as tg:
-        publisher = EventPublisher(fwd.inbound, curve=worker)
+        key = new_publish_key()
+        fwd.publishers.authorize(0, key, [3])
+        publisher = EventPublisher(fwd.inbound, curve=worker, publish_key=key)
         await tg.start(publisher.run)
         async with Consumer(fwd.outbound, curve=consumer_keys) as consumer:
             with anyio.fail_after(5):
@@ -206,7 +209,9 @@ async def test_bus_ignores_an_unauthorised_publisher_and_consumer(
             assert not fwd.subscriptions, "an unauthorised consumer subscribed"
             assert not intruder.subscribed, "the forwarder accepted an unauthorised publisher"
             # An authorised worker's events still flow, and the eavesdropper sees none.
-            publisher = EventPublisher(fwd.inbound, curve=worker)
+            key = new_publish_key()
+            fwd.publishers.authorize(0, key, [0, 1])
+            publisher = EventPublisher(fwd.inbound, curve=worker, publish_key=key)
             await tg.start(publisher.run)
             with anyio.fail_after(5):
                 await publisher.wait_subscribed()

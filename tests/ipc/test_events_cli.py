@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from shardctl.cli import main
 from shardctl.ipc.bus import EventForwarder, EventPublisher
 from shardctl.ipc.events import lifecycle_payload, subscription_prefix
+from shardctl.ipc.publishers import new_publish_key
 
 
 @pytest.fixture
@@ -32,7 +33,9 @@ def frame(t: str, seq: int, d: str) -> bytes:
 @pytest.mark.anyio
 async def test_events_command_prints_one_json_object_per_line(ipc_dir: Path) -> None:
     fwd = EventForwarder(f"ipc://{ipc_dir}/in", f"ipc://{ipc_dir}/out")
-    pub = EventPublisher(fwd.inbound)
+    key = new_publish_key()
+    fwd.publishers.authorize(0, key, [0, 1])
+    pub = EventPublisher(fwd.inbound, publish_key=key)
     cmd = [sys.executable, "-c", "from shardctl.cli import main; main()", "events",
            "--endpoint", fwd.outbound, "--type", "MESSAGE_CREATE", "--type", "SHARD_READY",
            "--shard", "1", "--count", "3"]

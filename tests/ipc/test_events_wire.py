@@ -114,12 +114,12 @@ _events = st.tuples(_types, st.integers(0, 2**32 - 1), st.none() | st.integers(0
                     st.integers(-(2**63), 2**63 - 1), st.binary(max_size=300))
 
 
-def split_batch(batch: bytes) -> list[tuple[int, bytes]]:
+def split_batch(batch: bytes, worker: int, key: bytes) -> list[tuple[int, bytes]]:
     """The worker batch layout of the ipc/events.py docstring, read literally:
-    ``[(type length, consumer message), ...]``."""
-    version, reserved, count = struct.unpack_from(">BBH", batch, 0)
-    assert (version, reserved) == (1, 0)
-    off, out = 4, []
+    ``[(type length, consumer message), ...]``, from ``worker`` with its publish ``key``."""
+    version, reserved, count, sender, sent_key = struct.unpack_from(">BBHI32s", batch, 0)
+    assert (version, reserved, sender, sent_key) == (2, 0, worker, key)
+    off, out = 40, []
     for _ in range(count):
         mlen, tlen = struct.unpack_from(">IB", batch, off)
         out.append((tlen, batch[off + 5:off + 5 + mlen]))
@@ -133,12 +133,13 @@ def test_a_sealed_batch_carries_each_consumer_message_in_the_documented_layout(
         evs: list[tuple[str, int, int | None, int, bytes]]) -> None:
     # BatchBuilder + encode_record is how a worker writes batches; the forwarder reads them
     # (tests/ipc/test_forwarder_input.py covers malformed ones).
-    builder = BatchBuilder(max_events=64, max_bytes=2**30)
+    key = bytes(range(32))
+    builder = BatchBuilder(max_events=64, max_bytes=2**30, worker=7, key=key)
     for ev in evs:
         builder.add(encode_record(*ev), 0.0)
     batch, count = builder.seal()
     assert count == len(evs)
-    records = split_batch(batch)
+    records = split_batch(batch, 7, key)
     assert records == [(len(ev[0]), encode_event(*ev)) for ev in evs]
     decoded = [decode_event(message) for _, message in records]
     assert [(e.type, e.shard, e.seq, e.received_at_ns, e.raw) for e in decoded] == evs

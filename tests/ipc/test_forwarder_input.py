@@ -20,11 +20,15 @@ import zmq
 import zmq.asyncio
 
 from shardctl.ipc.bus import BatchBuilder, EventForwarder
-from shardctl.ipc.events import Event, encode_record
+from shardctl.ipc.events import BATCH_HEADER, Event, encode_record
+from shardctl.ipc.publishers import new_publish_key
 
 pytestmark = pytest.mark.anyio
 
 FINAL = "FINAL"
+#: The rogue worker holds a real assignment's credential: what it tests is a broken
+#: worker's bytes, not a stranger (tests/cluster/test_events_in_attacks.py).
+WORKER, KEY = 3, new_publish_key()
 
 
 @pytest.fixture
@@ -37,7 +41,7 @@ def ipc_dir() -> Iterator[Path]:
 
 def batch_of(records: Sequence[bytes]) -> bytes:
     """A batch as a worker seals it (the production encoder)."""
-    builder = BatchBuilder(max_events=len(records) + 1)
+    builder = BatchBuilder(max_events=len(records) + 1, worker=WORKER, key=KEY)
     for record in records:
         builder.add(record, 0.0)
     return builder.seal()[0]
@@ -63,6 +67,7 @@ async def forwarder_with_rogue_worker(ipc_dir: Path
     # Replays of the same records must reach the reader, not the duplicate filter.
     fwd = EventForwarder(f"ipc://{ipc_dir}/in", f"ipc://{ipc_dir}/out", on_batch=on_batch,
                          drop_duplicates=False)
+    fwd.publishers.authorize(WORKER, KEY, [0])
     ctx = zmq.asyncio.Context()
     rogue = ctx.socket(zmq.XPUB)
     rogue.setsockopt(zmq.SNDHWM, 100_000)
@@ -93,7 +98,9 @@ async def test_a_cut_or_padded_batch_forwards_its_whole_records_and_counts_one_m
         with anyio.fail_after(10):
             await final_seen.wait()
     assert fwd.stats.batches == len(cuts) + 2
-    assert fwd.stats.malformed == len(cuts) + 1
+    # A cut inside the header cannot prove its sender: refused, not read.
+    assert fwd.stats.refused == BATCH_HEADER.size
+    assert fwd.stats.malformed == len(cuts) + 1 - BATCH_HEADER.size
     # A record is forwarded when it is whole; the padded batch's three go before its error.
     whole = sum(end <= cut for cut in cuts for end in ends)
     assert fwd.stats.events == whole + 3 + 1

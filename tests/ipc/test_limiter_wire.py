@@ -13,10 +13,12 @@ from shardctl.ipc.limiter import (
     Cancel,
     ClientMessage,
     Configure,
+    Configured,
     GrantMessage,
     Ping,
     Pong,
     Probe,
+    Refused,
     Release,
     Request,
     ServiceMessage,
@@ -44,6 +46,18 @@ def test_frames_are_the_documented_contract() -> None:
                                                  b'{"req":7,"shard":3,"not_before":12.75}']
 
 
+def test_configure_is_acknowledged_by_its_seq() -> None:
+    assert encode(Configure("c1", max_concurrency=2, seq=3)) == [
+        b"SL1", b"configure", b'{"client":"c1","max_concurrency":2,"seq":3}']
+    assert encode(Configured(3, True)) == [b"SL1", b"configured", b'{"seq":3,"ok":true}']
+    assert encode(Configured(3, False, "no")) == [
+        b"SL1", b"configured", b'{"seq":3,"ok":false,"reason":"no"}']
+    assert encode(Refused("c1", "in use")) == [
+        b"SL1", b"refused", b'{"client":"c1","reason":"in use"}']
+    with pytest.raises(ProtocolError, match="'ok'"):
+        decode_service_message([b"SL1", b"configured", b'{"seq":3,"ok":1}'])
+
+
 def test_old_messages_decode_without_the_clock_fields() -> None:
     assert decode_client_message([b"SL1", b"ping", b'{"client":"a","seq":1}']) == Ping("a", 1)
     assert decode_client_message([b"SL1", b"release", b'{"client":"a","req":1}']) == Release(
@@ -56,14 +70,16 @@ def test_old_messages_decode_without_the_clock_fields() -> None:
     "message",
     [Ping("a", 0), Ping("a", 1, "m1:0123abcd"), Request("a.b:c-d_e", 2**53 - 1, 2**31 - 1),
      Cancel("x", 1), Release("x", 2), Release("x", 2, 0.0), Release("x", 3, 1234.000001),
-     Configure("x"), Configure("x", 16, 900, 1000, 51200.5)],
+     Configure("x"), Configure("x", 16, 900, 1000, 51200.5), Configure("x", 2, seq=7)],
 )
 def test_client_messages_round_trip(message: ClientMessage) -> None:
     assert decode_client_message(encode(message)) == message
 
 
 @pytest.mark.parametrize("message", [GrantMessage(1, 2), GrantMessage(1, 2, 99.125), Pong(3, ()),
-                                     Pong(4, (1, 2)), Probe()])
+                                     Pong(4, (1, 2)), Probe(), Configured(7, True),
+                                     Configured(8, False, "the worker role may not"),
+                                     Refused("c1", "client id c1 is in use")])
 def test_service_messages_round_trip(message: ServiceMessage) -> None:
     assert decode_service_message(encode(message)) == message
 

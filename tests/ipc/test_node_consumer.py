@@ -20,6 +20,7 @@ import pytest
 
 from shardctl.ipc.bus import EventForwarder, EventPublisher
 from shardctl.ipc.events import Event, lifecycle_payload, subscription_prefix
+from shardctl.ipc.publishers import new_publish_key
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node-consumer"
 NODE = shutil.which("node")
@@ -59,7 +60,9 @@ async def test_node_consumer_reads_the_documented_frames(node_consumer: Path,
     seen: list[Event] = []
     fwd = EventForwarder(f"ipc://{ipc_dir}/in", f"ipc://{ipc_dir}/out",
                          on_batch=seen.extend)
-    pub = EventPublisher(fwd.inbound)
+    key = new_publish_key()
+    fwd.publishers.authorize(0, key, [7, 2**32 - 1])
+    pub = EventPublisher(fwd.inbound, publish_key=key)
     types = ["MESSAGE_CREATE", "SHARD_DISCONNECT"]
     events: list[tuple[int, str, int | None, bytes]] = [
         (7, "MESSAGE_CREATE", 41, b'{"op":0,"s":41,"t":"MESSAGE_CREATE","d":'

@@ -389,3 +389,40 @@ async def test_op7_before_hello_identifies_on_the_connect_url() -> None:
         assert paths(sb) == ["connect", "connect"]  # no session yet: no resume URL
         assert len(sb.records("identify")) == 1
     assert not sb.violations
+
+
+async def test_a_resume_url_on_a_host_we_do_not_trust_gets_an_identify_instead(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # READY names a resume host that is neither Discord's nor the configured gateway's: the
+    # RESUME (and the token in it) never goes there; the shard IDENTIFYs, through the limiter.
+    events = Events()
+    limiter = CountingLimiter()
+    async with Sandbox(config(resume_host="localhost"), port=0) as sb:
+        async with running(sb, events, limiter=limiter) as shard:
+            assert shard.resume_gateway_url == sb.resume_gateway_url
+            await sb.inject(0, "reconnect")
+            await events.wait_for(lambda: events.count("SHARD_READY") == 2)
+            await sb.inject(0, "reconnect")
+            await events.wait_for(lambda: events.count("SHARD_READY") == 3)
+        assert paths(sb) == ["connect", "connect", "connect"]
+        assert not sb.records("resume")
+        assert limiter.entered == [0, 0, 0]
+    refusals = [r.getMessage() for r in caplog.records if "not resuming" in r.getMessage()]
+    assert len(refusals) == 1 and "'localhost'" in refusals[0]  # once, naming the host
+    assert TOKEN not in caplog.text
+
+
+async def test_a_restored_session_on_a_host_we_do_not_trust_is_not_resumed() -> None:
+    events = Events()
+    limiter = CountingLimiter()
+    async with Sandbox(config(), port=0) as sb:
+        shard = make_shard(sb, events, limiter=limiter)
+        shard.restore_session("forged", "wss://attacker.invalid/", 41)
+        async with anyio.create_task_group() as tg:
+            with anyio.fail_after(5):
+                await tg.start(shard.connect)
+            assert shard.session_id not in (None, "forged")
+            await shard.shutdown()
+        assert paths(sb) == ["connect"] and not sb.records("resume")
+        assert limiter.entered == [0]
+    assert not sb.violations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +46,11 @@ class RunConfig:
     #: Worker slots filled by ``shardctl worker --supervisor ...`` from other hosts
     #: (shardctl.cluster.remote), on top of the ``processes`` spawned here.
     remote_workers: int = 0
-    #: Accept a loopback tcp control endpoint without CURVE: every local user can reach it
-    #: (they get a redacted status and take no slot; README "Security model").
+    #: Seconds a shared ``limiter`` has to acknowledge our limits before the start fails.
+    limiter_timeout: float = 5.0
+    #: Serve loopback ``tcp://`` control and limiter endpoints without CURVE: every local
+    #: user can reach them (they get a redacted status, take no slot and may not configure
+    #: the limiter; README "Security model").
     insecure_loopback: bool = False
 
     def __post_init__(self) -> None:
@@ -63,6 +67,10 @@ class RunConfig:
                 f"(got {self.processes})")
         if not 50 <= self.large_threshold <= 250:
             raise ConfigurationError("large_threshold must be between 50 and 250")
+        if not (math.isfinite(self.limiter_timeout) and self.limiter_timeout > 0):
+            raise ConfigurationError(
+                f"--limiter-timeout must be a positive number of seconds "
+                f"(got {self.limiter_timeout})")
         check_identify_interval(self.identify_interval, self.api_url)
         if self.control_endpoint is not None:
             check_control_endpoint(self.control_endpoint, curve=self.curve_keys is not None,

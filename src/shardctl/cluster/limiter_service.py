@@ -27,7 +27,12 @@ message means for the queue and when a client is gone:
   client is dropped;
 - a client silent for ``client_timeout`` (no ping) loses its waiting requests; if it was only
   slow, its next pong shows them missing and it asks again;
-- every grant that left is a slot spent, whatever happens to it afterwards (DESIGN.md §6).
+- every grant that left is a slot spent, whatever happens to it afterwards (DESIGN.md §6);
+- a client id is bound to the connection that first used it and the principal (CURVE key)
+  behind it: a message naming it from another connection is refused (``refused``) and
+  changes nothing, unless the first connection is gone and the principal is the same (the
+  client reconnected).  ``configure`` is taken only from peers whose role may
+  (:func:`shardctl.ipc.limiter.LimiterService.may_configure`), and always answered.
 
 Run it in the supervisor (``await tg.start(server.serve)``) or on its own
 (``shardctl limiter``) so several supervisors share one pace.
@@ -54,15 +59,18 @@ from shardctl.cluster.limiter import (
     Grant,
     IdentifyScheduler,
 )
-from shardctl.ipc import endpoints
 from shardctl.ipc.limiter import (
+    DEFAULT_PEER_BURST,
+    DEFAULT_PEER_RATE,
     Cancel,
     ClientMessage,
     Configure,
     LimiterService,
+    LimiterStats,
     Ping,
     Release,
     Request,
+    check_bind,
     clock_id,
 )
 from shardctl.ipc.security import CurveServer
@@ -115,6 +123,7 @@ class _Client:
     peer: bytes
     last_seen: float
     same_clock: bool = False  # its ping named our monotonic clock: sent_at and not_before
+    principal: str = ""  # the CURVE User-Id that first used this client id
 
 
 def _wall(at: float, now: float) -> str:
@@ -165,6 +174,9 @@ class LimiterServer:
         lead: float = DEFAULT_LEAD,
         pace_from_sent: bool = True,
         sent_margin: float | None = None,
+        insecure_loopback: bool = False,
+        peer_rate: float = DEFAULT_PEER_RATE,
+        peer_burst: int = DEFAULT_PEER_BURST,
     ) -> None:
         if sent_margin is not None and not (math.isfinite(sent_margin) and sent_margin >= 0):
             raise ValueError(f"sent_margin must be a finite number of seconds >= 0, "
@@ -175,7 +187,11 @@ class LimiterServer:
         self._lead = lead
         self._pace_from_sent = pace_from_sent
         self._clock: str | None = None  # our monotonic clock's name, once serving
-        endpoints.check_bind_allowed(endpoint, curve=curve is not None)
+        check_bind(endpoint, curve=curve is not None, insecure_loopback=insecure_loopback)
+        self._insecure_loopback = insecure_loopback
+        self._peer_rate, self._peer_burst = peer_rate, peer_burst
+        #: what peers were denied (refusals, unread replies, excess rate), while serving
+        self.stats = LimiterStats()
         self._curve = curve
         self._endpoint = endpoint
         self._max_concurrency = max_concurrency
@@ -274,7 +290,10 @@ class LimiterServer:
 
     async def serve(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
         """Bind and serve; ``task_status.started`` receives the bound endpoint."""
-        async with LimiterService(self._endpoint, curve=self._curve) as service:
+        async with LimiterService(self._endpoint, curve=self._curve,
+                                  insecure_loopback=self._insecure_loopback,
+                                  peer_rate=self._peer_rate, peer_burst=self._peer_burst,
+                                  stats=self.stats) as service:
             now = anyio.current_time()
             self._scheduler = IdentifyScheduler[RequestKey](
                 now=now,
@@ -333,11 +352,11 @@ class LimiterServer:
     # -- policy ---------------------------------------------------------------------------
 
     def _handle(self, peer: bytes, message: ClientMessage, now: float) -> None:
-        client = self._clients.get(message.client)
+        client = self._client_for(peer, message.client, now)
         if client is None:
-            client = self._clients[message.client] = _Client(peer, now)
-            log.info("limiter: client %s connected", message.client)
-        client.peer, client.last_seen = peer, now
+            self._notify()
+            return
+        client.last_seen = now
         scheduler = self.scheduler
         match message:
             case Request(client_id, req, shard):
@@ -351,14 +370,50 @@ class LimiterServer:
                 client.same_clock = self._same_clock(client_id, clock, client.same_clock)
                 queued = [r for (c, r), _ in scheduler.waiting() if c == client_id]
                 self._service_or_raise().send_pong(peer, seq, queued)
-            case Configure(client_id, max_concurrency, remaining, total, reset_after):
-                try:
-                    self.update(max_concurrency=max_concurrency, remaining=remaining,
-                                total=total, reset_after=reset_after)
-                except ValueError as exc:  # a bad value from the wire: refuse, keep serving
-                    log.warning("limiter: ignored limits from client %s: %s", client_id, exc)
+            case Configure():
+                self._configure(peer, message)
                 return
         self._pump()
+
+    def _client_for(self, peer: bytes, client_id: str, now: float) -> _Client | None:
+        """The client ``peer`` speaks for; None (refused) if that id is another's."""
+        service = self._service_or_raise()
+        if service.role_of(peer) == "consumer":  # subscribes to events, nothing else
+            service.send_refused(peer, client_id, "the consumer role may not use the limiter")
+            return None
+        principal = service.principal_of(peer)
+        client = self._clients.get(client_id)
+        if client is None:
+            client = self._clients[client_id] = _Client(peer, now, principal=principal)
+            log.info("limiter: client %s connected", client_id)
+        elif client.peer != peer:
+            # The same client after a reconnect, or someone reusing its id: only the same
+            # principal, and only once the old connection is gone, may carry it on.
+            if principal != client.principal or service.connected(client.peer):
+                service.send_refused(peer, client_id, (
+                    f"client id {client_id} is in use by another connection; pick another "
+                    "(ids are random per process), or wait until that connection is gone"))
+                return None
+            log.info("limiter: client %s reconnected", client_id)
+            client.peer = peer
+        return client
+
+    def _configure(self, peer: bytes, message: Configure) -> None:
+        """Only the roles that may set the pace do; every configure with a seq is answered."""
+        service = self._service_or_raise()
+        reason = service.may_configure(peer)
+        if reason is None:
+            try:
+                self.update(max_concurrency=message.max_concurrency,
+                            remaining=message.remaining, total=message.total,
+                            reset_after=message.reset_after)
+            except ValueError as exc:  # a bad value from the wire: refuse, keep serving
+                reason = f"invalid limits: {exc}"
+        if reason is not None and service.first_time(peer, "configure refused"):
+            log.warning("limiter: refused limits from client %s: %s (logged once per peer)",
+                        message.client, reason)
+        if message.seq is not None:
+            service.send_configured(peer, message.seq, reason)
 
     def _same_clock(self, client_id: str, clock: str | None, before: bool) -> bool:
         same = clock is not None and clock == self._clock

@@ -138,6 +138,10 @@ class SupervisorCollector(Collector):
                      "Times a shard's seq jumped forward between worker and supervisor"),
                     ("duplicates", stats.duplicates, "Resume replays dropped as already sent"),
                     ("malformed", stats.malformed, "Worker batches rejected as malformed"),
+                    ("refused", stats.refused,
+                     "Batches dropped without a worker's current publish key"),
+                    ("foreign", stats.foreign,
+                     "Events dropped: their shard is not the publishing worker's"),
                     ("blocked", stats.blocked, "Sends refused by a full consumer pipe")):
                 yield CounterMetricFamily(f"shardctl_bus_{name}", doc, value=value)
         yield CounterMetricFamily("shardctl_listener_drops",

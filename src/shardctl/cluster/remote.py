@@ -37,7 +37,8 @@ from shardctl.errors import ConfigurationError
 from shardctl.ipc import endpoints
 from shardctl.ipc.security import CurveClient, CurveServer, load_client, load_server
 
-__all__ = ["adopter_for", "claim_slot", "move_shards", "service_endpoint", "supervisor_keys"]
+__all__ = ["adopter_for", "claim_slot", "move_shards", "service_endpoint",
+           "supervisor_keys"]
 
 
 def supervisor_keys(directory: Path | None, *, shared_limiter: bool = False

@@ -4,6 +4,11 @@ The supervisor alone knows, per shard, the session and the last sequence number 
 (DESIGN.md §7): a respawned worker, or the next run after a graceful stop, RESUMEs from there,
 so Discord replays exactly what no consumer has seen.  The state file carries no token: it is
 keyed by a one-way fingerprint so a file written for another bot is never used.
+
+A RESUME carries the token to the session's ``resume_gateway_url``, so every URL the
+supervisor records -- from the bus, a state report, this file -- must pass
+:func:`~shardctl.gateway.resume_url.resume_url_refusal` (:class:`ResumeUrlCheck`); a session
+whose URL does not is not resumed, its shard IDENTIFYs.
 """
 
 from __future__ import annotations
@@ -13,11 +18,14 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
+
+from shardctl.gateway.resume_url import resume_url_refusal
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +40,28 @@ class SessionRecord:
     session_id: str
     resume_gateway_url: str
     seq: int
+
+
+class ResumeUrlCheck:
+    """The resume rule for one supervisor: trusts the hosts of ``trusted`` (the gateway URL
+    from GET /gateway/bot, the configured API) besides Discord's, logs each refusal once."""
+
+    #: distinct refusals logged; more are refused just as well, silently
+    MAX_LOGGED: Final = 32
+
+    def __init__(self, trusted: Iterable[str] = ()) -> None:
+        self.trusted = tuple(trusted)
+        self._logged: set[str] = set()
+
+    def __call__(self, url: str) -> bool:
+        """Whether a RESUME may go to ``url``."""
+        refusal = resume_url_refusal(url, self.trusted)
+        if refusal is None:
+            return True
+        if refusal not in self._logged and len(self._logged) < self.MAX_LOGGED:
+            self._logged.add(refusal)
+            log.warning("supervisor: %s; its shard will IDENTIFY instead of resuming", refusal)
+        return False
 
 
 def token_fingerprint(token: str) -> str:
@@ -68,8 +98,11 @@ def save(path: Path, token: str, shard_count: int, sessions: dict[int, SessionRe
 
 
 def load(path: Path, token: str, shard_count: int, *,
-         now: float | None = None, window: float = RESUME_WINDOW) -> dict[int, SessionRecord]:
-    """Sessions still worth a RESUME; anything stale, foreign or unreadable yields none."""
+         now: float | None = None, window: float = RESUME_WINDOW,
+         resume_allowed: ResumeUrlCheck | None = None) -> dict[int, SessionRecord]:
+    """Sessions still worth a RESUME; anything stale, foreign or unreadable yields none, and
+    a session whose resume URL ``resume_allowed`` refuses is left out (it IDENTIFYs)."""
+    check = resume_allowed if resume_allowed is not None else ResumeUrlCheck()
     try:
         body: Any = orjson.loads(path.read_bytes())
     except FileNotFoundError:
@@ -90,7 +123,8 @@ def load(path: Path, token: str, shard_count: int, *,
         except (KeyError, TypeError, ValueError):
             log.warning("ignoring a malformed session entry in %s", path)
             continue
-        out[record.shard_id] = record
+        if check(record.resume_gateway_url):
+            out[record.shard_id] = record
     return out
 
 

@@ -35,7 +35,7 @@ from shardctl.cluster.limiter_service import LimiterServer
 from shardctl.cluster.peers import PeerBudget
 from shardctl.cluster.planner import parse_shard_ids, plan
 from shardctl.cluster.restarts import RestartPolicy
-from shardctl.cluster.sessions import SessionRecord
+from shardctl.cluster.sessions import ResumeUrlCheck, SessionRecord
 from shardctl.cluster.status_report import redacted_status_body, status_body
 from shardctl.cluster.workers import WorkerSlot, kill, spawn, worker_command
 from shardctl.gateway.closecodes import SESSION_ENDING_CLIENT_CODES
@@ -46,6 +46,7 @@ from shardctl.ipc.bus import EventForwarder
 from shardctl.ipc.control import ControlMessage, ControlServer, Incoming, Reassembler
 from shardctl.ipc.events import Event
 from shardctl.ipc.limiter import LimiterClient
+from shardctl.ipc.publishers import new_publish_key
 from shardctl.ipc.security import Role, for_socket
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,8 @@ class Supervisor:
         #: Per-shard event counts by type, cumulative over worker restarts (metrics, rates).
         self.event_totals = EventTotals()
         self.endpoints: dict[str, str] = {}
+        #: where a RESUME may go: Discord's gateway hosts, and ours once discovered
+        self._resume_allowed = ResumeUrlCheck()
 
     def __repr__(self) -> str:
         return (f"<Supervisor shards={self.shard_count} workers={len(self.slots)} "
@@ -143,10 +146,12 @@ class Supervisor:
     async def __aenter__(self) -> Supervisor:
         info = self.info = await fetch_gateway_bot(self.config.token,
                                                    api_url=self.config.api_url)
+        self._resume_allowed = ResumeUrlCheck((info.url, self.config.api_url))
         self.shard_count = self.config.shards or info.shards
         ids = (parse_shard_ids(self.config.shard_ids, self.shard_count)
                if self.config.shard_ids else list(range(self.shard_count)))
-        saved = session_file.load(self.state_file, self.config.token, self.shard_count)
+        saved = session_file.load(self.state_file, self.config.token, self.shard_count,
+                                  resume_allowed=self._resume_allowed)
         resumable = {i: saved[i] for i in ids if i in saved}
         self._check_budget(info, len(ids) - len(resumable))
         local = self.config.processes
@@ -214,7 +219,8 @@ class Supervisor:
                 remote.service_endpoint(control_ep, "limiter", run_dir),
                 max_concurrency=limit.max_concurrency, interval=self.config.identify_interval,
                 remaining=limit.remaining, total=limit.total, reset_after=limit.reset_after,
-                curve=for_socket(curve, "limiter"))
+                curve=for_socket(curve, "limiter"),
+                insecure_loopback=self.config.insecure_loopback)
             limiter_ep = await tg.start(self.limiter.serve)
             if must_identify:
                 # Closed now, before any worker exists to ask; opened by the task, or by the
@@ -229,7 +235,7 @@ class Supervisor:
             # A slow consumer must not stall the cluster: it loses events at its high-water
             # mark and sees the loss as bus_seq gaps (DESIGN.md §3).
             nodrop=False, on_batch=self._batch_hook, on_progress=self._on_bus_progress,
-            curve=curve)
+            curve=curve, resume_url_allowed=self._resume_allowed)
         forwarder.last_seq.update({r.shard_id: r.seq for r in resumable.values()})
         await tg.start(forwarder.run)
         self._control = ControlServer(
@@ -260,11 +266,17 @@ class Supervisor:
     async def _configure_remote_limiter(
             self, endpoint: str, info: GatewayInfo, *,
             task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """A shared limiter learns this bot's fresh limits from our ``GET /gateway/bot``."""
+        """A shared limiter learns this bot's fresh limits from our ``GET /gateway/bot``.
+
+        Before any worker exists: a limiter that does not answer, or refuses us, ends the
+        start within ``limiter_timeout`` with one line naming it.
+        """
         limit = info.session_start_limit
         async with LimiterClient(endpoint, curve=self._supervisor_curve) as client:
-            client.configure(max_concurrency=limit.max_concurrency, remaining=limit.remaining,
-                             total=limit.total, reset_after=limit.reset_after)
+            with client.answer_within(self.config.limiter_timeout):
+                await client.configure(
+                    max_concurrency=limit.max_concurrency, remaining=limit.remaining,
+                    total=limit.total, reset_after=limit.reset_after)
             task_status.started()
             await anyio.sleep_forever()
 
@@ -460,6 +472,9 @@ class Supervisor:
         log.warning("supervisor: remote worker %d missed its liveness beats for %.1f s; "
                     "taking its shards away", slot.index, silent)
         self._mark_worker_gone(slot)
+        if self._forwarder is not None:
+            # It may still be alive and publishing: nothing of it is forwarded any more.
+            self._forwarder.publishers.revoke(slot.index)
         adopter = remote.adopter_for(self.slots, slot)
         if adopter is None or adopter.peer is None or self._control is None:
             log.warning("supervisor: no live worker to adopt shards %s; they wait for the "
@@ -470,10 +485,14 @@ class Supervisor:
             self._status[shard_id].worker = adopter.index
         log.info("supervisor: worker %d adopts shards %s of lost worker %d",
                  adopter.index, moved, slot.index)
-        self._control.send(adopter.peer, "assign", self._assignment(adopter).to_body())
+        self._control.send(adopter.peer, "assign",
+                           self._assignment(adopter, same_process=True).to_body())
 
-    def _assignment(self, slot: WorkerSlot) -> Assignment:
-        assert self.info is not None
+    def _assignment(self, slot: WorkerSlot, *, same_process: bool = False) -> Assignment:
+        """What ``slot``'s worker runs now, with a fresh publish key that events-in takes
+        from now on (the old one stops working; ``same_process``: not before the worker
+        has switched, since it is the same live publisher, see ipc/publishers.py)."""
+        assert self.info is not None and self._forwarder is not None
         shards = []
         for shard_id in slot.shard_ids:
             record = self._session_of(shard_id)
@@ -482,13 +501,17 @@ class Supervisor:
                                               record.resume_gateway_url, record.seq))
             else:
                 shards.append(ShardAssignment(shard_id))
+        key = new_publish_key()
+        self._forwarder.publishers.authorize(slot.index, key, slot.shard_ids,
+                                             same_process=same_process)
         return Assignment(
             token=self.config.token, gateway_url=self.info.url, shard_count=self.shard_count,
             intents=int(self.config.intents), compression=self.config.compression,
             limiter=self.endpoints["limiter"], events=self.endpoints["events_in"],
             shards=tuple(shards), large_threshold=self.config.large_threshold,
             beat_interval=self._beat_interval,
-            supervisor_timeout=max(10.0, self._liveness_timeout * 2))
+            supervisor_timeout=max(10.0, self._liveness_timeout * 2),
+            worker=slot.index, publish_key=key)
 
     # ------------------------------------------------------------------ control channel
 
@@ -582,7 +605,10 @@ class Supervisor:
             self.event_totals.observe(shard_id, slot.pid, item.get("counts"))
             if item.get("session_id"):
                 status.session_id = item["session_id"]
-                status.resume_gateway_url = item.get("resume_gateway_url")
+                url = item.get("resume_gateway_url")
+                # Not a host the token may go to: keep the session out of any RESUME.
+                status.resume_gateway_url = (
+                    url if isinstance(url, str) and self._resume_allowed(url) else None)
             elif status.state == "ready":
                 status.session_id = status.resume_gateway_url = None
             error = item.get("error")

@@ -443,6 +443,18 @@ class ShardMachine:
         self._failed_resume_connects = 0
         return []
 
+    def resume_refused(self, now: float) -> Reconnect:
+        """The driver will not send a RESUME to ``resume_gateway_url`` (not a host it trusts
+        with the token, :mod:`shardctl.gateway.resume_url`): forget the session and connect
+        to IDENTIFY instead, at once (the socket planned has not been opened yet)."""
+        del now
+        if self._state not in (ShardState.CONNECTING, ShardState.RECONNECTING):
+            raise IllegalTransition(f"resume_refused() in state {self._state.value}")
+        self._forget_session()
+        self._resuming = False
+        url = gateway_url(self.connect_url, self.compression) if self.connect_url else ""
+        return Reconnect(url=url, resume=False, delay=0.0)
+
     def connect_failed(self, reason: str, now: float) -> list[Action]:
         """The socket could not be opened (DNS, refused, handshake): back off and retry."""
         del now

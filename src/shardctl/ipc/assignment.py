@@ -3,7 +3,10 @@
 The supervisor sends everything a worker needs in one message, so a worker is stateless
 apart from its sockets (DESIGN.md §1): which shards, with which sessions to RESUME, and where
 the limiter and the event bus are.  The token travels here, over a private channel (a 0700
-ipc:// directory, or CURVE across hosts); it is never logged and kept out of the repr.
+ipc:// directory, or CURVE across hosts); it is never logged and kept out of the repr.  So
+does the assignment's publish key: the worker's slot (``worker``) and that key head every
+event batch it publishes, and the supervisor takes batches only with the key of the slot's
+latest assignment (:mod:`shardctl.ipc.publishers`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shardctl.errors import ProtocolError
+from shardctl.ipc.publishers import PUBLISH_KEY_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,10 @@ class Assignment:
     #: before this worker gives up (closing its shards resumably) and exits.
     beat_interval: float = 1.0
     supervisor_timeout: float = 10.0
+    #: The slot this worker fills, and the key its event batches must carry (new with
+    #: every assignment).
+    worker: int = 0
+    publish_key: bytes = field(default=bytes(PUBLISH_KEY_SIZE), repr=False)
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -51,6 +59,7 @@ class Assignment:
             "shards": [s.to_body() for s in self.shards],
             "large_threshold": self.large_threshold, "presence": self.presence,
             "beat_interval": self.beat_interval, "supervisor_timeout": self.supervisor_timeout,
+            "worker": self.worker, "publish_key": self.publish_key.hex(),
         }
 
     @classmethod
@@ -71,7 +80,8 @@ class Assignment:
                 events=_str(body["events"]), shards=shards,
                 large_threshold=_int(body.get("large_threshold", 50)), presence=presence,
                 beat_interval=_num(body.get("beat_interval", 1.0)),
-                supervisor_timeout=_num(body.get("supervisor_timeout", 10.0)))
+                supervisor_timeout=_num(body.get("supervisor_timeout", 10.0)),
+                worker=_slot(body["worker"]), publish_key=_key(body["publish_key"]))
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"malformed assignment (field {exc})") from None
 
@@ -94,6 +104,22 @@ def _int(value: Any) -> int:
 
 def _opt_int(value: Any) -> int | None:
     return None if value is None else _int(value)
+
+
+def _slot(value: Any) -> int:
+    if not 0 <= _int(value) <= 0xFFFFFFFF:
+        raise TypeError(f"worker {value} is not a u32")
+    return int(value)
+
+
+def _key(value: Any) -> bytes:
+    try:
+        key = bytes.fromhex(_str(value))
+    except ValueError:
+        raise TypeError("publish_key is not hex") from None
+    if len(key) != PUBLISH_KEY_SIZE:
+        raise TypeError(f"publish_key is not {PUBLISH_KEY_SIZE} bytes")
+    return key
 
 
 def _num(value: Any) -> float:

@@ -12,6 +12,17 @@ loop has run everything that was ready with its first event (``max_delay=0``), s
 worker sends full batches and a quiet one adds no delay; the forwarder drains whole batches
 and republishes one frame per event, so consumers can subscribe by type.
 
+Who may publish: events-in is reachable by any process that finds the endpoint, and what it
+forwards decides what consumers see and which session a respawned worker RESUMEs.  So every
+batch names its sender: the header carries the worker's slot and the publish key of its
+current assignment (worker batch version 2, :mod:`shardctl.ipc.events`; the keys are kept by
+:mod:`shardctl.ipc.publishers`).  The forwarder checks it once per batch, in constant time,
+and forwards only the events of that worker's own shards; everything else is dropped before
+it touches ``last_seq``, ``last_session`` or a consumer, counted and logged once per claimed
+worker.  This worker → supervisor format is internal to shardctl (both ends ship together:
+version 1 batches are refused); the consumer-facing format (README "Event bus wire
+format") is unchanged.  Every batch is bounded by ``ZMQ_MAXMSGSIZE`` on events-in.
+
 Loss policy, end to end:
 
 - worker → supervisor: the worker's socket is an XPUB (a PUB that also sees subscriptions)
@@ -52,20 +63,25 @@ from shardctl.errors import ProtocolError
 from shardctl.ipc import endpoints
 from shardctl.ipc.events import (
     BATCH_HEADER,
+    BATCH_KEY_SIZE,
+    BATCH_VERSION,
     BUS,
     BUS_OFFSET,
     HAS_SEQ,
     HEADER,
     HEADER_SIZE,
     LIFECYCLE_TYPES,
+    MAX_BATCH_BYTES,
     MAX_TYPE_LEN,
     RECORD,
     VERSION,
     Event,
+    batch_header,
     decode_event,
     encode_record,
     type_bytes,
 )
+from shardctl.ipc.publishers import PublishGrants
 from shardctl.ipc.readable import Readable
 from shardctl.ipc.security import CurveClient, CurveServer, for_socket
 
@@ -112,11 +128,13 @@ class BatchBuilder:
     """Accumulates encoded events; says when the batch must go.  Pure: time is an argument.
 
     A batch is due when it holds ``max_events`` events or ``max_bytes`` bytes, or when its
-    first event is ``max_delay`` seconds old.
+    first event is ``max_delay`` seconds old.  Its header names the publisher: ``worker`` (the
+    slot) and ``key`` (the assignment's publish key), set by :meth:`credential`.
     """
 
     def __init__(self, *, max_events: int = 64, max_delay: float = 0.0,
-                 max_bytes: int = 256 * 1024) -> None:
+                 max_bytes: int = 256 * 1024, worker: int = 0,
+                 key: bytes = bytes(BATCH_KEY_SIZE)) -> None:
         if not 1 <= max_events <= 0xFFFF:
             raise ValueError("max_events must be within 1..65535")
         if max_delay < 0:
@@ -127,9 +145,15 @@ class BatchBuilder:
         self._records: list[bytes] = []
         self._bytes = 0
         self._first_at = 0.0
+        self.credential(worker, key)
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def credential(self, worker: int, key: bytes) -> None:
+        """Batches sealed from now on say they come from ``worker`` with ``key``."""
+        batch_header(0, worker, key)  # ValueError now, not at the next seal
+        self._worker, self._key = worker, key
 
     def add(self, record: bytes, now: float) -> bool:
         """Append one record; True if the batch is now full and should be sealed."""
@@ -150,7 +174,8 @@ class BatchBuilder:
     def seal(self) -> tuple[bytes, int]:
         """The batch frame and its event count; the builder is empty afterwards."""
         records, self._records, self._bytes = self._records, [], 0
-        return BATCH_HEADER.pack(VERSION, 0, len(records)) + b"".join(records), len(records)
+        head = BATCH_HEADER.pack(BATCH_VERSION, 0, len(records), self._worker, self._key)
+        return head + b"".join(records), len(records)
 
 
 # -- worker side -----------------------------------------------------------------------------
@@ -162,7 +187,9 @@ class EventPublisher:
     Start it with ``await tg.start(publisher.run)`` (started once connected); events published
     before then wait in the backlog.  Full batches and lifecycle events are sent from inside
     ``publish()`` itself, without a task switch; the ``run()`` task seals time-due batches and
-    retries when the supervisor pushes back.
+    retries when the supervisor pushes back.  ``worker`` and ``publish_key`` come from the
+    worker's assignment: the supervisor drops every batch without them
+    (:mod:`shardctl.ipc.publishers`).
     """
 
     def __init__(self, endpoint: str, *, context: zmq.Context[Any] | None = None,
@@ -171,12 +198,13 @@ class EventPublisher:
                  high_water: int | None = None, max_pause: float = 1.0,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock_ns: Callable[[], int] = time.time_ns,
-                 curve: CurveClient | None = None) -> None:
+                 curve: CurveClient | None = None, worker: int = 0,
+                 publish_key: bytes = bytes(BATCH_KEY_SIZE)) -> None:
         self.endpoint = endpoint
         self._context = context
         self._curve = curve
         self._builder = BatchBuilder(max_events=max_events, max_delay=max_delay,
-                                     max_bytes=max_bytes)
+                                     max_bytes=max_bytes, worker=worker, key=publish_key)
         self._max_backlog = max_backlog
         if high_water is None:
             high_water = min(DEFAULT_HIGH_WATER, max_backlog)
@@ -235,6 +263,11 @@ class EventPublisher:
         if builder.add(encode_record(tb, shard, seq, ns, payload), self._clock()) or urgent \
                 or t in LIFECYCLE_TYPES:
             self.flush_nowait()
+
+    def set_credential(self, worker: int, publish_key: bytes) -> None:
+        """A new assignment's credential: batches sealed from now on carry it (those sealed
+        before keep the old one, which the supervisor takes until the first new one)."""
+        self._builder.credential(worker, publish_key)
 
     def pressure(self) -> Awaitable[None] | None:
         """Something for a reader to await before it reads on, while the backlog is high.
@@ -404,6 +437,10 @@ class ForwarderStats:
     upstream_gaps: int = 0
     #: sends refused by a full consumer pipe (XPUB_NODROP back-pressure)
     blocked: int = 0
+    #: batches dropped whole: no worker's current publish credential in their header
+    refused: int = 0
+    #: events dropped from an authenticated batch: their shard is not the sender's
+    foreign: int = 0
 
 
 BatchHook = Callable[[Sequence[Event]], None]
@@ -419,10 +456,23 @@ class EventForwarder:
     whose ``s`` was already forwarded, so a resume replay is never published twice.  READY
     starts a new session and always passes.
 
+    ``resume_url_allowed`` judges the ``resume_gateway_url`` of each READY: a session whose
+    URL it refuses is not noted (``last_session``), so nobody RESUMEs it.
+
     ``on_batch`` is called after each batch is forwarded with its events decoded (only built
     when a hook is set): the supervisor feeds in-process iterators from it.  It runs on the
     forwarder's hot path: keep it short and non-blocking (e.g. ``send_nowait`` into memory
     object streams); an exception from it stops the forwarder.
+
+    Only workers publish, each for its own shards: ``publishers``
+    (:class:`~shardctl.ipc.publishers.PublishGrants`) holds each assigned worker's publish key
+    and shards, and the supervisor updates it with every assignment.  A batch whose header
+    names no current key is dropped whole; an event of a shard outside the sender's
+    assignment is dropped alone.  Neither is forwarded or touches ``last_seq`` or
+    ``last_session``; both are counted (``stats.refused``, ``stats.foreign``) and logged
+    once per claimed worker.  The check costs one lookup per batch and one set membership
+    per event (the shard is unpacked anyway).  Batches over ``max_batch_bytes`` are refused
+    by libzmq before they are allocated (``ZMQ_MAXMSGSIZE``: the sender is disconnected).
 
     ``inbound``/``outbound`` are bound through :func:`shardctl.ipc.endpoints.bind` (locked
     ipc:// paths, loopback-only tcp:// unless ``curve`` keys are given, which then guard
@@ -435,7 +485,9 @@ class EventForwarder:
                  in_hwm: int = 10_000, out_hwm: int = 100_000,
                  on_batch: BatchHook | None = None,
                  on_progress: Callable[[], None] | None = None, drop_duplicates: bool = True,
-                 epoch: int | None = None, curve: CurveServer | None = None) -> None:
+                 epoch: int | None = None, curve: CurveServer | None = None,
+                 max_batch_bytes: int = MAX_BATCH_BYTES,
+                 resume_url_allowed: Callable[[str], bool] | None = None) -> None:
         self.inbound = inbound
         self.outbound = outbound
         self._context = context
@@ -458,6 +510,12 @@ class EventForwarder:
         self._counters: dict[bytes, int] = {}
         self._out: zmq.Socket[bytes] | None = None
         self._changed: anyio.Event | None = None
+        #: who may publish which shards (the supervisor authorizes every assignment)
+        self.publishers = PublishGrants()
+        self._max_batch_bytes = max_batch_bytes
+        self._resume_url_allowed = resume_url_allowed
+        #: claimed workers already logged as refused / foreign (None: not a known worker)
+        self._logged: set[tuple[str, int | None]] = set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Bind both sockets, signal started, forward until cancelled."""
@@ -466,6 +524,7 @@ class EventForwarder:
         sout = ctx.socket(zmq.XPUB)
         try:
             sin.setsockopt(zmq.RCVHWM, self._in_hwm)
+            sin.setsockopt(zmq.MAXMSGSIZE, self._max_batch_bytes)
             sin.setsockopt(zmq.LINGER, 0)
             sin.setsockopt(zmq.SUBSCRIBE, b"")
             sout.setsockopt(zmq.SNDHWM, self._out_hwm)
@@ -512,19 +571,34 @@ class EventForwarder:
                 await self._forward(batch)
             await anyio.lowlevel.checkpoint()
 
+    def _sender(self, batch: bytes) -> tuple[int | None, int, frozenset[int] | None]:
+        """(worker claimed, event count, shards it may publish: None = refuse the batch).
+
+        Whatever does not name a current credential is refused, malformed or not: only an
+        assigned worker's batch can be "malformed" (and logged as a bug every time).
+        """
+        if len(batch) < BATCH_HEADER.size:
+            return None, 0, None
+        version, _, count, worker, key = BATCH_HEADER.unpack_from(batch, 0)
+        if version != BATCH_VERSION:
+            return None, 0, None
+        return worker, count, self.publishers.check(worker, key)
+
     async def _forward(self, batch: bytes) -> None:
         self.stats.batches += 1
+        worker, count, allowed = self._sender(batch)
+        if worker is None or allowed is None:
+            self._refused(worker)
+            return
         try:
-            version, _, count = BATCH_HEADER.unpack_from(batch, 0)
-            if version != VERSION:
-                raise ProtocolError(f"unknown event batch version {version}")
             buf = bytearray(batch)
             events: list[Event] | None = [] if self.on_batch is not None else None
             off, remaining = BATCH_HEADER.size, count
             blocked_since: float | None = None
             retry = _RETRY_MIN
             while True:
-                off, remaining = self._forward_some(batch, buf, off, remaining, events)
+                off, remaining = self._forward_some(batch, buf, off, remaining, events,
+                                                    allowed=allowed, worker=worker)
                 if not remaining:
                     break
                 self.stats.blocked += 1
@@ -554,11 +628,39 @@ class EventForwarder:
         self.stats.malformed += 1
         log.error("event forwarder: dropped a malformed worker batch: %s", exc)
 
+    def _refused(self, worker: int | None) -> None:
+        self.stats.refused += 1
+        if self._first_time("refused", worker):
+            log.warning("event forwarder: dropped a batch claiming worker %s without its "
+                        "current publish key (a replaced worker's last batches, or a peer "
+                        "that is not ours); counted, logged once per worker",
+                        "(none)" if worker is None else worker)
+
+    def _foreign(self, worker: int, shard: int) -> None:
+        self.stats.foreign += 1
+        if self._first_time("foreign", worker):
+            log.warning("event forwarder: worker %d published for shard %d, which is not "
+                        "assigned to it; dropped (counted, logged once per worker)",
+                        worker, shard)
+
+    def _first_time(self, what: str, worker: int | None) -> bool:
+        # Claimed ids of unknown workers share one entry: a stranger cycling through them
+        # must not grow this set or the log.
+        known = worker is not None and self.publishers.known(worker)
+        source = (what, worker if known else None)
+        if source in self._logged:
+            return False
+        self._logged.add(source)
+        return True
+
     def _forward_some(self, batch: bytes, buf: bytearray, off: int, remaining: int,
-                      events: list[Event] | None) -> tuple[int, int]:
+                      events: list[Event] | None, *, allowed: frozenset[int], worker: int
+                      ) -> tuple[int, int]:
         """The hot loop: forward records until done or the out socket is full.
 
-        Returns (offset, records remaining); remaining > 0 means EAGAIN (XPUB_NODROP).
+        Only records of ``allowed`` shards (the sender's) go on; the others are dropped
+        before they touch anything.  Returns (offset, records remaining); remaining > 0
+        means EAGAIN (XPUB_NODROP).
         """
         sout = self._out
         assert sout is not None
@@ -575,12 +677,13 @@ class EventForwarder:
             start = off + record_size
             end = start + mlen
             h = start + tlen + 1
-            if (end > n or not 0 < tlen <= MAX_TYPE_LEN or h + header_size > end
-                    or batch[h - 1] != 0):
-                raise ProtocolError("malformed event record in batch")
+            # struct.error past the batch's end: malformed (the caller catches it)
             version, shard, flags, _, seq, _, _, _ = HEADER.unpack_from(batch, h)
-            if version != VERSION:
-                raise ProtocolError(f"unknown event version {version}")
+            if (end > n or not 0 < tlen <= MAX_TYPE_LEN or h + header_size > end
+                    or batch[h - 1] != 0 or version != VERSION or shard not in allowed):
+                self._odd_record(batch, off, allowed, worker)  # raises unless foreign
+                off, remaining = end, remaining - 1
+                continue
             jump = False
             ready = False
             if flags & HAS_SEQ:
@@ -613,6 +716,21 @@ class EventForwarder:
             off, remaining = end, remaining - 1
         return off, 0
 
+    def _odd_record(self, batch: bytes, off: int, allowed: frozenset[int], worker: int) -> None:
+        """Off the hot path: ProtocolError for a malformed record; else it is well formed
+        but of a shard the sender does not run, which is dropped alone."""
+        mlen, tlen = RECORD.unpack_from(batch, off)
+        start = off + RECORD.size
+        h = start + tlen + 1
+        if (start + mlen > len(batch) or not 0 < tlen <= MAX_TYPE_LEN
+                or mlen < tlen + 1 + HEADER_SIZE or batch[h - 1] != 0):
+            raise ProtocolError("malformed event record in batch")
+        version, shard = HEADER.unpack_from(batch, h)[:2]
+        if version != VERSION:
+            raise ProtocolError(f"unknown event version {version}")
+        assert shard not in allowed
+        self._foreign(worker, shard)
+
     def _upstream_gap(self, shard: int, last: int, seq: int) -> None:
         self.stats.upstream_gaps += 1
         log.warning("event forwarder: shard %d seq jumped %d -> %d", shard, last, seq)
@@ -628,10 +746,12 @@ class EventForwarder:
             session, url = d.get("session_id"), d.get("resume_gateway_url")
         except (orjson.JSONDecodeError, AttributeError):
             session = url = None
-        if isinstance(session, str) and isinstance(url, str):
+        allowed = self._resume_url_allowed
+        if isinstance(session, str) and isinstance(url, str) and (
+                allowed is None or allowed(url)):
             self.last_session[shard] = (session, url)
         else:
-            self.last_session.pop(shard, None)
+            self.last_session.pop(shard, None)  # no RESUME of this one: the shard IDENTIFYs
 
     async def _read_subscriptions(self, sout: zmq.Socket[bytes],
                                   aout: zmq.asyncio.Socket) -> None:

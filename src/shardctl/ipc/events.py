@@ -36,17 +36,25 @@ so any subscriber can count what it lost between the supervisor and itself; ``se
 unfiltered subscriber check the whole chain from Discord.  READY starts a new session at
 ``s = 1``; RESUMED and replays continue the old numbering.
 
-Worker batch (worker XPUB → supervisor SUB): ONE frame per batch::
+Worker batch (worker XPUB → supervisor SUB): ONE frame per batch, internal to shardctl::
 
-    batch header   4 bytes: u8 version = 1, u8 reserved, u16 event count
+    batch header   40 bytes, big-endian:
+        +0   u8   batch version = 2
+        +1   u8   reserved (0)
+        +2   u16  event count
+        +4   u32  worker: the publisher's slot index (its assignment's ``worker``)
+        +8   32 bytes  publish key: the ``publish_key`` of that assignment
     then per event:
         u32  length of the consumer message that follows
         u8   length of the type
         the consumer message exactly as above, with bus_seq and epoch zero
 
-so the supervisor's hot path is: unpack 5 bytes, patch 12 bytes, send a slice -- no JSON,
-no per-event objects (DESIGN.md §3).  :class:`~shardctl.ipc.bus.BatchBuilder` writes batches
-from :func:`encode_record`; :class:`~shardctl.ipc.bus.EventForwarder` is their one reader.
+so the supervisor's hot path is: check the header once per batch, unpack 5 bytes per event,
+patch 12 bytes, send a slice -- no JSON, no per-event objects (DESIGN.md §3).  Version 1
+batches (no worker, no key) are refused: anyone who can reach events-in could send them
+(:mod:`shardctl.ipc.publishers`).  A batch is at most :data:`MAX_BATCH_BYTES`.
+:class:`~shardctl.ipc.bus.BatchBuilder` writes batches from :func:`encode_record`;
+:class:`~shardctl.ipc.bus.EventForwarder` is their one reader.
 """
 
 from __future__ import annotations
@@ -79,7 +87,15 @@ BUS_OFFSET: Final = 24
 BUS: Final = struct.Struct(">QI")
 #: the part of HEADER that belongs to a subscription prefix: version + shard
 PREFIX: Final = struct.Struct(">BI")
-BATCH_HEADER: Final = struct.Struct(">BBH")
+#: worker batches: version 2 carries the publisher's slot and publish key
+BATCH_VERSION: Final = 2
+BATCH_HEADER: Final = struct.Struct(">BBHI32s")
+#: bytes of the publish key in a batch header (shardctl.ipc.publishers.PUBLISH_KEY_SIZE)
+BATCH_KEY_SIZE: Final = 32
+#: Largest worker batch the supervisor reads (its ZMQ_MAXMSGSIZE on events-in): a gateway
+#: payload may decompress to 64 MiB (the inflaters' cap), sealed into a batch that already
+#: holds up to the publisher's max_bytes (256 KiB by default).
+MAX_BATCH_BYTES: Final = 72 * 2**20
 #: per-event prefix inside a batch: message length, type length
 RECORD: Final = struct.Struct(">IB")
 _U32: Final = 0xFFFFFFFF
@@ -183,6 +199,14 @@ def encode_record(t: str | bytes, shard: int, seq: int | None, received_at_ns: i
     head = HEADER.pack(VERSION, shard, flags, 0, seq or 0, received_at_ns, 0, 0)
     return b"".join((RECORD.pack(len(tb) + 1 + HEADER_SIZE + len(payload), len(tb)),
                      tb, b"\0", head, payload))
+
+
+def batch_header(count: int, worker: int, key: bytes) -> bytes:
+    """The header of a batch of ``count`` records sent by ``worker`` with its assignment's
+    publish ``key``."""
+    if len(key) != BATCH_KEY_SIZE:
+        raise ValueError(f"a publish key has {BATCH_KEY_SIZE} bytes")
+    return BATCH_HEADER.pack(BATCH_VERSION, 0, count, _check_u32(worker, "worker"), key)
 
 
 def encode_event(t: str, shard: int, seq: int | None, received_at_ns: int, payload: bytes,

@@ -39,8 +39,9 @@ client (DEALER, connects) -> service (ROUTER, binds):
         can have left before it).  A service sharing the client's clock paces from it instead,
         clamped to [grant start, release handled]; any other ignores it.
     configure  {"client": ID, "max_concurrency"?: int >= 1, "remaining"?: int >= 0,
-                "total"?: int >= 0, "reset_after"?: number >= 0 (seconds)}
+                "total"?: int >= 0, "reset_after"?: number >= 0 (seconds), "seq"?: N}
         new limits, e.g. from a fresh GET /gateway/bot (its reset_after is in ms: divide).
+        With ``seq`` the service answers ``configured`` with the same ``seq``.
 
 service -> client:
 
@@ -55,6 +56,27 @@ service -> client:
     probe      {}
         sent to the holder of an unreleased grant to learn whether its connection is still
         there (a failed send says it is not); clients ignore it.
+    configured {"seq": N, "ok": bool, "reason"?: str}
+        the answer to a ``configure`` that had a ``seq``: applied, or refused and why.
+    refused    {"client": ID, "reason": str}
+        a message naming client ``ID`` was ignored: that id belongs to another live
+        connection (or principal).  Nothing of that client changed.
+
+Who may say what (issue 12, item 3).  ``configure`` sets the pace of every shard that uses
+the limiter, so it is taken only from the ``supervisor`` and ``operator`` roles: with CURVE,
+the role of the peer's key (ZAP User-Id ``"<role>:<name>"``); without CURVE, from any peer
+of an ``ipc://`` endpoint (a 0700 directory: this user only).  A ``tcp://`` loopback endpoint
+without CURVE is reachable by every local user: the service refuses to bind one unless told
+``insecure_loopback``, and then takes ``configure`` from nobody.  A client id belongs to the
+connection (routing id) and principal (CURVE User-Id) that used it first: another connection
+may take it over only with the same principal and once the first connection is gone, so no
+peer can receive, cancel or release another's grants.
+
+What a peer can make the service do is bounded too: messages over ``max_message_bytes`` are
+refused by libzmq before they are allocated (``ZMQ_MAXMSGSIZE``), each peer may send at most
+``peer_rate`` messages per second (bursts of ``peer_burst``; more are dropped, counted, logged
+once per peer), and replies to a peer that does not read them are dropped, never waited for
+(``NOBLOCK``; counted, logged once per peer).
 
 Recovery without a session: ZeroMQ keeps order on a connection, so the service handles ping N
 after every earlier message from that client and sends pong N after every earlier grant.  A
@@ -82,7 +104,8 @@ import re
 import secrets
 import time
 from asyncio import Future
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,21 +120,26 @@ import zmq.asyncio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from shardctl.errors import ProtocolError
+from shardctl.errors import ConfigurationError, ProtocolError
 from shardctl.ipc import endpoints
-from shardctl.ipc.security import CurveClient, CurveServer
+from shardctl.ipc.security import CurveClient, CurveServer, peer_role
 
 __all__ = [
     "VERSION",
     "Cancel",
     "ClientMessage",
     "Configure",
+    "Configured",
     "GrantMessage",
     "LimiterClient",
+    "LimiterRefusedError",
     "LimiterService",
+    "LimiterStats",
+    "LimiterUnavailableError",
     "Ping",
     "Pong",
     "Probe",
+    "Refused",
     "Release",
     "Request",
     "ServiceMessage",
@@ -133,6 +161,20 @@ DEFAULT_PING_INTERVAL: Final = 1.0
 
 _BOOT_ID: Final = Path("/proc/sys/kernel/random/boot_id")
 _TIMENS_OFFSETS: Final = Path("/proc/self/timens_offsets")
+
+#: Roles whose peers may send ``configure`` (DESIGN.md §3: only the supervisor sets the pace).
+CONFIGURE_ROLES: Final = frozenset({"supervisor", "operator"})
+#: The role of an ipc:// peer without CURVE: this user, through the 0700 runtime directory.
+LOCAL_ROLE: Final = "operator"
+MAX_MESSAGE_BYTES: Final = 64 * 1024
+"""Largest client message the service reads (its ZMQ_MAXMSGSIZE): SL1 bodies are tiny."""
+DEFAULT_PEER_RATE: Final = 2000.0
+"""Messages per second one peer may send: far above a worker starting thousands of shards
+(one request, one release and a ping per second each)..."""
+DEFAULT_PEER_BURST: Final = 20_000
+"""... with bursts this large (every shard of a big worker asking at once)."""
+#: Peers whose rate and role the service remembers; the least recently heard go first.
+_MAX_PEERS: Final = 4096
 
 _HEARTBEAT_MS: Final = 1000
 _HEARTBEAT_TIMEOUT_MS: Final = 3000
@@ -177,6 +219,7 @@ class Configure:
     remaining: int | None = None
     total: int | None = None
     reset_after: float | None = None
+    seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +240,21 @@ class Probe:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class Configured:
+    seq: int
+    ok: bool
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    client: str
+    reason: str
+
+
 ClientMessage = Ping | Request | Cancel | Release | Configure
-ServiceMessage = GrantMessage | Pong | Probe
+ServiceMessage = GrantMessage | Pong | Probe | Configured | Refused
 
 _KINDS: Final[dict[type[Any], bytes]] = {
     Ping: b"ping",
@@ -209,6 +265,8 @@ _KINDS: Final[dict[type[Any], bytes]] = {
     GrantMessage: b"grant",
     Pong: b"pong",
     Probe: b"probe",
+    Configured: b"configured",
+    Refused: b"refused",
 }
 
 
@@ -230,13 +288,14 @@ def encode(message: ClientMessage | ServiceMessage) -> list[bytes]:
             body = _present({"client": client, "req": req}, sent_at=sent_at)
         case Cancel(client, req):
             body = {"client": client, "req": req}
-        case Configure(client, max_concurrency, remaining, total, reset_after):
+        case Configure(client, max_concurrency, remaining, total, reset_after, seq):
             body = {"client": client}
             for key, value in (
                 ("max_concurrency", max_concurrency),
                 ("remaining", remaining),
                 ("total", total),
                 ("reset_after", reset_after),
+                ("seq", seq),
             ):
                 if value is not None:
                     body[key] = value
@@ -246,6 +305,10 @@ def encode(message: ClientMessage | ServiceMessage) -> list[bytes]:
             body = {"seq": seq, "queued": list(queued)}
         case Probe():
             body = {}
+        case Configured(seq, ok, reason):
+            body = _present({"seq": seq, "ok": ok}, reason=reason)
+        case Refused(client, reason):
+            body = {"client": client, "reason": reason}
     return [VERSION, _KINDS[type(message)], orjson.dumps(body)]
 
 
@@ -328,6 +391,7 @@ def decode_client_message(frames: Sequence[bytes]) -> ClientMessage:
             remaining=_int(body, "remaining", 0, MAX_ID, optional=True),
             total=_int(body, "total", 0, MAX_ID, optional=True),
             reset_after=None if reset_after is None else float(reset_after),
+            seq=_int(body, "seq", 0, MAX_ID, optional=True),
         )
     raise ProtocolError(f"unknown client message kind {kind[:32]!r}")
 
@@ -347,7 +411,21 @@ def decode_service_message(frames: Sequence[bytes]) -> ServiceMessage:
         return Pong(_req_int(body, "seq", 0, MAX_ID), tuple(queued))
     if kind == b"probe":
         return Probe()
+    if kind == b"configured":
+        ok = body.get("ok")
+        if type(ok) is not bool:
+            raise ProtocolError("field 'ok' must be true or false")
+        return Configured(_req_int(body, "seq", 0, MAX_ID), ok, _text(body, "reason"))
+    if kind == b"refused":
+        return Refused(_client(body), _text(body, "reason") or "")
     raise ProtocolError(f"unknown service message kind {kind[:32]!r}")
+
+
+def _text(body: Mapping[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ProtocolError(f"field {key!r} must be a string")
+    return None if value is None else value[:300]
 
 
 @functools.cache
@@ -382,6 +460,54 @@ def _heartbeats(sock: zmq.asyncio.Socket) -> None:
 # -- service end -----------------------------------------------------------------------------
 
 
+class LimiterRefusedError(ConfigurationError):
+    """The limiter refused what we asked (``configure`` from a role that may not)."""
+
+
+class LimiterUnavailableError(ConfigurationError):
+    """No limiter answered at the endpoint in time."""
+
+
+def check_bind(endpoint: str, *, curve: bool, insecure_loopback: bool = False) -> None:
+    """Refuse a limiter endpoint that strangers could steer (module docstring).
+
+    ``tcp://`` without CURVE is reachable by every user of this host (and other hosts are
+    refused anyway, :func:`shardctl.ipc.endpoints.check_bind_allowed`).
+    """
+    endpoints.check_bind_allowed(endpoint, curve=curve)
+    tcp = endpoints.parse_endpoint(endpoint).transport == "tcp"
+    if tcp and not curve and not insecure_loopback:
+        raise ConfigurationError(
+            f"refusing to serve the limiter on {endpoint} without CURVE keys: every user of "
+            "this host can reach a loopback port and steer its pace; serve it on ipc:// "
+            "(this user only), configure keys (--keys), or pass --insecure-loopback (then "
+            "no peer may configure it)")
+
+
+@dataclass(slots=True)
+class LimiterStats:
+    """What peers were denied, for operators (each kind is also logged once per peer)."""
+
+    #: replies dropped because their peer did not read (its queue was full)
+    dropped_replies: int = 0
+    #: messages dropped because their peer sent faster than ``peer_rate``
+    rate_limited: int = 0
+    #: messages refused: a client id held by another connection, or a configure from a
+    #: role that may not
+    refused: int = 0
+
+
+@dataclass(slots=True)
+class _Peer:
+    """What the service knows of one connection (routing id)."""
+
+    role: str | None
+    principal: str  # the CURVE User-Id; "" without CURVE
+    tokens: float
+    at: float
+    noted: set[str] = field(default_factory=set)  # what was logged about it already
+
+
 class LimiterService:
     """The ROUTER end: binds, yields client messages, sends grants and pongs.
 
@@ -389,28 +515,45 @@ class LimiterService:
     endpoint actually bound (a ``tcp://...:*`` bind names its port there).
     ``curve``: CURVE server keys; only clients with authorised keys are heard, and the
     endpoint may then be reachable from other hosts (:mod:`shardctl.ipc.security`).
+    ``insecure_loopback`` allows a loopback ``tcp://`` endpoint without CURVE; its peers are
+    anonymous (:meth:`may_configure` is false for them).  ``peer_rate``/``peer_burst`` bound
+    what one connection may send, ``max_message_bytes`` each message (module docstring).
     """
 
     def __init__(self, endpoint: str, *, context: zmq.asyncio.Context | None = None,
-                 curve: CurveServer | None = None) -> None:
-        endpoints.check_bind_allowed(endpoint, curve=curve is not None)
+                 curve: CurveServer | None = None, insecure_loopback: bool = False,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 peer_rate: float = DEFAULT_PEER_RATE, peer_burst: int = DEFAULT_PEER_BURST,
+                 clock: Callable[[], float] = time.monotonic,
+                 stats: LimiterStats | None = None) -> None:
+        check_bind(endpoint, curve=curve is not None, insecure_loopback=insecure_loopback)
         self._curve = curve
+        self._anonymous = curve is None and endpoints.parse_endpoint(endpoint).transport == "tcp"
         self._requested = endpoint
         self._context = context or zmq.asyncio.Context.instance()
         self._socket: zmq.asyncio.Socket | None = None
         self._stack = contextlib.ExitStack()
+        self._max_message_bytes = max_message_bytes
+        self._rate, self._burst, self._clock = peer_rate, peer_burst, clock
+        self._peers: OrderedDict[bytes, _Peer] = OrderedDict()
         self.endpoint = endpoint
+        self.stats = stats if stats is not None else LimiterStats()
 
     async def __aenter__(self) -> Self:
         sock = self._context.socket(zmq.ROUTER)
         try:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            sock.setsockopt(zmq.MAXMSGSIZE, self._max_message_bytes)
             _heartbeats(sock)
             self.endpoint = self._stack.enter_context(
                 endpoints.bind(sock, self._requested, curve=self._curve))
         except BaseException:
             sock.close(linger=0)
             raise
+        if self._anonymous:
+            log.warning("limiter: serving %s without CURVE keys (--insecure-loopback): every "
+                        "user of this host can ask it for slots; none may configure it",
+                        self.endpoint)
         self._socket = sock
         return self
 
@@ -433,22 +576,90 @@ class LimiterService:
     async def receive(self) -> tuple[bytes, ClientMessage]:
         """The next valid client message and its sender's routing id.
 
-        Malformed messages are logged and skipped.  Not cancel-safe (a message that arrives
-        as the wait is cancelled is lost): call it from a task that is only cancelled at
-        shutdown.
+        Malformed messages are logged and skipped, and so are messages over the sender's
+        rate.  Not cancel-safe (a message that arrives as the wait is cancelled is lost):
+        call it from a task that is only cancelled at shutdown.
         """
         sock = self._sock()
         while True:
-            frames = await sock.recv_multipart()
+            frames = await sock.recv_multipart(copy=False)
             if len(frames) < 2:
                 log.warning("limiter: dropped a message without a routing id")
                 continue
-            peer, payload = frames[0], frames[1:]
+            peer = frames[0].bytes
+            if not self._admit(peer, frames[1]):
+                continue
             try:
-                return peer, decode_client_message(payload)
+                return peer, decode_client_message([f.bytes for f in frames[1:]])
             except ProtocolError as exc:
                 log.warning("limiter: dropped a malformed message from peer %s: %s",
                             peer.hex(), exc)
+
+    def _admit(self, peer: bytes, frame: zmq.Frame) -> bool:
+        """Note the peer's role; False when it is over its rate (token bucket)."""
+        now = self._clock()
+        state = self._peers.get(peer)
+        if state is None:
+            state = self._peers[peer] = self._new_peer(frame, now)
+            while len(self._peers) > _MAX_PEERS:
+                self._peers.popitem(last=False)
+        else:
+            self._peers.move_to_end(peer)
+            state.tokens = min(self._burst, state.tokens + (now - state.at) * self._rate)
+            state.at = now
+        if state.tokens >= 1:
+            state.tokens -= 1
+            return True
+        self.stats.rate_limited += 1
+        if self._note_once(state, "rate"):
+            log.warning("limiter: peer %s sends over %g messages/s; dropping the excess "
+                        "(counted, logged once per peer)", peer.hex(), self._rate)
+        return False
+
+    def _new_peer(self, frame: zmq.Frame, now: float) -> _Peer:
+        role: str | None
+        if self._curve is not None:
+            role = peer_role(frame)
+            try:
+                principal = str(frame.get("User-Id"))
+            except zmq.ZMQError:
+                principal = ""
+        else:
+            role, principal = (None if self._anonymous else LOCAL_ROLE), ""
+        return _Peer(role, principal, float(self._burst), now)
+
+    @staticmethod
+    def _note_once(state: _Peer, what: str) -> bool:
+        if what in state.noted:
+            return False
+        state.noted.add(what)
+        return True
+
+    def first_time(self, peer: bytes, what: str) -> bool:
+        """True the first time ``what`` happens with ``peer``: log it then, not again."""
+        state = self._peers.get(peer)
+        return state is None or self._note_once(state, what)
+
+    def role_of(self, peer: bytes) -> str | None:
+        """The role ``peer`` spoke with (None: anonymous, or not heard lately)."""
+        state = self._peers.get(peer)
+        return None if state is None else state.role
+
+    def principal_of(self, peer: bytes) -> str:
+        """Who holds ``peer``'s key (its CURVE User-Id); "" without CURVE."""
+        state = self._peers.get(peer)
+        return "" if state is None else state.principal
+
+    def may_configure(self, peer: bytes) -> str | None:
+        """None if ``peer`` may send ``configure``; else why not (for the refusal)."""
+        role = self.role_of(peer)
+        if role in CONFIGURE_ROLES:
+            return None
+        if role is None:
+            return ("anonymous peers (tcp:// without CURVE keys) may not configure this "
+                    "limiter; use ipc:// or CURVE keys with the supervisor or operator role")
+        return (f"the {role} role may not configure the limiter; only supervisor and "
+                "operator keys may")
 
     def _send(self, peer: bytes, message: ServiceMessage) -> bool:
         sent = self._sock().send_multipart([peer, *encode(message)], flags=zmq.NOBLOCK)
@@ -457,10 +668,20 @@ class LimiterService:
             cast("Future[Any]", sent).result()
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: the peer's connection is gone (ROUTER_MANDATORY).  EAGAIN: its
-            # queue is full or closing.  Either way nothing was queued for it.
-            log.debug("limiter: peer %s unreachable: %s", peer.hex(), exc)
+            # queue is full (it does not read) or closing.  Either way nothing was queued
+            # for it, and nothing here waits for it.
+            if exc.errno == zmq.EAGAIN:
+                self._dropped_reply(peer)
+            else:
+                log.debug("limiter: peer %s unreachable: %s", peer.hex(), exc)
             return False
         return True
+
+    def _dropped_reply(self, peer: bytes) -> None:
+        self.stats.dropped_replies += 1
+        if self.first_time(peer, "unread"):
+            log.warning("limiter: peer %s does not read its replies; dropping them (counted, "
+                        "logged once per peer)", peer.hex())
 
     def send_grant(self, peer: bytes, req: int, shard: int, *,
                    not_before: float | None = None) -> bool:
@@ -470,9 +691,28 @@ class LimiterService:
     def send_pong(self, peer: bytes, seq: int, queued: Sequence[int]) -> bool:
         return self._send(peer, Pong(seq, tuple(queued)))
 
+    def send_configured(self, peer: bytes, seq: int, reason: str | None = None) -> bool:
+        """Acknowledge a ``configure``: applied (no ``reason``) or refused."""
+        if reason is not None:
+            self.stats.refused += 1
+        return self._send(peer, Configured(seq, reason is None, reason))
+
+    def send_refused(self, peer: bytes, client: str, reason: str) -> bool:
+        self.stats.refused += 1
+        return self._send(peer, Refused(client, reason))
+
     def probe(self, peer: bytes) -> bool:
         """False if ``peer``'s connection is certainly gone."""
         return self._send(peer, Probe())
+
+    def connected(self, peer: bytes) -> bool:
+        """Whether ``peer``'s connection is still there (a full queue still counts)."""
+        try:
+            cast("Future[Any]", self._sock().send_multipart(
+                [peer, *encode(Probe())], flags=zmq.NOBLOCK)).result()
+        except zmq.ZMQError as exc:
+            return exc.errno == zmq.EAGAIN
+        return True
 
 
 # -- client end ------------------------------------------------------------------------------
@@ -541,6 +781,11 @@ class LimiterClient:
         self._pending: dict[int, _Pending] = {}
         self._req_numbers = itertools.count()
         self._ping_seq = 0  # last ping queued
+        self._configures = itertools.count(1)
+        #: configure seq -> its answer, once it came
+        self._answers: dict[int, Configured | None] = {}
+        self._answered = anyio.Event()
+        self._refusals: set[str] = set()  # logged once each
 
     async def __aenter__(self) -> Self:
         sock = self._context.socket(zmq.DEALER)
@@ -610,6 +855,28 @@ class LimiterClient:
                 # else: the waiter was cancelled after the grant left; the slot is spent.
             elif isinstance(message, Pong):
                 self._resync(message)
+            elif isinstance(message, Configured):
+                if message.seq in self._answers:
+                    self._answers[message.seq] = message
+                    self._answered.set()
+                    self._answered = anyio.Event()
+            elif isinstance(message, Refused):
+                self._refused(message)
+
+    def _refused(self, message: Refused) -> None:
+        """The service ignored us: a configure waiting for its answer has it; requests wait
+        on (our id is held by our own connection before a reconnect until the service sees
+        that one gone: pings go on, and the next pong resyncs)."""
+        waiting = [seq for seq, answer in self._answers.items() if answer is None]
+        for seq in waiting:
+            self._answers[seq] = Configured(seq, False, message.reason)
+        if waiting:
+            self._answered.set()
+            self._answered = anyio.Event()
+        if message.reason not in self._refusals:
+            self._refusals.add(message.reason)
+            log.warning("limiter client %s: the limiter ignored us: %s", self.client_id,
+                        message.reason)
 
     async def _pinger(self) -> None:
         while True:
@@ -633,6 +900,18 @@ class LimiterClient:
         self._outbox.send_nowait(encode(message))
 
     # The SessionLimiter interface.
+
+    @contextlib.contextmanager
+    def answer_within(self, seconds: float) -> Iterator[None]:
+        """Bound a wait for the service (``with client.answer_within(5): await
+        client.configure(...)``): :class:`LimiterUnavailableError`, naming the endpoint, if
+        it has not answered by then."""
+        with anyio.move_on_after(seconds) as scope:
+            yield
+        if scope.cancelled_caught:
+            raise LimiterUnavailableError(
+                f"no limiter answered at {self.endpoint} within {seconds:g} s (is `shardctl "
+                "limiter` serving there, and reachable with these keys?)")
 
     def identify(self, shard_id: int) -> AbstractAsyncContextManager[None]:
         """Wait for shard ``shard_id``'s IDENTIFY slot; the body runs holding the grant."""
@@ -668,7 +947,7 @@ class LimiterClient:
             if self._outbox is not None:
                 self._post(Release(self.client_id, req, time.monotonic()))
 
-    def configure(
+    async def configure(
         self,
         *,
         max_concurrency: int | None = None,
@@ -676,5 +955,19 @@ class LimiterClient:
         total: int | None = None,
         reset_after: float | None = None,
     ) -> None:
-        """Tell the service new limits (``reset_after`` in seconds); fire and forget."""
-        self._post(Configure(self.client_id, max_concurrency, remaining, total, reset_after))
+        """Tell the service new limits (``reset_after`` in seconds) and wait until it took
+        them: :class:`LimiterRefusedError` if it refused them (our role may not configure,
+        or a value is out of range).  An absent limiter never answers: bound the wait with
+        :meth:`answer_within`."""
+        seq = next(self._configures)
+        self._answers[seq] = None
+        try:
+            self._post(Configure(self.client_id, max_concurrency, remaining, total,
+                                 reset_after, seq))
+            while (answer := self._answers[seq]) is None:
+                await self._answered.wait()
+        finally:
+            self._answers.pop(seq)
+        if not answer.ok:
+            raise LimiterRefusedError(
+                f"the limiter at {self.endpoint} refused our limits: {answer.reason}")

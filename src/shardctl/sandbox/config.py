@@ -56,6 +56,7 @@ class SandboxConfig:
     hello_before_version_close: bool = False
     resume_seq_ahead_op9: bool = False
     resume_path: str = "/resume/"
+    resume_host: str | None = None
     zlib_split: int = 1
     zstd_level: int = 1
     payload_compress_threshold: int = 1024
@@ -139,6 +140,7 @@ FIELD_HELP: Final[dict[str, str]] = {
     "hello_before_version_close": "send HELLO before closing 4012 on a bad v",
     "resume_seq_ahead_op9": "answer a RESUME seq beyond the last s with op 9 instead of 4007",
     "resume_path": "path of resume_gateway_url (distinct from the connect URL /)",
+    "resume_host": "host named in resume_gateway_url (default: the one it listens on)",
     "zlib_split": "spread each zlib-stream payload over this many messages",
     "zstd_level": "zstd-stream compression level (1 keeps ~0.1 MB per socket; 3 ~0.8 MB)",
     "payload_compress_threshold": "IDENTIFY compress:true zlib-compresses payloads this big",

@@ -89,7 +89,9 @@ class Sandbox:
 
     @property
     def resume_gateway_url(self) -> str:
-        return f"ws://{self._authority}{self.config.resume_path}"
+        host = self.config.resume_host
+        authority = self._authority if host is None else f"{host}:{self.port}"
+        return f"ws://{authority}{self.config.resume_path}"
 
     # -- records ----------------------------------------------------------------------------
 

@@ -104,7 +104,9 @@ class Worker:
                     return Assignment.from_body(message.body)
 
     async def _serve(self, assignment: Assignment) -> None:
-        publisher = self._publisher = EventPublisher(assignment.events, curve=self._curve)
+        publisher = self._publisher = EventPublisher(
+            assignment.events, curve=self._curve, worker=assignment.worker,
+            publish_key=assignment.publish_key)
         async with anyio.create_task_group() as tg:
             await tg.start(publisher.run)
             async with LimiterClient(assignment.limiter, curve=self._curve) as limiter, \
@@ -215,9 +217,14 @@ class Worker:
             elif message.kind == "assign":
                 # More shards: a lost remote worker's, to RESUME here (cluster/remote.py).
                 try:
-                    self._start_shards(Assignment.from_body(message.body), shards_tg)
+                    more = Assignment.from_body(message.body)
                 except ProtocolError as exc:
                     log.error("worker %s: ignored a malformed assignment: %s", self._index, exc)
+                    continue
+                # Its key before its shards: their first events must carry it.
+                if self._publisher is not None:
+                    self._publisher.set_credential(more.worker, more.publish_key)
+                self._start_shards(more, shards_tg)
 
     async def _stop_shards(self, code: int) -> None:
         with anyio.move_on_after(STOP_TIMEOUT), anyio.CancelScope(shield=True):

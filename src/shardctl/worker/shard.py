@@ -50,6 +50,7 @@ from shardctl.gateway.payloads import (
     request_guild_members_frame,
     voice_state_frame,
 )
+from shardctl.gateway.resume_url import resume_url_refusal
 from shardctl.worker.limiter import LocalSessionLimiter, SessionLimiter
 
 __all__ = ["USER_AGENT", "CommandResult", "Shard"]
@@ -229,6 +230,7 @@ class Shard:
         self._collectors: dict[str, _MemberCollector] = {}
         self._group: anyio.abc.TaskGroup | None = None
         self._clock: Callable[[], float] = anyio.current_time
+        self._refused_resumes: set[str] = set()  # logged once each
 
     def __repr__(self) -> str:
         m = self._machine
@@ -363,7 +365,9 @@ class Shard:
 
     async def _url(self, plan: Reconnect) -> str:
         if plan.resume:
-            return plan.url
+            if self._resume_allowed(plan.url):
+                return plan.url
+            plan = self._machine.resume_refused(anyio.current_time())
         gateway = self._gateway
         if isinstance(gateway, str):
             return self._machine.use_gateway(gateway)
@@ -372,6 +376,20 @@ class Shard:
         if inspect.isawaitable(base):
             base = await base
         return self._machine.use_gateway(base)
+
+    def _resume_allowed(self, url: str) -> bool:
+        """Defense in depth: a RESUME carries the token, so it goes only where
+        :func:`~shardctl.gateway.resume_url.resume_url_refusal` allows, whoever handed us
+        the URL (READY, or a restored session from the supervisor)."""
+        trusted = [g for g in (self._gateway, self._machine.connect_url) if isinstance(g, str)]
+        refusal = resume_url_refusal(url, trusted)
+        if refusal is None:
+            return True
+        if refusal not in self._refused_resumes:
+            self._refused_resumes.add(refusal)
+            log.warning("shard %d: not resuming there: %s; identifying instead", self._id,
+                        refusal)
+        return False
 
     async def _attempt(self, plan: Reconnect) -> Reconnect | Fatal | None:
         """One socket: open it, pump it, return what the machine decided next."""
