@@ -31,7 +31,7 @@ def main() -> None:
 
 def _sandbox_options(func: Callable[..., None]) -> Callable[..., None]:
     """One ``--option`` per SandboxConfig field, typed and documented from the dataclass."""
-    from shardctl.sandbox.config import FIELD_HELP, SandboxConfig
+    from shardctl.sandbox.config import ARRIVAL_STAMPS, FIELD_HELP, SandboxConfig
     from shardctl.sandbox.faults import parse_scheduled
 
     def _faults(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
@@ -53,6 +53,9 @@ def _sandbox_options(func: Callable[..., None]) -> Callable[..., None]:
             option = click.option(flag, "token", default=default, envvar="SHARDCTL_SANDBOX_TOKEN",
                                   show_default=False, show_envvar=True,
                                   help=help_text + " [default: sandbox-token]")
+        elif f.name == "arrival_stamp":
+            option = click.option(flag, f.name, type=click.Choice(ARRIVAL_STAMPS),
+                                  default=default, show_default=True, help=help_text)
         elif isinstance(default, bool):
             name = f.name.replace("_", "-")
             option = click.option(f"--{name}/--no-{name}", f.name, default=default,
