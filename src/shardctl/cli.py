@@ -114,6 +114,34 @@ def sandbox_command(host: str, port: int, log_level: str, **fields: Any) -> None
 # -- limiter command (owned by the limiter work) ------------------------------------------
 
 
+def _margin_check(check: Callable[[float], float]) -> Callable[..., float]:
+    def callback(ctx: click.Context, param: click.Parameter, value: float) -> float:
+        from shardctl.errors import ConfigurationError
+
+        try:
+            return check(value)
+        except ConfigurationError as exc:
+            raise click.UsageError(str(exc), ctx) from None
+
+    return callback
+
+
+def _margin_options(func: Callable[..., None]) -> Callable[..., None]:
+    """``--identify-margin-ms`` and ``--identify-margin-percent`` (run and limiter)."""
+    from shardctl.cluster import config as cfg
+
+    func = click.option(
+        "--identify-margin-percent", type=float, default=cfg.DEFAULT_MARGIN_PERCENT,
+        show_default=True, metavar="PCT", callback=_margin_check(cfg.check_margin_percent),
+        help="added to --identify-margin-ms: this percentage of the identify interval")(func)
+    return click.option(
+        "--identify-margin-ms", type=float, default=cfg.DEFAULT_MARGIN_MS, show_default=True,
+        metavar="MS", callback=_margin_check(cfg.check_margin_ms),
+        help="extra gap between two IDENTIFYs of a bucket, for a gateway that reads them "
+             "late; an op 9 widens the bucket's margin (bounded), clean IDENTIFYs narrow it "
+             "again")(func)
+
+
 @main.command("limiter")
 @click.option("--bind", "bind_endpoint", metavar="ENDPOINT", envvar="SHARDCTL_LIMITER_BIND",
               default=None,
@@ -139,9 +167,12 @@ def sandbox_command(host: str, port: int, log_level: str, **fields: Any) -> None
 @click.option("--keys", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="CURVE key directory: only clients with authorised keys are served "
                    "(supervisors use clients/worker)")
+@_margin_options
 def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify_interval: float,
                     remaining: int | None, total: int | None, reset_after: int | None,
-                    sandbox: bool, keys: Path | None = None) -> None:
+                    sandbox: bool, keys: Path | None = None,
+                    identify_margin_ms: float = 0.0, identify_margin_percent: float = 0.0
+                    ) -> None:
     """Serve the session limiter on its own, for supervisors on several hosts of one bot.
 
     Every IDENTIFY of every shard that uses this limiter waits for a grant: one per bucket
@@ -160,6 +191,7 @@ def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify
 
     import anyio
 
+    from shardctl.cluster.config import identify_margin
     from shardctl.cluster.limiter import DEFAULT_IDENTIFY_INTERVAL
     from shardctl.cluster.limiter_service import LimiterServer
     from shardctl.errors import ConfigurationError
@@ -183,6 +215,7 @@ def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify
             remaining=remaining, total=total,
             reset_after=None if reset_after is None else reset_after / 1000.0,
             curve=load_server(keys) if keys is not None else None,
+            margin=identify_margin(identify_margin_ms, identify_margin_percent),
         )
     except (ConfigurationError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -342,6 +375,7 @@ def _leaf(error: BaseException) -> BaseException:
               type=click.Choice(["zlib-stream", "zstd-stream", "none"]))
 @click.option("--identify-interval", type=float, default=5.0, show_default=True,
               metavar="SECONDS", help="pace per identify bucket; below 5 only for a loopback API")
+@_margin_options
 @click.option("--events-endpoint", default=None, metavar="ENDPOINT",
               help="where consumers subscribe  [default: ipc://<runtime dir>/events.sock]")
 @click.option("--control-endpoint", default=None, metavar="ENDPOINT",
@@ -375,7 +409,8 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
                 control_endpoint: str | None, limiter: str | None, state_file: Path | None,
                 keys: Path | None = None, remote_workers: int = 0,
                 ignore_session_start_limit: bool, log_level: str, log_format: str = "text",
-                metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> None:
+                metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
+                identify_margin_ms: float = 0.0, identify_margin_percent: float = 0.0) -> None:
     """Run a shard cluster: discover, plan, spawn workers, forward events until stopped.
 
     SIGINT/SIGTERM stop gracefully: every shard closes resumably and the sessions are saved
@@ -403,7 +438,10 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
             "shards": cfg.parse_shards(shards), "shard_ids": shard_ids,
             "intents": cfg.parse_intents(intents),
             "compression": cfg.parse_compression(compression),
-            "identify_interval": identify_interval, "events_endpoint": events_endpoint,
+            "identify_interval": identify_interval,
+            "identify_margin_ms": identify_margin_ms,
+            "identify_margin_percent": identify_margin_percent,
+            "events_endpoint": events_endpoint,
             "control_endpoint": control_endpoint, "limiter": limiter, "state_file": state_file,
             "ignore_session_start_limit": ignore_session_start_limit,
             "curve_keys": keys, "remote_workers": remote_workers,

@@ -35,7 +35,7 @@ from shardctl.cluster.limiter_service import LimiterServer
 from shardctl.cluster.planner import parse_shard_ids, plan
 from shardctl.cluster.restarts import RestartPolicy
 from shardctl.cluster.sessions import SessionRecord
-from shardctl.cluster.status_report import status_body
+from shardctl.cluster.status_report import limiter_section, status_body
 from shardctl.cluster.workers import WorkerSlot, kill, spawn, worker_command
 from shardctl.gateway.sharding import shard_for
 from shardctl.ipc import endpoints
@@ -204,7 +204,7 @@ class Supervisor:
                 remote.service_endpoint(control_ep, "limiter", run_dir),
                 max_concurrency=limit.max_concurrency, interval=self.config.identify_interval,
                 remaining=limit.remaining, total=limit.total, reset_after=limit.reset_after,
-                curve=curve)
+                curve=curve, margin=self.config.identify_margin)
             limiter_ep = await tg.start(self.limiter.serve)
             if must_identify:
                 # Closed now, before any worker exists to ask; opened by the task, or by the
@@ -488,7 +488,8 @@ class Supervisor:
         kind, body = message.kind, message.body
         if kind == "status":
             # A read-only query from any peer (`shardctl status`); never a worker's message.
-            await control.send(peer, "status", status_body(self.status(), self.slots))
+            await control.send(peer, "status", status_body(self.status(), self.slots,
+                                                           limiter=self._limiter_status()))
             return
         if kind == "register":
             slot = self._slot_for_registration(body, peer)
@@ -568,6 +569,17 @@ class Supervisor:
         return self._fanout.events(*types)
 
     # ------------------------------------------------------------------ commands and status
+
+    def _limiter_status(self) -> dict[str, Any] | None:
+        """The built-in limiter's margin and op 9 count per bucket (None: a shared one)."""
+        if self.limiter is None:
+            return None
+        try:
+            scheduler = self.limiter.scheduler
+        except RuntimeError:  # not serving yet
+            return None
+        return limiter_section(scheduler.margins(), scheduler.rejections(),
+                               scheduler.rejections_total)
 
     def status(self) -> list[ShardStatus]:
         """Every shard's last reported state, latency, seq, worker pid and guild count."""

@@ -35,6 +35,7 @@ from shardctl.gateway.machine import (
     Close,
     Emit,
     Fatal,
+    IdentifyRejected,
     NeedIdentify,
     Reconnect,
     Refused,
@@ -49,7 +50,7 @@ from shardctl.gateway.payloads import (
     request_guild_members_frame,
     voice_state_frame,
 )
-from shardctl.worker.limiter import LocalSessionLimiter, SessionLimiter
+from shardctl.worker.limiter import LocalSessionLimiter, RejectionAware, SessionLimiter
 
 __all__ = ["USER_AGENT", "CommandResult", "Shard"]
 
@@ -485,6 +486,8 @@ class Shard:
             elif isinstance(action, NeedIdentify):
                 if ws is not None and conn is not None:
                     conn.start_soon(self._identify, ws)
+            elif isinstance(action, IdentifyRejected):
+                self._identify_rejected(action.after)
             elif isinstance(action, (Reconnect, Fatal)):
                 outcome = action
             elif isinstance(action, Stop):
@@ -509,6 +512,12 @@ class Shard:
         # Every IDENTIFY goes through the session limiter; a RESUME never does (protocol §5).
         async with self._limiter.identify(self._id):
             await self._execute(self._machine.identify(anyio.current_time()), ws, None)
+
+    def _identify_rejected(self, after: float) -> None:
+        # The limiter logs it with its figures; one warning per op 9 is enough.
+        log.debug("shard %d: IDENTIFY answered with op 9 after %.3f s", self._id, after)
+        if isinstance(self._limiter, RejectionAware):
+            self._limiter.identify_rejected(self._id, after)
 
     async def _emit(self, action: Emit) -> None:
         name = action.name
