@@ -61,8 +61,8 @@ def format_table(body: Mapping[str, Any]) -> str:
     lines = ["  ".join(cell.rjust(w) if i not in (2,) else cell.ljust(w)
                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
              for row in table]
-    lines.append(summary_line(body.get("summary") or {}))
     limiter = body.get("limiter")
     if isinstance(limiter, Mapping) and (line := limiter_line(limiter)) is not None:
         lines.append(line)
+    lines.append(summary_line(body.get("summary") or {}))
     return "\n".join(lines)

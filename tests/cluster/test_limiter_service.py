@@ -20,7 +20,7 @@ import pytest
 
 from shardctl.cluster.limiter import DEFAULT_MARGIN, IdentifyMargin
 from shardctl.cluster.limiter_service import LimiterEvent, LimiterServer
-from shardctl.ipc.limiter import LimiterClient
+from shardctl.ipc.limiter import LimiterClient, Rejected
 
 pytestmark = pytest.mark.anyio
 
@@ -260,6 +260,39 @@ async def test_a_same_clock_bucket_is_paced_from_the_send_plus_the_margin(
     expected = (DEFAULT_MARGIN if margin is None else margin).base(INTERVAL)
     assert f"margin={expected:.6f}" in release.detail
     assert INTERVAL + expected <= second.at - release.at < INTERVAL + expected + 1e-9
+
+
+async def test_an_op9_report_widens_its_bucket_logs_once_and_grants_nothing(
+        endpoint: str, caplog: pytest.LogCaptureFixture) -> None:
+    margin = IdentifyMargin(floor=0.01)
+    server = LimiterServer(endpoint, max_concurrency=2, interval=INTERVAL, last_grants={},
+                           margin=margin)
+    async with serving(server), LimiterClient(endpoint) as client:
+        with anyio.fail_after(5):
+            await identify_all(client, [0])
+            (grant,) = server.grants()
+            with caplog.at_level(logging.WARNING, "shardctl.cluster.limiter_service"):
+                client.identify_rejected(0, 0.004)
+                await server.wait_for(lambda: any(e.kind == "rejected" for e in server.record))
+                # Again for the same grant, and for one it never made: both ignored.
+                client._post(Rejected(client.client_id, 0, 0, 0.0025))
+                client._post(Rejected(client.client_id, 99, 2, 0.0025))
+                await identify_all(client, [2, 1])
+    assert server.scheduler.margins() == {0: 0.02, 1: 0.01}
+    assert server.scheduler.rejections() == {0: 1, 1: 0}
+    (rejected,) = [e for e in server.record if e.kind == "rejected"]
+    assert (rejected.shard_id, rejected.bucket) == (0, 0)
+    (warning,) = [r.getMessage() for r in caplog.records if "op 9" in r.getMessage()]
+    assert "shard 0" in warning and "0.004 s after it was sent" in warning
+    assert "bucket 0" in warning and "from 10.0 to 20.0 ms" in warning
+    assert "--identify-margin-ms" in warning
+    # The next IDENTIFY of bucket 0 came an interval plus the widened margin after the
+    # rejected one was sent; no grant was added for the report.
+    grants = server.grants()
+    assert [g.shard_id for g in grants] == [0, 1, 2]
+    (release,) = [e for e in server.record if e.kind == "release" and e.shard_id == 0]
+    assert grants[2].at - release.at >= INTERVAL + 0.02
+    assert grant is grants[0]
 
 
 async def test_clients_on_another_clock_are_granted_on_the_slot_and_paced_on_release(

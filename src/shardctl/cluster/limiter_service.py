@@ -407,8 +407,7 @@ class LimiterServer:
             "limiter: Discord answered shard %d's IDENTIFY with op 9%s: it read it less than "
             "%.3g s after the previous one of bucket %d. That bucket's margin widens from "
             "%.1f to %.1f ms (base %.1f ms, at most %.1f ms; a step back after %d clean "
-            "IDENTIFYs); %d IDENTIFYs answered with op 9 so far. If this recurs, raise "
-            "--identify-margin-ms", shard,
+            "IDENTIFYs); op 9s so far: %d. If this recurs, raise --identify-margin-ms", shard,
             "" if after is None else f" {after:.3f} s after it was sent", interval, bucket,
             before * 1000, widened * 1000, policy.base(interval) * 1000,
             policy.widest(interval) * 1000, policy.decay_after, scheduler.rejections_total)
