@@ -34,6 +34,8 @@ def short_dir() -> Iterator[Path]:
          "loopback"),
         (["--bind", "udp://x:1"], 1, "unsupported endpoint"),
         (["--max-concurrency", "0"], 2, "max-concurrency"),
+        (["--identify-margin-ms", "nan"], 2, "--identify-margin-ms must be a finite number"),
+        (["--identify-margin-percent", "-1"], 2, "--identify-margin-percent must be"),
     ],
 )
 def test_refusals(args: list[str], code: int, message: str) -> None:

@@ -233,20 +233,21 @@ class Connection:
 
         ``loop``: now, when this handler reads it, late by whatever else the loop was doing,
         as a busy server stamps it; ``kernel``: the kernel's receive time.  With
-        ``arrival_jitter_ms`` the frame is first read a random 0..jitter later, as on a loaded
-        server (two IDENTIFYs of a bucket, read on different connections, get different
-        lateness: the later one may look early).
+        ``arrival_jitter_ms`` the frame counts as read a random 0..jitter later, and is
+        handled no sooner, as on a loaded server: two IDENTIFYs of a bucket, read on
+        different connections, get different lateness, and the later one may look early.
+        (The stamp is the draw, not the timer's wake-up: this machine's own scheduling
+        noise is already in the loop stamp once.)
         """
-        kernel = (self.ws.arrivals.popleft()
-                  if isinstance(self.ws, StampedServerConnection) and self.ws.arrivals
-                  else None)
+        stamp = (self.ws.arrivals.popleft()
+                 if isinstance(self.ws, StampedServerConnection) and self.ws.arrivals
+                 else anyio.current_time())
         jitter = self.sb.config.arrival_jitter_ms
         if jitter > 0:
             delay = self.sb.arrival_rng.uniform(0.0, jitter / 1000.0)
+            stamp += delay
             await anyio.sleep(delay)
-            if kernel is not None:
-                return kernel + delay
-        return anyio.current_time() if kernel is None else kernel
+        return stamp
 
     def on_closed(self, exc: ConnectionClosed) -> None:
         if self.closed or self.sb.stopping:
