@@ -13,16 +13,16 @@ message means for the queue and when a client is gone:
   (the release's ``sent_at``), so neither does the release's trip: the bucket is paced from
   that moment.  Any other client is granted at the slot and paced from when its release was
   handled.  Either way the next grant comes an interval plus the bucket's *margin* later
-  (:class:`~shardctl.cluster.limiter.IdentifyMargin`, default 20 ms + 1 % of the interval):
+  (:class:`~shardctl.cluster.limiter.IdentifyMargin`, default 15 ms + 1 % of the interval):
   Discord stamps an IDENTIFY when a busy server of its fleet reads it, so the second of two
   IDENTIFYs sent an interval apart may look early by the difference in how late each was
   read.  A shard whose IDENTIFY was answered with op 9 anyway reports it (``rejected``): the
   bucket's margin widens a step, and the warning names the figures;
-- a holder whose connection is gone
-  (probed every ``probe_interval`` while it holds) counts as released when that is seen; one
-  that never answers, at ``hold_limit`` -- long (see :func:`default_hold_limit`), because a
-  live holder whose event loop is busy may send its IDENTIFY late, and pacing the next
-  grant from an expired hold would then let two IDENTIFYs of one bucket come too close;
+- a holder whose connection is gone (probed every ``probe_interval`` while it holds) counts
+  as released when that is seen; one that never answers, at ``hold_limit`` -- long (see
+  :func:`default_hold_limit`), because a live holder whose event loop is busy may send its
+  IDENTIFY late, and pacing the next grant from an expired hold would then let two
+  IDENTIFYs of one bucket come too close;
 - a request is keyed ``(client id, request number)``; its grant goes to the routing id the
   client last spoke from, so a client that reconnects still gets its grants;
 - a grant that fails to send (the client's connection is gone) is not a slot spent: the

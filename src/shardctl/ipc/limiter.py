@@ -520,7 +520,7 @@ async def _until(deadline: float) -> None:
     They also fire up to a millisecond late (epoll's resolution), and every gap of a bucket
     would carry that lateness, so the last ``_SPIN`` is spent yielding to the loop (other
     tasks still run) until the clock says go.  The margin between an exactly paced IDENTIFY
-    and the previous one is the service's ``sent_margin``, not this lateness.
+    and the previous one is the service's margin, not this lateness.
     """
     while (left := deadline - time.monotonic()) > _SPIN:  # noqa: ASYNC110
         await anyio.sleep(left - _SPIN)
