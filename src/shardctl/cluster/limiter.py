@@ -333,22 +333,21 @@ class IdentifyScheduler(Generic[K]):
         queue.remove(waiting)
         return True
 
-    def release(self, key: K, now: float, *, sent_at: float | None = None,
-                margin: float = 0.0) -> bool:
+    def release(self, key: K, now: float, *, sent_at: float | None = None) -> bool:
         """The holder of grant ``key`` is done (its IDENTIFY was sent, or never will be).
 
-        The bucket's next start comes ``interval`` after ``sent_at`` (when the send ended, in
-        the clock of ``now``: pass it only from a holder known to share that clock) plus
-        ``margin`` (what the sends' paths to Discord may differ by), or after ``now`` without
-        it.  ``sent_at`` is clamped to [grant start, ``now``]: the send cannot have ended
-        before the holder was allowed to start it, nor after its release arrived.
+        The bucket's next start comes ``interval`` plus its margin after ``sent_at`` (when
+        the send ended, in the clock of ``now``: pass it only from a holder known to share
+        that clock), or after ``now`` without it.  ``sent_at`` is clamped to [grant start,
+        ``now``]: the send cannot have ended before the holder was allowed to start it, nor
+        after its release arrived.
         False if ``key`` is not held (unknown, already released, or past its ``hold_limit``).
         """
         held = self._holds.pop(key, None)
         if held is None:
             return False
         shard_id, start = held
-        ended = now if sent_at is None else min(max(sent_at, start), now) + margin
+        ended = now if sent_at is None else min(max(sent_at, start), now)
         bucket = self.bucket_of(shard_id)
         self._last[bucket] = max(self._last_of(bucket), ended)
         return True

@@ -170,7 +170,9 @@ class Shard:
     and ``DISCONNECT``, in the order they happened.  Beyond lacord: ``raw_output`` (the
     undecoded frames, for the worker's bus) and ``heartbeat_ack_timeout`` (seconds a beat's
     ACK may take before the connection counts as a zombie; default 7.5 % of the heartbeat
-    interval, at least 1 s: :func:`shardctl.gateway.heartbeat.default_ack_timeout`).
+    interval, at least 1 s: :func:`shardctl.gateway.heartbeat.default_ack_timeout`).  A
+    ``session_limiter`` that has ``identify_rejected`` (:class:`~shardctl.worker.limiter.
+    RejectionAware`) hears of every IDENTIFY Discord answered with op 9.
 
     lacord's ``loop`` is anyio structured concurrency:
 
