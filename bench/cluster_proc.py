@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ async def main(args: argparse.Namespace) -> None:
                               compression=compression, intents=Intents(args.intents),
                               runtime_dir=run_dir, state_file=run_dir / "state.json") as sup:
             await sup.wait_ready()
-            print(json.dumps({"pid": __import__("os").getpid(),
+            print(json.dumps({"pid": os.getpid(),
                               "workers": [s.pid for s in sup.slots],
                               "events": sup.endpoints["events"]}), flush=True)
             async for _ in signals:
@@ -44,12 +45,16 @@ def parse() -> argparse.Namespace:
     p.add_argument("--compression", default="zlib-stream")
     p.add_argument("--intents", type=int, required=True)
     p.add_argument("--run-dir", required=True)
+    p.add_argument("--nice", type=int, default=0,
+                   help="lower this process's priority (and its workers') by this much")
     return p.parse_args()
 
 
 if __name__ == "__main__":
     freeze_startup_heap()  # as `shardctl run` does
+    args = parse()
+    os.nice(args.nice)
     try:
-        anyio.run(main, parse())
+        anyio.run(main, args)
     except KeyboardInterrupt:
         sys.exit(0)

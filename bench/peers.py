@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 
 from bench.common import Figure, child, log
-from bench.startup import INTERVAL, MAX_CONCURRENCY
+from bench.startup import BIG, INTERVAL, MAX_CONCURRENCY
 from bench.throughput import SHARDS, blast, sandbox_config
 from shardctl.sandbox import Sandbox, SandboxConfig
 
@@ -74,7 +74,8 @@ async def run(quick: bool, names: list[str], ours: list[Figure]) -> list[Figure]
             st = await discordpy_startup(STARTUP_SHARDS)
             out.append(Figure(f"peer discord.py startup pace ({STARTUP_SHARDS})",
                               round(st["span"], 3), "s", round(st["ideal"], 3),
-                              f"informational ({_ours(ours, '2 startup pace')})", extra=st))
+                              f"informational ({_ours(ours, f'2 startup pace, {BIG.name}')})",
+                              extra=st))
     out.append(Figure("peers hikari", None, "", target="skipped" if
                       importlib.util.find_spec("hikari") is None else
                       "skipped (installed, not wired up yet)"))

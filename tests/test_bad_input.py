@@ -196,6 +196,9 @@ async def test_malformed_shard_ids_exit_2_before_any_connection(
     ["--shards", "many"],
     ["--compression", "gzip"],
     ["--identify-interval", "-1"],
+    ["--identify-margin-ms", "nan"],
+    ["--identify-margin-ms", "-5"],
+    ["--identify-margin-percent", "inf"],
     ["--shards", "0"],
     ["--no-such-flag"],
 ])

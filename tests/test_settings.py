@@ -83,6 +83,8 @@ def test_the_token_is_redacted_wherever_it_comes_from(
         ('intents = "GUILDS,NOT_AN_INTENT"\n', "bad value for 'intents'"),
         ('shards = "many"\n', "bad value for 'shards'"),
         ("ignore-session-start-limit = 1\n", "bad value for 'ignore-session-start-limit'"),
+        ("identify-margin-ms = nan\n", "bad value for 'identify-margin-ms'"),
+        ("identify-margin-percent = -1\n", "bad value for 'identify-margin-percent'"),
         ("processes = [\n", "not valid TOML"),
     ],
 )

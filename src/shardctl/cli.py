@@ -31,7 +31,7 @@ def main() -> None:
 
 def _sandbox_options(func: Callable[..., None]) -> Callable[..., None]:
     """One ``--option`` per SandboxConfig field, typed and documented from the dataclass."""
-    from shardctl.sandbox.config import FIELD_HELP, SandboxConfig
+    from shardctl.sandbox.config import ARRIVAL_STAMPS, FIELD_HELP, SandboxConfig
     from shardctl.sandbox.faults import parse_scheduled
 
     def _faults(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
@@ -53,6 +53,9 @@ def _sandbox_options(func: Callable[..., None]) -> Callable[..., None]:
             option = click.option(flag, "token", default=default, envvar="SHARDCTL_SANDBOX_TOKEN",
                                   show_default=False, show_envvar=True,
                                   help=help_text + " [default: sandbox-token]")
+        elif f.name == "arrival_stamp":
+            option = click.option(flag, f.name, type=click.Choice(ARRIVAL_STAMPS),
+                                  default=default, show_default=True, help=help_text)
         elif isinstance(default, bool):
             name = f.name.replace("_", "-")
             option = click.option(f"--{name}/--no-{name}", f.name, default=default,
@@ -123,6 +126,34 @@ def sandbox_command(host: str, port: int, log_level: str, record_path: Path | No
 # -- limiter command (owned by the limiter work) ------------------------------------------
 
 
+def _margin_check(check: Callable[[float], float]) -> Callable[..., float]:
+    def callback(ctx: click.Context, param: click.Parameter, value: float) -> float:
+        from shardctl.errors import ConfigurationError
+
+        try:
+            return check(value)
+        except ConfigurationError as exc:
+            raise click.UsageError(str(exc), ctx) from None
+
+    return callback
+
+
+def _margin_options(func: Callable[..., None]) -> Callable[..., None]:
+    """``--identify-margin-ms`` and ``--identify-margin-percent`` (run and limiter)."""
+    from shardctl.cluster import config as cfg
+
+    func = click.option(
+        "--identify-margin-percent", type=float, default=cfg.DEFAULT_MARGIN_PERCENT,
+        show_default=True, metavar="PCT", callback=_margin_check(cfg.check_margin_percent),
+        help="added to --identify-margin-ms: this percentage of the identify interval")(func)
+    return click.option(
+        "--identify-margin-ms", type=float, default=cfg.DEFAULT_MARGIN_MS, show_default=True,
+        metavar="MS", callback=_margin_check(cfg.check_margin_ms),
+        help="extra gap between two IDENTIFYs of a bucket, for a gateway that reads them "
+             "late; an op 9 widens the bucket's margin (bounded), clean IDENTIFYs narrow it "
+             "again")(func)
+
+
 @main.command("limiter")
 @click.option("--bind", "bind_endpoint", metavar="ENDPOINT", envvar="SHARDCTL_LIMITER_BIND",
               default=None,
@@ -152,10 +183,13 @@ def sandbox_command(host: str, port: int, log_level: str, record_path: Path | No
 @click.option("--insecure-loopback", is_flag=True,
               help="Allow a tcp://127.0.0.1 endpoint without --keys: every user of this host "
                    "can then ask it for slots, and nobody may configure it over the wire.")
+@_margin_options
 def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify_interval: float,
                     remaining: int | None, total: int | None, reset_after: int | None,
                     sandbox: bool, keys: Path | None = None,
-                    insecure_loopback: bool = False) -> None:
+                    insecure_loopback: bool = False,
+                    identify_margin_ms: float = 0.0, identify_margin_percent: float = 0.0
+                    ) -> None:
     """Serve the session limiter on its own, for supervisors on several hosts of one bot.
 
     Every IDENTIFY of every shard that uses this limiter waits for a grant: one per bucket
@@ -174,6 +208,7 @@ def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify
 
     import anyio
 
+    from shardctl.cluster.config import identify_margin
     from shardctl.cluster.limiter import DEFAULT_IDENTIFY_INTERVAL
     from shardctl.cluster.limiter_service import LimiterServer
     from shardctl.errors import ConfigurationError
@@ -198,6 +233,7 @@ def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify
             reset_after=None if reset_after is None else reset_after / 1000.0,
             curve=for_socket(load_server(keys), "limiter") if keys is not None else None,
             insecure_loopback=insecure_loopback,
+            margin=identify_margin(identify_margin_ms, identify_margin_percent),
         )
     except (ConfigurationError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -357,6 +393,7 @@ def _leaf(error: BaseException) -> BaseException:
               type=click.Choice(["zlib-stream", "zstd-stream", "none"]))
 @click.option("--identify-interval", type=float, default=5.0, show_default=True,
               metavar="SECONDS", help="pace per identify bucket; below 5 only for a loopback API")
+@_margin_options
 @click.option("--events-endpoint", default=None, metavar="ENDPOINT",
               help="where consumers subscribe  [default: ipc://<runtime dir>/events.sock]")
 @click.option("--control-endpoint", default=None, metavar="ENDPOINT",
@@ -397,7 +434,8 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
                 limiter_timeout: float = 5.0, keys: Path | None = None,
                 remote_workers: int = 0, insecure_loopback: bool = False,
                 ignore_session_start_limit: bool, log_level: str, log_format: str = "text",
-                metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> None:
+                metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
+                identify_margin_ms: float = 0.0, identify_margin_percent: float = 0.0) -> None:
     """Run a shard cluster: discover, plan, spawn workers, forward events until stopped.
 
     SIGINT/SIGTERM stop gracefully: every shard closes resumably and the sessions are saved
@@ -426,7 +464,10 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
             "shards": cfg.parse_shards(shards), "shard_ids": shard_ids,
             "intents": cfg.parse_intents(intents),
             "compression": cfg.parse_compression(compression),
-            "identify_interval": identify_interval, "events_endpoint": events_endpoint,
+            "identify_interval": identify_interval,
+            "identify_margin_ms": identify_margin_ms,
+            "identify_margin_percent": identify_margin_percent,
+            "events_endpoint": events_endpoint,
             "control_endpoint": control_endpoint, "limiter": limiter, "state_file": state_file,
             "limiter_timeout": limiter_timeout,
             "ignore_session_start_limit": ignore_session_start_limit,

@@ -80,9 +80,9 @@ def progress(sup: Supervisor) -> Progress:
             scheduler = sup.limiter.scheduler
         except RuntimeError:
             return Progress(ready, len(shards), None)
+        gap = scheduler.interval + max(scheduler.margins().values(), default=0.0)
         eta = identify_eta(waiting, max_concurrency=scheduler.max_concurrency,
-                           interval=scheduler.interval, last_grants=scheduler.last_grants(),
-                           now=now)
+                           interval=gap, last_grants=scheduler.last_grants(), now=now)
     elif sup.info is not None:
         eta = identify_eta(waiting, max_concurrency=sup.info.session_start_limit.max_concurrency,
                            interval=sup.config.identify_interval, last_grants={}, now=now)

@@ -42,6 +42,8 @@ _SEMANTIC: Final[dict[str, Callable[[str], object]]] = {
     "shards": cfg.parse_shards,
     "intents": cfg.parse_intents,
     "compression": cfg.parse_compression,
+    "identify_margin_ms": cfg.check_margin_ms,
+    "identify_margin_percent": cfg.check_margin_percent,
 }
 
 

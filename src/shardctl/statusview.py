@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -39,12 +40,30 @@ def summary_line(summary: Mapping[str, Any]) -> str:
     return text
 
 
+def limiter_line(limiter: Mapping[str, Any]) -> str | None:
+    """The identify margin (the usual one, and any bucket's widened one) and op 9 count."""
+    buckets = [b for b in limiter.get("buckets") or [] if isinstance(b, Mapping)]
+    if not buckets:
+        return None
+    usual = Counter(b.get("margin_ms") for b in buckets).most_common(1)[0][0]
+    wider = [f"bucket {b.get('bucket')}: {b.get('margin_ms')} ms" for b in buckets
+             if b.get("margin_ms") != usual]
+    hit = [f"bucket {b.get('bucket')}: {b.get('op9')}" for b in buckets if b.get("op9")]
+    total = limiter.get("op9", 0)
+    return (f"identify margin {usual} ms" + (f" ({', '.join(wider)})" if wider else "")
+            + f"; {total} IDENTIFY{'' if total == 1 else 's'} answered with op 9"
+            + (f" ({', '.join(hit)})" if hit else ""))
+
+
 def format_table(body: Mapping[str, Any]) -> str:
     table = [COLUMNS, *rows(body.get("shards") or [])]
     widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.rjust(w) if i not in (2,) else cell.ljust(w)
                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
              for row in table]
+    limiter = body.get("limiter")
+    if isinstance(limiter, Mapping) and (line := limiter_line(limiter)) is not None:
+        lines.append(line)
     lines.append(summary_line(body.get("summary") or {}))
     if body.get("redacted"):
         lines.append("(redacted for a peer without credentials: pass --keys DIR with an "

@@ -25,7 +25,7 @@ import anyio.abc
 
 from shardctl.gateway.intents import Intents
 from shardctl.ipc.limiter import LimiterClient
-from shardctl.worker.limiter import SessionLimiter
+from shardctl.worker.limiter import RejectionAware, SessionLimiter
 from shardctl.worker.shard import Shard
 
 TOKEN = "sandbox-token"
@@ -46,6 +46,10 @@ class Gated:
         await self._gate.wait()
         async with self._inner.identify(shard_id):
             yield
+
+    def identify_rejected(self, shard_id: int, after: float | None = None) -> None:
+        if isinstance(self._inner, RejectionAware):
+            self._inner.identify_rejected(shard_id, after)
 
 
 def _say(word: str) -> None:

@@ -12,6 +12,7 @@ from clusterkit import TOKEN, short_dir
 
 from shardctl.cluster.supervisor import Supervisor
 from shardctl.sandbox import Sandbox, SandboxConfig
+from shardctl.statusview import limiter_line
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -60,6 +61,9 @@ async def test_status_lists_every_shard_and_fails_until_all_are_ready() -> None:
             assert body["summary"] == {**body["summary"], "shards": 3, "ready": 3,
                                        "all_ready": True, "workers": 2}
             assert "session_id" not in body["shards"][0]
+            # The built-in limiter's bucket: its margin (15 ms + 1 % of 1 s), no op 9.
+            assert body["limiter"] == {"buckets": [{"bucket": 0, "margin_ms": 25.0, "op9": 0}],
+                                       "op9": 0}
 
             code, out, err = await status(endpoint)
             assert code == 0, err
@@ -67,6 +71,7 @@ async def test_status_lists_every_shard_and_fails_until_all_are_ready() -> None:
             assert lines[0].split()[:3] == ["shard", "pid", "state"]
             assert [line.split()[0] for line in lines[1:4]] == ["0", "1", "2"]
             assert all(" ready " in f"{line} " for line in lines[1:4])
+            assert lines[-2] == "identify margin 25.0 ms; 0 IDENTIFYs answered with op 9"
             assert lines[-1].startswith("3/3 shards READY (3 ready); 2 workers")
             # The status peer never became a worker: both slots still beat and run.
             assert all(slot.alive for slot in sup.slots)
@@ -126,3 +131,12 @@ async def test_status_on_an_insecure_loopback_endpoint_is_redacted_and_says_so()
                                                                   ["1", "-", "ready"]]
             assert str(sup.slots[0].pid) not in out
             assert lines[-1].startswith("(redacted for a peer without credentials")
+
+
+def test_the_limiter_line_names_widened_buckets_and_op9s() -> None:
+    body = {"buckets": [{"bucket": 0, "margin_ms": 17.0, "op9": 0},
+                        {"bucket": 1, "margin_ms": 34.0, "op9": 1},
+                        {"bucket": 2, "margin_ms": 17.0, "op9": 0}], "op9": 1}
+    assert limiter_line(body) == ("identify margin 17.0 ms (bucket 1: 34.0 ms); "
+                                  "1 IDENTIFY answered with op 9 (bucket 1: 1)")
+    assert limiter_line({"buckets": []}) is None

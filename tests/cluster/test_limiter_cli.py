@@ -39,6 +39,8 @@ def short_dir() -> Iterator[Path]:
         (["--bind", "udp://x:1"], 1, "unsupported endpoint"),
         (["--bind", "tcp://127.0.0.1:7000"], 1, "--insecure-loopback"),
         (["--max-concurrency", "0"], 2, "max-concurrency"),
+        (["--identify-margin-ms", "nan"], 2, "--identify-margin-ms must be a finite number"),
+        (["--identify-margin-percent", "-1"], 2, "--identify-margin-percent must be"),
     ],
 )
 def test_refusals(args: list[str], code: int, message: str) -> None:

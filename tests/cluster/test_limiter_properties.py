@@ -9,7 +9,10 @@
 - early grants and ``sent_at``: consecutive grant starts of a bucket are an interval apart at
   least, and an honest holder's send (any time in [start, release], reported no earlier
   than it happened) is an interval before the next start at least, however the report is
-  clamped.
+  clamped;
+- the margin: whatever op 9s are reported when, every send of a bucket is an interval plus
+  its base margin after the previous one at least, plus every step its op 9s added that has
+  not been taken back; no op 9 adds, refunds or reorders a grant.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardctl.cluster.limiter import Grant, IdentifyScheduler
+from shardctl.cluster.limiter import Grant, IdentifyMargin, IdentifyScheduler
 
 INTERVAL = 5.0
 
@@ -366,3 +369,72 @@ def test_early_grants_and_sent_at_never_bring_two_sends_closer_than_the_interval
             previous, previous_start = g, g.start
             # Unreleased holders are assumed to send as late as their hold limit allows.
             previous_send = max(g.start, sent.get(g.key, g.start + hold_limit))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    mc=st.integers(1, 3),
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("arrive"), times, st.integers(0, 11)),
+            st.tuples(st.just("release"), times, st.integers(0, 100)),
+            st.tuples(st.just("op9"), times, st.integers(0, 100)),
+        ),
+        max_size=40,
+    ),
+)
+def test_any_op9_pattern_keeps_the_margin_and_the_queue(
+    mc: int, ops: list[tuple[str, float, int]]
+) -> None:
+    hold_limit = 12.0
+    policy = IdentifyMargin(floor=0.25, max_steps=2, decay_after=2)  # dyadic: exact sums
+    s = IdentifyScheduler[int](now=0.0, max_concurrency=mc, interval=INTERVAL,
+                               last_grants={}, hold_limit=hold_limit, margin=policy)
+    run = Run(s)
+    used: dict[int, float] = {}  # grant key -> the margin its gap got
+    floor: dict[int, float] = {}  # bucket -> the margin its next grant must get at least
+    sent: dict[int, float] = {}  # key -> when its IDENTIFY left (released ones)
+    released: dict[int, int] = {}  # key -> grants issued before its release
+
+    def poll() -> None:
+        before = s.margins()
+        for g in s.poll(run.now):
+            run.grants.append(g)
+            used[g.key] = before[g.bucket]
+            assert used[g.key] >= floor.get(g.bucket, 0.0)
+            floor.pop(g.bucket, None)
+
+    run.poll = poll  # type: ignore[method-assign]
+    for kind, dt, arg in ops:
+        run.advance(run.now + dt)
+        key = len(run.arrival)
+        if kind == "arrive":
+            s.request(key, arg)
+            run.arrival[key], run.shard[key] = run.now, arg
+        elif kind == "release" and (held := sorted(k for k, _, _ in s.holding())):
+            k = held[arg % len(held)]
+            assert s.release(k, run.now, sent_at=run.now)
+            sent[k], released[k] = run.now, len(run.grants)
+        elif kind == "op9" and run.grants:
+            g = run.grants[arg % len(run.grants)]
+            remaining, waiting = s.remaining, list(s.waiting())
+            before, after = s.identify_rejected(g.shard_id)
+            assert after == min(before + 0.25, policy.widest(INTERVAL))
+            floor[g.bucket] = after  # the bucket's next grant gets this at least
+            assert (s.remaining, list(s.waiting())) == (remaining, waiting)
+        run.poll()
+    run.finish()
+    check_every_request_granted_once(run)
+    order = {g.key: i for i, g in enumerate(run.grants)}
+    by_bucket: dict[int, list[Grant[int]]] = {}
+    for g in run.grants:
+        by_bucket.setdefault(g.bucket, []).append(g)
+        assert policy.base(INTERVAL) <= used[g.key] <= policy.widest(INTERVAL)
+    for grants in by_bucket.values():
+        assert [g.key for g in grants] == sorted(g.key for g in grants)  # FIFO per bucket
+        for previous, g in itertools.pairwise(grants):
+            # Sent at its release if released before this grant, else at its hold limit.
+            ended = (sent[previous.key]
+                     if order[g.key] >= released.get(previous.key, len(order))
+                     else previous.start + hold_limit)
+            assert g.start - ended >= INTERVAL + used[g.key]

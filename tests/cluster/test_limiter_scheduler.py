@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from shardctl.cluster.limiter import Grant, IdentifyScheduler
+from shardctl.cluster.limiter import Grant, IdentifyMargin, IdentifyScheduler
 
 
 def drain(s: IdentifyScheduler[str], now: float, until: float) -> list[Grant[str]]:
@@ -290,3 +290,89 @@ def test_a_gate_holds_every_bucket_until_opened_and_never_hastens_one() -> None:
     s.gate(None)
     assert [g.shard_id for g in s.poll(1.49)] == []          # bucket 1 still 0.5 + 1.0
     assert [(g.shard_id, g.start) for g in s.poll(1.5)] == [(1, 1.5)]
+
+
+# -- the margin: floor + relative part, widened by op 9, narrowed by clean grants -----------
+
+
+def test_every_gap_gets_the_floor_plus_the_relative_margin() -> None:
+    margin = IdentifyMargin(floor=0.25, relative=0.05)  # 0.25 + 5 % of 5 s = 0.5 s
+    s = IdentifyScheduler[str](now=0.0, interval=5.0, last_grants={}, hold_limit=5.0,
+                               margin=margin)
+    for key in "abc":
+        s.request(key, 0)
+    assert [g.key for g in s.poll(0.0)] == ["a"]
+    assert s.release("a", 0.25, sent_at=0.125)
+    assert s.margin(0) == 0.5
+    assert s.next_deadline() == 5.625  # sent + interval + margin
+    assert [g.key for g in s.poll(5.625)] == ["b"]
+    assert s.release("b", 6.0)  # no sent_at believed: paced from the release, margin too
+    assert s.next_deadline() == 11.5
+
+
+def test_the_margin_policy_refuses_what_is_not_a_margin() -> None:
+    for bad in ({"floor": -0.001}, {"floor": math.inf}, {"floor": math.nan},
+                {"relative": -0.01}, {"relative": 1.0}, {"relative": math.nan},
+                {"max_steps": -1}, {"decay_after": 0}):
+        with pytest.raises(ValueError):
+            IdentifyMargin(**bad)  # type: ignore[arg-type]
+
+
+def test_an_op9_widens_its_bucket_from_the_gap_being_waited_out() -> None:
+    margin = IdentifyMargin(floor=0.25)
+    s = IdentifyScheduler[int](now=0.0, max_concurrency=2, interval=5.0, last_grants={},
+                               margin=margin)
+    for shard in range(4):
+        s.request(shard, shard)
+    assert [g.shard_id for g in s.poll(0.0)] == [0, 1]
+    assert s.identify_rejected(2 * 7) == (0.25, 0.5)  # shard 14: bucket 0
+    assert s.margins() == {0: 0.5, 1: 0.25}
+    assert s.rejections() == {0: 1, 1: 0} and s.rejections_total == 1
+    assert [g.shard_id for g in s.poll(5.25)] == [3]  # bucket 1 keeps its margin
+    assert s.next_deadline() == 5.5
+    assert [g.shard_id for g in s.poll(5.5)] == [2]
+
+
+def test_an_op9_costs_no_extra_slot_and_jumps_no_queue() -> None:
+    s = IdentifyScheduler[str](now=0.0, interval=5.0, remaining=10, last_grants={},
+                               margin=IdentifyMargin(floor=0.25))
+    s.request("a", 0)
+    s.request("b", 0)
+    s.poll(0.0)
+    s.identify_rejected(0)  # "a" got op 9: its slot and its session start stay spent
+    assert s.remaining == 9
+    s.request("a-again", 0)  # the shard asks anew, behind "b"
+    assert [g.key for g in drain(s, 0.0, 20.0)] == ["b", "a-again"]
+    assert s.remaining == 7
+
+
+def test_widening_is_bounded_and_narrows_back_after_clean_grants() -> None:
+    margin = IdentifyMargin(floor=0.25, max_steps=2, decay_after=2)
+    s = IdentifyScheduler[int](now=0.0, interval=5.0, last_grants={}, margin=margin)
+    for _ in range(5):
+        s.identify_rejected(0)
+    assert s.margin(0) == margin.widest(5.0) == 0.75
+    for key in range(6):
+        s.request(key, 0)
+    margins = []
+    now = 0.0
+    while (deadline := s.next_deadline()) is not None:
+        now = max(now, deadline)
+        assert len(s.poll(now)) == 1
+        margins.append(s.margin(0))
+    # One step back after every 2 clean grants, never below the base.
+    assert margins == [0.75, 0.5, 0.5, 0.25, 0.25, 0.25]
+
+
+def test_a_zero_margin_still_widens_on_op9() -> None:
+    s = IdentifyScheduler[int](now=0.0, interval=0.2, last_grants={})
+    assert s.identify_rejected(0) == (0.0, pytest.approx(0.002))  # 1 % of the interval
+
+
+def test_a_max_concurrency_change_keeps_the_widest_margin_for_every_new_bucket() -> None:
+    s = IdentifyScheduler[int](now=0.0, max_concurrency=2, interval=5.0, last_grants={},
+                               margin=IdentifyMargin(floor=0.25))
+    s.identify_rejected(1)
+    s.update(0.0, max_concurrency=4)
+    assert s.margins() == {0: 0.5, 1: 0.5, 2: 0.5, 3: 0.5}
+    assert s.rejections() == {0: 0, 1: 0, 2: 0, 3: 0} and s.rejections_total == 1

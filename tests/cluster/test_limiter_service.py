@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import math
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,8 +18,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from shardctl.cluster.limiter_service import SENT_MARGIN, LimiterEvent, LimiterServer
-from shardctl.ipc.limiter import LimiterClient
+from shardctl.cluster.limiter import DEFAULT_MARGIN, IdentifyMargin
+from shardctl.cluster.limiter_service import LimiterEvent, LimiterServer
+from shardctl.ipc.limiter import LimiterClient, Rejected
 
 pytestmark = pytest.mark.anyio
 
@@ -236,11 +236,11 @@ async def test_same_clock_clients_are_granted_early_and_start_on_the_slot(
     assert all(INTERVAL <= gap < INTERVAL + SLACK for gap in gaps(grants)), gaps(grants)
 
 
-@pytest.mark.parametrize("margin", [None, 0.0, 0.03])
+@pytest.mark.parametrize("margin", [None, IdentifyMargin(), IdentifyMargin(floor=0.03)])
 async def test_a_same_clock_bucket_is_paced_from_the_send_plus_the_margin(
-        endpoint: str, margin: float | None) -> None:
+        endpoint: str, margin: IdentifyMargin | None) -> None:
     server = LimiterServer(endpoint, interval=INTERVAL, last_grants={}, hold_limit=1.0,
-                           sent_margin=margin)
+                           **({} if margin is None else {"margin": margin}))
     entered: dict[int, float] = {}
     async with serving(server), LimiterClient(endpoint) as client:
         with anyio.fail_after(5):
@@ -250,20 +250,49 @@ async def test_a_same_clock_bucket_is_paced_from_the_send_plus_the_margin(
                 tg.start_soon(identify_one, client, 1)
     _, second = server.grants()
     (release,) = [e for e in server.record if e.kind == "release" and e.shard_id == 0]
-    # The bucket is paced from the end of the send (not from when the release was handled)
-    # plus the margin: 0.75 % of the interval unless given.
+    # The bucket is paced from the end of the send (not from when the release was handled),
+    # and the next grant comes an interval plus the margin later (DEFAULT_MARGIN unless
+    # given).
     sent_at = float(release.detail.split("sent_at=")[1].split()[0])
     handled = float(release.detail.split("handled=")[1].split()[0])
     assert entered[0] + 0.05 <= sent_at < handled
-    expected_margin = SENT_MARGIN * INTERVAL if margin is None else margin
-    assert release.at == pytest.approx(sent_at + expected_margin, abs=2e-6)
-    assert INTERVAL <= second.at - release.at < INTERVAL + 1e-9  # and exactly then
+    assert release.at == pytest.approx(sent_at, abs=2e-6)
+    expected = (DEFAULT_MARGIN if margin is None else margin).base(INTERVAL)
+    assert f"margin={expected:.6f}" in release.detail
+    assert INTERVAL + expected <= second.at - release.at < INTERVAL + expected + 1e-9
 
 
-def test_a_negative_or_infinite_margin_is_refused(endpoint: str) -> None:
-    for bad in (-0.001, math.inf, math.nan):
-        with pytest.raises(ValueError, match="sent_margin"):
-            LimiterServer(endpoint, sent_margin=bad)
+async def test_an_op9_report_widens_its_bucket_logs_once_and_grants_nothing(
+        endpoint: str, caplog: pytest.LogCaptureFixture) -> None:
+    margin = IdentifyMargin(floor=0.01)
+    server = LimiterServer(endpoint, max_concurrency=2, interval=INTERVAL, last_grants={},
+                           margin=margin)
+    async with serving(server), LimiterClient(endpoint) as client:
+        with anyio.fail_after(5):
+            await identify_all(client, [0])
+            (grant,) = server.grants()
+            with caplog.at_level(logging.WARNING, "shardctl.cluster.limiter_service"):
+                client.identify_rejected(0, 0.004)
+                await server.wait_for(lambda: any(e.kind == "rejected" for e in server.record))
+                # Again for the same grant, and for one it never made: both ignored.
+                client._post(Rejected(client.client_id, 0, 0, 0.0025))
+                client._post(Rejected(client.client_id, 99, 2, 0.0025))
+                await identify_all(client, [2, 1])
+    assert server.scheduler.margins() == {0: 0.02, 1: 0.01}
+    assert server.scheduler.rejections() == {0: 1, 1: 0}
+    (rejected,) = [e for e in server.record if e.kind == "rejected"]
+    assert (rejected.shard_id, rejected.bucket) == (0, 0)
+    (warning,) = [r.getMessage() for r in caplog.records if "op 9" in r.getMessage()]
+    assert "shard 0" in warning and "0.004 s after it was sent" in warning
+    assert "bucket 0" in warning and "from 10.0 to 20.0 ms" in warning
+    assert "--identify-margin-ms" in warning
+    # The next IDENTIFY of bucket 0 came an interval plus the widened margin after the
+    # rejected one was sent; no grant was added for the report.
+    grants = server.grants()
+    assert [g.shard_id for g in grants] == [0, 1, 2]
+    (release,) = [e for e in server.record if e.kind == "release" and e.shard_id == 0]
+    assert grants[2].at - release.at >= INTERVAL + 0.02
+    assert grant is grants[0]
 
 
 async def test_clients_on_another_clock_are_granted_on_the_slot_and_paced_on_release(

@@ -72,6 +72,10 @@ async def test_metrics_are_served_and_follow_the_workers_reports() -> None:
     assert got[("shardctl_bus_forwarded_total", ())] >= 20
     assert got[("shardctl_bus_upstream_gaps_total", ())] == 0
     assert 0 <= got[("shardctl_shard_heartbeat_latency_seconds", (("shard", "0"),))] < 1
+    for bucket in ("0", "1", "2", "3"):  # 15 ms + 1 % of 0.2 s, and no op 9
+        label = (("bucket", bucket),)
+        assert got[("shardctl_identify_margin_seconds", label)] == pytest.approx(0.017)
+        assert got[("shardctl_identify_rejected_total", label)] == 0
 
 
 def test_readyz_needs_every_shard_ready() -> None:

@@ -35,11 +35,13 @@ from shardctl.gateway.backoff import BACKOFF_FIRST
 from shardctl.gateway.closecodes import CLOSE_CODES, ZOMBIE_CLOSE_CODE, CloseAction
 from shardctl.gateway.intents import Intents
 from shardctl.gateway.machine import (
+    IDENTIFY_REJECT_WINDOW,
     RECONNECT_CLOSE_CODE,
     TRANSITIONS,
     Close,
     Emit,
     Fatal,
+    IdentifyRejected,
     NeedIdentify,
     Reconnect,
     Refused,
@@ -255,6 +257,35 @@ def test_op9_during_identify_reidentifies_through_limiter() -> None:
     acts = m.receive(frame(9, True), 0.5)  # no session yet: "resumable" means nothing
     plan = one(acts, Reconnect)
     assert not plan.resume and plan.delay >= 1.0
+
+
+def identifying(at: float) -> ShardMachine:
+    m = new_machine()
+    m.start(0.0)
+    m.use_gateway("ws://gw.example/")
+    m.opened(0.0)
+    m.receive(hello(), 0.0)
+    m.identify(at)
+    return m
+
+
+@pytest.mark.parametrize("d", [False, True])
+def test_op9_answering_our_identify_tells_the_limiter(d: bool) -> None:
+    m = identifying(10.0)
+    acts = m.receive(frame(9, d), 10.25)
+    assert one(acts, IdentifyRejected) == IdentifyRejected(0.25)
+    assert emitted(acts)[0] == "INVALID_SESSION"
+    assert not one(acts, Reconnect).resume  # and it IDENTIFYs again through the limiter
+
+
+def test_op9_long_after_identify_or_after_ready_is_not_about_the_identify() -> None:
+    m = identifying(10.0)
+    late = m.receive(frame(9, False), 10.0 + IDENTIFY_REJECT_WINDOW + 0.5)
+    assert not [a for a in late if isinstance(a, IdentifyRejected)]
+    m = new_machine()
+    connect_ready(m)
+    acts = m.receive(frame(9, False), 0.5)
+    assert not [a for a in acts if isinstance(a, IdentifyRejected)]
 
 
 # ---------------------------------------------------------------- close codes

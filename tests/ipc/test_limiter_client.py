@@ -15,9 +15,11 @@ import zmq.asyncio
 
 from shardctl.ipc.limiter import (
     Cancel,
+    Configure,
     LimiterClient,
     LimiterService,
     Ping,
+    Rejected,
     Release,
     Request,
     clock_id,
@@ -34,7 +36,7 @@ def endpoint() -> Iterator[str]:
         yield f"ipc://{Path(d) / 'l.sock'}"
 
 
-M = TypeVar("M", Ping, Request, Cancel, Release)
+M = TypeVar("M", Ping, Request, Cancel, Release, Rejected)
 
 
 async def next_of(service: LimiterService, kind: type[M]) -> tuple[bytes, M]:
@@ -76,6 +78,30 @@ async def test_request_grant_release(endpoint: str) -> None:
             # Stamped once the body (the IDENTIFY send) is over, on time.monotonic().
             assert release.sent_at is not None
             assert left <= release.sent_at <= time.monotonic()
+
+
+async def test_an_op9_report_names_the_grant_the_identify_was_sent_under(
+        endpoint: str) -> None:
+    async with LimiterService(endpoint) as service, LimiterClient(endpoint) as client:
+        client.identify_rejected(5, 0.01)  # never granted here: nothing to report
+
+        async def shard() -> None:
+            async with client.identify(5):
+                pass
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(shard)
+            peer, request = await next_of(service, Request)
+            assert service.send_grant(peer, request.req, 5)
+            await next_of(service, Release)
+        client.identify_rejected(5, 0.0125)
+        client.identify_rejected(5, 0.0125)  # once per grant
+        client.configure(remaining=1)  # a marker: the second report would come before it
+        _, rejected = await next_of(service, Rejected)
+        assert rejected == Rejected(client.client_id, request.req, 5, 0.0125)
+        with anyio.fail_after(5):
+            while not isinstance((message := (await service.receive())[1]), Configure):
+                assert not isinstance(message, Rejected)
 
 
 async def test_pings_name_the_monotonic_clock(endpoint: str) -> None:

@@ -19,6 +19,7 @@ from shardctl.ipc.limiter import (
     Pong,
     Probe,
     Refused,
+    Rejected,
     Release,
     Request,
     ServiceMessage,
@@ -44,6 +45,10 @@ def test_frames_are_the_documented_contract() -> None:
                                               b'{"client":"c1","req":7,"sent_at":12.5}']
     assert encode(GrantMessage(7, 3, 12.75)) == [b"SL1", b"grant",
                                                  b'{"req":7,"shard":3,"not_before":12.75}']
+    assert encode(Rejected("c1", 7, 3, 0.25)) == [b"SL1", b"rejected",
+                                                  b'{"client":"c1","req":7,"shard":3,"after":0.25}']
+    assert encode(Rejected("c1", 7, 3)) == [b"SL1", b"rejected",
+                                            b'{"client":"c1","req":7,"shard":3}']
 
 
 def test_configure_is_acknowledged_by_its_seq() -> None:
@@ -70,7 +75,8 @@ def test_old_messages_decode_without_the_clock_fields() -> None:
     "message",
     [Ping("a", 0), Ping("a", 1, "m1:0123abcd"), Request("a.b:c-d_e", 2**53 - 1, 2**31 - 1),
      Cancel("x", 1), Release("x", 2), Release("x", 2, 0.0), Release("x", 3, 1234.000001),
-     Configure("x"), Configure("x", 16, 900, 1000, 51200.5), Configure("x", 2, seq=7)],
+     Configure("x"), Configure("x", 16, 900, 1000, 51200.5), Configure("x", 2, seq=7),
+     Rejected("x", 4, 9), Rejected("x", 4, 9, 0.0), Rejected("x", 5, 2**31 - 1, 0.0125)],
 )
 def test_client_messages_round_trip(message: ClientMessage) -> None:
     assert decode_client_message(encode(message)) == message
@@ -113,6 +119,11 @@ def test_unknown_fields_are_ignored() -> None:
         [b"SL1", b"release", b'{"client":"a","req":1,"sent_at":"1.0"}'],
         [b"SL1", b"release", b'{"client":"a","req":1,"sent_at":true}'],
         [b"SL1", b"release", b'{"client":"a","req":1,"sent_at":1e999}'],
+        [b"SL1", b"rejected", b'{"client":"a","req":1}'],
+        [b"SL1", b"rejected", b'{"client":"a","shard":1}'],
+        [b"SL1", b"rejected", b'{"client":"a","req":1,"shard":1,"after":-0.1}'],
+        [b"SL1", b"rejected", b'{"client":"a","req":1,"shard":1,"after":"soon"}'],
+        [b"SL1", b"rejected", b'{"req":1,"shard":1}'],
     ],
 )
 def test_malformed_client_messages_are_refused(frames: list[bytes]) -> None:
@@ -136,11 +147,12 @@ def test_any_bytes_decode_or_raise_protocol_error(frames: list[bytes]) -> None:
 
 
 @given(
-    kind=st.sampled_from([b"ping", b"request", b"cancel", b"release", b"configure", b"grant",
-                          b"pong", b"probe"]),
+    kind=st.sampled_from([b"ping", b"request", b"cancel", b"release", b"rejected", b"configure",
+                          b"grant", b"pong", b"probe"]),
     body=st.dictionaries(
         st.sampled_from(["client", "req", "shard", "seq", "queued", "remaining", "total",
-                         "max_concurrency", "reset_after", "clock", "sent_at", "not_before"]),
+                         "max_concurrency", "reset_after", "clock", "sent_at", "not_before",
+                         "after"]),
         st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
                   st.text(max_size=70), st.lists(st.integers(), max_size=3)),
     ),

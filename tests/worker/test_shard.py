@@ -354,6 +354,38 @@ async def test_shards_identify_through_the_limiter_spaced_by_its_interval() -> N
     assert not sb.violations
 
 
+class ReportedLimiter:
+    """Grants at once, paces nothing, and notes the op 9 reports it gets."""
+
+    def __init__(self) -> None:
+        self.rejected: list[tuple[int, float | None]] = []
+        self.reported = anyio.Event()
+
+    @asynccontextmanager
+    async def identify(self, shard_id: int) -> AsyncIterator[None]:
+        yield
+
+    def identify_rejected(self, shard_id: int, after: float | None = None) -> None:
+        self.rejected.append((shard_id, after))
+        self.reported.set()
+
+
+async def test_an_identify_answered_with_op9_is_reported_to_the_limiter() -> None:
+    limiter = ReportedLimiter()
+    async with Sandbox(config(shard_count=2, identify_interval=10.0), port=0) as sb:
+        # The same bucket at once: the sandbox answers shard 1's IDENTIFY with op 9.
+        second = make_shard(sb, Events(), shard_id=1, shard_count=2, limiter=limiter)
+        async with running(sb, Events(), shard_id=0, shard_count=2, limiter=limiter), \
+                anyio.create_task_group() as tg:
+            tg.start_soon(second.connect)
+            with anyio.fail_after(5):
+                await limiter.reported.wait()
+            await second.shutdown()
+        assert len(sb.records("identify_rejected")) == 1
+    ((shard_id, after),) = limiter.rejected
+    assert shard_id == 1 and after is not None and 0 <= after < 1.0
+
+
 async def test_async_with_raises_the_fatal_error_itself() -> None:
     async with Sandbox(config(), port=0) as sb:
         with anyio.fail_after(5), pytest.raises(AuthenticationError):

@@ -11,6 +11,7 @@ from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from shardctl.cluster.discovery import DEFAULT_API_URL
+from shardctl.cluster.limiter import DEFAULT_MARGIN, IdentifyMargin
 from shardctl.errors import ConfigurationError
 from shardctl.gateway.intents import Intents
 from shardctl.ipc.control import check_control_endpoint
@@ -19,6 +20,9 @@ Compression = Literal["zlib-stream", "zstd-stream"] | None
 COMPRESSIONS: Final = ("zlib-stream", "zstd-stream", "none")
 #: Discord's pace: one IDENTIFY per 5 s per bucket.  Faster only against a local sandbox.
 DISCORD_IDENTIFY_INTERVAL: Final = 5.0
+#: The identify margin's parts as the command line spells them (README "IDENTIFY pace").
+DEFAULT_MARGIN_MS: Final = DEFAULT_MARGIN.floor * 1000
+DEFAULT_MARGIN_PERCENT: Final = DEFAULT_MARGIN.relative * 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +37,10 @@ class RunConfig:
     intents: Intents = field(default_factory=Intents.default)
     compression: Compression = "zlib-stream"
     identify_interval: float = DISCORD_IDENTIFY_INTERVAL
+    #: What each bucket's gap gets on top of the interval: this many ms, plus
+    #: ``identify_margin_percent`` % of the interval (the built-in limiter's; it widens on op 9).
+    identify_margin_ms: float = DEFAULT_MARGIN_MS
+    identify_margin_percent: float = DEFAULT_MARGIN_PERCENT
     large_threshold: int = 50
     events_endpoint: str | None = None
     control_endpoint: str | None = None
@@ -75,6 +83,42 @@ class RunConfig:
         if self.control_endpoint is not None:
             check_control_endpoint(self.control_endpoint, curve=self.curve_keys is not None,
                                    insecure_loopback=self.insecure_loopback)
+        check_margin_ms(self.identify_margin_ms)
+        check_margin_percent(self.identify_margin_percent)
+
+    @property
+    def identify_margin(self) -> IdentifyMargin:
+        return identify_margin(self.identify_margin_ms, self.identify_margin_percent)
+
+
+def identify_margin(ms: float, percent: float) -> IdentifyMargin:
+    """The margin policy of ``--identify-margin-ms`` and ``--identify-margin-percent``."""
+    return IdentifyMargin(floor=check_margin_ms(ms) / 1000,
+                          relative=check_margin_percent(percent) / 100)
+
+
+def check_margin_ms(value: float | str) -> float:
+    ms = _number(value, "--identify-margin-ms")
+    if not (math.isfinite(ms) and ms >= 0):
+        raise ConfigurationError(
+            f"--identify-margin-ms must be a finite number of milliseconds >= 0 (got {value})")
+    return ms
+
+
+def check_margin_percent(value: float | str) -> float:
+    percent = _number(value, "--identify-margin-percent")
+    if not (math.isfinite(percent) and 0 <= percent < 100):
+        raise ConfigurationError(
+            f"--identify-margin-percent must be a percentage of the interval in [0, 100) "
+            f"(got {value})")
+    return percent
+
+
+def _number(value: float | str, flag: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigurationError(f"{flag} must be a number (got {value!r})") from None
 
 
 def check_identify_interval(interval: float, api_url: str) -> None:

@@ -11,15 +11,18 @@ message means for the queue and when a client is gone:
   ``lead`` ahead of its slot with a ``not_before`` it waits out itself, so neither the timer's
   lateness nor the grant's trip lengthens a gap, and is believed about when its send ended
   (the release's ``sent_at``), so neither does the release's trip: the bucket is paced from
-  that moment plus ``sent_margin``.  The margin (0.75 % of the interval by default: 1.5 ms
-  at 0.2 s, 37.5 ms at Discord's 5 s) is what two IDENTIFYs' paths to the gateway may differ by
-  without the second arriving less than an interval after the first.  Any other client is
-  granted at the slot and paced from when its release was handled (its trip is the margin).
-  A holder whose connection is gone
-  (probed every ``probe_interval`` while it holds) counts as released when that is seen; one
-  that never answers, at ``hold_limit`` -- long (see :func:`default_hold_limit`), because a
-  live holder whose event loop is busy may send its IDENTIFY late, and pacing the next
-  grant from an expired hold would then let two IDENTIFYs of one bucket come too close;
+  that moment.  Any other client is granted at the slot and paced from when its release was
+  handled.  Either way the next grant comes an interval plus the bucket's *margin* later
+  (:class:`~shardctl.cluster.limiter.IdentifyMargin`, default 15 ms + 1 % of the interval):
+  Discord stamps an IDENTIFY when a busy server of its fleet reads it, so the second of two
+  IDENTIFYs sent an interval apart may look early by the difference in how late each was
+  read.  A shard whose IDENTIFY was answered with op 9 anyway reports it (``rejected``): the
+  bucket's margin widens a step, and the warning names the figures;
+- a holder whose connection is gone (probed every ``probe_interval`` while it holds) counts
+  as released when that is seen; one that never answers, at ``hold_limit`` -- long (see
+  :func:`default_hold_limit`), because a live holder whose event loop is busy may send its
+  IDENTIFY late, and pacing the next grant from an expired hold would then let two
+  IDENTIFYs of one bucket come too close;
 - a request is keyed ``(client id, request number)``; its grant goes to the routing id the
   client last spoke from, so a client that reconnects still gets its grants;
 - a grant that fails to send (the client's connection is gone) is not a slot spent: the
@@ -44,7 +47,7 @@ import functools
 import logging
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,8 +58,10 @@ from anyio.abc import TaskStatus
 
 from shardctl.cluster.limiter import (
     DEFAULT_IDENTIFY_INTERVAL,
+    DEFAULT_MARGIN,
     DEFAULT_WINDOW,
     Grant,
+    IdentifyMargin,
     IdentifyScheduler,
 )
 from shardctl.ipc.limiter import (
@@ -68,6 +73,7 @@ from shardctl.ipc.limiter import (
     LimiterService,
     LimiterStats,
     Ping,
+    Rejected,
     Release,
     Request,
     check_bind,
@@ -86,14 +92,14 @@ DEFAULT_LEAD: Final = 0.02
 """Seconds ahead of its slot a same-clock client may be granted: covers the grant's trip and
 the client's wake-up (a few ms, tens on a loaded machine); the client waits out the rest."""
 
-SENT_MARGIN: Final = 0.0075
-"""Default ``sent_margin`` as a fraction of the identify interval (see the module docstring)."""
-
 DEFAULT_PROBE_INTERVAL: Final = 0.05
 """Seconds between reachability probes of a client that holds an unreleased grant.  Holds
 normally last the few milliseconds of one websocket send, so probes are rare."""
 
 RECORD_SIZE: Final = 10_000
+
+GRANTS_REMEMBERED: Final = 4096
+"""Recent grants a ``rejected`` report may name (a few seconds' worth at any pace)."""
 
 SAME_CLOCK_CHECK: Final = 0.001
 """Largest difference between the loop's clock and time.monotonic() taken for one clock."""
@@ -106,8 +112,10 @@ RequestKey = tuple[str, int]
 class LimiterEvent:
     """One entry of the service's own record: ``grant`` (``at``: when the shard may
     IDENTIFY; ``issued``: when the grant left, earlier for an early grant), ``release``
-    (``at``: the time its bucket is paced from), ``drop`` (a client's waiting requests, with
-    the reason) or ``update`` (new limits)."""
+    (``at``: the time its bucket is paced from: its next grant comes an interval plus the
+    margin later), ``rejected`` (an IDENTIFY answered with op 9, and the bucket's margin
+    before and after), ``drop`` (a client's waiting requests, with the reason) or
+    ``update`` (new limits)."""
 
     kind: str
     at: float
@@ -151,9 +159,8 @@ class LimiterServer:
     (seconds) give the session-start budget; without them none is enforced.  ``hold_limit``
     (default: the interval) bounds how long an unreleased grant blocks its bucket.  ``lead``
     (seconds, 0 to turn off): how far ahead of its slot a client sharing this clock may be
-    granted; ``pace_from_sent``: pace such a client's bucket from its ``sent_at`` plus
-    ``sent_margin`` seconds (default: :data:`SENT_MARGIN` of the interval in force); off, from
-    when its release is handled.
+    granted; ``pace_from_sent``: pace such a client's bucket from its ``sent_at``; off, from
+    when its release is handled.  ``margin``: what every gap gets on top of the interval.
     """
 
     def __init__(
@@ -173,15 +180,13 @@ class LimiterServer:
         curve: CurveServer | None = None,
         lead: float = DEFAULT_LEAD,
         pace_from_sent: bool = True,
-        sent_margin: float | None = None,
+        margin: IdentifyMargin = DEFAULT_MARGIN,
         insecure_loopback: bool = False,
         peer_rate: float = DEFAULT_PEER_RATE,
         peer_burst: int = DEFAULT_PEER_BURST,
     ) -> None:
-        if sent_margin is not None and not (math.isfinite(sent_margin) and sent_margin >= 0):
-            raise ValueError(f"sent_margin must be a finite number of seconds >= 0, "
-                             f"not {sent_margin}")
-        self._sent_margin = sent_margin
+        self._margin = margin
+        self._granted: OrderedDict[RequestKey, int] = OrderedDict()  # recent grants: shard
         if not (math.isfinite(lead) and lead >= 0):
             raise ValueError(f"lead must be a finite number of seconds >= 0, not {lead}")
         self._lead = lead
@@ -216,6 +221,7 @@ class LimiterServer:
         IdentifyScheduler[RequestKey](
             now=0.0, max_concurrency=max_concurrency, interval=interval, remaining=remaining,
             total=total, reset_after=reset_after, window=window, hold_limit=self._hold_limit,
+            margin=margin,
         )
 
     # -- public ---------------------------------------------------------------------------
@@ -305,6 +311,7 @@ class LimiterServer:
                 window=self._window,
                 last_grants=self._last_grants,
                 hold_limit=self._hold_limit,
+                margin=self._margin,
             )
             self._service = service
             self.endpoint = service.endpoint
@@ -366,6 +373,8 @@ class LimiterServer:
                 scheduler.cancel((client_id, req))
             case Release(client_id, req, sent_at):
                 self._release(client, client_id, req, sent_at, now)
+            case Rejected(client_id, req, shard, after):
+                self._rejected(client_id, req, shard, after, now)
             case Ping(client_id, seq, clock):
                 client.same_clock = self._same_clock(client_id, clock, client.same_clock)
                 queued = [r for (c, r), _ in scheduler.waiting() if c == client_id]
@@ -425,17 +434,40 @@ class LimiterServer:
     def _release(self, client: _Client, client_id: str, req: int, sent_at: float | None,
                  now: float) -> None:
         believed = sent_at if client.same_clock and self._pace_from_sent else None
-        margin = (SENT_MARGIN * self.scheduler.interval if self._sent_margin is None
-                  else self._sent_margin)
         held = {k: (shard, start) for k, shard, start in self.scheduler.holding()}
-        if not self.scheduler.release((client_id, req), now, sent_at=believed, margin=margin):
+        if not self.scheduler.release((client_id, req), now, sent_at=believed):
             return
         shard, start = held[(client_id, req)]
-        paced_from = now if believed is None else min(max(believed, start), now) + margin
-        self._note(LimiterEvent("release", paced_from, client_id, shard,
-                                self.scheduler.bucket_of(shard), detail=(
+        paced_from = now if believed is None else min(max(believed, start), now)
+        bucket = self.scheduler.bucket_of(shard)
+        self._note(LimiterEvent("release", paced_from, client_id, shard, bucket, detail=(
             f"req={req} handled={now:.6f}"
-            + ("" if sent_at is None else f" sent_at={sent_at:.6f}"))))
+            + ("" if sent_at is None else f" sent_at={sent_at:.6f}")
+            + f" margin={self.scheduler.margin(bucket):.6f}")))
+
+    def _rejected(self, client_id: str, req: int, shard: int, after: float | None,
+                  now: float) -> None:
+        """Discord answered the IDENTIFY of grant ``req`` with op 9: widen its bucket's
+        margin.  A report naming no recent grant of this client is ignored (sent twice, or
+        to a service that restarted since)."""
+        if self._granted.pop((client_id, req), None) != shard:
+            log.debug("limiter: ignored an op 9 report for an unknown grant (client %s, req %d)",
+                      client_id, req)
+            return
+        scheduler = self.scheduler
+        before, widened = scheduler.identify_rejected(shard)
+        bucket = scheduler.bucket_of(shard)
+        policy, interval = scheduler.margin_policy, scheduler.interval
+        log.warning(
+            "limiter: Discord answered shard %d's IDENTIFY with op 9%s: it read it less than "
+            "%.3g s after the previous one of bucket %d. That bucket's margin widens from "
+            "%.1f to %.1f ms (base %.1f ms, at most %.1f ms; a step back after %d clean "
+            "IDENTIFYs); op 9s so far: %d. If this recurs, raise --identify-margin-ms", shard,
+            "" if after is None else f" {after:.3f} s after it was sent", interval, bucket,
+            before * 1000, widened * 1000, policy.base(interval) * 1000,
+            policy.widest(interval) * 1000, policy.decay_after, scheduler.rejections_total)
+        self._note(LimiterEvent("rejected", now, client_id, shard, bucket, detail=(
+            f"req={req} after={after} margin={before:.6f}->{widened:.6f}")))
 
     def _service_or_raise(self) -> LimiterService:
         if self._service is None:
@@ -460,6 +492,7 @@ class LimiterServer:
             return False
 
         for grant in self.scheduler.poll(now, deliver):
+            self._remember(grant)
             self._note(LimiterEvent("grant", grant.start, grant.key[0], grant.shard_id,
                                     grant.bucket, issued=grant.at))
         for client_id in gone:
@@ -468,6 +501,12 @@ class LimiterServer:
         if replan:
             self._wakeup.set()
         self._notify()
+
+    def _remember(self, grant: Grant[RequestKey]) -> None:
+        """Keep a grant for the ``rejected`` report that may follow it."""
+        self._granted[grant.key] = grant.shard_id
+        while len(self._granted) > GRANTS_REMEMBERED:
+            self._granted.popitem(last=False)
 
     def _drop(self, client_id: str, now: float, reason: str) -> None:
         self._clients.pop(client_id, None)

@@ -84,6 +84,7 @@ class SupervisorCollector(Collector):
                                   "Sessions started (READY received) by this instance",
                                   value=by_type.get(READY, 0))
         yield from self._budget()
+        yield from self._identify_pace()
         yield from self._workers()
         yield from self._control()
         yield from self._bus()
@@ -106,6 +107,28 @@ class SupervisorCollector(Collector):
             yield GaugeMetricFamily("shardctl_session_starts_limit",
                                     "session_start_limit.total: identifies per window",
                                     value=total)
+
+    def _identify_pace(self) -> Iterable[Metric]:
+        """The built-in limiter's margin and op 9 count per bucket (a shared one has its own)."""
+        if self._sup.limiter is None:
+            return
+        try:
+            scheduler = self._sup.limiter.scheduler
+        except RuntimeError:  # not serving yet
+            return
+        margin = GaugeMetricFamily(
+            "shardctl_identify_margin_seconds",
+            "What each identify bucket's gap gets on top of the interval (widens on op 9)",
+            labels=["bucket"])
+        rejected = CounterMetricFamily(
+            "shardctl_identify_rejected", "IDENTIFYs Discord answered with op 9, by bucket",
+            labels=["bucket"])
+        op9 = scheduler.rejections()
+        for bucket, seconds in scheduler.margins().items():
+            margin.add_metric([str(bucket)], seconds)
+            rejected.add_metric([str(bucket)], op9.get(bucket, 0))
+        yield margin
+        yield rejected
 
     def _workers(self) -> Iterable[Metric]:
         restarts = CounterMetricFamily("shardctl_worker_restarts",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -46,15 +46,31 @@ def summary(shards: Sequence[ShardStatus]) -> dict[str, Any]:
     }
 
 
-def status_body(shards: Sequence[ShardStatus], slots: Sequence[WorkerSlot],
-                now: float | None = None) -> dict[str, Any]:
-    now = time.time() if now is None else now
+def limiter_section(margins: Mapping[int, float], rejections: Mapping[int, int],
+                    total: int) -> dict[str, Any]:
+    """Per identify bucket: the margin its gaps get on top of the interval now, and how
+    many of its IDENTIFYs Discord answered with op 9 (``total``: all buckets, ever)."""
     return {
+        "buckets": [{"bucket": b, "margin_ms": round(m * 1000, 1), "op9": rejections.get(b, 0)}
+                    for b, m in sorted(margins.items())],
+        "op9": total,
+    }
+
+
+def status_body(shards: Sequence[ShardStatus], slots: Sequence[WorkerSlot],
+                now: float | None = None, *,
+                limiter: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``limiter``: :func:`limiter_section` of the built-in limiter (none with a shared one)."""
+    now = time.time() if now is None else now
+    body = {
         "shards": [shard_row(s, now) for s in shards],
         "workers": [{"index": w.index, "pid": w.pid, "restarts": w.restarts,
                      "shards": len(w.shard_ids)} for w in slots],
         "summary": {**summary(shards), "workers": len(slots)},
     }
+    if limiter is not None:
+        body["limiter"] = dict(limiter)
+    return body
 
 
 def redacted_status_body(shards: Sequence[ShardStatus], slots: Sequence[WorkerSlot]

@@ -36,7 +36,7 @@ from shardctl.cluster.peers import PeerBudget
 from shardctl.cluster.planner import parse_shard_ids, plan
 from shardctl.cluster.restarts import RestartPolicy
 from shardctl.cluster.sessions import ResumeUrlCheck, SessionRecord
-from shardctl.cluster.status_report import redacted_status_body, status_body
+from shardctl.cluster.status_report import limiter_section, redacted_status_body, status_body
 from shardctl.cluster.workers import WorkerSlot, kill, spawn, worker_command
 from shardctl.gateway.closecodes import SESSION_ENDING_CLIENT_CODES
 from shardctl.gateway.sharding import shard_for
@@ -219,7 +219,7 @@ class Supervisor:
                 remote.service_endpoint(control_ep, "limiter", run_dir),
                 max_concurrency=limit.max_concurrency, interval=self.config.identify_interval,
                 remaining=limit.remaining, total=limit.total, reset_after=limit.reset_after,
-                curve=for_socket(curve, "limiter"),
+                curve=for_socket(curve, "limiter"), margin=self.config.identify_margin,
                 insecure_loopback=self.config.insecure_loopback)
             limiter_ep = await tg.start(self.limiter.serve)
             if must_identify:
@@ -571,8 +571,9 @@ class Supervisor:
         # In full to operators (a CURVE operator key, or this user on the private ipc
         # endpoint); states and counts only to anyone else (cluster/status_report.py).
         shards = self.status()
-        control.send(peer, "status", status_body(shards, self.slots) if role == Role.OPERATOR
-                     else redacted_status_body(shards, self.slots))
+        control.send(peer, "status",
+                     status_body(shards, self.slots, limiter=self._limiter_status())
+                     if role == Role.OPERATOR else redacted_status_body(shards, self.slots))
 
     def _register(self, control: ControlServer, peer: bytes, message: ControlMessage,
                   role: Role | None) -> None:
@@ -642,6 +643,17 @@ class Supervisor:
         return self._fanout.events(*types)
 
     # ------------------------------------------------------------------ commands and status
+
+    def _limiter_status(self) -> dict[str, Any] | None:
+        """The built-in limiter's margin and op 9 count per bucket (None: a shared one)."""
+        if self.limiter is None:
+            return None
+        try:
+            scheduler = self.limiter.scheduler
+        except RuntimeError:  # not serving yet
+            return None
+        return limiter_section(scheduler.margins(), scheduler.rejections(),
+                               scheduler.rejections_total)
 
     def status(self) -> list[ShardStatus]:
         """Every shard's last reported state, latency, seq, worker pid and guild count."""

@@ -93,6 +93,10 @@ RECONNECT_CLOSE_CODE: Final = CloseCode.UNKNOWN_ERROR
 FIRST_BEAT_SPREAD: Final = 0.9
 #: Op 9 d:false → wait a random 1-5 s before re-identifying (protocol §6, [doc, old]).
 INVALID_SESSION_DELAY: Final = (1.0, 5.0)
+#: An op 9 this soon after our IDENTIFY, before READY, is Discord refusing the IDENTIFY (too
+#: soon after the previous one of its bucket, by Discord's clock: protocol §9): the session
+#: limiter hears of it.  Discord answers at once; a much later op 9 is about something else.
+IDENTIFY_REJECT_WINDOW: Final = 5.0
 #: Resume attempts whose socket never opened before the RESUME goes to the cached connect
 #: URL instead of ``resume_gateway_url`` (that host may be the one that is down).  The
 #: session is kept: a gateway outage of a few seconds must not cost an IDENTIFY per shard,
@@ -183,13 +187,23 @@ class Reconnect:
 
 
 @dataclass(frozen=True, slots=True)
+class IdentifyRejected:
+    """Discord answered this connection's IDENTIFY with op 9, ``after`` seconds after it was
+    sent: tell the session limiter, whose pace was too fast by Discord's clock.  (The
+    re-IDENTIFY that follows goes through the limiter as a new request.)"""
+
+    after: float
+
+
+@dataclass(frozen=True, slots=True)
 class Stop:
     """The socket is gone and no reconnect follows (shutdown, or auto_reconnect off)."""
 
     reason: str
 
 
-Action: TypeAlias = Send | Emit | Close | NeedIdentify | Fatal | Reconnect | Stop
+Action: TypeAlias = (Send | Emit | Close | NeedIdentify | IdentifyRejected | Fatal | Reconnect
+                     | Stop)
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +319,7 @@ class ShardMachine:
         self._inflater: Any = None
         self._last_receive = 0.0
         self._identify_wanted = False
+        self._identify_sent_at: float | None = None  # this connection's IDENTIFY
         self._resuming = False  # the current/next socket is meant to RESUME
         self._limit = CommandRateLimit()
         # Per shard, not per connection: 5 presence updates per 20 s (protocol §9).
@@ -439,6 +454,7 @@ class ShardMachine:
         self._heartbeat = None
         self._last_receive = now
         self._identify_wanted = False
+        self._identify_sent_at = None
         self._limit.reset()
         self._failed_resume_connects = 0
         return []
@@ -508,7 +524,7 @@ class ShardMachine:
             return self._end_connection(RECONNECT_CLOSE_CODE, "gateway requested reconnect",
                                         close=True)
         if op == Op.INVALID_SESSION:
-            return self._on_invalid_session(frame)
+            return self._on_invalid_session(frame, now)
         return []  # unknown server op: ignore, like unknown keys (protocol §2)
 
     def _on_hello(self, frame: Frame, now: float) -> list[Action]:
@@ -543,6 +559,7 @@ class ShardMachine:
         if not (self._socket_open and self._identify_wanted and self._state is ShardState.HELLO):
             return []
         self._identify_wanted = False
+        self._identify_sent_at = now
         self._limit.try_acquire(now, priority=True)
         self._to(ShardState.IDENTIFYING)
         return [Send(self._identify_data(), Op.IDENTIFY)]
@@ -577,18 +594,22 @@ class ShardMachine:
                                                 "seq": self.seq}))
         return actions
 
-    def _on_invalid_session(self, frame: Frame) -> list[Action]:
+    def _on_invalid_session(self, frame: Frame, now: float) -> list[Action]:
         resumable = frame.d is True
-        emit = Emit(INVALID_SESSION, {"resumable": resumable})
+        told: list[Action] = [Emit(INVALID_SESSION, {"resumable": resumable})]
+        sent = self._identify_sent_at
+        if self._state is ShardState.IDENTIFYING and sent is not None \
+                and now - sent <= IDENTIFY_REJECT_WINDOW:
+            told.append(IdentifyRejected(max(0.0, now - sent)))
         if resumable and self._has_session():
-            return [emit, *self._end_connection(RECONNECT_CLOSE_CODE,
-                                                "invalid session (resumable)", close=True,
-                                                resume=True)]
+            return [*told, *self._end_connection(RECONNECT_CLOSE_CODE,
+                                                 "invalid session (resumable)", close=True,
+                                                 resume=True)]
         # d:false: forget the session, wait 1-5 s, IDENTIFY via the limiter (protocol §6).
         delay = self._rng.uniform(*INVALID_SESSION_DELAY)
-        return [emit, *self._end_connection(RECONNECT_CLOSE_CODE, "invalid session",
-                                            close=True, resume=False, delay=delay,
-                                            forget=True)]
+        return [*told, *self._end_connection(RECONNECT_CLOSE_CODE, "invalid session",
+                                             close=True, resume=False, delay=delay,
+                                             forget=True)]
 
     def closed(self, code: int | None, reason: str, now: float) -> list[Action]:
         """The socket closed without the machine asking (server close, drop: code None)."""

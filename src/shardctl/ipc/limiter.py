@@ -38,6 +38,13 @@ client (DEALER, connects) -> service (ROUTER, binds):
         ``sent_at``: when the send ended (taken after it, so no later IDENTIFY of the bucket
         can have left before it).  A service sharing the client's clock paces from it instead,
         clamped to [grant start, release handled]; any other ignores it.
+    rejected   {"client": ID, "req": R, "shard": S, "after"?: number >= 0 (seconds)}
+        the IDENTIFY shard S sent under the grant of request R was answered with op 9
+        (INVALID_SESSION) ``after`` seconds after it was sent, before any READY: what Discord
+        answers an IDENTIFY it read too soon after the previous one of its bucket.  The
+        service may widen that bucket's margin; it grants nothing for it (the shard asks
+        again with a new request and waits its turn).  At most once per request; a service
+        that no longer knows the grant ignores it.
     configure  {"client": ID, "max_concurrency"?: int >= 1, "remaining"?: int >= 0,
                 "total"?: int >= 0, "reset_after"?: number >= 0 (seconds), "seq"?: N}
         new limits, e.g. from a fresh GET /gateway/bot (its reset_after is in ms: divide).
@@ -140,6 +147,7 @@ __all__ = [
     "Pong",
     "Probe",
     "Refused",
+    "Rejected",
     "Release",
     "Request",
     "ServiceMessage",
@@ -213,6 +221,14 @@ class Release:
 
 
 @dataclass(frozen=True, slots=True)
+class Rejected:
+    client: str
+    req: int
+    shard: int
+    after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Configure:
     client: str
     max_concurrency: int | None = None
@@ -253,7 +269,7 @@ class Refused:
     reason: str
 
 
-ClientMessage = Ping | Request | Cancel | Release | Configure
+ClientMessage = Ping | Request | Cancel | Release | Rejected | Configure
 ServiceMessage = GrantMessage | Pong | Probe | Configured | Refused
 
 _KINDS: Final[dict[type[Any], bytes]] = {
@@ -261,6 +277,7 @@ _KINDS: Final[dict[type[Any], bytes]] = {
     Request: b"request",
     Cancel: b"cancel",
     Release: b"release",
+    Rejected: b"rejected",
     Configure: b"configure",
     GrantMessage: b"grant",
     Pong: b"pong",
@@ -288,17 +305,11 @@ def encode(message: ClientMessage | ServiceMessage) -> list[bytes]:
             body = _present({"client": client, "req": req}, sent_at=sent_at)
         case Cancel(client, req):
             body = {"client": client, "req": req}
+        case Rejected(client, req, shard, after):
+            body = _present({"client": client, "req": req, "shard": shard}, after=after)
         case Configure(client, max_concurrency, remaining, total, reset_after, seq):
-            body = {"client": client}
-            for key, value in (
-                ("max_concurrency", max_concurrency),
-                ("remaining", remaining),
-                ("total", total),
-                ("reset_after", reset_after),
-                ("seq", seq),
-            ):
-                if value is not None:
-                    body[key] = value
+            body = _present({"client": client}, max_concurrency=max_concurrency,
+                            remaining=remaining, total=total, reset_after=reset_after, seq=seq)
         case GrantMessage(req, shard, not_before):
             body = _present({"req": req, "shard": shard}, not_before=not_before)
         case Pong(seq, queued):
@@ -334,6 +345,15 @@ def _time(body: Mapping[str, Any], key: str) -> float | None:
         return None
     if type(value) not in (int, float) or not 0 <= value < math.inf:
         raise ProtocolError(f"field {key!r} must be a finite number >= 0 (monotonic seconds)")
+    return float(value)
+
+
+def _seconds(body: Mapping[str, Any], key: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not 0 <= value < math.inf:
+        raise ProtocolError(f"field {key!r} must be a finite number >= 0 (seconds)")
     return float(value)
 
 
@@ -379,6 +399,9 @@ def decode_client_message(frames: Sequence[bytes]) -> ClientMessage:
         return Cancel(_client(body), _req_int(body, "req", 0, MAX_ID))
     if kind == b"release":
         return Release(_client(body), _req_int(body, "req", 0, MAX_ID), _time(body, "sent_at"))
+    if kind == b"rejected":
+        return Rejected(_client(body), _req_int(body, "req", 0, MAX_ID),
+                        _req_int(body, "shard", 0, MAX_SHARD), _seconds(body, "after"))
     if kind == b"configure":
         reset_after = body.get("reset_after")
         if reset_after is not None and (
@@ -729,7 +752,7 @@ async def _until(deadline: float) -> None:
     They also fire up to a millisecond late (epoll's resolution), and every gap of a bucket
     would carry that lateness, so the last ``_SPIN`` is spent yielding to the loop (other
     tasks still run) until the clock says go.  The margin between an exactly paced IDENTIFY
-    and the previous one is the service's ``sent_margin``, not this lateness.
+    and the previous one is the service's margin, not this lateness.
     """
     while (left := deadline - time.monotonic()) > _SPIN:  # noqa: ASYNC110
         await anyio.sleep(left - _SPIN)
@@ -779,6 +802,7 @@ class LimiterClient:
         self._tg: TaskGroup | None = None
         self._outbox: MemoryObjectSendStream[list[bytes]] | None = None
         self._pending: dict[int, _Pending] = {}
+        self._used: dict[int, int] = {}  # shard -> request of its last grant used
         self._req_numbers = itertools.count()
         self._ping_seq = 0  # last ping queued
         self._configures = itertools.count(1)
@@ -936,6 +960,7 @@ class LimiterClient:
             self._pending.pop(req, None)
         if pending.closed:
             raise anyio.ClosedResourceError("limiter client closed while waiting for a grant")
+        self._used[shard_id] = req
         try:
             if pending.not_before is not None:
                 await _until(pending.not_before)
@@ -946,6 +971,15 @@ class LimiterClient:
             # slot from its start.)
             if self._outbox is not None:
                 self._post(Release(self.client_id, req, time.monotonic()))
+
+    def identify_rejected(self, shard_id: int, after: float | None = None) -> None:
+        """Shard ``shard_id``'s last IDENTIFY was answered with op 9, ``after`` seconds after
+        it was sent: tell the service (fire and forget; once per grant, nothing if this
+        client granted the shard nothing)."""
+        req = self._used.pop(shard_id, None)
+        if req is not None and self._outbox is not None:
+            self._post(Rejected(self.client_id, req, shard_id,
+                                None if after is None else max(0.0, after)))
 
     async def configure(
         self,

@@ -6,6 +6,7 @@ the emulated Discord the same way (the CLI builds one option per field from ``FI
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Final
 
@@ -14,6 +15,10 @@ from shardctl.sandbox.faults import ScheduledFault
 
 #: Discord's documented per-shard guild cap (§10): more routed guilds → 4011.
 DEFAULT_MAX_GUILDS_PER_SHARD: Final = 2500
+#: How a client frame's arrival is stamped (what IDENTIFY pacing is judged by): ``loop`` when
+#: the connection's handler gets round to it, as a busy server's event loop does; ``kernel``
+#: the kernel's receive time (``SO_TIMESTAMPNS``), kinder than any loaded server.
+ARRIVAL_STAMPS: Final = ("loop", "kernel")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,8 @@ class SandboxConfig:
     bot_username: str = "sandbox-bot"
     full_voice_channels: bool = False
     record_dispatches: bool = True
+    arrival_stamp: str = "loop"
+    arrival_jitter_ms: float = 0.0
     faults: tuple[ScheduledFault, ...] = ()
 
     def __post_init__(self) -> None:
@@ -83,6 +90,10 @@ class SandboxConfig:
             (self.replay_buffer >= 0, "replay_buffer must be >= 0"),
             (self.zlib_split >= 1, "zlib_split must be >= 1"),
             (self.frame_limit >= 1, "frame_limit must be >= 1"),
+            (self.arrival_stamp in ARRIVAL_STAMPS,
+             f"arrival_stamp must be one of {', '.join(ARRIVAL_STAMPS)}"),
+            (0 <= self.arrival_jitter_ms < math.inf,
+             "arrival_jitter_ms must be a finite number >= 0"),
             (self.resume_path.startswith("/") and self.resume_path != "/",
              "resume_path must be an absolute path other than /"),
         )
@@ -152,6 +163,10 @@ FIELD_HELP: Final[dict[str, str]] = {
     "bot_username": "the bot user's name",
     "full_voice_channels": "voice channels are full: op 4 gets no answer",
     "record_dispatches": "record every dispatch sent (turn off for long benchmarks)",
+    "arrival_stamp": "when a client frame counts as arrived: loop (when the handler reads it, "
+                     "as a busy server does) or kernel (the kernel's receive time, kinder)",
+    "arrival_jitter_ms": "each client frame is read a random 0..this many ms late (seeded by "
+                         "seed), as on a loaded server",
     "faults": "scheduled faults (CLI: KIND[:ARG]@SECONDS[/SHARD], repeatable)",
 }
 

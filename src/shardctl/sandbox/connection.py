@@ -61,14 +61,13 @@ REIDENTIFY_MIN_DELAY: Final = 1.0
 
 
 class StampedServerConnection(ServerConnection):
-    """A websockets server connection that notes when each client message arrived.
+    """A websockets server connection that notes when each client message reached the host.
 
-    Rules with a deadline (IDENTIFY pacing above all) judge a frame by the time it reached
-    the host, like Discord does at its edge, not by when this event loop got round to it: a
-    busy sandbox (many sockets, READY compression) would otherwise see an IDENTIFY late, and
-    the next one of its bucket, paced from when the first was sent, too early.  The stamp is
-    the kernel's receive time (:mod:`shardctl.sandbox.arrival`) where the platform gives
-    one, else the loop's time in the iteration that read the bytes.
+    Used with ``arrival_stamp="kernel"`` only: rules with a deadline (IDENTIFY pacing above
+    all) then judge a frame by the kernel's receive time (:mod:`shardctl.sandbox.arrival`)
+    where the platform gives one, else the loop's time in the iteration that read the bytes,
+    not by when the handler got round to it.  Kinder than a busy real server, which stamps
+    a frame when its loop reads it (the default, ``loop``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -229,12 +228,28 @@ class Connection:
             if raw is None:
                 await self.on_timers(anyio.current_time())
             else:
-                await self.on_message(raw, self._arrival())
+                await self.on_message(raw, await self._arrival())
 
-    def _arrival(self) -> float:
-        if isinstance(self.ws, StampedServerConnection) and self.ws.arrivals:
-            return self.ws.arrivals.popleft()
-        return anyio.current_time()
+    async def _arrival(self) -> float:
+        """When the frame just read counts as arrived (``SandboxConfig.arrival_stamp``).
+
+        ``loop``: now, when this handler reads it, late by whatever else the loop was doing,
+        as a busy server stamps it; ``kernel``: the kernel's receive time.  With
+        ``arrival_jitter_ms`` the frame counts as read a random 0..jitter later, and is
+        handled no sooner, as on a loaded server: two IDENTIFYs of a bucket, read on
+        different connections, get different lateness, and the later one may look early.
+        (The stamp is the draw, not the timer's wake-up: this machine's own scheduling
+        noise is already in the loop stamp once.)
+        """
+        stamp = (self.ws.arrivals.popleft()
+                 if isinstance(self.ws, StampedServerConnection) and self.ws.arrivals
+                 else anyio.current_time())
+        jitter = self.sb.config.arrival_jitter_ms
+        if jitter > 0:
+            delay = self.sb.arrival_rng.uniform(0.0, jitter / 1000.0)
+            stamp += delay
+            await anyio.sleep(delay)
+        return stamp
 
     def on_closed(self, exc: ConnectionClosed) -> None:
         if self.closed or self.sb.stopping:

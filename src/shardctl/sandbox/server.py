@@ -42,6 +42,8 @@ class Sandbox:
         self.config = cfg = config or SandboxConfig()
         self.host, self.port = host, port
         self.rng = random.Random(cfg.seed)
+        #: Draws each client frame's arrival jitter (its own stream: session ids stay put).
+        self.arrival_rng = random.Random(cfg.seed)
         self.recorder = Recorder()
         self.world = World(shard_count=cfg.shard_count, guilds_per_shard=cfg.guilds_per_shard,
                            members_per_guild=cfg.members_per_guild,
@@ -122,7 +124,9 @@ class Sandbox:
                 self._handle, self.host, self.port, process_request=self._rest,
                 compression=None, ping_interval=None, close_timeout=2.0,
                 max_size=1 << 20, server_header="shardctl-sandbox",
-                create_connection=StampedServerConnection)
+                create_connection=(StampedServerConnection
+                                   if self.config.arrival_stamp == "kernel"
+                                   else ServerConnection))
             stack.push_async_callback(self._shutdown)
             self.port = self._server.sockets[0].getsockname()[1]
             self._tg.start_soon(self._traffic)

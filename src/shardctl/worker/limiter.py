@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import anyio
 
-__all__ = ["LocalSessionLimiter", "SessionLimiter"]
+__all__ = ["LocalSessionLimiter", "RejectionAware", "SessionLimiter"]
 
 
 @runtime_checkable
@@ -27,6 +27,15 @@ class SessionLimiter(Protocol):
     """
 
     def identify(self, shard_id: int) -> AbstractAsyncContextManager[None]: ...
+
+
+@runtime_checkable
+class RejectionAware(Protocol):
+    """A session limiter that wants to hear when Discord answered an IDENTIFY it granted with
+    op 9 (too soon by Discord's clock), ``after`` seconds after it was sent, so it can pace
+    that bucket more carefully.  Optional: the Shard calls it when the limiter has it."""
+
+    def identify_rejected(self, shard_id: int, after: float | None = None) -> None: ...
 
 
 class LocalSessionLimiter:

@@ -36,6 +36,7 @@ from shardctl.gateway.machine import (
     Close,
     Emit,
     Fatal,
+    IdentifyRejected,
     NeedIdentify,
     Reconnect,
     Refused,
@@ -51,7 +52,7 @@ from shardctl.gateway.payloads import (
     voice_state_frame,
 )
 from shardctl.gateway.resume_url import resume_url_refusal
-from shardctl.worker.limiter import LocalSessionLimiter, SessionLimiter
+from shardctl.worker.limiter import LocalSessionLimiter, RejectionAware, SessionLimiter
 
 __all__ = ["USER_AGENT", "CommandResult", "Shard"]
 
@@ -171,7 +172,9 @@ class Shard:
     and ``DISCONNECT``, in the order they happened.  Beyond lacord: ``raw_output`` (the
     undecoded frames, for the worker's bus) and ``heartbeat_ack_timeout`` (seconds a beat's
     ACK may take before the connection counts as a zombie; default 7.5 % of the heartbeat
-    interval, at least 1 s: :func:`shardctl.gateway.heartbeat.default_ack_timeout`).
+    interval, at least 1 s: :func:`shardctl.gateway.heartbeat.default_ack_timeout`).  A
+    ``session_limiter`` that has ``identify_rejected`` (:class:`~shardctl.worker.limiter.
+    RejectionAware`) hears of every IDENTIFY Discord answered with op 9.
 
     lacord's ``loop`` is anyio structured concurrency:
 
@@ -504,6 +507,8 @@ class Shard:
             elif isinstance(action, NeedIdentify):
                 if ws is not None and conn is not None:
                     conn.start_soon(self._identify, ws)
+            elif isinstance(action, IdentifyRejected):
+                self._identify_rejected(action.after)
             elif isinstance(action, (Reconnect, Fatal)):
                 outcome = action
             elif isinstance(action, Stop):
@@ -528,6 +533,12 @@ class Shard:
         # Every IDENTIFY goes through the session limiter; a RESUME never does (protocol §5).
         async with self._limiter.identify(self._id):
             await self._execute(self._machine.identify(anyio.current_time()), ws, None)
+
+    def _identify_rejected(self, after: float) -> None:
+        # The limiter logs it with its figures; one warning per op 9 is enough.
+        log.debug("shard %d: IDENTIFY answered with op 9 after %.3f s", self._id, after)
+        if isinstance(self._limiter, RejectionAware):
+            self._limiter.identify_rejected(self._id, after)
 
     async def _emit(self, action: Emit) -> None:
         name = action.name
