@@ -96,12 +96,15 @@ async def test_an_op9_report_names_the_grant_the_identify_was_sent_under(
             await next_of(service, Release)
         client.identify_rejected(5, 0.0125)
         client.identify_rejected(5, 0.0125)  # once per grant
-        client.configure(remaining=1)  # a marker: the second report would come before it
-        _, rejected = await next_of(service, Rejected)
-        assert rejected == Rejected(client.client_id, request.req, 5, 0.0125)
-        with anyio.fail_after(5):
-            while not isinstance((message := (await service.receive())[1]), Configure):
-                assert not isinstance(message, Rejected)
+        async with anyio.create_task_group() as tg:
+            # A marker: the second report would come before it (its answer never comes).
+            tg.start_soon(lambda: client.configure(remaining=1))
+            _, rejected = await next_of(service, Rejected)
+            assert rejected == Rejected(client.client_id, request.req, 5, 0.0125)
+            with anyio.fail_after(5):
+                while not isinstance((message := (await service.receive())[1]), Configure):
+                    assert not isinstance(message, Rejected)
+            tg.cancel_scope.cancel()
 
 
 async def test_pings_name_the_monotonic_clock(endpoint: str) -> None:
