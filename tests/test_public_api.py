@@ -16,7 +16,8 @@ ALLOWED: dict[str, set[str]] = {
     # logformat and heap: standard-library-only leaves (workers log in the supervisor's
     # format; a worker process freezes its start-up heap like `shardctl run` does).
     "worker": {"errors", "gateway", "ipc", "worker", "_version", "logformat", "heap"},
-    "sandbox": {"errors", "gateway", "sandbox"},
+    # _lazy: a standard-library-only leaf (PEP 562 exports of a package __init__).
+    "sandbox": {"errors", "gateway", "sandbox", "_lazy"},
     "cluster": {"errors", "gateway", "ipc", "cluster", "_version"},
 }
 

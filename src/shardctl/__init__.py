@@ -7,9 +7,9 @@ never runs; the supervisor must not load the websocket client its workers use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
+from shardctl._lazy import exports
 from shardctl._version import __version__
 
 if TYPE_CHECKING:
@@ -91,15 +91,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first access and cache the name here."""
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'shardctl' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = exports('shardctl', _WHERE, globals(), __all__)

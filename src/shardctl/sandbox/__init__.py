@@ -13,8 +13,9 @@ parser to build its options, and must not load the websocket server for that.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
+
+from shardctl._lazy import exports
 
 if TYPE_CHECKING:
     from shardctl.sandbox.blast import Blast
@@ -82,15 +83,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first access and cache the name here."""
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'shardctl.sandbox' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = exports('shardctl.sandbox', _WHERE, globals(), __all__)
