@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from shardctl.cli_params import Endpoint
+
 #: Exit code of ``shardctl worker`` when its keys or endpoint are unusable (click: usage = 2).
 EXIT_CONFIG = 2
 
@@ -53,6 +55,9 @@ def keys_generate(directory: Path | None, clients: tuple[str, ...], force: bool)
         written = generate_keys(target, clients or DEFAULT_CLIENTS, force=force)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # e.g. a parent directory that is a file or not writable
+        raise click.BadParameter(f"cannot write keys in {target}: {exc.strerror or exc}",
+                                 param_hint="'--dir'") from None
     for path in written:
         click.echo(f"wrote {path}")
     click.echo(f"keys in {target} (directory 0700, files 0600)")
@@ -60,6 +65,7 @@ def keys_generate(directory: Path | None, clients: tuple[str, ...], force: bool)
 
 @click.command("worker")
 @click.option("--supervisor", "control_endpoint", required=True, metavar="tcp://HOST:PORT",
+              type=Endpoint(),
               envvar="SHARDCTL_SUPERVISOR", show_envvar=True,
               help="the supervisor's control endpoint (its --control-endpoint)")
 @click.option("--keys", type=click.Path(file_okay=False, path_type=Path), default=None,
