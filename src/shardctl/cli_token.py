@@ -95,22 +95,38 @@ def _read_private_file(path: str) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    try:
+        # Judged on the open file, not the name, so a swap after the check changes nothing;
+        # a symlink (a mounted secret) is judged by its target.
+        info = os.fstat(fd)
+        mode = stat.S_IMODE(info.st_mode)
+        if stat.S_ISDIR(info.st_mode):
+            raise ValueError(f"{path} is a directory; expected the file holding the token")
         if mode & 0o077:
-            # Checked on the open file, not the name, so a swap after the check changes
-            # nothing; a symlink (a mounted secret) is judged by its target.
             raise ValueError(
                 f"{path} can be read or changed by other users (mode {mode:04o}): "
                 f"chmod 600 {path}")
-        try:
-            data = f.read(MAX_TOKEN_FILE_BYTES + 1)
-        except OSError as exc:
-            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+        data = _read_up_to(fd, MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
     try:
         return data.decode()
     except UnicodeDecodeError:
         raise ValueError(f"{path} does not hold a token (not text)") from None
+
+
+def _read_up_to(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = os.read(fd, limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _one_token(text: str, where: str) -> str:
