@@ -8,6 +8,7 @@ as a subprocess, the way an operator meets them.
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from shardctl.cli import main
 
@@ -157,3 +160,203 @@ def test_the_console_entry_prints_one_error_line_and_exits_2(
     assert len(errors) == 1, result.stderr
     assert option in errors[0]
     assert "t0ken-abc" not in result.stderr
+
+
+# -- every command, every option: wrong values drawn by hypothesis ------------------------
+#
+# Each strategy draws only values the option must refuse.  A command that accepted one
+# would go on to start something: the base arguments make that end fast and visibly (run
+# asks an API on a closed port and exits 8, status times out and exits 3), never silently.
+
+_SETTINGS = settings(max_examples=12, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                            HealthCheck.too_slow])
+_BLANKS = st.sampled_from(["", " ", "\t"])
+_JUNK = st.text(max_size=24).filter(lambda s: "://" not in s)
+_NUMBER_JUNK = st.sampled_from(["x", "1.5.2", "5s", "--1", "0x10", "1_0_", "½"]) | _BLANKS
+
+
+def _floats_not_in(low: float, high: float | None) -> st.SearchStrategy[str]:
+    """Text of numbers outside ``(low, high]``, non-finite ones, and junk."""
+    outside = st.floats(max_value=low) | (
+        st.floats(min_value=high, exclude_min=True) if high is not None else st.nothing())
+    return (st.sampled_from(["nan", "NaN", "-nan", "inf", "-inf", "Infinity", "1e999"])
+            | outside.map(repr) | _NUMBER_JUNK)
+
+
+def _ints_outside(low: int, high: int | None = None) -> st.SearchStrategy[str]:
+    outside = st.integers(max_value=low - 1) | (
+        st.integers(min_value=high + 1) if high is not None else st.nothing())
+    return outside.map(str) | st.sampled_from(["1.5", "nan", "1e3"]) | _NUMBER_JUNK
+
+
+def _endpoints(*, bind: bool) -> st.SearchStrategy[str]:
+    bad_port = (st.integers(max_value=0) | st.integers(min_value=65536)).map(str) | st.text(
+        alphabet="abc-+ .#", min_size=1, max_size=6)
+    bad_host = st.text(alphabet=" @!#$[]{}/\\\"'", min_size=1, max_size=6)
+    cases = [
+        _JUNK,
+        st.builds("{}://{}".format, st.sampled_from(["udp", "http", "ws", "zmq", "TCP",
+                                                      "IPC", "", "tcp:"]),
+                  st.text(max_size=16)),
+        st.builds("tcp://127.0.0.1:{}".format, bad_port),
+        st.builds("tcp://{}:5555".format, bad_host),
+        st.sampled_from(["tcp://127.0.0.1", "tcp://:5555", "ipc://", "inproc://bus",
+                         "ipc://a\x00b", " ipc:///tmp/x.sock", "ipc://" + "p" * 120]),
+    ]
+    if not bind:
+        cases.append(st.sampled_from(["tcp://*:5555", "tcp://127.0.0.1:*"]))
+    return st.one_of(cases)
+
+
+_API_URLS = st.one_of(
+    _JUNK,
+    st.sampled_from(["http://[x", "https://", "https:///api", "ftp://discord.com/api",
+                     "ws://discord.com", "https://a:99999/api", "https://a:0/api",
+                     "https://exa mple.com/api", "https://a:port/api",
+                     # plain http to another host with a token: would send it in clear
+                     "http://example.com/api/v10", "http://10.0.0.5/api"]),
+    st.builds("{}://{}".format, st.sampled_from(["file", "gopher", "HTTPS:"]),
+              st.text(max_size=12)),
+)
+_CHOICES_NOT = lambda *valid: st.text(max_size=12).filter(lambda s: s not in valid)  # noqa: E731
+_INTERVAL = _floats_not_in(0.0, 3600.0)
+
+
+def _case(base: list[str], option: str, values: st.SearchStrategy[str]
+          ) -> tuple[list[str], str, st.SearchStrategy[str]]:
+    return base, option, values
+
+
+_RUN = ["run", "--api-url", "http://127.0.0.1:9/api/v10", "--processes", "1"]
+_SANDBOX = ["sandbox", "--port", "0"]
+_CASES: dict[str, tuple[list[str], str, st.SearchStrategy[str]]] = {
+    "run --identify-interval": _case(_RUN, "--identify-interval", _INTERVAL),
+    "run --api-url": _case(_RUN, "--api-url", _API_URLS),
+    "run --processes": _case(_RUN, "--processes", _ints_outside(0)),
+    "run --remote-workers": _case(_RUN, "--remote-workers", _ints_outside(0)),
+    "run --shards": _case(_RUN, "--shards", _ints_outside(1, 1_000_000).filter(
+        lambda s: s != "auto")),
+    "run --shard-ids": _case(_RUN, "--shard-ids", st.sampled_from(
+        ["", "x", "3-1", "-1", "1-", "0-1000000", "a,b", " , "]) | st.integers(
+        min_value=1_000_000).map(str)),
+    "run --intents": _case(_RUN, "--intents", st.sampled_from(
+        ["NOT_AN_INTENT", "GUILDS,NOPE", "-1", "0x10", "1e3"]) | st.integers(
+        min_value=1 << 26).filter(lambda n: n & ~0x331FFFF).map(str)),
+    "run --compression": _case(_RUN, "--compression",
+                               _CHOICES_NOT("zlib-stream", "zstd-stream", "none")),
+    "run --events-endpoint": _case(_RUN, "--events-endpoint", _endpoints(bind=True)),
+    "run --control-endpoint": _case(_RUN, "--control-endpoint", _endpoints(bind=True)),
+    "run --limiter": _case(_RUN, "--limiter", _endpoints(bind=False)),
+    "run --log-level": _case(_RUN, "--log-level",
+                             _CHOICES_NOT("DEBUG", "INFO", "WARNING", "ERROR")),
+    "run --log-format": _case(_RUN, "--log-format", _CHOICES_NOT("text", "json")),
+    "run --metrics-port": _case(_RUN, "--metrics-port", _ints_outside(0, 65535)),
+    "run --metrics-host": _case([*_RUN, "--metrics-port", "0"], "--metrics-host",
+                                st.from_regex(r"[a-z]{1,12}\.invalid", fullmatch=True)),
+    "run --token": _case(_RUN, "--token", _BLANKS),
+    "config --identify-interval": _case(["config"], "--identify-interval", _INTERVAL),
+    "config --control-endpoint": _case(["config"], "--control-endpoint",
+                                       _endpoints(bind=True)),
+    "status --control-endpoint": _case(["status", "--timeout", "0.5"], "--control-endpoint",
+                                       _endpoints(bind=False)),
+    "status --timeout": _case(["status"], "--timeout", _floats_not_in(0.0, None)),
+    "events --endpoint": _case(["events", "-n", "1"], "--endpoint", _endpoints(bind=False)),
+    "events --shard": _case(["events", "-e", "ipc:///tmp/none.sock"], "--shard",
+                            _ints_outside(0)),
+    "events --count": _case(["events", "-e", "ipc:///tmp/none.sock"], "--count",
+                            _ints_outside(1)),
+    "events --type": _case(["events", "-e", "ipc:///tmp/none.sock"], "--type",
+                           st.sampled_from(["", "x" * 65, "A\x00B"])),
+    "limiter --bind": _case(["limiter"], "--bind", _endpoints(bind=True)),
+    "limiter --identify-interval": _case(["limiter", "--sandbox"], "--identify-interval",
+                                         _INTERVAL),
+    "limiter --max-concurrency": _case(["limiter"], "--max-concurrency", _ints_outside(1)),
+    "limiter --remaining": _case(["limiter"], "--remaining", _ints_outside(0)),
+    "limiter --reset-after": _case(["limiter", "--remaining", "5"], "--reset-after",
+                                   _ints_outside(0)),
+    "sandbox --port": _case(["sandbox"], "--port", _ints_outside(0, 65535)),
+    "sandbox --host": _case(_SANDBOX, "--host",
+                            st.from_regex(r"[a-z]{1,12}\.invalid", fullmatch=True)),
+    "sandbox --identify-interval": _case(_SANDBOX, "--identify-interval",
+                                         _floats_not_in(-1e-9, None)),
+    "sandbox --heartbeat-tolerance": _case(_SANDBOX, "--heartbeat-tolerance",
+                                           _floats_not_in(-1e-9, None)),
+    "sandbox --shard-count": _case(_SANDBOX, "--shard-count", _ints_outside(0)),
+    "sandbox --zlib-split": _case(_SANDBOX, "--zlib-split", _ints_outside(0)),
+    "worker --supervisor": _case(["worker"], "--supervisor", _endpoints(bind=False)),
+}
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """`run` and `sandbox` configure the root logger when they start: put it back."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+# A value wrongly accepted would block inside a server's C call, where the default
+# signal-based timeout cannot interrupt: the thread method ends the run instead.
+@pytest.mark.timeout(60, method="thread")
+@pytest.mark.usefixtures("root_logging")
+@pytest.mark.parametrize("case", sorted(_CASES))
+@_SETTINGS
+@given(data=st.data())
+def test_every_wrong_value_is_one_usage_line_naming_the_option(
+        tmp_path: Path, case: str, data: st.DataObject) -> None:
+    base, option, values = _CASES[case]
+    value = data.draw(values, label=option)
+    result = invoke([*base, option, value], tmp_path, DISCORD_TOKEN="t0ken-xyz")
+    assert result.exit_code == 2, (value, result.output)
+    assert isinstance(result.exception, SystemExit), (value, result.exception)
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, (value, result.output)
+    assert option in errors[0], (value, result.output)
+    assert "t0ken-xyz" not in result.output
+
+
+@pytest.mark.parametrize(("line", "key"), [
+    ("identify-interval = nan", "identify-interval"),
+    ("identify-interval = inf", "identify-interval"),
+    ("identify-interval = -1.0", "identify-interval"),
+    ("identify-interval = 1e300", "identify-interval"),
+    ('control-endpoint = "junk"', "control-endpoint"),
+    ('limiter = "tcp://127.0.0.1"', "limiter"),
+    ("limiter = 5555", "limiter"),
+    ('api-url = "http://[x"', "api-url"),
+    ('shard-ids = "3-1"', "shard-ids"),
+    ("shards = 10000000", "shards"),
+    ("metrics-port = 70000", "metrics-port"),
+    ('token-file = "/nonexistent/token"', "token-file"),
+])
+def test_a_wrong_value_in_the_config_file_names_the_key_and_the_file(
+        tmp_path: Path, line: str, key: str) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text(line + "\n")
+    for command in ("config", "run"):
+        result = invoke([command, "--config", str(path)], tmp_path)
+        assert_usage_error(result, f"bad value for '{key}'")
+        assert str(path) in result.output
+
+
+def test_each_command_and_option_has_a_wrong_value_case_or_a_reason() -> None:
+    # A new option must come with its wrong values here (or be listed as taking anything).
+    takes_anything = {
+        "run": {"--config", "--token-file", "--state-file", "--keys",
+                "--ignore-session-start-limit", "--help"},
+        "status": {"--json", "--keys", "--help"},
+        "events": {"--keys", "--help"},
+        "limiter": {"--total", "--sandbox", "--keys", "--help"},
+        "worker": {"--keys", "--name", "--log-level", "--help"},
+    }
+    covered = {tuple(name.split(" ", 1)) for name in _CASES}
+    for command in ("run", "status", "events", "limiter", "worker"):
+        cmd = main.commands[command]  # type: ignore[attr-defined]
+        for param in cmd.params:
+            flag = max(param.opts, key=len)
+            assert (command, flag) in covered or flag in takes_anything[command], \
+                f"no wrong-value case for shardctl {command} {flag}"

@@ -15,7 +15,7 @@ import click
 from shardctl import settings
 from shardctl._version import __version__
 from shardctl.cli_params import ApiUrl, Endpoint, FiniteFloat, ShardIds
-from shardctl.cli_token import token_file_option, warn_if_in_argv, with_token_file
+from shardctl.cli_token import check_token_option, token_file_option, with_token_file
 from shardctl.cluster.config import MAX_IDENTIFY_INTERVAL
 from shardctl.heap import freeze_startup_heap
 
@@ -332,7 +332,7 @@ def _leaf(error: BaseException) -> BaseException:
 
 @main.command("run")
 @click.option("--token", envvar="DISCORD_TOKEN", default=None, show_envvar=True,
-              callback=warn_if_in_argv,
+              callback=check_token_option,
               help="bot token; without one, shardctl runs against its built-in sandbox. "
                    "Prefer DISCORD_TOKEN or --token-file: the command line is public (ps)")
 @token_file_option()

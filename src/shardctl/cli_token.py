@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Final
 import click
 from click.core import ParameterSource
 
-__all__ = ["TokenFile", "TokenFileType", "warn_if_in_argv", "with_token_file"]
+__all__ = ["TokenFile", "TokenFileType", "check_token_option", "token_file_option",
+           "with_token_file"]
 
 #: A Discord token is about 72 characters; anything much longer is not one.
 MAX_TOKEN_FILE_BYTES: Final = 4096
@@ -140,10 +141,13 @@ def _one_token(text: str, where: str) -> str:
     return token
 
 
-def warn_if_in_argv(ctx: click.Context, param: click.Parameter, value: str | None
-                    ) -> str | None:
-    """``--token`` callback: warn once when the token came from the command line."""
+def check_token_option(ctx: click.Context, param: click.Parameter, value: str | None
+                       ) -> str | None:
+    """``--token`` callback: refuse a blank token, and warn once when it came from the
+    command line."""
     assert param.name is not None
+    if value is not None and not value.strip():
+        raise click.BadParameter("the token is empty", ctx, param)
     if value is not None and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
         click.echo(ARGV_WARNING, err=True)
     return value

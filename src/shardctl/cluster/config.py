@@ -77,7 +77,7 @@ def check_identify_interval(interval: float, api_url: str) -> None:
     """Refuse a pace faster than Discord's unless the API is on this machine (a sandbox)."""
     if not 0 < interval <= MAX_IDENTIFY_INTERVAL:  # nan fails this too
         raise ConfigurationError(
-            f"--identify-interval must be a number of seconds above 0 and at most "
+            f"--identify-interval must be a positive number of seconds, at most "
             f"{MAX_IDENTIFY_INTERVAL:g} (got {interval})")
     if interval < DISCORD_IDENTIFY_INTERVAL and not is_loopback_url(api_url):
         raise ConfigurationError(
