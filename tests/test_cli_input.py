@@ -122,6 +122,14 @@ def test_a_malformed_api_url_is_a_usage_error(tmp_path: Path, url: str) -> None:
     assert "t0ken-abc" not in result.output
 
 
+def test_an_api_url_without_a_token_is_refused_not_replaced_by_the_sandbox(
+        tmp_path: Path) -> None:
+    result = invoke(["run", "--api-url", "https://discord.com/api/v10"], tmp_path)
+    assert_usage_error(result, "--api-url")
+    assert "needs a token" in result.output
+    assert "sandbox API at" not in result.output
+
+
 def test_a_runtime_directory_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -360,3 +368,53 @@ def test_each_command_and_option_has_a_wrong_value_case_or_a_reason() -> None:
             flag = max(param.opts, key=len)
             assert (command, flag) in covered or flag in takes_anything[command], \
                 f"no wrong-value case for shardctl {command} {flag}"
+
+
+_ENDPOINTISH = st.one_of(
+    st.text(max_size=30),
+    st.builds("{}://{}".format, st.sampled_from(["tcp", "ipc", "inproc"]),
+              st.text(max_size=30)),
+    st.builds("tcp://{}:{}".format,
+              st.text(alphabet="ab.-:[]*%19 ", max_size=12), st.text(alphabet="0123456789*-",
+                                                                     max_size=6)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_ENDPOINTISH)
+def test_an_endpoint_the_cli_accepts_is_one_zmq_accepts(text: str) -> None:
+    import click
+    import zmq
+
+    from shardctl.cli_params import Endpoint
+
+    for bind in (False, True):
+        try:
+            value = Endpoint(bind=bind).convert(text, None, None)
+        except click.BadParameter:
+            continue
+        context = zmq.Context.instance()
+        sock = context.socket(zmq.DEALER)
+        try:
+            if not bind:  # a bind takes the address; connecting shows libzmq parses it
+                sock.connect(value)
+        finally:
+            sock.close(0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=40),
+                 st.builds("{}://{}".format, st.sampled_from(["http", "https"]),
+                           st.text(max_size=30))))
+def test_an_api_url_the_cli_accepts_is_one_httpx_can_request(text: str) -> None:
+    import click
+    import httpx
+
+    from shardctl.cli_params import ApiUrl
+
+    try:
+        value = ApiUrl().convert(text, None, None)
+    except click.BadParameter:
+        return
+    url = httpx.URL(value.rstrip("/") + "/gateway/bot")
+    assert url.scheme in ("http", "https") and url.host

@@ -81,8 +81,9 @@ class Endpoint(StrParamType):
             self.fail(f"expected an endpoint string, got {value!r}", param, ctx)
         problem = self._problem(value)
         if problem is not None:
-            port = "PORT or *" if self.bind else "PORT"
-            self.fail(f"{problem}; use ipc://PATH or tcp://HOST:{port}", param, ctx)
+            accepted = "ipc://PATH or tcp://HOST:PORT" + (
+                " (tcp://HOST:* for any free port)" if self.bind else "")
+            self.fail(f"{problem}; expected {accepted}", param, ctx)
         return value
 
     def _problem(self, value: str) -> str | None:
@@ -93,7 +94,7 @@ class Endpoint(StrParamType):
         try:
             parsed = parse_endpoint(value)
         except ConfigurationError as exc:
-            return str(exc)
+            return str(exc).split(": use ", 1)[0]  # what is accepted here is said once
         if parsed.transport == "inproc":
             return f"{value!r} is reachable from this process only"
         if parsed.transport == "ipc":
@@ -128,9 +129,20 @@ class ApiUrl(StrParamType):
             self.fail(f"{value!r} is not a URL ({exc}); {accepted}", param, ctx)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             self.fail(f"{value!r}: {accepted}", param, ctx)
-        if port == 0 or not _is_host(parts.hostname) or any(c.isspace() for c in value):
-            self.fail(f"{value!r} has an invalid host or port; {accepted}", param, ctx)
+        if port == 0 or not _is_host(parts.hostname) or not _printable(value):
+            self.fail(f"{value!r} has an invalid host, port or character; {accepted}",
+                      param, ctx)
+        import httpx  # what will send the request has the last word
+
+        try:
+            httpx.URL(value)
+        except httpx.InvalidURL as exc:
+            self.fail(f"{value!r} is not a URL ({exc}); {accepted}", param, ctx)
         return value
+
+
+def _printable(text: str) -> bool:
+    return text.isprintable() and not any(c.isspace() for c in text)
 
 
 class ShardIds(StrParamType):

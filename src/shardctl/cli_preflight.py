@@ -67,11 +67,15 @@ def check_run(*, token: str | None, api_url: str | None, keys: Path | None,
         run_dir = endpoints.runtime_dir()
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
+    if token is None and api_url is not None:
+        raise click.UsageError(
+            f"--api-url {api_url} needs a token (DISCORD_TOKEN or --token-file); without one "
+            "shardctl runs its built-in sandbox")
     if token is not None and api_url is not None:
         try:
             cfg.check_api_url_for_token(api_url)
-        except ConfigurationError as exc:
-            raise click.BadParameter(str(exc), param_hint="'--api-url'") from None
+        except ConfigurationError as exc:  # the message names --api-url
+            raise click.UsageError(str(exc)) from None
     for option, endpoint in bind_endpoints.items():
         if endpoint is None:
             continue

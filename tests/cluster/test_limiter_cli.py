@@ -29,10 +29,10 @@ def short_dir() -> Iterator[Path]:
         (["--identify-interval", "1"], 2, "add --sandbox"),
         (["--reset-after", "1000"], 2, "--reset-after needs --remaining"),
         (["--total", "10"], 2, "--total needs --remaining"),
-        (["--bind", "tcp://0.0.0.0:7000"], 1, "CURVE"),
+        (["--bind", "tcp://0.0.0.0:7000"], 2, "CURVE"),
         (["--bind", "tcp://0.0.0.0:7000", "--sandbox", "--identify-interval", "0.1"], 2,
          "loopback"),
-        (["--bind", "udp://x:1"], 1, "unsupported endpoint"),
+        (["--bind", "udp://x:1"], 2, "unsupported endpoint"),
         (["--max-concurrency", "0"], 2, "max-concurrency"),
     ],
 )
