@@ -146,6 +146,17 @@ def test_keys_generate_into_an_unwritable_directory_is_one_line(tmp_path: Path) 
     assert_usage_error(result, "--dir")
 
 
+@pytest.mark.parametrize("name", ["../x", "", ".hidden", "server", "a/b"])
+def test_keys_generate_with_a_bad_client_name_is_a_usage_error(
+        tmp_path: Path, name: str) -> None:
+    result = invoke(["keys", "generate", "--dir", str(tmp_path / "keys"), "--client", name],
+                    tmp_path)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert f"invalid client key name {name!r}" in result.output
+    assert not (tmp_path / "keys").exists()  # refused before anything was written
+
+
 # -- the same cases as an operator meets them: the console entry in a subprocess ----------
 
 

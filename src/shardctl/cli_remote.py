@@ -53,8 +53,8 @@ def keys_generate(directory: Path | None, clients: tuple[str, ...], force: bool)
     target = directory or default_key_dir()
     try:
         written = generate_keys(target, clients or DEFAULT_CLIENTS, force=force)
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from None
+    except ConfigurationError as exc:  # a bad --client name, a --dir not ours: usage, 2
+        raise click.UsageError(str(exc)) from None
     except OSError as exc:  # e.g. a parent directory that is a file or not writable
         raise click.BadParameter(f"cannot write keys in {target}: {exc.strerror or exc}",
                                  param_hint="'--dir'") from None
