@@ -130,6 +130,39 @@ def test_an_api_url_without_a_token_is_refused_not_replaced_by_the_sandbox(
     assert "sandbox API at" not in result.output
 
 
+def test_a_second_run_in_the_same_runtime_directory_is_refused_before_anything_starts(
+        tmp_path: Path) -> None:
+    import zmq
+
+    from shardctl.ipc import endpoints
+
+    run_dir = endpoints.runtime_dir(tmp_path / "run")
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    holder = context.socket(zmq.ROUTER)
+    try:
+        with idle_listener() as api, \
+                endpoints.bind(holder, endpoints.ipc_endpoint("control.sock", run_dir)):
+            result = invoke(["run", "--api-url", api_url(api)], tmp_path,
+                            DISCORD_TOKEN="t0ken-abc")
+            assert_usage_error(result, "SHARDCTL_RUNTIME_DIR")
+            assert "control.sock" in result.output and "another" in result.output
+            assert nobody_connected(api)
+    finally:
+        holder.close(0)
+        context.term()
+
+
+def test_an_ipc_endpoint_in_a_missing_directory_is_refused_before_anything_starts(
+        tmp_path: Path) -> None:
+    with idle_listener() as api:
+        result = invoke(["run", "--api-url", api_url(api), "--events-endpoint",
+                         f"ipc://{tmp_path}/no-such-dir/events.sock"], tmp_path,
+                        DISCORD_TOKEN="t0ken-abc")
+        assert_usage_error(result, "--events-endpoint")
+        assert "does not exist" in result.output
+        assert nobody_connected(api)
+
+
 def test_a_runtime_directory_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")

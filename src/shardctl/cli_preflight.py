@@ -83,14 +83,36 @@ def check_run(*, token: str | None, api_url: str | None, keys: Path | None,
             endpoints.check_bind_allowed(endpoint, curve=keys is not None)
             if option == "--control-endpoint":
                 service_endpoint(endpoint, "limiter", run_dir)
+            parsed = endpoints.parse_endpoint(endpoint)
+            if parsed.transport == "ipc" and not Path(parsed.address).parent.is_dir():
+                raise ConfigurationError(f"the directory of {endpoint} does not exist")
+            endpoints.check_free(endpoint)
         except ConfigurationError as exc:
             raise click.BadParameter(str(exc), param_hint=f"'{option}'") from None
+    _check_default_endpoints_free(run_dir, bind_endpoints)
     if keys is not None:
         _check_keys(keys)
     if state_file is not None or token is not None:
         _check_state_file(state_file)
     if metrics is not None:
         check_listen(*metrics, host_option="--metrics-host", port_option="--metrics-port")
+
+
+def _check_default_endpoints_free(run_dir: Path,
+                                  bind_endpoints: dict[str, str | None]) -> None:
+    """A second ``run`` in the same runtime directory finds the first one's sockets taken:
+    say so before starting, not after asking Discord."""
+    from shardctl.ipc import endpoints
+
+    names = ["events.sock" if bind_endpoints.get("--events-endpoint") is None else None,
+             "control.sock" if bind_endpoints.get("--control-endpoint") is None else None]
+    for name in filter(None, names):
+        try:
+            endpoints.check_free(endpoints.ipc_endpoint(name, run_dir))
+        except ConfigurationError as exc:
+            raise click.UsageError(
+                f"{exc}: is another `shardctl run` using this runtime directory? Stop it, "
+                f"or give this one its own (SHARDCTL_RUNTIME_DIR)") from None
 
 
 def _check_keys(keys: Path) -> None:

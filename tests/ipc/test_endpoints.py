@@ -204,3 +204,18 @@ def test_a_runtime_dir_that_cannot_be_created_is_a_configuration_error(
     blocker.write_text("")
     with pytest.raises(ConfigurationError, match="SHARDCTL_RUNTIME_DIR"):
         endpoints.runtime_dir(blocker / "rt")
+
+
+def test_check_free_tells_a_held_ipc_endpoint_before_binding(
+    ctx: zmq.Context[zmq.Socket[bytes]], short_tmp: Path
+) -> None:
+    endpoint = endpoints.ipc_endpoint("e.sock", short_tmp)
+    endpoints.check_free(endpoint)  # free: nothing left behind by the probe
+    assert not (short_tmp / "e.sock.lock").exists()
+    holder = ctx.socket(zmq.ROUTER)
+    with endpoints.bind(holder, endpoint):
+        with pytest.raises(endpoints.EndpointInUseError):
+            endpoints.check_free(endpoint)
+        assert (short_tmp / "e.sock").exists()  # the holder keeps its socket file
+    holder.close(0)
+    endpoints.check_free(endpoints.tcp_endpoint(5555))  # tcp: known only when bound

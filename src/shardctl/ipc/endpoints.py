@@ -39,6 +39,7 @@ __all__ = [
     "ParsedEndpoint",
     "bind",
     "check_bind_allowed",
+    "check_free",
     "ipc_endpoint",
     "ipc_path",
     "is_loopback",
@@ -269,3 +270,14 @@ def bind(socket: zmq.Socket[Any], endpoint: str, *,
             if not socket.closed:
                 with contextlib.suppress(zmq.ZMQError):
                     socket.unbind(actual)
+
+
+def check_free(endpoint: str) -> None:
+    """Raise :class:`EndpointInUseError` now if another live process holds this ``ipc://``
+    endpoint, so a command can refuse before it starts anything (binding later checks
+    again; tcp ports are only known taken when bound)."""
+    parsed = parse_endpoint(endpoint)
+    if parsed.transport != "ipc" or not Path(parsed.address).parent.is_dir():
+        return
+    with _ipc_lock(Path(parsed.address)):
+        pass  # free: the probe's lock is released (and its files removed) at once
