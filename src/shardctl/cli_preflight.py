@@ -60,7 +60,6 @@ def check_run(*, token: str | None, api_url: str | None, keys: Path | None,
     ``bind_endpoints``: option name -> endpoint this supervisor binds (None: default).
     """
     from shardctl.cluster import config as cfg
-    from shardctl.cluster.remote import service_endpoint
     from shardctl.ipc import endpoints
 
     try:
@@ -76,11 +75,28 @@ def check_run(*, token: str | None, api_url: str | None, keys: Path | None,
             cfg.check_api_url_for_token(api_url)
         except ConfigurationError as exc:  # the message names --api-url
             raise click.UsageError(str(exc)) from None
+    _check_binds(bind_endpoints, run_dir, curve=keys is not None)
+    _check_default_endpoints_free(run_dir, bind_endpoints)
+    if keys is not None:
+        _check_keys(keys)
+    if state_file is not None or token is not None:
+        _check_state_file(state_file)
+    if metrics is not None:
+        check_listen(*metrics, host_option="--metrics-host", port_option="--metrics-port")
+
+
+def _check_binds(bind_endpoints: dict[str, str | None], run_dir: Path, *, curve: bool
+                 ) -> None:
+    """Each endpoint given to bind: allowed without keys, concrete enough for remote
+    workers, its directory there, and not held by another process."""
+    from shardctl.cluster.remote import service_endpoint
+    from shardctl.ipc import endpoints
+
     for option, endpoint in bind_endpoints.items():
         if endpoint is None:
             continue
         try:
-            endpoints.check_bind_allowed(endpoint, curve=keys is not None)
+            endpoints.check_bind_allowed(endpoint, curve=curve)
             if option == "--control-endpoint":
                 service_endpoint(endpoint, "limiter", run_dir)
             parsed = endpoints.parse_endpoint(endpoint)
@@ -89,13 +105,6 @@ def check_run(*, token: str | None, api_url: str | None, keys: Path | None,
             endpoints.check_free(endpoint)
         except ConfigurationError as exc:
             raise click.BadParameter(str(exc), param_hint=f"'{option}'") from None
-    _check_default_endpoints_free(run_dir, bind_endpoints)
-    if keys is not None:
-        _check_keys(keys)
-    if state_file is not None or token is not None:
-        _check_state_file(state_file)
-    if metrics is not None:
-        check_listen(*metrics, host_option="--metrics-host", port_option="--metrics-port")
 
 
 def _check_default_endpoints_free(run_dir: Path,
