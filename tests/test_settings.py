@@ -68,9 +68,35 @@ def test_the_token_is_redacted_wherever_it_comes_from(
         assert values["token"][0] == '"***"'
         assert secret not in output and "secret" not in output
     (tmp_path / "shardctl.toml").write_text(f'token = "{secret}"\n')
+    (tmp_path / "shardctl.toml").chmod(0o600)
     code, values, output = resolved([])
     assert values["token"] == ('"***"', "file shardctl.toml")
     assert secret not in output
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_a_config_file_holding_the_token_must_be_private(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: int) -> None:
+    monkeypatch.chdir(tmp_path)
+    secret = "MTIz.secret-token-value"
+    path = tmp_path / "shardctl.toml"
+    path.write_text(f'processes = 2\ntoken = "{secret}"\n')
+    path.chmod(mode)
+    for command in ("config", "run"):
+        result = CliRunner().invoke(main, [command], env=CLEAN_ENV)
+        assert result.exit_code == 2, result.output
+        assert "chmod 600" in result.output and "shardctl.toml" in result.output
+        assert secret not in result.output and "secret" not in result.output
+
+
+def test_a_readable_config_file_without_the_token_is_fine(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shardctl.toml").write_text("processes = 2\n")
+    (tmp_path / "shardctl.toml").chmod(0o644)
+    code, values, output = resolved([])
+    assert code == 0, output
+    assert values["processes"] == ("2", "file shardctl.toml")
 
 
 @pytest.mark.parametrize(

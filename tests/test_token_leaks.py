@@ -163,3 +163,50 @@ async def test_reprs_logs_and_errors_never_show_the_token(
                         ("supervisor logs", ours),
                         ("worker stdout/stderr", captured.out + captured.err)]:
         assert_clean(text, where)
+
+
+def test_refused_token_sources_and_destinations_never_show_the_token(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every message of the token's new paths (issue 12): a token file others can read, a
+    file holding more than the token, a config file holding it, plain http to another
+    host, the argv warning, `config` with a token file."""
+    from click.testing import CliRunner
+
+    from shardctl.cli_token import TokenFile
+
+    monkeypatch.chdir(tmp_path)
+    env: dict[str, str | None] = {
+        "DISCORD_TOKEN": None, "SHARDCTL_TOKEN": None, "SHARDCTL_TOKEN_FILE": None,
+        "SHARDCTL_CONFIG": None, "SHARDCTL_RUNTIME_DIR": str(tmp_path / "run"),
+        "SHARDCTL_LOG_FORMAT": None, "SHARDCTL_LOG_LEVEL": None}
+    readable = tmp_path / "readable"
+    readable.write_text(TOKEN + "\n")
+    readable.chmod(0o644)
+    two_lines = tmp_path / "two-lines"
+    two_lines.write_text(f"{TOKEN}\n{TOKEN}\n")
+    two_lines.chmod(0o600)
+    private = tmp_path / "private"
+    private.write_text(TOKEN + "\n")
+    private.chmod(0o600)
+    toml = tmp_path / "with-token.toml"
+    toml.write_text(f'token = "{TOKEN}"\n')
+    toml.chmod(0o644)
+    runs: list[tuple[list[str], dict[str, str | None], int]] = [
+        (["run", "--token-file", str(readable)], {}, 2),
+        (["run", "--token-file", str(two_lines)], {}, 2),
+        (["run", "--config", str(toml)], {}, 2),
+        (["run", "--api-url", "http://example.com/api/v10"], {"DISCORD_TOKEN": TOKEN}, 2),
+        (["run", "--token", TOKEN, "--token-file", str(private)], {}, 2),
+        (["config", "--token", TOKEN, "--config", str(tmp_path / "none.toml")], {}, 2),
+        (["config", "--token-file", str(private)], {}, 0),
+    ]
+    for args, extra, code in runs:
+        result = CliRunner().invoke(cli_main, args, env={**env, **extra})
+        where = f"shardctl {' '.join(a for a in args if TOKEN not in a)}"
+        assert result.exit_code == code, (where, result.output)
+        assert_clean(result.output, where)
+    assert_clean(repr(TokenFile(str(private), TOKEN)) + str(TokenFile(str(private), TOKEN)),
+                 "TokenFile repr")
+    with pytest.raises(errors.ConfigurationError) as http:
+        RunConfig(token=TOKEN, api_url="http://example.com/api/v10")
+    assert_clean(str(http.value) + repr(http.value), "the error of the http rule")

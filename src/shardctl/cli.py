@@ -14,6 +14,9 @@ import click
 
 from shardctl import settings
 from shardctl._version import __version__
+from shardctl.cli_params import ApiUrl, Endpoint, FiniteFloat, ShardIds
+from shardctl.cli_token import check_token_option, token_file_option, with_token_file
+from shardctl.cluster.config import MAX_IDENTIFY_INTERVAL
 from shardctl.heap import freeze_startup_heap
 
 if TYPE_CHECKING:
@@ -61,8 +64,9 @@ def _sandbox_options(func: Callable[..., None]) -> Callable[..., None]:
             option = click.option(f"--{name}/--no-{name}", f.name, default=default,
                                   show_default=True, help=help_text)
         else:
-            kind = {"int": int, "float": float, "str": str, "int | None": int,
-                    "str | None": str}[str(f.type)]
+            # Every number of the sandbox is a count, a duration or a rate: none is negative.
+            kind = {"int": click.IntRange(min=0), "float": FiniteFloat(min=0), "str": str,
+                    "int | None": click.IntRange(min=0), "str | None": str}[str(f.type)]
             option = click.option(flag, f.name, type=kind, default=default, show_default=True,
                                   help=help_text)
         func = option(func)
@@ -71,7 +75,7 @@ def _sandbox_options(func: Callable[..., None]) -> Callable[..., None]:
 
 @main.command("sandbox")
 @click.option("--host", default="127.0.0.1", show_default=True, help="interface to bind")
-@click.option("--port", default=8765, show_default=True, type=int,
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
               help="port serving both REST and the gateway (0: any free port)")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
@@ -92,14 +96,16 @@ def sandbox_command(host: str, port: int, log_level: str, record_path: Path | No
 
     import anyio
 
+    from shardctl.cli_preflight import check_listen
     from shardctl.sandbox import Sandbox, SandboxConfig
     from shardctl.sandbox.record import file_sink
 
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = SandboxConfig(**fields)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    check_listen(host, port, host_option="--host", port_option="--port")
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def serve(record: BinaryIO | None) -> None:
         async with Sandbox(config, host=host, port=port) as sb:
@@ -143,11 +149,13 @@ def _margin_options(func: Callable[..., None]) -> Callable[..., None]:
     from shardctl.cluster import config as cfg
 
     func = click.option(
-        "--identify-margin-percent", type=float, default=cfg.DEFAULT_MARGIN_PERCENT,
+        "--identify-margin-percent", type=FiniteFloat(min=0, max=100, max_open=True),
+        default=cfg.DEFAULT_MARGIN_PERCENT,
         show_default=True, metavar="PCT", callback=_margin_check(cfg.check_margin_percent),
         help="added to --identify-margin-ms: this percentage of the identify interval")(func)
     return click.option(
-        "--identify-margin-ms", type=float, default=cfg.DEFAULT_MARGIN_MS, show_default=True,
+        "--identify-margin-ms", type=FiniteFloat(min=0), default=cfg.DEFAULT_MARGIN_MS,
+        show_default=True,
         metavar="MS", callback=_margin_check(cfg.check_margin_ms),
         help="extra gap between two IDENTIFYs of a bucket, for a gateway that reads them "
              "late; an op 9 widens the bucket's margin (bounded), clean IDENTIFYs narrow it "
@@ -156,14 +164,14 @@ def _margin_options(func: Callable[..., None]) -> Callable[..., None]:
 
 @main.command("limiter")
 @click.option("--bind", "bind_endpoint", metavar="ENDPOINT", envvar="SHARDCTL_LIMITER_BIND",
-              default=None,
+              default=None, type=Endpoint(bind=True),
               help="Where to serve: ipc://PATH or tcp://127.0.0.1:PORT (env "
                    "SHARDCTL_LIMITER_BIND; default ipc://<runtime dir>/limiter.sock). Binds "
                    "reachable from other hosts need --keys.")
 @click.option("--max-concurrency", type=click.IntRange(min=1), default=1, show_default=True,
               help="session_start_limit.max_concurrency: the number of identify buckets.")
-@click.option("--identify-interval", type=click.FloatRange(min=0, min_open=True), default=5.0,
-              show_default=True, metavar="S",
+@click.option("--identify-interval", default=5.0, show_default=True, metavar="S",
+              type=FiniteFloat(min=0, min_open=True, max=MAX_IDENTIFY_INTERVAL),
               help="Seconds between IDENTIFYs of one bucket. Below 5 only with --sandbox.")
 @click.option("--remaining", type=click.IntRange(min=0), default=None,
               help="session_start_limit.remaining: session starts left (default: no budget "
@@ -236,7 +244,7 @@ def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify
             margin=identify_margin(identify_margin_ms, identify_margin_percent),
         )
     except (ConfigurationError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.UsageError(str(exc)) from None
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO,
@@ -268,6 +276,7 @@ def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify
 
 @main.command("events")
 @click.option("--endpoint", "-e", required=True, envvar="SHARDCTL_EVENTS_ENDPOINT",
+              type=Endpoint(),
               help="The supervisor's events endpoint (env SHARDCTL_EVENTS_ENDPOINT).")
 @click.option("--type", "-t", "types", multiple=True, metavar="TYPE",
               help="Exact event type to print; repeat for several (default: all).")
@@ -378,29 +387,35 @@ def _leaf(error: BaseException) -> BaseException:
 
 @main.command("run")
 @click.option("--token", envvar="DISCORD_TOKEN", default=None, show_envvar=True,
-              help="bot token; without one, shardctl runs against its built-in sandbox")
+              callback=check_token_option,
+              help="bot token; without one, shardctl runs against its built-in sandbox. "
+                   "Prefer DISCORD_TOKEN or --token-file: the command line is public (ps)")
+@token_file_option()
 @click.option("--api-url", envvar="SHARDCTL_API_URL", default=None, show_envvar=True,
+              type=ApiUrl(),
               help="REST base URL  [default: https://discord.com/api/v10]")
 @click.option("--processes", type=click.IntRange(min=0), default=None,
               help="worker processes  [default: one per CPU core; 0 with --remote-workers]")
 @click.option("--shards", default="auto", show_default=True, metavar="N|auto",
               help="total shard count; auto = Discord's recommendation")
-@click.option("--shard-ids", default=None, metavar="A-B[,C]",
+@click.option("--shard-ids", default=None, metavar="A-B[,C]", type=ShardIds(),
               help="run only these shard ids (several instances of one bot)")
 @click.option("--intents", default="default", show_default=True, metavar="NUMBER|NAMES",
               help="intents as a number or comma-separated names (default = all unprivileged)")
 @click.option("--compression", default="zlib-stream", show_default=True,
               type=click.Choice(["zlib-stream", "zstd-stream", "none"]))
-@click.option("--identify-interval", type=float, default=5.0, show_default=True,
-              metavar="SECONDS", help="pace per identify bucket; below 5 only for a loopback API")
+@click.option("--identify-interval", default=5.0, show_default=True, metavar="SECONDS",
+              type=FiniteFloat(min=0, min_open=True, max=MAX_IDENTIFY_INTERVAL),
+              help="pace per identify bucket; below 5 only for a loopback API")
 @_margin_options
-@click.option("--events-endpoint", default=None, metavar="ENDPOINT",
+@click.option("--events-endpoint", default=None, metavar="ENDPOINT", type=Endpoint(bind=True),
               help="where consumers subscribe  [default: ipc://<runtime dir>/events.sock]")
-@click.option("--control-endpoint", default=None, metavar="ENDPOINT",
+@click.option("--control-endpoint", default=None, metavar="ENDPOINT", type=Endpoint(bind=True),
               help="the workers' control channel  [default: ipc://<runtime dir>/control.sock]")
-@click.option("--limiter", default=None, metavar="ENDPOINT",
+@click.option("--limiter", default=None, metavar="ENDPOINT", type=Endpoint(),
               help="use a shared `shardctl limiter` instead of the built-in one")
-@click.option("--limiter-timeout", type=float, default=5.0, show_default=True,
+@click.option("--limiter-timeout", type=FiniteFloat(min=0, min_open=True), default=5.0,
+              show_default=True,
               metavar="SECONDS", help="how long the shared --limiter has to acknowledge "
                                       "this bot's limits before the start fails")
 @click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -427,6 +442,7 @@ def _leaf(error: BaseException) -> BaseException:
               help="serve Prometheus /metrics, /livez and /readyz on this port")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, metavar="ADDRESS",
               help="interface for --metrics-port (0.0.0.0: every interface)")
+@with_token_file
 def run_command(*, token: str | None, api_url: str | None, processes: int | None, shards: str,
                 shard_ids: str | None, intents: str, compression: str,
                 identify_interval: float, events_endpoint: str | None,
@@ -446,11 +462,16 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
     import anyio
 
     from shardctl import logformat
+    from shardctl.cli_preflight import check_run
     from shardctl.cluster import config as cfg
     from shardctl.errors import ConfigurationError, ShardctlError
     from shardctl.ipc.control import check_control_endpoint
     from shardctl.liveview import Display, choose_mode
 
+    metrics = None if metrics_port is None else (metrics_host, metrics_port)
+    check_run(token=token, api_url=api_url, keys=keys, state_file=state_file, metrics=metrics,
+              bind_endpoints={"--events-endpoint": events_endpoint,
+                              "--control-endpoint": control_endpoint})
     display = Display(choose_mode(log_format, isatty=sys.stdout.isatty()))
     logformat.configure(log_level, log_format, handler=display.log_handler())
     logging.getLogger("websockets").setLevel(logging.WARNING)
@@ -458,7 +479,6 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
     os.environ["SHARDCTL_LOG_FORMAT"] = log_format
     os.environ["SHARDCTL_LOG_LEVEL"] = (
         log_level if display.mode != "live" or log_level in ("WARNING", "ERROR") else "WARNING")
-    metrics = None if metrics_port is None else (metrics_host, metrics_port)
     try:
         options: dict[str, Any] = {
             "shards": cfg.parse_shards(shards), "shard_ids": shard_ids,
@@ -579,11 +599,11 @@ EXIT_STATUS_UNREACHABLE = 3
 
 @main.command("status")
 @click.option("--control-endpoint", envvar="SHARDCTL_CONTROL_ENDPOINT", default=None,
-              metavar="ENDPOINT", show_envvar=True,
+              metavar="ENDPOINT", show_envvar=True, type=Endpoint(),
               help="the supervisor's control endpoint  [default: ipc://<runtime dir>/control.sock]")
 @click.option("--json", "as_json", is_flag=True,
               help="print the supervisor's reply as one JSON object")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
+@click.option("--timeout", type=FiniteFloat(min=0, min_open=True), default=5.0,
               show_default=True, metavar="SECONDS", help="how long to wait for the supervisor")
 @click.option("--keys", type=click.Path(file_okay=False, path_type=Path), default=None,
               envvar="SHARDCTL_KEYS", show_envvar=True,

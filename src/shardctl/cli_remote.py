@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from shardctl.cli_params import Endpoint
+
 #: Exit code of ``shardctl worker`` when its keys or endpoint are unusable (click: usage = 2).
 EXIT_CONFIG = 2
 
@@ -61,8 +63,11 @@ def keys_generate(directory: Path | None, clients: tuple[str, ...], role: str | 
     target = directory or default_key_dir()
     try:
         written = generate_keys(target, clients or DEFAULT_CLIENTS, role=role, force=force)
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc)) from None
+    except ConfigurationError as exc:  # a bad --client name, a --dir not ours: usage, 2
+        raise click.UsageError(str(exc)) from None
+    except OSError as exc:  # e.g. a parent directory that is a file or not writable
+        raise click.BadParameter(f"cannot write keys in {target}: {exc.strerror or exc}",
+                                 param_hint="'--dir'") from None
     for path in written:
         click.echo(f"wrote {path}")
     click.echo(f"keys in {target} (directory 0700, files 0600)")
@@ -70,6 +75,7 @@ def keys_generate(directory: Path | None, clients: tuple[str, ...], role: str | 
 
 @click.command("worker")
 @click.option("--supervisor", "control_endpoint", required=True, metavar="tcp://HOST:PORT",
+              type=Endpoint(),
               envvar="SHARDCTL_SUPERVISOR", show_envvar=True,
               help="the supervisor's control endpoint (its --control-endpoint)")
 @click.option("--keys", type=click.Path(file_okay=False, path_type=Path), default=None,

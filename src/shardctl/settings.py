@@ -18,6 +18,7 @@ the file is reported with the key and the file's path rather than as a bad flag.
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -107,6 +108,8 @@ def load_file(path: Path, command: click.Command, ctx: click.Context) -> dict[st
         raise ConfigurationError(f"{path}: not valid TOML: {exc}") from None
     options = _options(command)
     known = {file_key(o): o for o in options.values()}
+    if any(key.replace("-", "_") in SECRETS for key in data):
+        _check_private(path)
     values: dict[str, Any] = {}
     for key, raw in data.items():
         option = known.get(key.replace("_", "-"))
@@ -116,6 +119,16 @@ def load_file(path: Path, command: click.Command, ctx: click.Context) -> dict[st
         assert option.name is not None
         values[option.name] = _check(path, key, option, raw, ctx)
     return values
+
+
+def _check_private(path: Path) -> None:
+    """A file holding the token must be readable by its owner only (as --token-file)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigurationError(
+            f"{path}: holds the token but other users can read or change it (mode "
+            f"{mode:04o}): chmod 600 {path}, or move the token to DISCORD_TOKEN or a "
+            "token-file")
 
 
 def _check(path: Path, key: str, option: click.Option, raw: object,

@@ -53,7 +53,7 @@ async def main(host: str, keys: Path, run_dir: Path) -> None:
     sent: Counter[tuple[int, int]] = Counter()
     changed = [anyio.Event()]
     async with Sandbox(config, host=host, port=0) as sb, Supervisor(
-            token=TOKEN, api_url=sb.api_url, processes=0, remote_workers=2,
+            token=TOKEN, api_url=sb.api_url, allow_http_api=True, processes=0, remote_workers=2,
             identify_interval=5.0, runtime_dir=run_dir, state_file=run_dir / "state.json",
             control_endpoint=f"tcp://{host}:{CONTROL_PORT}", curve_keys=keys,
             beat_interval=0.5, liveness_timeout=3.0) as sup, anyio.create_task_group() as tg:

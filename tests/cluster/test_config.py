@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from shardctl.cluster.config import (
+    MAX_IDENTIFY_INTERVAL,
     RunConfig,
+    check_api_url_for_token,
     check_identify_interval,
     is_loopback_url,
     parse_compression,
@@ -26,6 +30,40 @@ def test_fast_identify_only_against_loopback() -> None:
         check_identify_interval(4.9, "https://discord.com/api/v10")
     with pytest.raises(ConfigurationError, match="positive"):
         check_identify_interval(0.0, "http://127.0.0.1/api/v10")
+
+
+@pytest.mark.parametrize("interval", [math.nan, math.inf, -math.inf, -1.0,
+                                      MAX_IDENTIFY_INTERVAL * 1.01, 1e308])
+def test_an_identify_interval_that_is_not_a_sane_number_is_refused(interval: float) -> None:
+    with pytest.raises(ConfigurationError, match="positive number of seconds"):
+        check_identify_interval(interval, "http://127.0.0.1/api/v10")
+    with pytest.raises(ConfigurationError, match="--identify-interval"):
+        RunConfig(token="t", identify_interval=interval)
+
+
+@pytest.mark.parametrize("url", ["http://example.com/api/v10", "http://10.0.0.5/api",
+                                 "http://[2001:db8::1]/api"])
+def test_the_token_never_goes_to_another_host_over_plain_http(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="https://") as info:
+        RunConfig(token="MTIz.very-secret", api_url=url)
+    assert "very-secret" not in str(info.value)
+    with pytest.raises(ConfigurationError):
+        check_api_url_for_token(url)
+    # Tests may point at a sandbox in another network namespace, and say so.
+    assert RunConfig(token="t", api_url=url, allow_http_api=True).api_url == url
+
+
+@pytest.mark.parametrize("url", ["https://discord.com/api/v10", "http://127.0.0.1:8765/api",
+                                 "http://localhost/api", "http://[::1]:1/api"])
+def test_https_and_loopback_http_are_accepted_for_the_token(url: str) -> None:
+    assert RunConfig(token="t", api_url=url).api_url == url
+
+
+def test_a_shard_count_beyond_any_bot_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="at most"):
+        parse_shards(str(10**20))
+    with pytest.raises(ConfigurationError, match="at most"):
+        RunConfig(token="t", shards=10**20)
 
 
 def test_loopback_detection() -> None:

@@ -120,3 +120,29 @@ async def test_malformed_body_is_reported() -> None:
     bad = httpx.Response(200, json={"url": "wss://x", "shards": "four"})
     with pytest.raises(DiscordError, match="unexpected body"):
         await fetch_gateway_bot(TOKEN, transport=httpx.MockTransport(FakeAPI(bad)))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("api_url", "gateway"), [
+    ("https://discord.com/api/v10", "ws://gateway.discord.gg"),
+    ("https://discord.com/api/v10", "http://gateway.discord.gg"),
+    ("https://discord.com/api/v10", "gateway.discord.gg"),
+    ("http://127.0.0.1:8765/api/v10", "https://gateway.example"),
+])
+async def test_a_gateway_url_the_token_would_cross_in_clear_is_refused(
+        api_url: str, gateway: str) -> None:
+    api = FakeAPI(httpx.Response(200, json={**BODY, "url": gateway}))
+    with pytest.raises(DiscordError, match="refusing to send the token") as info:
+        await fetch_gateway_bot(TOKEN, api_url=api_url, transport=httpx.MockTransport(api))
+    assert TOKEN not in str(info.value)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("api_url", "gateway"), [
+    ("https://discord.com/api/v10", "wss://gateway.discord.gg"),
+    ("http://127.0.0.1:8765/api/v10", "ws://127.0.0.1:8765/"),  # the sandbox
+])
+async def test_wss_and_a_sandbox_ws_gateway_are_accepted(api_url: str, gateway: str) -> None:
+    api = FakeAPI(httpx.Response(200, json={**BODY, "url": gateway}))
+    info = await fetch_gateway_bot(TOKEN, api_url=api_url, transport=httpx.MockTransport(api))
+    assert info.url == gateway

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardctl.cluster.planner import parse_shard_ids, plan
+from shardctl.cluster.planner import MAX_SHARDS, parse_ranges, parse_shard_ids, plan
 from shardctl.errors import ConfigurationError
 
 
@@ -17,6 +17,17 @@ def test_parse_ranges_and_singles() -> None:
 def test_parse_rejects_bad_ranges(text: str) -> None:
     with pytest.raises(ConfigurationError):
         parse_shard_ids(text, 16)
+
+
+@pytest.mark.parametrize("text", ["", " , ", "x", "1-", "-", "3-1", "-1", "0-x",
+                                  f"0-{MAX_SHARDS}", str(10**30)])
+def test_shard_id_syntax_is_checked_without_the_shard_count(text: str) -> None:
+    with pytest.raises(ConfigurationError):
+        parse_ranges(text)
+
+
+def test_shard_id_ranges_keep_their_bounds() -> None:
+    assert parse_ranges("0-3, 8,10-11") == [(0, 3), (8, 8), (10, 11)]
 
 
 @given(st.sets(st.integers(0, 500), min_size=1), st.integers(1, 32))

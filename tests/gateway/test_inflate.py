@@ -336,3 +336,48 @@ def test_missing_zstandard_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
         new_inflater("zstd-stream")
     assert isinstance(new_inflater("zlib-stream"), ZlibStreamInflater)
 
+
+def _zstd_message(payload: bytes, window_log: int) -> bytes:
+    """A zstd-stream message from a server that chose this window (2**window_log bytes)."""
+    params = zstandard.ZstdCompressionParameters(window_log=window_log)
+    c = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    return c.compress(payload) + c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+
+
+def test_zstd_a_frame_asking_for_a_128_mib_window_is_refused() -> None:
+    # libzstd would otherwise allocate the window the header asks for, per connection.
+    message = _zstd_message(b'{"op":10}', 27)
+    assert zstandard.get_frame_parameters(message).window_size == 128 * MIB
+    with pytest.raises(ProtocolError, match=r"window of 128 MiB.*at most 8 MiB"):
+        ZstdStreamInflater().feed(message)
+
+
+def test_zstd_a_single_segment_header_declaring_a_huge_content_size_is_refused() -> None:
+    # Single_Segment_flag: the window is the declared content size (here 1 GiB).
+    header = b"\x28\xb5\x2f\xfd" + bytes([0xE0]) + (1 << 30).to_bytes(8, "little")
+    with pytest.raises(ProtocolError, match="window"):
+        ZstdStreamInflater().feed(header + b"\x01\x00\x00")
+
+
+@pytest.mark.parametrize("window_log", [10, 17, 21, 23])
+def test_zstd_windows_up_to_the_8_mib_cap_decode(window_log: int) -> None:
+    # zstd's levels 1-19 choose at most 8 MiB (2**23); Discord's tuned streams fit.
+    payloads = [_payload(i) for i in range(3)]
+    params = zstandard.ZstdCompressionParameters(window_log=window_log)
+    c = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    client = ZstdStreamInflater()
+    for p in payloads:
+        assert client.feed(c.compress(p) + c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)) == p
+    assert inflate.MAX_ZSTD_WINDOW == 8 * MIB
+
+
+def test_zlib_stream_memory_is_bounded_per_message_and_per_connection() -> None:
+    # zlib's window is fixed (32 KiB); what a peer controls is the output per payload
+    # (max_size) and the buffered input before a suffix (max_size): both refused past it.
+    bomb = ZlibServer(9).message(bytes(8 * MIB))
+    with pytest.raises(ProtocolError, match="more than"):
+        ZlibStreamInflater(max_size=MIB).feed(bomb)
+    client = ZlibStreamInflater(max_size=MIB)
+    with pytest.raises(ProtocolError, match="without a sync-flush suffix"):
+        for _ in range(MIB // 4096 + 2):
+            client.feed(b"\x01" * 4096)

@@ -516,6 +516,19 @@ def test_corrupt_frame_closes_and_resumes() -> None:
     assert one(acts, Reconnect).resume
 
 
+def test_a_zstd_frame_asking_for_a_huge_window_is_a_broken_connection_not_a_crash() -> None:
+    zstandard = pytest.importorskip("zstandard")
+    m = new_machine(compression="zstd-stream")
+    m.start(0.0)
+    m.use_gateway("ws://gw.example/")
+    m.opened(0.0)
+    params = zstandard.ZstdCompressionParameters(window_log=27)  # 128 MiB
+    c = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    acts = m.receive(c.compress(hello()) + c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK), 0.0)
+    assert one(acts, Close).code == RECONNECT_CLOSE_CODE
+    assert one(acts, Reconnect)
+
+
 def _zlib_messages(*payloads: bytes) -> list[bytes]:
     c = zlib.compressobj()
     return [c.compress(p) + c.flush(zlib.Z_SYNC_FLUSH) for p in payloads]

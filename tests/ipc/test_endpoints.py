@@ -162,3 +162,60 @@ def test_ipc_bind_held_by_another_process_is_refused(
     with endpoints.bind(sock, endpoint):
         pass
     sock.close(0)
+
+
+def test_a_symlink_planted_at_the_lock_path_is_refused_not_followed(
+    ctx: zmq.Context[zmq.Socket[bytes]], short_tmp: Path
+) -> None:
+    # Whoever can write the directory of an ipc:// path could point its lock file at a
+    # file of ours: following it would truncate that file and write a pid into it.
+    victim = short_tmp / "victim"
+    victim.write_text("precious\n")
+    (short_tmp / "c.sock.lock").symlink_to(victim)
+    sock = ctx.socket(zmq.ROUTER)
+    with pytest.raises(ConfigurationError, match=r"c\.sock\.lock.*symlink"), \
+            endpoints.bind(sock, endpoints.ipc_endpoint("c.sock", short_tmp)):
+        pass
+    sock.close(0)
+    assert victim.read_text() == "precious\n"
+    assert (short_tmp / "c.sock.lock").is_symlink()  # left for the operator to look at
+    assert not (short_tmp / "c.sock").exists()  # nothing was bound
+
+
+@pytest.mark.parametrize("planted", ["directory", "fifo"])
+def test_a_lock_path_that_is_not_a_regular_file_is_refused(
+    ctx: zmq.Context[zmq.Socket[bytes]], short_tmp: Path, planted: str
+) -> None:
+    lock = short_tmp / "d.sock.lock"
+    if planted == "directory":
+        lock.mkdir()
+    else:
+        os.mkfifo(lock)
+    sock = ctx.socket(zmq.ROUTER)
+    with pytest.raises(ConfigurationError, match=r"d\.sock\.lock"), \
+            endpoints.bind(sock, endpoints.ipc_endpoint("d.sock", short_tmp)):
+        pass
+    sock.close(0)
+
+
+def test_a_runtime_dir_that_cannot_be_created_is_a_configuration_error(
+        short_tmp: Path) -> None:
+    blocker = short_tmp / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigurationError, match="SHARDCTL_RUNTIME_DIR"):
+        endpoints.runtime_dir(blocker / "rt")
+
+
+def test_check_free_tells_a_held_ipc_endpoint_before_binding(
+    ctx: zmq.Context[zmq.Socket[bytes]], short_tmp: Path
+) -> None:
+    endpoint = endpoints.ipc_endpoint("e.sock", short_tmp)
+    endpoints.check_free(endpoint)  # free: nothing left behind by the probe
+    assert not (short_tmp / "e.sock.lock").exists()
+    holder = ctx.socket(zmq.ROUTER)
+    with endpoints.bind(holder, endpoint):
+        with pytest.raises(endpoints.EndpointInUseError):
+            endpoints.check_free(endpoint)
+        assert (short_tmp / "e.sock").exists()  # the holder keeps its socket file
+    holder.close(0)
+    endpoints.check_free(endpoints.tcp_endpoint(5555))  # tcp: known only when bound

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from shardctl.cluster.discovery import DEFAULT_API_URL
 from shardctl.cluster.limiter import DEFAULT_MARGIN, IdentifyMargin
+from shardctl.cluster.planner import MAX_SHARDS
 from shardctl.errors import ConfigurationError
 from shardctl.gateway.intents import Intents
 from shardctl.ipc.control import check_control_endpoint
@@ -23,6 +24,9 @@ DISCORD_IDENTIFY_INTERVAL: Final = 5.0
 #: The identify margin's parts as the command line spells them (README "IDENTIFY pace").
 DEFAULT_MARGIN_MS: Final = DEFAULT_MARGIN.floor * 1000
 DEFAULT_MARGIN_PERCENT: Final = DEFAULT_MARGIN.relative * 100
+#: Slower than this and a bot would take days to start; near float's limit the limiter's
+#: arithmetic overflows to inf.
+MAX_IDENTIFY_INTERVAL: Final = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +64,19 @@ class RunConfig:
     #: user can reach them (they get a redacted status, take no slot and may not configure
     #: the limiter; README "Security model").
     insecure_loopback: bool = False
+    #: Tests only: let the token go over plain http to a non-loopback API (a sandbox in
+    #: another network namespace).  Never for Discord: the token would cross in clear.
+    allow_http_api: bool = False
 
     def __post_init__(self) -> None:
         if not self.token.strip():
             raise ConfigurationError("the bot token is empty")
-        if self.shards is not None and self.shards < 1:
-            raise ConfigurationError(f"--shards must be at least 1 or 'auto' (got {self.shards})")
+        if self.shards is not None and not 1 <= self.shards <= MAX_SHARDS:
+            raise ConfigurationError(
+                f"--shards must be at least 1 and at most {MAX_SHARDS}, or 'auto' "
+                f"(got {self.shards})")
+        if not self.allow_http_api:
+            check_api_url_for_token(self.api_url)
         if self.remote_workers < 0:
             raise ConfigurationError(
                 f"--remote-workers must be at least 0 (got {self.remote_workers})")
@@ -123,8 +134,10 @@ def _number(value: float | str, flag: str) -> float:
 
 def check_identify_interval(interval: float, api_url: str) -> None:
     """Refuse a pace faster than Discord's unless the API is on this machine (a sandbox)."""
-    if interval <= 0:
-        raise ConfigurationError(f"--identify-interval must be positive (got {interval})")
+    if not 0 < interval <= MAX_IDENTIFY_INTERVAL:  # nan fails this too
+        raise ConfigurationError(
+            f"--identify-interval must be a positive number of seconds, at most "
+            f"{MAX_IDENTIFY_INTERVAL:g} (got {interval})")
     if interval < DISCORD_IDENTIFY_INTERVAL and not is_loopback_url(api_url):
         raise ConfigurationError(
             f"--identify-interval {interval:g} is faster than Discord allows "
@@ -132,8 +145,23 @@ def check_identify_interval(interval: float, api_url: str) -> None:
             "only accepted when --api-url points at a loopback address (a local sandbox)")
 
 
+def check_api_url_for_token(api_url: str) -> None:
+    """Refuse to send a token over plain http to anything but this machine (a sandbox)."""
+    try:
+        scheme = urlsplit(api_url).scheme
+    except ValueError:
+        raise ConfigurationError(f"--api-url {api_url!r} is not a URL") from None
+    if scheme == "http" and not is_loopback_url(api_url):
+        raise ConfigurationError(
+            f"--api-url {api_url}: plain http would send the bot token unencrypted; use "
+            "https:// (http:// is accepted only for a loopback host, such as a local sandbox)")
+
+
 def is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return False
     if host == "localhost":
         return True
     try:
@@ -156,8 +184,9 @@ def parse_shards(text: str) -> int | None:
         value = int(text)
     except ValueError:
         raise ConfigurationError(f"--shards must be a number or 'auto' (got {text!r})") from None
-    if value < 1:
-        raise ConfigurationError(f"--shards must be at least 1 (got {value})")
+    if not 1 <= value <= MAX_SHARDS:
+        raise ConfigurationError(
+            f"--shards must be at least 1 and at most {MAX_SHARDS}, or 'auto' (got {value})")
     return value
 
 

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -88,9 +89,26 @@ async def fetch_gateway_bot(
         for attempt in range(1, attempts + 1):
             delay = await _attempt(client, url, headers, attempt == attempts)
             if isinstance(delay, GatewayInfo):
+                check_gateway_url(delay.url, api_url)
                 return delay
             await sleep(delay)
     raise AssertionError("unreachable: the last attempt raises")
+
+
+def check_gateway_url(gateway_url: str, api_url: str) -> None:
+    """Every IDENTIFY carries the token: the gateway must be ``wss://``.  Plain ``ws://`` is
+    accepted only from a plain-http API (a sandbox; whether that API may be spoken to in
+    clear was decided before the token was sent to it)."""
+    try:
+        scheme = urlsplit(gateway_url).scheme
+        api_scheme = urlsplit(api_url).scheme
+    except ValueError:
+        scheme = api_scheme = ""
+    if scheme == "wss" or (scheme == "ws" and api_scheme == "http"):
+        return
+    raise DiscordError(
+        f"GET /gateway/bot returned the gateway URL {gateway_url!r}; refusing to send the "
+        "token there: expected wss:// (ws:// only from a plain-http sandbox API)")
 
 
 async def _attempt(

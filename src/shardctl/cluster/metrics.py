@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from shardctl.cluster.counters import DISCONNECT, READY, RESUMED
 from shardctl.cluster.status_report import READY as READY_STATE
 from shardctl.cluster.supervisor import Supervisor
+from shardctl.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,11 @@ async def serve_metrics(supervisor: Supervisor, port: int, host: str = "127.0.0.
                         ) -> None:
     """Serve ``/metrics``, ``/livez`` and ``/readyz`` until cancelled; starts with the port."""
     registry = registry_for(supervisor)
-    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    try:
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    except OSError as exc:  # the CLI checked the address; another process took it since
+        raise ConfigurationError(
+            f"--metrics-port {port}: cannot listen on {host}: {exc.strerror or exc}") from None
     async with listener:
         bound = listener.listeners[0].extra(SocketAttribute.local_port)
         log.info("metrics: serving http://%s:%d/metrics (and /livez, /readyz)", host, bound)

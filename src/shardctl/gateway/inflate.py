@@ -8,7 +8,10 @@ connection as a single stream, so a new connection (a resume included) needs a n
 Safety: the server controls the input, so a corrupt stream raises
 :class:`~shardctl.errors.ProtocolError` (drop the connection, the instance is unusable), and
 one payload may not decompress to more than ``max_size`` bytes (a decompression bomb would
-otherwise take the worker's memory).
+otherwise take the worker's memory).  What a connection holds between payloads is bounded
+too: zlib's window is fixed at 32 KiB and its unfinished input at ``max_size``; a zstd frame
+header chooses its own window, so one larger than :data:`MAX_ZSTD_WINDOW` is refused
+before libzstd allocates it.
 
 Payload compression (IDENTIFY ``compress: true``) is never requested -- transport compression
 supersedes it (§8) -- so it has no inflater here.
@@ -23,6 +26,7 @@ from shardctl.errors import ConfigurationError, ProtocolError
 
 __all__ = [
     "MAX_PAYLOAD_SIZE",
+    "MAX_ZSTD_WINDOW",
     "ZLIB_SUFFIX",
     "ZlibStreamInflater",
     "ZstdStreamInflater",
@@ -39,6 +43,11 @@ MAX_PAYLOAD_SIZE: Final = 64 * 1024 * 1024
 _ZSTD_MAX_BLOCK: Final = 128 * 1024
 _ZSTD_MIN_BLOCK_INPUT: Final = 4
 _ZSTD_EXTRA: Final = "shardctl[zstd]"
+#: Largest zstd window a connection may ask for.  A frame header can ask for up to 128 MiB
+#: (libzstd's default limit), held for the life of the connection, per shard.  8 MiB is what
+#: zstd's levels 1-19 use at most, and the limit HTTP's zstd content coding sets (RFC 9659);
+#: Discord tunes its windows down to keep one context per connection in memory.
+MAX_ZSTD_WINDOW: Final = 8 * 1024 * 1024
 
 
 class ZlibStreamInflater:
@@ -103,7 +112,8 @@ class ZstdStreamInflater:
 
     def __init__(self, *, max_size: int = MAX_PAYLOAD_SIZE) -> None:
         zstandard = _import_zstandard()
-        self._zstd: Any = zstandard.ZstdDecompressor().decompressobj()
+        self._zstd: Any = zstandard.ZstdDecompressor(
+            max_window_size=MAX_ZSTD_WINDOW).decompressobj()
         self._error: type[Exception] = zstandard.ZstdError
         self._max_size = max_size
         # python-zstandard's decompress() has no max_length, so larger messages are fed in
@@ -119,7 +129,7 @@ class ZstdStreamInflater:
         try:
             out: bytes = zobj.decompress(data)
         except self._error as exc:
-            raise ProtocolError(f"corrupt zstd-stream data: {exc}") from None
+            raise _zstd_error(exc, data) from None
         if zobj.eof:
             raise ProtocolError("the zstd-stream frame ended; Discord keeps it open")
         if len(out) > self._max_size:
@@ -145,7 +155,7 @@ class ZstdStreamInflater:
         try:
             out: bytes = zobj.decompress(data)
         except self._error as exc:
-            raise ProtocolError(f"corrupt zstd-stream data: {exc}") from None
+            raise _zstd_error(exc, data) from None
         if zobj.eof:
             # Discord never closes the frame; after its end the context cannot decode more.
             raise ProtocolError("the zstd-stream frame ended; Discord keeps it open")
@@ -155,6 +165,19 @@ class ZstdStreamInflater:
         return ProtocolError(
             f"zstd-stream payload decompresses to more than {self._max_size} bytes"
         )
+
+
+def _zstd_error(exc: Exception, data: bytes | memoryview) -> ProtocolError:
+    """Name the window when that is what libzstd refused (only a frame header asks)."""
+    try:
+        window = _import_zstandard().get_frame_parameters(bytes(data[:18])).window_size
+    except Exception:  # not a frame header: plain corruption
+        window = 0
+    if window > MAX_ZSTD_WINDOW:
+        return ProtocolError(
+            f"the zstd-stream frame asks for a window of {window / 2**20:g} MiB; at most "
+            f"{MAX_ZSTD_WINDOW // 2**20} MiB is accepted")
+    return ProtocolError(f"corrupt zstd-stream data: {exc}")
 
 
 def _import_zstandard() -> Any:

@@ -39,6 +39,7 @@ __all__ = [
     "ParsedEndpoint",
     "bind",
     "check_bind_allowed",
+    "check_free",
     "ipc_endpoint",
     "ipc_path",
     "is_loopback",
@@ -136,8 +137,14 @@ def runtime_dir(base: Path | None = None) -> Path:
             base = Path(xdg) / "shardctl"
         else:
             base = Path(tempfile.gettempdir()) / f"shardctl-{os.getuid()}"
-    with contextlib.suppress(FileExistsError):
+    try:
         base.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot create the runtime directory {base} ({exc.strerror or exc}); set "
+            f"{RUNTIME_DIR_ENV} to a directory you can write") from None
     info = os.lstat(base)
     if not stat.S_ISDIR(info.st_mode):
         raise ConfigurationError(f"runtime directory {base} is not a directory")
@@ -173,11 +180,33 @@ def tcp_endpoint(port: int | None = None, host: str = LOOPBACK_HOST) -> str:
     return f"tcp://{host}:{'*' if port is None else port}"
 
 
+def _open_lock(lock_path: Path) -> int:
+    """Open (or create) a lock file that is ours: never through a symlink, which whoever
+    can write the directory (an ipc:// path outside the runtime directory) could plant to
+    make us truncate a file of their choice, and never another user's file."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigurationError(
+                f"refusing the lock file {lock_path}: it is a symlink (not created by "
+                "shardctl); remove it, or bind in a directory only you can write") from None
+        raise ConfigurationError(
+            f"cannot open the lock file {lock_path}: {exc.strerror or exc}") from None
+    info = os.fstat(fd)
+    if info.st_uid != os.getuid() or not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ConfigurationError(
+            f"refusing the lock file {lock_path}: it is not a regular file of this user; "
+            "remove it, or bind in a directory only you can write")
+    return fd
+
+
 @contextlib.contextmanager
 def _ipc_lock(path: Path) -> Iterator[None]:
     lock_path = path.with_name(path.name + ".lock")
     while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = _open_lock(lock_path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -241,3 +270,14 @@ def bind(socket: zmq.Socket[Any], endpoint: str, *,
             if not socket.closed:
                 with contextlib.suppress(zmq.ZMQError):
                     socket.unbind(actual)
+
+
+def check_free(endpoint: str) -> None:
+    """Raise :class:`EndpointInUseError` now if another live process holds this ``ipc://``
+    endpoint, so a command can refuse before it starts anything (binding later checks
+    again; tcp ports are only known taken when bound)."""
+    parsed = parse_endpoint(endpoint)
+    if parsed.transport != "ipc" or not Path(parsed.address).parent.is_dir():
+        return
+    with _ipc_lock(Path(parsed.address)):
+        pass  # free: the probe's lock is released (and its files removed) at once
