@@ -76,8 +76,7 @@ async def main(args: argparse.Namespace) -> int:
                                   limit=0))
         log(f"{name}: {time.monotonic() - t0:.0f} s")
     if args.peers:
-        figures += await peers.run(args.quick, [n for n in names
-                                                if n in ("throughput", "startup")], figures)
+        figures += await peers.run(args.quick, names, figures)
     elapsed = time.monotonic() - started
     command = "scripts/bench " + " ".join(sys.argv[1:])
     print(f"\n$ {command.strip()}   ({elapsed:.0f} s, {platform.python_version()}, "
@@ -98,7 +97,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", action="append", choices=list(FIGURES), metavar="NAME",
                    help=f"run only this figure (repeatable): {', '.join(FIGURES)}")
     p.add_argument("--peers", action="store_true",
-                   help="also run discord.py and hikari for figures 1 and 2")
+                   help="also run discord.py, hikari and @discordjs/ws for figures 1, 2 and 6")
     p.add_argument("--output", default=str(Path(__file__).parent / "results.json"))
     return p.parse_args(argv)
 
