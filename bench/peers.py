@@ -193,7 +193,7 @@ async def run_saturated(quick: bool, ours_figs: list[Figure]) -> list[Figure]:
 
 async def run_steady(quick: bool, ours_figs: list[Figure]) -> list[Figure]:
     out: list[Figure] = []
-    seconds = 4.0 if quick else 10.0
+    seconds = 2.5 if quick else 10.0
     for peer in peers():
         for regime in steady.REGIMES:
             name = f"peer {peer.name} cpu/event {regime.name} (steady)"

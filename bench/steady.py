@@ -131,7 +131,7 @@ def split(got: dict[str, Any]) -> str:
 
 
 async def run(quick: bool) -> list[Figure]:
-    seconds = 4.0 if quick else 10.0
+    seconds = 2.5 if quick else 10.0
     figures: list[Figure] = []
     for regime in REGIMES:
         log(f"steady {regime.name} ({regime.rate:.0f} events/s, {seconds:g} s): reference")
