@@ -28,8 +28,8 @@ FIGURES: dict[str, Callable[[bool], Awaitable[list[Figure]]]] = {
 QUICK_NOTE = ("--quick scales down: figure 1 sends 4,000 instead of 15,000 events per shard; "
               "figure 2 runs only its jittery start-up (not Discord's pace nor 256 shards); "
               "figure 3 measures 400 instead of 1,000 idle shards and skips the 2,500-shard "
-              "5-minute soak; figure 4 runs 5 s instead of 20 s; figure 6 sends for 2.5 s instead of "
-              "10 s.  Figure 5 is unchanged.")
+              "5-minute soak; figure 4 runs 5 s instead of 20 s; figure 6 sends for 2.5 s "
+              "instead of 10 s.  Figure 5 is unchanged.")
 
 
 def fmt(value: object) -> str:
