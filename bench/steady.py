@@ -84,7 +84,7 @@ async def paced(sb: Sandbox, regime: Regime, seconds: float, pids: list[int],
     count = result.get("count", 0)
     used = [b - a for a, b in zip(per0, per1, strict=True)]
     return {"sent": sent, "count": count, "missed": result.get("missed", 0),
-            "lost": sent - count + result.get("missed", 0), "span_s": span,
+            "lost": max(sent - count, result.get("missed", 0)), "span_s": span,
             "cpu_s": sum(used), "cpu_us": sum(used) * 1e6 / count if count else float("nan"),
             "cpu_us_per_process": [round(u * 1e6 / max(1, count), 2) for u in used],
             "core_pct_per_process": [round(u * 100 / span, 1) for u in used]}
