@@ -14,7 +14,7 @@ from pathlib import Path
 
 import anyio
 
-from bench import latency, memory, peers, recovery, startup, throughput
+from bench import latency, memory, peers, recovery, startup, steady, throughput
 from bench.common import Figure, log
 
 FIGURES: dict[str, Callable[[bool], Awaitable[list[Figure]]]] = {
@@ -23,11 +23,13 @@ FIGURES: dict[str, Callable[[bool], Awaitable[list[Figure]]]] = {
     "memory": memory.run,
     "latency": latency.run,
     "recovery": recovery.run,
+    "steady": steady.run,
 }
 QUICK_NOTE = ("--quick scales down: figure 1 sends 4,000 instead of 15,000 events per shard; "
               "figure 2 runs only its jittery start-up (not Discord's pace nor 256 shards); "
               "figure 3 measures 400 instead of 1,000 idle shards and skips the 2,500-shard "
-              "5-minute soak; figure 4 runs 5 s instead of 20 s.  Figure 5 is unchanged.")
+              "5-minute soak; figure 4 runs 5 s instead of 20 s; figure 6 sends for 2.5 s "
+              "instead of 10 s.  Figure 5 is unchanged.")
 
 
 def fmt(value: object) -> str:
@@ -74,8 +76,7 @@ async def main(args: argparse.Namespace) -> int:
                                   limit=0))
         log(f"{name}: {time.monotonic() - t0:.0f} s")
     if args.peers:
-        figures += await peers.run(args.quick, [n for n in names
-                                                if n in ("throughput", "startup")], figures)
+        figures += await peers.run(args.quick, names, figures)
     elapsed = time.monotonic() - started
     command = "scripts/bench " + " ".join(sys.argv[1:])
     print(f"\n$ {command.strip()}   ({elapsed:.0f} s, {platform.python_version()}, "
@@ -96,7 +97,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", action="append", choices=list(FIGURES), metavar="NAME",
                    help=f"run only this figure (repeatable): {', '.join(FIGURES)}")
     p.add_argument("--peers", action="store_true",
-                   help="also run discord.py and hikari for figures 1 and 2")
+                   help="also run discord.py, hikari and @discordjs/ws for figures 1, 2 and 6")
     p.add_argument("--output", default=str(Path(__file__).parent / "results.json"))
     return p.parse_args(argv)
 

@@ -1,5 +1,8 @@
 """A consumer process: counts MESSAGE_CREATE off the bus, optionally stamps each arrival.
 
+With ``--parse`` it reads each event's ``d`` (orjson), as a bot does: the whole pipeline's
+CPU then includes the JSON parse the one-process reference also does.
+
 Lines: ``{"open": 1}`` once subscribed, ``{"probe": 1}`` at the first probe event, and
 ``{"count", "missed", "first_ns", "last_ns"}`` when ``--expect`` events arrived or the bus
 was idle for ``--idle`` seconds.  With ``--stamps FILE`` it writes ``shard seq monotonic_ns
@@ -34,6 +37,7 @@ async def main(args: argparse.Namespace) -> None:
     stamps: list[tuple[int, int, int, int]] = []
     progress = time.monotonic()
     mono = time.monotonic_ns
+    parse = args.parse
     freeze_startup_heap()  # as the cluster's processes do: no full collection of imports
     async with Consumer(args.endpoint, types=["MESSAGE_CREATE", PROBE],
                         hwm=1_000_000) as bus:
@@ -55,6 +59,8 @@ async def main(args: argparse.Namespace) -> None:
                         print(json.dumps({"probe": 1}), flush=True)
                     continue
                 now = mono()
+                if parse:
+                    event.d  # noqa: B018 - the parse is the work being measured
                 if not count:
                     first_ns = now
                 last_ns = now
@@ -79,6 +85,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--expect", type=int, default=0)
     p.add_argument("--idle", type=float, default=10.0)
     p.add_argument("--stamps", default="")
+    p.add_argument("--parse", action="store_true", help="read each event's d (orjson)")
     return p.parse_args()
 
 

@@ -5,6 +5,8 @@
 parent reads the sandbox's records).  discord.py has no base-URL option: ``Route.BASE`` is
 the class attribute its REST calls are built from.  Identify pacing is its documented
 ``before_identify_hook`` (one shard at a time; the default sleeps 5 s) set to the interval.
+discord.py asks for zstd-stream whenever ``zstandard`` is importable; ``--compress
+zlib-stream`` hides that module from it first, so it asks for zlib-stream.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ import argparse
 import asyncio
 import json
 import logging
+import sys
 import time
 from typing import Any
+
+if "--compress=zlib-stream" in sys.argv:  # before discord.utils picks its decompressor
+    sys.modules["zstandard"] = None  # type: ignore[assignment]
 
 import discord
 import discord.http
@@ -61,6 +67,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--api-url", required=True)
     p.add_argument("--interval", type=float, default=0.05)
     p.add_argument("--expect", type=int, default=0)
+    p.add_argument("--compress", choices=["zlib-stream", "zstd-stream"],
+                   default="zstd-stream")
     return p.parse_args()
 
 

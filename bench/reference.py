@@ -1,7 +1,7 @@
-"""The reference loop of figure 1: the unavoidable work only, in one process.
+"""The reference loop of figures 1 and 6: what a bot must do, in one process.
 
-16 sockets to the sandbox (websockets, like the worker), each message inflated with the same
-inflater the worker uses, and only the envelope read (op, s, t; ``d`` stays bytes).  It
+N sockets to the sandbox (websockets, like the worker), each message inflated with the same
+inflater the worker uses and parsed whole (orjson), ``d`` included, as a bot reads it.  It
 heartbeats so the sandbox keeps it, prints ``{"ready": n}`` once every shard is READY and
 has its guilds, then ``{"count", "first_ns", "last_ns"}`` after ``--expect`` MESSAGE_CREATE.
 CPU is read by the parent from /proc, exactly like the cluster's.
@@ -12,32 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
 
 import anyio
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 from shardctl.gateway.inflate import new_inflater
-
-_OP, _S, _T = b'"op":', b'"s":', b'"t":'
-
-
-def envelope(raw: bytes) -> tuple[int, int | None, str | None]:
-    """op, s, t of a payload whose envelope keys precede ``d`` (else one full parse)."""
-    head = raw[:96]
-    i, j, k = head.find(_OP), head.find(_S), head.find(_T)
-    if i < 0 or j < 0 or k < 0:
-        obj: dict[str, Any] = orjson.loads(raw)
-        return obj["op"], obj.get("s"), obj.get("t")
-    op = int(head[i + 5:head.index(b",", i)])
-    sv = head[j + 4:head.index(b",", j)]
-    s = None if sv == b"null" else int(sv)
-    if head[k + 4:k + 5] == b'"':
-        t: str | None = head[k + 5:head.index(b'"', k + 5)].decode()
-    else:
-        t = None
-    return op, s, t
 
 
 class Shard:
@@ -97,9 +77,10 @@ async def main(args: argparse.Namespace) -> None:
 
         async def pump(shard: Shard) -> None:
             nonlocal count, first_ns, last_ns
-            recv, mono = shard.recv, time.monotonic_ns
+            recv, mono, loads = shard.recv, time.monotonic_ns, orjson.loads
             while True:
-                _, s, t = envelope(await recv())
+                obj = loads(await recv())
+                s, t = obj.get("s"), obj.get("t")
                 if s is not None:
                     shard.seq = s
                 if t == "MESSAGE_CREATE":
