@@ -1,0 +1,157 @@
+"""A supervisor killed with SIGKILL, and two instances sharing a host: sessions survive.
+
+Real processes against the sandbox: `shardctl run` is killed mid-stream and started again;
+every shard must RESUME (no IDENTIFY), the old workers must be gone before the new ones
+connect (no session "resumed elsewhere"), every dispatch must reach the consumer, and what
+reaches it twice must be flagged ``replayed``.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import orjson
+import pytest
+from clusterkit import (
+    TOKEN,
+    accepted_identifies,
+    env_with_runtime,
+    push_messages,
+    resumes,
+    short_dir,
+    terminate,
+)
+
+from shardctl.ipc.consumer import Consumer
+from shardctl.sandbox import Sandbox, SandboxConfig
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+def sandbox_config(shards: int) -> SandboxConfig:
+    return SandboxConfig(shard_count=shards, max_concurrency=shards, identify_interval=0.2,
+                         heartbeat_interval_ms=2000, guilds_per_shard=2, session_ttl=60.0)
+
+
+def run_args(sb: Sandbox, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "shardctl.cli", "run", "--token", TOKEN,
+            "--api-url", sb.api_url, "--processes", "2", "--identify-interval", "0.2", *extra]
+
+
+class Seen:
+    """MESSAGE_CREATE (shard, seq) as a Consumer hands them out, with the replay flag."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[int, int, bool]] = []
+        self._changed = anyio.Event()
+
+    async def read(self, bus: Consumer) -> None:
+        async for event in bus:
+            if event.type == "MESSAGE_CREATE" and event.seq is not None:
+                self.events.append((event.shard, event.seq, event.replayed))
+                self._changed.set()
+                self._changed = anyio.Event()
+
+    async def wait_for_all(self, sent: set[tuple[int, int]]) -> None:
+        while not sent <= {(shard, seq) for shard, seq, _ in self.events}:
+            await self._changed.wait()
+
+
+def flat(sent: dict[int, list[int]]) -> set[tuple[int, int]]:
+    return {(shard, seq) for shard, seqs in sent.items() for seq in seqs}
+
+
+async def checkpointed(path: Path, sessions: int) -> None:
+    """Another process writes the file: nothing to await but the file itself."""
+    while True:
+        try:
+            body = orjson.loads(await anyio.Path(path).read_bytes())
+            if len(body["sessions"]) >= sessions:
+                return
+        except (OSError, orjson.JSONDecodeError, KeyError):
+            pass
+        await anyio.sleep(0.05)
+
+
+async def test_a_sigkilled_supervisor_restarts_resuming_every_shard_losing_nothing() -> None:
+    with short_dir() as run_dir:
+        events = f"ipc://{run_dir}/ev.sock"
+        state = run_dir / "state.json"
+        async with Sandbox(sandbox_config(4)) as sb, Consumer(events) as bus, \
+                anyio.create_task_group() as tg:
+            seen = Seen()
+            tg.start_soon(seen.read, bus)
+            args = run_args(sb, "--events-endpoint", events, "--state-file", str(state))
+            env = env_with_runtime(run_dir)
+            first = await anyio.open_process(args, env=env)
+            second: anyio.abc.Process | None = None
+            try:
+                with anyio.fail_after(30):
+                    await sb.wait_for(lambda: len(sb.records("ready")) == 4, timeout=30)
+                    sent = flat(await push_messages(sb, [0, 1, 2, 3], 20))
+                    await seen.wait_for_all(sent)
+                    await checkpointed(state, 4)
+                # mid-stream: more while it runs, the kill, more while it is dead
+                sent |= flat(await push_messages(sb, [0, 1, 2, 3], 20))
+                first.send_signal(signal.SIGKILL)
+                sent |= flat(await push_messages(sb, [0, 1, 2, 3], 20))
+                await first.wait()
+                second = await anyio.open_process(args, env=env)
+                with anyio.fail_after(40):
+                    await sb.wait_for(lambda: resumes(sb) >= 4, timeout=40)
+                    sent |= flat(await push_messages(sb, [0, 1, 2, 3], 20))
+                    await seen.wait_for_all(sent)
+            finally:
+                await terminate(first)
+                if second is not None:
+                    await terminate(second)
+                tg.cancel_scope.cancel()
+        assert accepted_identifies(sb) == 4, "the restart identified instead of resuming"
+        assert resumes(sb) == 4
+        moved = [r for r in sb.records("server_close")
+                 if "resumed elsewhere" in str(r.details.get("reason"))]
+        assert not moved, "a new worker resumed a session an old worker still held"
+        assert not sb.violations
+        first_seen: set[tuple[int, int]] = set()
+        for shard, seq, replayed in seen.events:
+            assert replayed == ((shard, seq) in first_seen), (shard, seq, replayed)
+            first_seen.add((shard, seq))
+
+
+@pytest.mark.parametrize("stop_order", [(0, 1), (1, 0)])
+async def test_two_instances_with_disjoint_shard_ids_both_resume_everything(
+        stop_order: tuple[int, int]) -> None:
+    with short_dir() as run_dir:
+        states = run_dir / "xdg"
+        async with Sandbox(sandbox_config(8)) as sb:
+            def start(i: int, ids: str) -> tuple[list[str], dict[str, str]]:
+                env = {**env_with_runtime(run_dir / f"r{i}"), "XDG_STATE_HOME": str(states)}
+                return run_args(sb, "--shard-ids", ids), env
+
+            specs = [start(0, "0-3"), start(1, "4-7")]
+            procs: list[anyio.abc.Process] = []
+            try:
+                for n, (args, env) in enumerate(specs, 1):
+                    procs.append(await anyio.open_process(args, env=env))
+                    with anyio.fail_after(30):
+                        await sb.wait_for(lambda n=n: len(sb.records("ready")) == 4 * n,
+                                          timeout=30)
+                for i in stop_order:
+                    procs[i].send_signal(signal.SIGTERM)
+                    with anyio.fail_after(30):
+                        assert await procs[i].wait() == 0
+                for args, env in specs:
+                    procs.append(await anyio.open_process(args, env=env))
+                with anyio.fail_after(30):
+                    await sb.wait_for(lambda: resumes(sb) == 8, timeout=30)
+            finally:
+                for process in procs:
+                    await terminate(process)
+        assert accepted_identifies(sb) == 8, "one instance's sessions were lost"
+        files = sorted(p.name for p in (states / "shardctl").glob("state-*.json"))
+        assert len(files) == 2, files
+        assert not sb.violations
