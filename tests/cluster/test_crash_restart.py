@@ -9,6 +9,7 @@ reaches it twice must be flagged ``replayed``.
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -42,6 +43,12 @@ def run_args(sb: Sandbox, *extra: str) -> list[str]:
             "--api-url", sb.api_url, "--processes", "2", "--identify-interval", "0.2", *extra]
 
 
+async def start_run(args: list[str], env: dict[str, str]) -> anyio.abc.Process:
+    """Output to nowhere: an unread pipe fills up and blocks the process's logging."""
+    return await anyio.open_process(args, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+
+
 class Seen:
     """MESSAGE_CREATE (shard, seq) as a Consumer hands them out, with the replay flag."""
 
@@ -59,6 +66,11 @@ class Seen:
     async def wait_for_all(self, sent: set[tuple[int, int]]) -> None:
         while not sent <= {(shard, seq) for shard, seq, _ in self.events}:
             await self._changed.wait()
+
+
+def sessions_up(sb: Sandbox) -> int:
+    """Shards that came up so far, identified (READY) or resumed (RESUMED)."""
+    return len(sb.records("ready")) + resumes(sb)
 
 
 def flat(sent: dict[int, list[int]]) -> set[tuple[int, int]]:
@@ -87,7 +99,7 @@ async def test_a_sigkilled_supervisor_restarts_resuming_every_shard_losing_nothi
             tg.start_soon(seen.read, bus)
             args = run_args(sb, "--events-endpoint", events, "--state-file", str(state))
             env = env_with_runtime(run_dir)
-            first = await anyio.open_process(args, env=env)
+            first = await start_run(args, env)
             second: anyio.abc.Process | None = None
             try:
                 with anyio.fail_after(30):
@@ -100,9 +112,9 @@ async def test_a_sigkilled_supervisor_restarts_resuming_every_shard_losing_nothi
                 first.send_signal(signal.SIGKILL)
                 sent |= flat(await push_messages(sb, [0, 1, 2, 3], 20))
                 await first.wait()
-                second = await anyio.open_process(args, env=env)
+                second = await start_run(args, env)
                 with anyio.fail_after(40):
-                    await sb.wait_for(lambda: resumes(sb) >= 4, timeout=40)
+                    await sb.wait_for(lambda: sessions_up(sb) == 8, timeout=40)
                     sent |= flat(await push_messages(sb, [0, 1, 2, 3], 20))
                     await seen.wait_for_all(sent)
             finally:
@@ -116,6 +128,8 @@ async def test_a_sigkilled_supervisor_restarts_resuming_every_shard_losing_nothi
                  if "resumed elsewhere" in str(r.details.get("reason"))]
         assert not moved, "a new worker resumed a session an old worker still held"
         assert not sb.violations
+        closes = [r.details.get("code") for r in sb.records("client_close")]
+        assert closes and not {1000, 1001} & set(closes), "a session was ended, not left"
         first_seen: set[tuple[int, int]] = set()
         for shard, seq, replayed in seen.events:
             assert replayed == ((shard, seq) in first_seen), (shard, seq, replayed)
@@ -136,7 +150,7 @@ async def test_two_instances_with_disjoint_shard_ids_both_resume_everything(
             procs: list[anyio.abc.Process] = []
             try:
                 for n, (args, env) in enumerate(specs, 1):
-                    procs.append(await anyio.open_process(args, env=env))
+                    procs.append(await start_run(args, env))
                     with anyio.fail_after(30):
                         await sb.wait_for(lambda n=n: len(sb.records("ready")) == 4 * n,
                                           timeout=30)
@@ -145,9 +159,9 @@ async def test_two_instances_with_disjoint_shard_ids_both_resume_everything(
                     with anyio.fail_after(30):
                         assert await procs[i].wait() == 0
                 for args, env in specs:
-                    procs.append(await anyio.open_process(args, env=env))
+                    procs.append(await start_run(args, env))
                 with anyio.fail_after(30):
-                    await sb.wait_for(lambda: resumes(sb) == 8, timeout=30)
+                    await sb.wait_for(lambda: sessions_up(sb) == 16, timeout=30)
             finally:
                 for process in procs:
                     await terminate(process)

@@ -4,7 +4,9 @@ A SIGKILLed supervisor cannot tell its workers to stop; without this they would 
 sessions until the control channel's ``supervisor_timeout`` (10 s), while the next start
 wants to RESUME them.  SIGTERM makes the worker close every shard resumably (close 4009,
 never 1000/1001) and leave at once.  Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere,
-and for remote workers, the control channel's timeout stays the only sign.
+and for remote workers, the control channel's timeout stays the only sign.  The kernel
+sends it when the *thread* that spawned us ends: the supervisor spawns from its event loop's
+thread, which lives as long as it does.
 """
 
 from __future__ import annotations
