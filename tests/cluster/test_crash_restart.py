@@ -63,9 +63,20 @@ class Seen:
                 self._changed.set()
                 self._changed = anyio.Event()
 
+    async def wait_for_count(self, count: int) -> None:
+        while len(self.events) < count:
+            await self._changed.wait()
+
     async def wait_for_all(self, sent: set[tuple[int, int]]) -> None:
         while not sent <= {(shard, seq) for shard, seq, _ in self.events}:
             await self._changed.wait()
+
+
+async def stream(sb: Sandbox, sent: set[tuple[int, int]], stop: anyio.Event) -> None:
+    """MESSAGE_CREATE to every shard, a few hundred a second, until ``stop``."""
+    while not stop.is_set():
+        sent |= flat(await push_messages(sb, [0, 1, 2, 3], 5))
+        await anyio.sleep(0.02)  # the pace of the stream, not a synchronisation
 
 
 def sessions_up(sb: Sandbox) -> int:
@@ -107,15 +118,22 @@ async def test_a_sigkilled_supervisor_restarts_resuming_every_shard_losing_nothi
                     sent = flat(await push_messages(sb, [0, 1, 2, 3], 20))
                     await seen.wait_for_all(sent)
                     await checkpointed(state, 4)
-                # mid-stream: more while it runs, the kill, more while it is dead
-                sent |= flat(await push_messages(sb, [0, 1, 2, 3], 20))
+                # mid-stream: a stream flows across the kill and the restart
+                stop_stream = anyio.Event()
+                tg.start_soon(stream, sb, sent, stop_stream)
+                with anyio.fail_after(30):
+                    await seen.wait_for_count(len(seen.events) + 40)
+                killed_at = anyio.current_time()
                 first.send_signal(signal.SIGKILL)
-                sent |= flat(await push_messages(sb, [0, 1, 2, 3], 20))
                 await first.wait()
+                with anyio.fail_after(30):  # the orphaned workers close their sessions
+                    await sb.wait_for(lambda: len(sb.records("client_close")) >= 4, timeout=30)
+                close_lag = max(r.at for r in sb.records("client_close")) - killed_at
                 second = await start_run(args, env)
                 with anyio.fail_after(40):
                     await sb.wait_for(lambda: sessions_up(sb) == 8, timeout=40)
-                    sent |= flat(await push_messages(sb, [0, 1, 2, 3], 20))
+                    await seen.wait_for_count(len(seen.events) + 40)
+                    stop_stream.set()
                     await seen.wait_for_all(sent)
             finally:
                 await terminate(first)
@@ -124,6 +142,8 @@ async def test_a_sigkilled_supervisor_restarts_resuming_every_shard_losing_nothi
                 tg.cancel_scope.cancel()
         assert accepted_identifies(sb) == 4, "the restart identified instead of resuming"
         assert resumes(sb) == 4
+        # PR_SET_PDEATHSIG, not the control channel's 10 s of silence
+        assert close_lag < 5.0, f"the workers held their sessions {close_lag:.1f} s"
         moved = [r for r in sb.records("server_close")
                  if "resumed elsewhere" in str(r.details.get("reason"))]
         assert not moved, "a new worker resumed a session an old worker still held"
