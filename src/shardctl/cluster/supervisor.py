@@ -478,6 +478,10 @@ class Supervisor:
         while not self._stopping:
             await spawn(slot, command, now=anyio.current_time())
             assert slot.process is not None
+            if self._checkpoint is not None and self._tg is not None:
+                # name the new process at once: a crash within the interval must not leave
+                # it unknown to the next start (cluster/orphans.py)
+                self._tg.start_soon(self._checkpoint.flush)
             returncode = await slot.process.wait()
             self._mark_worker_gone(slot)
             if self._stopping:
