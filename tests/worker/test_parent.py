@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -49,7 +50,8 @@ async def test_a_worker_gets_sigterm_when_its_supervisor_is_killed() -> None:
         finally:
             os.close(pidfd)
     finally:
-        middle.kill()
+        with contextlib.suppress(ProcessLookupError):  # killed and reaped above
+            middle.kill()
         await middle.wait()
 
 
