@@ -8,6 +8,7 @@ reaches it twice must be flagged ``replayed``.
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -27,6 +28,9 @@ from clusterkit import (
     terminate,
 )
 
+from shardctl.cluster.orphans import start_time
+from shardctl.cluster.sessions import WorkerMark, save
+from shardctl.cluster.supervisor import Supervisor
 from shardctl.ipc.consumer import Consumer
 from shardctl.sandbox import Sandbox, SandboxConfig
 
@@ -189,3 +193,58 @@ async def test_two_instances_with_disjoint_shard_ids_both_resume_everything(
         files = sorted(p.name for p in (states / "shardctl").glob("state-*.json"))
         assert len(files) == 2, files
         assert not sb.violations
+
+
+class LogLine(logging.Handler):
+    """Sets ``seen`` when a record containing ``text`` is logged."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.seen = anyio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+
+async def test_a_start_waits_until_the_crashed_runs_workers_are_gone() -> None:
+    # Off Linux, or a worker stuck in a long close: the parent-death signal did not end it.
+    # A process that looks like a worker and holds shard 1 until its stdin closes.
+    fake = await anyio.open_process(
+        [sys.executable, "-c", "import sys; sys.stdin.read()", "shardctl.worker"],
+        stdin=subprocess.PIPE)
+    waiting = LogLine("waiting for 1 workers of a previous run")
+    logger = logging.getLogger("shardctl.cluster.orphans")
+    logger.addHandler(waiting)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with short_dir() as run_dir:
+            state = run_dir / "state.json"
+            started = start_time(fake.pid)
+            assert started is not None
+            save(state, TOKEN, 2, {}, shard_ids=[0, 1],
+                 workers=[WorkerMark(fake.pid, started, (1,))])
+            async with Sandbox(sandbox_config(2)) as sb, anyio.create_task_group() as tg:
+                sup = Supervisor(token=TOKEN, api_url=sb.api_url, processes=1,
+                                 identify_interval=0.2, runtime_dir=run_dir, state_file=state)
+
+                async def run() -> None:
+                    async with sup:
+                        await sb.wait_for(lambda: len(sb.records("ready")) == 2, timeout=30)
+
+                tg.start_soon(run)
+                with anyio.fail_after(20):
+                    await waiting.seen.wait()
+                assert not sb.records("connect"), "a worker connected while the old one lived"
+                assert fake.stdin is not None
+                await fake.stdin.aclose()  # the old worker leaves
+                with anyio.fail_after(30):
+                    await sb.wait_for(lambda: len(sb.records("ready")) == 2, timeout=30)
+    finally:
+        logger.removeHandler(waiting)
+        logger.setLevel(level)
+        if fake.returncode is None:
+            fake.kill()
+        await fake.wait()
