@@ -419,8 +419,8 @@ def _leaf(error: BaseException) -> BaseException:
               metavar="SECONDS", help="how long the shared --limiter has to acknowledge "
                                       "this bot's limits before the start fails")
 @click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="sessions saved on stop, resumed on start "
-                   "[default: $XDG_STATE_HOME/shardctl/sessions.json]")
+              help="sessions checkpointed each second and on stop, resumed on start "
+                   "[default: $XDG_STATE_HOME/shardctl/state-BOT-COUNT-SHARDS.json]")
 @click.option("--ignore-session-start-limit", is_flag=True,
               help="start even if the daily session budget cannot cover every IDENTIFY")
 @click.option("--keys", type=click.Path(file_okay=False, path_type=Path), default=None,

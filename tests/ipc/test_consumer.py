@@ -182,3 +182,29 @@ async def test_closed_consumer_stops_iteration(endpoint: str) -> None:
 def test_empty_type_list_is_refused() -> None:
     with pytest.raises(ValueError, match="receive nothing"):
         Consumer("ipc:///nowhere", types=[])
+
+
+async def test_a_replay_after_a_resume_is_flagged_and_a_new_session_is_not(
+        endpoint: str) -> None:
+    sent = [("READY", 1), ("MESSAGE_CREATE", 2), ("MESSAGE_CREATE", 3), ("MESSAGE_CREATE", 4),
+            # a supervisor crash: the restart RESUMEs from the checkpointed 2
+            ("MESSAGE_CREATE", 3), ("MESSAGE_CREATE", 4), ("MESSAGE_CREATE", 5),
+            ("RESUMED", 6),
+            # a new session: its small seqs are new events
+            ("READY", 1), ("MESSAGE_CREATE", 2)]
+    async with fake(endpoint) as sup, Consumer(endpoint) as consumer:
+        await sup.wait_subscribed()
+        for t, seq in sent:
+            sup.send(t, 3, seq)
+        got = await take(consumer, len(sent))
+    assert [e.replayed for e in got] == [False] * 4 + [True, True] + [False] * 4
+
+
+async def test_a_consumer_without_ready_never_calls_anything_a_replay(endpoint: str) -> None:
+    async with fake(endpoint) as sup, \
+            Consumer(endpoint, types=["MESSAGE_CREATE"]) as consumer:
+        await sup.wait_subscribed()
+        for seq in [5, 6, 2, 3]:  # a replay, or a new session: it cannot know
+            sup.send("MESSAGE_CREATE", 0, seq)
+        got = await take(consumer, 4)
+    assert not any(e.replayed for e in got)

@@ -51,6 +51,9 @@ class RunConfig:
     #: A remote limiter service (``shardctl limiter``); None runs one in the supervisor.
     limiter: str | None = None
     state_file: Path | None = None
+    #: Seconds between session checkpoints while running (cluster/checkpoint.py): the most
+    #: of the seq record a crash loses (Discord replays it; consumers see it as replays).
+    checkpoint_interval: float = 1.0
     ignore_session_start_limit: bool = False
     #: CURVE key directory (``shardctl keys generate``): every endpoint runs CURVE, and
     #: binds other hosts can reach are allowed.  None: private ipc:// or loopback only.

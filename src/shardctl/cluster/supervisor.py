@@ -6,7 +6,9 @@ cannot pay for, binds every ZeroMQ endpoint, and spawns the workers.  While runn
 per shard, the session and the last sequence number it forwarded (DESIGN.md §7): a dead or
 frozen worker is respawned with those sessions and its shards RESUME, so consumers see every
 event exactly once.  A graceful stop closes every shard resumably and writes the sessions to
-the state file, so the next start RESUMEs instead of spending identifies.
+the state file, so the next start RESUMEs instead of spending identifies; while running, the
+same record is checkpointed about once a second (cluster/checkpoint.py), so a start after a
+crash RESUMEs too, once the crashed run's workers are gone (cluster/orphans.py).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import anyio
 import anyio.abc
 
 from shardctl import errors
-from shardctl.cluster import registration, remote
+from shardctl.cluster import orphans, registration, remote
 from shardctl.cluster import sessions as session_file
+from shardctl.cluster.checkpoint import Checkpointer
 from shardctl.cluster.commands import COMMAND_TIMEOUT, CommandReply, CommandRouter
 from shardctl.cluster.config import RunConfig
 from shardctl.cluster.counters import EventTotals
@@ -35,7 +38,7 @@ from shardctl.cluster.limiter_service import LimiterServer
 from shardctl.cluster.peers import PeerBudget
 from shardctl.cluster.planner import parse_shard_ids, plan
 from shardctl.cluster.restarts import RestartPolicy
-from shardctl.cluster.sessions import ResumeUrlCheck, SessionRecord
+from shardctl.cluster.sessions import ResumeUrlCheck, SessionRecord, WorkerMark
 from shardctl.cluster.status_report import limiter_section, redacted_status_body, status_body
 from shardctl.cluster.workers import WorkerSlot, kill, spawn, worker_command
 from shardctl.gateway.closecodes import SESSION_ENDING_CLIENT_CODES
@@ -63,6 +66,10 @@ WORKER_STARTUP_GRACE: Final = 20.0
 START_GATE_QUIET: Final = 5.0
 #: ... and never longer than this.
 START_GATE_MAX: Final = 60.0
+
+
+#: What the checkpoint keeps: the resumable sessions and the local workers holding them.
+_Checkpoint = tuple[tuple[SessionRecord, ...], tuple[WorkerMark, ...]]
 
 
 class CrashLoopError(errors.ShardctlError):
@@ -136,6 +143,11 @@ class Supervisor:
         self.endpoints: dict[str, str] = {}
         #: where a RESUME may go: Discord's gateway hosts, and ours once discovered
         self._resume_allowed = ResumeUrlCheck()
+        #: this instance's shards (its part of a shared state file)
+        self._shard_ids: list[int] = []
+        self._checkpoint: Checkpointer[_Checkpoint] | None = None
+        #: pid -> start time of our local workers (for the checkpoint's worker marks)
+        self._started: dict[int, str | None] = {}
 
     def __repr__(self) -> str:
         return (f"<Supervisor shards={self.shard_count} workers={len(self.slots)} "
@@ -150,8 +162,8 @@ class Supervisor:
         self.shard_count = self.config.shards or info.shards
         ids = (parse_shard_ids(self.config.shard_ids, self.shard_count)
                if self.config.shard_ids else list(range(self.shard_count)))
-        saved = session_file.load(self.state_file, self.config.token, self.shard_count,
-                                  resume_allowed=self._resume_allowed)
+        self._shard_ids = ids
+        saved = self._load_sessions()
         resumable = {i: saved[i] for i in ids if i in saved}
         self._check_budget(info, len(ids) - len(resumable))
         local = self.config.processes
@@ -165,11 +177,17 @@ class Supervisor:
             status = self._status[record.shard_id]
             status.session_id, status.seq = record.session_id, record.seq
             status.resume_gateway_url = record.resume_gateway_url
+        # A crashed run's workers may still hold these sessions: never two connections on one.
+        await orphans.wait_gone(orphans.still_running(
+            session_file.load_workers(self.state_file), ids))
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
         try:
             await self._start_services(tg, info, resumable, len(ids) - len(resumable))
+            self._checkpoint = Checkpointer(self._checkpoint_snapshot, self._write_checkpoint,
+                                            interval=self.config.checkpoint_interval)
+            await tg.start(self._checkpoint.run)
             for slot in self.slots:
                 if not slot.remote:  # remote slots are filled by workers that register
                     tg.start_soon(self._watch, slot)
@@ -187,7 +205,16 @@ class Supervisor:
 
     @property
     def state_file(self) -> Path:
-        return self.config.state_file or session_file.default_state_file()
+        """``--state-file``, else a default of this bot and shard set (known once entered)."""
+        return self.config.state_file or session_file.default_state_file(
+            self.config.token, self.shard_count, self._shard_ids)
+
+    def _load_sessions(self) -> dict[int, SessionRecord]:
+        path = self.state_file
+        if self.config.state_file is None and not path.exists():
+            path = session_file.legacy_state_file()  # written by an older version
+        return session_file.load(path, self.config.token, self.shard_count,
+                                 resume_allowed=self._resume_allowed)
 
     def _check_budget(self, info: GatewayInfo, must_identify: int) -> None:
         limit = info.session_start_limit
@@ -308,6 +335,8 @@ class Supervisor:
         try:
             with anyio.CancelScope(shield=True):
                 await self._stop_workers(code)
+                if self._checkpoint is not None:
+                    await self._checkpoint.close()
                 self._save_sessions(code)
         finally:
             self._stopped.set()
@@ -358,10 +387,36 @@ class Supervisor:
         else:
             records = {r.shard_id: r for r in self._resumable_sessions()}
         try:
-            session_file.save(self.state_file, self.config.token, self.shard_count, records)
+            session_file.save(self.state_file, self.config.token, self.shard_count, records,
+                              shard_ids=self._shard_ids, workers=self._worker_marks())
             log.info("supervisor: %d sessions saved to %s", len(records), self.state_file)
         except OSError as exc:
             log.error("supervisor: could not write the state file %s: %s", self.state_file, exc)
+
+    def _checkpoint_snapshot(self) -> _Checkpoint:
+        return tuple(self._resumable_sessions()), self._worker_marks()
+
+    def _write_checkpoint(self, snapshot: _Checkpoint) -> None:
+        """In a worker thread: reads nothing of ours but ``snapshot``."""
+        records, workers = snapshot
+        session_file.save(self.state_file, self.config.token, self.shard_count,
+                          {r.shard_id: r for r in records}, shard_ids=self._shard_ids,
+                          workers=workers)
+
+    def _worker_marks(self) -> tuple[WorkerMark, ...]:
+        """Our live local workers, for a start after a crash to wait for (Linux only)."""
+        marks = []
+        live = {slot.pid for slot in self.slots if slot.alive and not slot.remote}
+        for pid in set(self._started) - live:
+            del self._started[pid]
+        for slot in self.slots:
+            if slot.pid in live and slot.pid is not None:
+                if slot.pid not in self._started:
+                    self._started[slot.pid] = orphans.start_time(slot.pid)
+                started = self._started[slot.pid]
+                if started is not None:
+                    marks.append(WorkerMark(slot.pid, started, tuple(slot.shard_ids)))
+        return tuple(marks)
 
     def _resumable_sessions(self) -> list[SessionRecord]:
         return [r for r in map(self._session_of, sorted(self._status)) if r is not None]
@@ -423,6 +478,10 @@ class Supervisor:
         while not self._stopping:
             await spawn(slot, command, now=anyio.current_time())
             assert slot.process is not None
+            if self._checkpoint is not None and self._tg is not None:
+                # name the new process at once: a crash within the interval must not leave
+                # it unknown to the next start (cluster/orphans.py)
+                self._tg.start_soon(self._checkpoint.flush)
             returncode = await slot.process.wait()
             self._mark_worker_gone(slot)
             if self._stopping:

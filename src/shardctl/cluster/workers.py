@@ -84,6 +84,11 @@ class WorkerSlot:
         return self.process is not None and self.process.returncode is None
 
 
+#: Tells a worker who spawned it: it asks the kernel for SIGTERM when that process dies
+#: (worker/parent.py), and notices if it already has.
+PARENT_PID_VARIABLE: Final = "SHARDCTL_PARENT_PID"  # read by worker/parent.py
+
+
 def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     """Ours, minus the token variables, plus unbuffered output."""
     env = {k: v for k, v in (os.environ if environ is None else environ).items()
@@ -96,7 +101,9 @@ def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
 async def spawn(slot: WorkerSlot, command: Sequence[str], *, now: float) -> None:
     slot.secret = secret = secrets.token_hex(32)
     slot.process = await anyio.open_process(list(command), stdin=subprocess.PIPE, stdout=None,
-                                            stderr=None, env=worker_environment())
+                                            stderr=None, env={
+                                                **worker_environment(),
+                                                PARENT_PID_VARIABLE: str(os.getpid())})
     slot.pid = slot.process.pid
     slot.peer = None
     slot.last_beat = now

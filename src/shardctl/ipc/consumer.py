@@ -23,6 +23,13 @@ passed to ``on_gap``; the iteration itself never stops for one):
   goes backwards is logged and followed, never dropped.  In this mode lifecycle events,
   which have no ``s``, are still checked by ``bus_seq``; dispatches are not checked twice.
 
+Replays: after a supervisor crash the shards RESUME from the last checkpointed seq, and
+Discord replays what followed, some of which this consumer already got.  A consumer that
+receives READY (``types`` None or naming it) keeps the highest ``s`` per shard in the
+current session (READY starts one) and sets ``event.replayed`` on a dispatch at or below
+it: (shard, session, seq) names an event once.  Without READY it cannot tell a new session
+from a replay, and never sets the flag.
+
 The first event of each (type, shard) or shard only sets the expectation: what happened
 before a consumer connected is not a gap.  PUB/SUB cannot deliver what was sent before a
 subscription reached the supervisor, so a consumer starts receiving a few milliseconds after
@@ -111,6 +118,9 @@ class Consumer:
         self._epoch: int | None = None
         self._next_bus: dict[tuple[str, int], int] = {}
         self._next_seq: dict[int, int] = {}
+        #: highest gateway ``s`` per shard in its current session; only while READY is seen
+        self._high_seq: dict[int, int] | None = (
+            {} if self.types is None or NEW_SESSION_TYPE in self.types else None)
 
     def _subscriptions(self) -> list[bytes]:
         if self.types is None:
@@ -221,6 +231,8 @@ class Consumer:
                          self.endpoint)
             self._epoch = event.epoch
             self._next_bus.clear()
+        if self._high_seq is not None and event.seq is not None:
+            self._mark_replay(self._high_seq, event)
         key = (event.type, event.shard)
         expected = self._next_bus.get(key)
         self._next_bus[key] = event.bus_seq + 1
@@ -238,6 +250,19 @@ class Consumer:
             return
         if expected is not None and event.bus_seq > expected:
             self._report(Gap("bus", event.shard, event.type, expected, event.bus_seq))
+
+    @staticmethod
+    def _mark_replay(high: dict[int, int], event: Event) -> None:
+        seq = event.seq
+        assert seq is not None
+        if event.type == NEW_SESSION_TYPE:
+            high[event.shard] = seq
+            return
+        top = high.get(event.shard)
+        if top is not None and seq <= top:
+            event.replayed = True
+        else:
+            high[event.shard] = seq
 
     def _report(self, gap: Gap) -> None:
         self.gaps.append(gap)

@@ -108,7 +108,8 @@ class Event:
     access only, so a consumer that routes on ``type`` and ``shard`` never pays for JSON.
     """
 
-    __slots__ = ("_d", "bus_seq", "epoch", "raw", "received_at_ns", "seq", "shard", "type")
+    __slots__ = ("_d", "bus_seq", "epoch", "raw", "received_at_ns", "replayed", "seq", "shard",
+                 "type")
 
     def __init__(self, type: str, shard: int, seq: int | None, received_at_ns: int,
                  raw: bytes, *, bus_seq: int = 0, epoch: int = 0) -> None:
@@ -119,6 +120,11 @@ class Event:
         self.raw = raw
         self.bus_seq = bus_seq
         self.epoch = epoch
+        #: Set by a :class:`~shardctl.ipc.consumer.Consumer` that sees READY: this dispatch's
+        #: ``s`` is not above the highest it already got in this session, i.e. Discord
+        #: replayed it after a RESUME from an older seq (a restart after a crash).  Never on
+        #: the wire.
+        self.replayed = False
         self._d: Any = _UNPARSED
 
     @property

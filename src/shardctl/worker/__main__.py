@@ -19,7 +19,8 @@ import anyio
 from shardctl import logformat
 from shardctl.heap import freeze_startup_heap
 from shardctl.ipc.security import load_client
-from shardctl.worker.process import run_worker
+from shardctl.worker.parent import die_with_parent, expected_parent
+from shardctl.worker.process import EXIT_SUPERVISOR_LOST, run_worker
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         if not re.fullmatch(r"[0-9a-f]{64}", secret):
             parser.error("--index needs the supervisor's per-spawn secret as the first line "
                          "of stdin (workers are started by `shardctl run`)")
+    parent = expected_parent() if args.index is not None else None
+    if not die_with_parent(parent):
+        return EXIT_SUPERVISOR_LOST  # it died before we could ask to follow it
     curve = load_client(args.keys, "worker") if args.keys is not None else None
     # Ctrl-C reaches the whole process group; the supervisor alone decides how we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -42,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     logformat.configure(os.environ.get("SHARDCTL_LOG_LEVEL", "INFO"),
                         logformat.format_from_env(), process=f"worker[{args.index}]")
     freeze_startup_heap()
-    return anyio.run(run_worker, args.control, args.index, curve, secret, backend="asyncio")
+    return anyio.run(run_worker, args.control, args.index, curve, secret, parent,
+                     backend="asyncio")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from shardctl.ipc.control import ControlClient, ControlMessage, MessageTooLargeE
 from shardctl.ipc.events import lifecycle_payload
 from shardctl.ipc.limiter import LimiterClient
 from shardctl.ipc.security import CurveClient
+from shardctl.worker.parent import parent_gone
 from shardctl.worker.shard import CommandResult, Shard
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ class _ShardInfo:
 class Worker:
     def __init__(self, control_endpoint: str, index: int | None, *,
                  clock: Callable[[], float] = time.monotonic,
-                 curve: CurveClient | None = None, secret: str | None = None) -> None:
+                 curve: CurveClient | None = None, secret: str | None = None,
+                 parent: int | None = None) -> None:
         # ``curve``: client keys for a supervisor that runs CURVE; every channel uses them.
         # ``secret``: the per-spawn secret of a worker the supervisor spawned (its stdin).
         self._curve = curve
@@ -77,6 +79,8 @@ class Worker:
         self._report_now = anyio.Event()
         self._last_heard = clock()
         self._exit_code = EXIT_OK
+        #: the supervisor that spawned us (None: a remote worker); its death means SIGTERM
+        self._parent = parent
 
     async def run(self) -> int:
         try:
@@ -117,6 +121,11 @@ class Worker:
                 tg.start_soon(self._report_loop, assignment.beat_interval)
                 code = await self._until_stopped(shards_tg, assignment)
                 await self._stop_shards(code)
+            if self._exit_code == EXIT_SUPERVISOR_LOST:
+                # Nobody reads the bus or the report: the sessions are closed, leave now (the
+                # next supervisor waits for us; what was not forwarded is replayed).
+                tg.cancel_scope.cancel()
+                return
             # Every shard has closed: publish what is left, report the final seqs, leave.
             with anyio.move_on_after(STOP_TIMEOUT):
                 await publisher.flush()
@@ -184,7 +193,13 @@ class Worker:
             async def on_sigterm() -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM) as signals:
                     async for _ in signals:
-                        log.info("worker %s: SIGTERM; closing shards resumably", self._index)
+                        if parent_gone(self._parent):
+                            log.warning("worker %s: the supervisor died; closing shards "
+                                        "resumably", self._index)
+                            self._exit_code = EXIT_SUPERVISOR_LOST
+                        else:
+                            log.info("worker %s: SIGTERM; closing shards resumably",
+                                     self._index)
                         tg.cancel_scope.cancel()
                         return
 
@@ -315,10 +330,12 @@ def _track_guilds(guilds: set[str], name: str, d: Any) -> None:
 
 
 async def run_worker(control_endpoint: str, index: int | None,
-                     curve: CurveClient | None = None, secret: str | None = None) -> int:
+                     curve: CurveClient | None = None, secret: str | None = None,
+                     parent: int | None = None) -> int:
     """Entry point of ``python -m shardctl.worker`` and ``shardctl worker``: the exit code.
 
     ``index`` None: a worker from another host, which takes a free remote slot.  Else
     ``secret`` is the per-spawn secret the supervisor gave this process.
     """
-    return await Worker(control_endpoint, index, curve=curve, secret=secret).run()
+    return await Worker(control_endpoint, index, curve=curve, secret=secret,
+                        parent=parent).run()
