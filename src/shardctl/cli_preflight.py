@@ -134,20 +134,22 @@ def _check_keys(keys: Path) -> None:
 
 
 def _check_state_file(state_file: Path | None) -> None:
-    """The sessions are written on stop: a path that cannot be written would lose them
-    then, after the whole run, so it is refused now."""
-    from shardctl.cluster.sessions import default_state_file
+    """The sessions are written continuously and on stop: a path that cannot be written
+    would lose them, so it is refused now.  The default file's name depends on the bot and
+    shard set (known later); its directory is checked."""
+    from shardctl.cluster.sessions import state_dir
 
-    path = state_file or default_state_file()
     hint = "'--state-file'"
-    if path.is_dir():
-        raise click.BadParameter(f"{path} is a directory; expected a file path",
+    if state_file is not None and state_file.is_dir():
+        raise click.BadParameter(f"{state_file} is a directory; expected a file path",
                                  param_hint=hint)
+    directory = state_file.parent if state_file is not None else state_dir()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise click.BadParameter(
-            f"cannot create the directory of {path}: {exc.strerror or exc}",
+            f"cannot create the state directory {directory}: {exc.strerror or exc}",
             param_hint=hint) from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise click.BadParameter(f"the directory of {path} is not writable", param_hint=hint)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"the state directory {directory} is not writable",
+                                 param_hint=hint)
