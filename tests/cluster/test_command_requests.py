@@ -4,6 +4,7 @@ control socket pair; a fake in place of the supervisor's command methods."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -14,11 +15,13 @@ import anyio
 import anyio.abc
 import pytest
 import zmq.asyncio
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from shardctl.cluster.command_requests import CommandRequests
 from shardctl.errors import ConfigurationError
-from shardctl.ipc.commands_client import CommandReply
-from shardctl.ipc.control import ControlClient, ControlMessage, ControlServer
+from shardctl.ipc.commands_client import NAMES, CommandReply
+from shardctl.ipc.control import ControlClient, ControlMessage, ControlServer, Incoming
 from shardctl.ipc.security import Role
 
 pytestmark = pytest.mark.anyio
@@ -175,3 +178,62 @@ async def test_a_peer_runs_only_so_many_commands_at_once(tmp_path: Path) -> None
         await w.ask({"id": "v4", **VOICE})  # a slot is free again
         assert (await w.answer()).body == {"id": "v4", "ok": True, "error": None, "replies": [
             {"shard": 3, "ok": True, "error": None, "retry_after": None, "value": None}]}
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.text(max_size=8), inner, max_size=3), max_leaves=8)
+_ARG_NAMES = st.sampled_from(["guild_id", "channel_id", "self_mute", "self_deaf", "presence",
+                              "shard_id", "query", "limit", "presences", "user_ids",
+                              "nonce", "timeout", "token"])
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.started: list[Any] = []
+
+    def send(self, peer: bytes, kind: str, body: dict[str, Any]) -> bool:
+        assert kind == "response"
+        self.bodies.append(body)
+        return True
+
+    def start_soon(self, func: Any, *args: Any) -> None:
+        self.started.append(args[-1])
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from([*sorted(NAMES), "stop"]),
+       args=st.dictionaries(_ARG_NAMES, _JSON, max_size=5) | _JSON)
+@example(name="update_voice", args={"guild_id": "81", "channel_id": None})
+@example(name="fetch_guild_members", args={"guild_id": 81, "timeout": 5, "query": ""})
+@example(name="update_status", args={"presence": {}, "shard_id": 2})
+def test_any_request_is_refused_or_reaches_the_api_with_checked_types(
+        name: str, args: Any) -> None:
+    api, out = FakeApi(), _Sent()
+    api.release.set()
+    requests = CommandRequests(api)
+    message = ControlMessage("request", {"id": "h1", "name": name, "args": args})
+    requests.handle(out, out, Incoming(b"peer", message, Role.OPERATOR))  # type: ignore[arg-type]
+    if out.bodies:
+        assert not out.started and out.bodies[0]["ok"] is False and out.bodies[0]["error"]
+        return
+    [call] = out.started
+    # The fake refuses guild "x" as the real API would (answered as an error by _run).
+    with contextlib.suppress(ConfigurationError):
+        anyio.run(call)
+    [(called, positional, options)] = api.calls
+    assert called == name
+    if name == "update_status":
+        assert isinstance(positional[0], dict)
+        assert positional[1] is None or (type(positional[1]) is int and positional[1] >= 0)
+        return
+    assert isinstance(positional[0], str | int) and not isinstance(positional[0], bool)
+    if name == "update_voice":
+        assert positional[1] is None or (isinstance(positional[1], str | int)
+                                         and not isinstance(positional[1], bool))
+        assert type(positional[2]) is bool and type(positional[3]) is bool
+    assert set(options) <= {"query", "limit", "presences", "user_ids", "nonce", "timeout"}
+    if "timeout" in options:
+        assert 0 < options["timeout"] <= 120
