@@ -353,6 +353,24 @@ _CASES: dict[str, tuple[list[str], str, st.SearchStrategy[str]]] = {
     "sandbox --zlib-split": _case(_SANDBOX, "--zlib-split", _ints_outside(0)),
     "worker --supervisor": _case(["worker"], "--supervisor", _endpoints(bind=False)),
 }
+_SNOWFLAKES = _ints_outside(0, 2**64 - 1) | st.sampled_from(["12a", "1 2", "+1", "٣"])
+_SEND = {"send status": ["send", "status", "--status", "idle"],
+         "send voice": ["send", "voice", "--guild", "1", "--leave"],
+         "send members": ["send", "members", "--guild", "1"]}
+for _name, _base in _SEND.items():
+    _CASES[f"{_name} --control-endpoint"] = _case([*_base, "--timeout", "0.5"],
+                                                  "--control-endpoint", _endpoints(bind=False))
+    _CASES[f"{_name} --timeout"] = _case(_base, "--timeout", _floats_not_in(0.0, None))
+_CASES.update({
+    "send status --status": _case(["send", "status"], "--status",
+                                  _not_one_of("online", "idle", "dnd", "invisible")),
+    "send status --shard": _case(_SEND["send status"], "--shard", _ints_outside(0)),
+    "send voice --guild": _case(["send", "voice", "--leave"], "--guild", _SNOWFLAKES),
+    "send voice --channel": _case(["send", "voice", "--guild", "1"], "--channel", _SNOWFLAKES),
+    "send members --guild": _case(["send", "members"], "--guild", _SNOWFLAKES),
+    "send members --limit": _case(_SEND["send members"], "--limit", _ints_outside(0, 100_000)),
+    "send members --wait": _case(_SEND["send members"], "--wait", _floats_not_in(0.0, 120.0)),
+})
 
 
 @pytest.fixture
@@ -419,10 +437,15 @@ def test_each_command_and_option_has_a_wrong_value_case_or_a_reason() -> None:
         "events": {"--keys"},
         "limiter": {"--total", "--keys"},
         "worker": {"--keys", "--name", "--log-level"},
+        "send status": {"--keys", "--activity"},
+        "send voice": {"--keys"},
+        "send members": {"--keys", "--query"},
     }
-    covered = {tuple(name.split(" ", 1)) for name in _CASES}
-    for command in ("run", "status", "events", "limiter", "worker"):
-        cmd = main.commands[command]  # type: ignore[attr-defined]
+    covered = {tuple(name.rsplit(" ", 1)) for name in _CASES}
+    for command in ("run", "status", "events", "limiter", "worker", *_SEND):
+        cmd = main
+        for word in command.split():
+            cmd = cmd.commands[word]  # type: ignore[attr-defined]
         for param in cmd.params:
             if isinstance(param, click.Option) and param.is_flag:
                 continue
@@ -479,3 +502,12 @@ def test_an_api_url_the_cli_accepts_is_one_httpx_can_request(text: str) -> None:
         return
     url = httpx.URL(value.rstrip("/") + "/gateway/bot")
     assert url.scheme in ("http", "https") and url.host
+
+
+@pytest.mark.parametrize("args", [["--guild", "1"],
+                                  ["--guild", "1", "--channel", "2", "--leave"]])
+def test_send_voice_needs_exactly_one_of_channel_and_leave(
+        tmp_path: Path, args: list[str]) -> None:
+    result = invoke(["send", "voice", *args], tmp_path)
+    assert_usage_error(result, "--channel")
+    assert "--leave" in result.output

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import shardctl
+import shardctl.cluster.commands
 
 PACKAGE = Path(shardctl.__file__).parent
 
@@ -27,8 +30,19 @@ def test_all_names_exist_and_are_exported() -> None:
     for name in shardctl.__all__:
         assert hasattr(shardctl, name), name
     for name in ("Shard", "Supervisor", "Consumer", "Intents", "LocalSessionLimiter",
-                 "ShardctlError"):
+                 "ShardctlError", "Commands", "CommandReply", "CommandRefusedError"):
         assert name in shardctl.__all__
+
+
+def test_commands_load_without_the_supervisor() -> None:
+    # A bot's consumer process sends commands: it must not pay for cluster/ or httpx.
+    code = ("import sys, shardctl; shardctl.Commands; "
+            "print(sorted(m for m in sys.modules if m.startswith(('shardctl.cluster', "
+            "'httpx'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
+    assert shardctl.CommandReply is shardctl.cluster.commands.CommandReply
 
 
 def _imports(path: Path) -> set[str]:

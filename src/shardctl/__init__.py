@@ -13,7 +13,6 @@ from shardctl._lazy import exports
 from shardctl._version import __version__
 
 if TYPE_CHECKING:
-    from shardctl.cluster.commands import CommandReply
     from shardctl.cluster.config import RunConfig
     from shardctl.cluster.supervisor import CrashLoopError, ShardStatus, Supervisor
     from shardctl.errors import (
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
         ShardingError,
     )
     from shardctl.gateway.intents import Intents
+    from shardctl.ipc.commands_client import CommandRefusedError, CommandReply, Commands
     from shardctl.ipc.consumer import Consumer, Gap
     from shardctl.ipc.events import Event
     from shardctl.worker.limiter import LocalSessionLimiter
@@ -39,7 +39,9 @@ if TYPE_CHECKING:
 #: Public name → the module that defines it; mirrors the TYPE_CHECKING imports above.
 _WHERE: Final[dict[str, str]] = {
     "AuthenticationError": "shardctl.errors",
-    "CommandReply": "shardctl.cluster.commands",
+    "CommandRefusedError": "shardctl.ipc.commands_client",
+    "CommandReply": "shardctl.ipc.commands_client",
+    "Commands": "shardctl.ipc.commands_client",
     "ConfigurationError": "shardctl.errors",
     "Consumer": "shardctl.ipc.consumer",
     "CrashLoopError": "shardctl.cluster.supervisor",
@@ -65,7 +67,9 @@ _WHERE: Final[dict[str, str]] = {
 
 __all__ = [
     "AuthenticationError",
+    "CommandRefusedError",
     "CommandReply",
+    "Commands",
     "ConfigurationError",
     "Consumer",
     "CrashLoopError",

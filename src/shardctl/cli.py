@@ -657,5 +657,11 @@ from shardctl.cli_remote import keys_group, worker_command  # noqa: E402
 main.add_command(keys_group)
 main.add_command(worker_command)
 
+# -- send command (gateway commands from the command line: shardctl/cli_send.py) -----------
+
+from shardctl.cli_send import send_group  # noqa: E402
+
+main.add_command(send_group)
+
 if __name__ == "__main__":
     main()

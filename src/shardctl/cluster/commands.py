@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 from typing import Any, Final
 
 import anyio
 
+from shardctl.ipc.commands_client import CommandReply
 from shardctl.ipc.control import ControlServer
+
+# CommandReply lives with the client of other processes (ipc/), which cannot import cluster/.
+__all__ = ["COMMAND_TIMEOUT", "CommandReply", "CommandRouter"]
 
 #: Commands wait this long for the worker's reply.
 COMMAND_TIMEOUT: Final = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class CommandReply:
-    """The outcome of a routed command: truthy when sent; unpacks as ``ok, error``."""
-
-    shard: int
-    ok: bool
-    error: str | None = None
-    value: Any = None
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-    def __iter__(self) -> Any:
-        return iter((self.ok, self.error))
 
 
 class CommandRouter:
@@ -63,5 +50,11 @@ class CommandRouter:
         if not box:
             return CommandReply(shard_id, False, f"no reply from shard {shard_id} in {wait:g} s")
         reply = box[0]
-        return CommandReply(shard_id, bool(reply.get("ok")), reply.get("error"),
-                            reply.get("value"))
+        error, retry = reply.get("error"), reply.get("retry_after")
+        if isinstance(retry, int | float) and not isinstance(retry, bool):
+            # The shard's outbound limiter refused it: say when it would be taken.
+            error = f"rate limited: retry after {retry:.2f} s ({error})"
+        else:
+            retry = None
+        return CommandReply(shard_id, bool(reply.get("ok")), error, reply.get("value"),
+                            retry)

@@ -146,7 +146,8 @@ class SupervisorCollector(Collector):
     def _control(self) -> Iterable[Metric]:
         refused = CounterMetricFamily(
             "shardctl_control_refused", "Control messages refused: replies dropped for peers "
-            "gone or not reading, requests over a peer's rate, registrations without a proof",
+            "gone or not reading, requests over a peer's rate, registrations without a proof, "
+            "command requests refused",
             labels=["reason"])
         for reason, count in sorted(self._sup.control_refusals.items()):
             refused.add_metric([reason], count)

@@ -29,6 +29,7 @@ from shardctl import errors
 from shardctl.cluster import orphans, registration, remote
 from shardctl.cluster import sessions as session_file
 from shardctl.cluster.checkpoint import Checkpointer
+from shardctl.cluster.command_requests import CommandRequests
 from shardctl.cluster.commands import COMMAND_TIMEOUT, CommandReply, CommandRouter
 from shardctl.cluster.config import RunConfig
 from shardctl.cluster.counters import EventTotals
@@ -125,6 +126,8 @@ class Supervisor:
         self._batch_hook: BatchHook | None = None
         self._fanout = EventFanout(self._install_batch_hook)
         self._commands = CommandRouter()
+        #: Commands other processes ask for (cluster/command_requests.py).
+        self._requests = CommandRequests(self)
         #: Long messages from registered workers, joined (ipc/control.py "Parts").
         self._parts = Reassembler()
         #: Requests from peers that are not workers: a bounded rate each (cluster/peers.py).
@@ -605,7 +608,8 @@ class Supervisor:
             self._answer_status(control, peer, incoming.role)
 
     def _from_peer(self, control: ControlServer, incoming: Incoming) -> None:
-        """A message from a peer that holds no slot: a status query or a registration.
+        """A message from a peer that holds no slot: a status query, a command request
+        or a registration.
 
         Whatever would be answered costs the peer's request budget (cluster/peers.py); a
         registration is answered only when it proves itself, so a flood of bad ones costs
@@ -614,6 +618,12 @@ class Supervisor:
         peer, kind, role = incoming.peer, incoming.message.kind, incoming.role
         if kind == "register":
             self._register(control, peer, incoming.message, role)
+            return
+        if kind == "request":
+            # Gateway commands: operators only, answered from a task (command_requests.py).
+            if self._tg is not None and self._budget.allow(
+                    peer, anyio.current_time(), anonymous=role is None):
+                self._requests.handle(control, self._tg, incoming)
             return
         stale = kind in {"beat", "state"} and role == Role.WORKER and any(
             s.remote for s in self.slots)
@@ -690,7 +700,8 @@ class Supervisor:
     def control_refusals(self) -> dict[str, int]:
         """Control messages refused so far, by reason (also ``/metrics``)."""
         return {"dropped_send": self._control.drops if self._control is not None else 0,
-                "rate": self._budget.refused, "registration": self.refused_registrations}
+                "rate": self._budget.refused, "registration": self.refused_registrations,
+                "command": self._requests.refused}
 
     @property
     def listener_drops(self) -> int:

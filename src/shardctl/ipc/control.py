@@ -17,6 +17,12 @@ answers ``status`` {shards: [...], workers: [...], summary: {...}} without takin
 for a worker -- in full to an operator, and with ``redacted: true`` and states and counts
 only (no pids, sessions, seqs) to a peer without credentials.
 
+Gateway commands from other processes (:mod:`shardctl.ipc.commands_client`): a peer sends
+``request`` {id, name, args} (``name``: update_status, update_voice, request_guild_members,
+fetch_guild_members; ``args``: that method's arguments); the supervisor answers ``response``
+{id, ok, error, replies: [{shard, ok, error, retry_after, value}]} -- ``ok`` false with an
+``error`` and no replies when it refused the request (only operators may send commands).
+
 Parts.  A body is at most :data:`MAX_BODY_BYTES`; a longer one (a member list, the state of
 a thousand shards, a large status) travels as consecutive ``part`` messages::
 
@@ -60,7 +66,8 @@ log = logging.getLogger(__name__)
 
 VERSION: Final = b"SC1"
 KINDS: Final = frozenset(
-    {"register", "beat", "state", "reply", "assign", "command", "stop", "status", "part"}
+    {"register", "beat", "state", "reply", "assign", "command", "stop", "status", "part",
+     "request", "response"}
 )
 #: One control message's body; anything longer travels in parts.
 MAX_BODY_BYTES: Final = 1 << 20
