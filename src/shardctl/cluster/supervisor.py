@@ -151,6 +151,8 @@ class Supervisor:
         self._checkpoint: Checkpointer[_Checkpoint] | None = None
         #: pid -> start time of our local workers (for the checkpoint's worker marks)
         self._started: dict[int, str | None] = {}
+        #: each shard's session record as the previous checkpoint snapshot saw it
+        self._seen: dict[int, SessionRecord] = {}
 
     def __repr__(self) -> str:
         return (f"<Supervisor shards={self.shard_count} workers={len(self.slots)} "
@@ -168,6 +170,7 @@ class Supervisor:
         self._shard_ids = ids
         saved = self._load_sessions()
         resumable = {i: saved[i] for i in ids if i in saved}
+        self._seen = dict(resumable)
         self._check_budget(info, len(ids) - len(resumable))
         local = self.config.processes
         self.slots = [WorkerSlot(i, shard_ids, policy=self._restart_policy(), remote=i >= local)
@@ -397,7 +400,24 @@ class Supervisor:
             log.error("supervisor: could not write the state file %s: %s", self.state_file, exc)
 
     def _checkpoint_snapshot(self) -> _Checkpoint:
-        return tuple(self._resumable_sessions()), self._worker_marks()
+        """Each shard's record as the *previous* snapshot saw it (one interval old).
+
+        PUB/SUB has no receipts: what the events-out socket still queues for a consumer dies
+        with a SIGKILLed supervisor.  A seq forwarded an interval ago has left that queue
+        unless the consumer is that far behind, so a crash costs a replay (marked, README
+        "Replays after a crash") rather than a gap.  A session new since then is saved
+        from its start (seq 1): its whole stream is replayed, none of it is skipped.
+        """
+        now = {r.shard_id: r for r in self._resumable_sessions()}
+        settled = []
+        for shard_id, record in now.items():
+            before = self._seen.get(shard_id)
+            if before is not None and before.session_id == record.session_id:
+                settled.append(before if before.seq <= record.seq else record)
+            else:
+                settled.append(replace(record, seq=min(record.seq, 1)))
+        self._seen = now
+        return tuple(settled), self._worker_marks()
 
     def _write_checkpoint(self, snapshot: _Checkpoint) -> None:
         """In a worker thread: reads nothing of ours but ``snapshot``."""
