@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardctl.worker.limiter import LocalSessionLimiter, SessionLimiter
+from shardctl.gateway.pacing import DEFAULT_MARGIN, IdentifyMargin
+from shardctl.worker.limiter import LocalSessionLimiter, RejectionAware, SessionLimiter
 
 pytestmark = pytest.mark.anyio
 
@@ -76,7 +77,7 @@ async def test_next_grant_counts_from_the_end_of_the_send() -> None:
 
 async def test_injected_clock_is_used() -> None:
     fake = [100.0]
-    limiter = LocalSessionLimiter(1, interval=5.0, clock=lambda: fake[0])
+    limiter = LocalSessionLimiter(1, interval=5.0, margin=IdentifyMargin(), clock=lambda: fake[0])
     async with limiter.identify(0):
         pass
     fake[0] = 105.0  # five fake seconds later the bucket is free without real waiting
@@ -115,3 +116,38 @@ def test_any_arrival_pattern_keeps_pacing_per_bucket(
             assert b - a >= interval - 1e-3  # never faster than one per interval
         asked_order = [asked for asked, _ in grants]
         assert asked_order == sorted(asked_order)  # first come, first served
+
+
+async def _grants_at(limiter: LocalSessionLimiter, fake: list[float], at: float) -> bool:
+    """Whether shard 0's bucket grants at fake time ``at`` but not 2 ms before it."""
+    fake[0] = at - 0.002
+    with anyio.move_on_after(0.05):
+        async with limiter.identify(0):
+            return False  # too early
+    fake[0] = at
+    with anyio.fail_after(1):
+        async with limiter.identify(0):
+            return True
+
+
+async def test_the_cluster_margin_applies_in_one_process_too() -> None:
+    # A gateway that reads an IDENTIFY late is no kinder to a one-process bot (issue 13).
+    fake = [0.0]
+    limiter = LocalSessionLimiter(1, interval=5.0, clock=lambda: fake[0])
+    async with limiter.identify(0):
+        pass
+    assert limiter.margins.margin(0, 5.0) == pytest.approx(DEFAULT_MARGIN.base(5.0))
+    assert await _grants_at(limiter, fake, 5.0 + DEFAULT_MARGIN.base(5.0))
+
+
+async def test_an_op9_widens_the_bucket_from_the_gap_being_waited_out() -> None:
+    fake = [0.0]
+    limiter = LocalSessionLimiter(2, interval=5.0, clock=lambda: fake[0])
+    assert isinstance(limiter, RejectionAware)
+    async with limiter.identify(0):
+        pass
+    limiter.identify_rejected(0, 0.01)
+    step = DEFAULT_MARGIN.step(5.0)
+    assert limiter.margins.margin(0, 5.0) == pytest.approx(DEFAULT_MARGIN.base(5.0) + step)
+    assert limiter.margins.margin(1, 5.0) == pytest.approx(DEFAULT_MARGIN.base(5.0))
+    assert await _grants_at(limiter, fake, 5.0 + DEFAULT_MARGIN.base(5.0) + step)

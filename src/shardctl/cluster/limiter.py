@@ -51,8 +51,9 @@ import math
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Final, Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
+from shardctl.gateway.pacing import DEFAULT_MARGIN, BucketMargins, IdentifyMargin
 from shardctl.gateway.sharding import bucket_for
 
 __all__ = [
@@ -74,51 +75,6 @@ DEFAULT_WINDOW: Final = 86_400.0
 
 SAME_WINDOW_SLACK: Final = 1.0
 """Two reported reset times closer than this describe the same window (REST latency)."""
-
-
-@dataclass(frozen=True, slots=True)
-class IdentifyMargin:
-    """How much longer than the interval a bucket's gaps are: ``floor + relative * interval``
-    seconds, plus one ``step`` per unanswered op 9 of the bucket (see the module docstring).
-
-    ``floor`` covers what does not grow with the pace: how much later one server of Discord's
-    fleet may read (and stamp) an IDENTIFY than another read the previous one.  ``relative``
-    (a fraction of the interval) is for whatever does.  A widening step is the base margin
-    (at least :attr:`MIN_STEP` of the interval, so a zero base still adapts); a bucket
-    widens at most ``max_steps`` times, and takes one step back after ``decay_after``
-    grants without an op 9 reported.
-    """
-
-    floor: float = 0.0
-    relative: float = 0.0
-    max_steps: int = 4
-    decay_after: int = 8
-
-    MIN_STEP: ClassVar[float] = 0.01
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.floor) and self.floor >= 0):
-            raise ValueError(f"the margin floor must be a finite number of seconds >= 0, "
-                             f"not {self.floor}")
-        if not (math.isfinite(self.relative) and 0 <= self.relative < 1):
-            raise ValueError(f"the relative margin must be a fraction of the interval in "
-                             f"[0, 1), not {self.relative}")
-        if self.max_steps < 0 or self.decay_after < 1:
-            raise ValueError("max_steps must be >= 0 and decay_after >= 1")
-
-    def base(self, interval: float) -> float:
-        return self.floor + self.relative * interval
-
-    def step(self, interval: float) -> float:
-        return max(self.base(interval), self.MIN_STEP * interval)
-
-    def widest(self, interval: float) -> float:
-        return self.base(interval) + self.max_steps * self.step(interval)
-
-
-DEFAULT_MARGIN: Final = IdentifyMargin(floor=0.015, relative=0.01)
-"""15 ms + 1 % of the interval: 17 ms at 0.2 s, 65 ms at Discord's 5 s (README "IDENTIFY
-pace" has the measurements behind it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,8 +138,7 @@ class IdentifyScheduler(Generic[K]):
     ) -> None:
         self._mc = _check_concurrency(max_concurrency)
         self._margin = margin or IdentifyMargin()
-        self._widened: dict[int, int] = {}  # bucket -> margin steps taken after op 9s
-        self._clean: dict[int, int] = {}  # bucket -> grants since its last op 9 or step back
+        self._margins = BucketMargins(self._margin)
         self._rejections: dict[int, int] = {}  # bucket -> IDENTIFYs answered with op 9
         self.rejections_total = 0
         self._hold_limit = None if hold_limit is None else _check_interval(hold_limit,
@@ -238,8 +193,7 @@ class IdentifyScheduler(Generic[K]):
 
     def margin(self, bucket: int) -> float:
         """Seconds bucket ``bucket``'s next gap gets on top of the interval."""
-        steps = self._widened.get(bucket, 0)
-        return self._margin.base(self._interval) + steps * self._margin.step(self._interval)
+        return self._margins.margin(bucket, self._interval)
 
     def margins(self) -> dict[int, float]:
         """Bucket -> its current margin, for every bucket."""
@@ -259,20 +213,10 @@ class IdentifyScheduler(Generic[K]):
         """
         bucket = self.bucket_of(shard_id)
         before = self.margin(bucket)
-        self._widened[bucket] = min(self._margin.max_steps, self._widened.get(bucket, 0) + 1)
-        self._clean[bucket] = 0
+        self._margins.widen(bucket)
         self._rejections[bucket] = self._rejections.get(bucket, 0) + 1
         self.rejections_total += 1
         return before, self.margin(bucket)
-
-    def _granted_clean(self, bucket: int) -> None:
-        """One more grant without an op 9: after ``decay_after`` of them, one step back."""
-        if not self._widened.get(bucket):
-            return
-        self._clean[bucket] = self._clean.get(bucket, 0) + 1
-        if self._clean[bucket] >= self._margin.decay_after:
-            self._widened[bucket] -= 1
-            self._clean[bucket] = 0
 
     def last_grants(self) -> dict[int, float]:
         """Bucket -> last IDENTIFY time (held grants at their limit): hand it to the next
@@ -396,9 +340,8 @@ class IdentifyScheduler(Generic[K]):
         # A held grant may still be sent under any key: count it as sent at its limit.
         latest = max((self._ended(b) for b in range(self._mc)), default=self._default_last)
         self._holds.clear()
-        widest = max(self._widened.values(), default=0)
-        self._widened = dict.fromkeys(range(max_concurrency), widest) if widest else {}
-        self._clean, self._rejections = {}, {}
+        self._margins.rebucket(max_concurrency)
+        self._rejections = {}
         self._mc = max_concurrency
         self._last = {}
         self._default_last = latest
@@ -532,7 +475,7 @@ class IdentifyScheduler(Generic[K]):
             if deliver is not None and not deliver(grant):
                 continue
             self._last[bucket] = start
-            self._granted_clean(bucket)
+            self._margins.granted_clean(bucket)
             if self._hold_limit is not None:
                 self._holds[head.key] = (head.shard_id, start)
             if self._remaining is not None:

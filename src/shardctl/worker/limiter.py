@@ -15,6 +15,8 @@ from typing import Protocol, runtime_checkable
 
 import anyio
 
+from shardctl.gateway.pacing import DEFAULT_MARGIN, BucketMargins, IdentifyMargin
+
 __all__ = ["LocalSessionLimiter", "RejectionAware", "SessionLimiter"]
 
 
@@ -42,11 +44,15 @@ class LocalSessionLimiter:
     """Per-bucket FIFO, one grant per bucket per ``interval`` seconds, in one process.
 
     The bucket is held for the body of the ``async with`` (the IDENTIFY send) and the next
-    grant comes ``interval`` after the body ends, so two IDENTIFYs of one bucket leave the
-    process at least ``interval`` apart whatever the send took.
+    grant comes ``interval`` plus the bucket's ``margin`` after the body ends, so two
+    IDENTIFYs of one bucket leave the process at least that far apart whatever the send took.
+    The margin (:mod:`shardctl.gateway.pacing`, the cluster's policy) covers a gateway that
+    reads an IDENTIFY late; an op 9 the Shard reports (:meth:`identify_rejected`) widens its
+    bucket's margin.
     """
 
     def __init__(self, max_concurrency: int = 1, interval: float = 5.0, *,
+                 margin: IdentifyMargin = DEFAULT_MARGIN,
                  clock: Callable[[], float] = anyio.current_time) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -54,6 +60,7 @@ class LocalSessionLimiter:
             raise ValueError("interval must not be negative")
         self.max_concurrency = max_concurrency
         self.interval = interval
+        self.margins = BucketMargins(margin)
         self._clock = clock
         self._locks: dict[int, anyio.Lock] = {}  # anyio.Lock wakes waiters in FIFO order
         self._next_free: dict[int, float] = {}
@@ -68,6 +75,18 @@ class LocalSessionLimiter:
     def identify(self, shard_id: int) -> AbstractAsyncContextManager[None]:
         return self._identify(self.bucket(shard_id))
 
+    def identify_rejected(self, shard_id: int, after: float | None = None) -> None:
+        """Discord answered the bucket's IDENTIFY with op 9: its next gaps are wider (from
+        the one being waited out); the slot stays spent."""
+        bucket = self.bucket(shard_id)
+        before = self._gap(bucket)
+        self.margins.widen(bucket)
+        self._next_free[bucket] = self._next_free.get(bucket, self._clock()) + (
+            self._gap(bucket) - before)
+
+    def _gap(self, bucket: int) -> float:
+        return self.interval + self.margins.margin(bucket, self.interval)
+
     @asynccontextmanager
     async def _identify(self, bucket: int) -> AsyncIterator[None]:
         lock = self._locks.setdefault(bucket, anyio.Lock())
@@ -76,10 +95,11 @@ class LocalSessionLimiter:
             # or a timer that fires a hair early): sleep again until it says the slot is here.
             while (wait := self._next_free.get(bucket, float("-inf")) - self._clock()) > 0:  # noqa: ASYNC110
                 await anyio.sleep(wait)
+            self.margins.granted_clean(bucket)
             # Consumed from here on, even if the body fails or is cancelled.
-            self._next_free[bucket] = self._clock() + self.interval
+            self._next_free[bucket] = self._clock() + self._gap(bucket)
             try:
                 yield
             finally:
                 self._next_free[bucket] = max(self._next_free[bucket],
-                                              self._clock() + self.interval)
+                                              self._clock() + self._gap(bucket))

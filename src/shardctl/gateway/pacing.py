@@ -1,0 +1,98 @@
+"""How much later than Discord's interval an IDENTIFY goes: the pacing margin.  Pure policy.
+
+Discord stamps an IDENTIFY when some server of its fleet reads it, late by that server's load
+and the network, and two IDENTIFYs of a bucket travel different connections: the second may
+look early by the difference and be answered with op 9 (gateway-protocol.md §9).  Every gap
+of a bucket therefore gets a margin on top of the interval: a floor, a part of the interval,
+and an adaptive part that widens one step per op 9 of the bucket (bounded) and narrows one
+step after a run of clean grants.  The cluster's scheduler (``cluster/limiter.py``) and the
+in-process ``LocalSessionLimiter`` (``worker/limiter.py``) share it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Final
+
+__all__ = ["DEFAULT_MARGIN", "BucketMargins", "IdentifyMargin"]
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifyMargin:
+    """How much longer than the interval a bucket's gaps are: ``floor + relative * interval``
+    seconds, plus one ``step`` per unanswered op 9 of the bucket (:class:`BucketMargins`).
+
+    ``floor`` covers what does not grow with the pace: how much later one server of Discord's
+    fleet may read (and stamp) an IDENTIFY than another read the previous one.  ``relative``
+    (a fraction of the interval) is for whatever does.  A widening step is the base margin
+    (at least :attr:`MIN_STEP` of the interval, so a zero base still adapts); a bucket
+    widens at most ``max_steps`` times, and takes one step back after ``decay_after``
+    grants without an op 9 reported.
+    """
+
+    floor: float = 0.0
+    relative: float = 0.0
+    max_steps: int = 4
+    decay_after: int = 8
+
+    MIN_STEP: ClassVar[float] = 0.01
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.floor) and self.floor >= 0):
+            raise ValueError(f"the margin floor must be a finite number of seconds >= 0, "
+                             f"not {self.floor}")
+        if not (math.isfinite(self.relative) and 0 <= self.relative < 1):
+            raise ValueError(f"the relative margin must be a fraction of the interval in "
+                             f"[0, 1), not {self.relative}")
+        if self.max_steps < 0 or self.decay_after < 1:
+            raise ValueError("max_steps must be >= 0 and decay_after >= 1")
+
+    def base(self, interval: float) -> float:
+        return self.floor + self.relative * interval
+
+    def step(self, interval: float) -> float:
+        return max(self.base(interval), self.MIN_STEP * interval)
+
+    def widest(self, interval: float) -> float:
+        return self.base(interval) + self.max_steps * self.step(interval)
+
+
+DEFAULT_MARGIN: Final = IdentifyMargin(floor=0.015, relative=0.01)
+"""15 ms + 1 % of the interval: 17 ms at 0.2 s, 65 ms at Discord's 5 s (README "IDENTIFY
+pace" has the measurements behind it)."""
+
+
+class BucketMargins:
+    """Each bucket's current margin under one :class:`IdentifyMargin` policy: its steps
+    widened by op 9s and the clean grants since, which narrow it again."""
+
+    def __init__(self, policy: IdentifyMargin) -> None:
+        self.policy = policy
+        self._steps: dict[int, int] = {}  # bucket -> margin steps taken after op 9s
+        self._clean: dict[int, int] = {}  # bucket -> grants since its last op 9 or step back
+
+    def margin(self, bucket: int, interval: float) -> float:
+        """Seconds the bucket's next gap gets on top of ``interval``."""
+        return (self.policy.base(interval)
+                + self._steps.get(bucket, 0) * self.policy.step(interval))
+
+    def widen(self, bucket: int) -> None:
+        """Discord answered an IDENTIFY of the bucket with op 9: one step wider (bounded)."""
+        self._steps[bucket] = min(self.policy.max_steps, self._steps.get(bucket, 0) + 1)
+        self._clean[bucket] = 0
+
+    def granted_clean(self, bucket: int) -> None:
+        """One more grant without an op 9: after ``decay_after`` of them, one step back."""
+        if not self._steps.get(bucket):
+            return
+        self._clean[bucket] = self._clean.get(bucket, 0) + 1
+        if self._clean[bucket] >= self.policy.decay_after:
+            self._steps[bucket] -= 1
+            self._clean[bucket] = 0
+
+    def rebucket(self, max_concurrency: int) -> None:
+        """New buckets, unknowable from the old: each takes the widest old margin."""
+        widest = max(self._steps.values(), default=0)
+        self._steps = dict.fromkeys(range(max_concurrency), widest) if widest else {}
+        self._clean = {}
