@@ -34,6 +34,7 @@ from bench.common import (
     wait_subscribed,
 )
 from bench.latency import generate
+from bench.throughput import split
 from shardctl.sandbox import Sandbox, SandboxConfig
 
 WORKERS = 2
@@ -125,11 +126,6 @@ async def run_reference(regime: Regime, seconds: float) -> dict[str, Any]:
                            lambda: ref.expect("count", seconds + 60.0))
 
 
-def split(got: dict[str, Any]) -> str:
-    per = got["cpu_us_per_process"]
-    return f"supervisor {per[0]}, workers {sum(per[1:-1]):.1f}, consumer {per[-1]}"
-
-
 async def run(quick: bool) -> list[Figure]:
     seconds = 2.5 if quick else 10.0
     figures: list[Figure] = []
@@ -139,11 +135,11 @@ async def run(quick: bool) -> list[Figure]:
         log(f"  reference: {ref['cpu_us']:.1f} µs/event, {ref['count']}/{ref['sent']}")
         log(f"steady {regime.name}: pipeline, {WORKERS} workers, a parsing consumer")
         got = await run_pipeline(regime, seconds)
-        log(f"  pipeline: {got['cpu_us']:.1f} µs/event ({split(got)}), lost {got['lost']}, "
+        log(f"  pipeline: {got['cpu_us']:.1f} µs/event ({split(got, 1)}), lost {got['lost']}, "
             f"added latency p50 {got['added_p50_ms']:.2f} ms, p99 {got['added_p99_ms']:.2f} ms")
         name = f"6 {regime.name}"
         figures += [
-            Figure(f"{name} cpu/event ({split(got)})", round(got["cpu_us"], 1), "µs",
+            Figure(f"{name} cpu/event ({split(got, 1)})", round(got["cpu_us"], 1), "µs",
                    round(ref["cpu_us"], 1), "≤ 2x reference", 2.0,
                    extra={"pipeline": got, "reference": ref, "seconds": seconds}),
             Figure(f"{name} supervisor cpu/event", got["cpu_us_per_process"][0], "µs", None,

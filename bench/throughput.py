@@ -136,10 +136,10 @@ async def four_workers(per_shard: int) -> list[Figure]:
     ]
 
 
-def split(got: dict[str, Any]) -> str:
+def split(got: dict[str, Any], digits: int = 2) -> str:
     """µs per event: supervisor / workers / consumer (blast's pid order)."""
     per = got["cpu_us_per_process"]
-    return f"supervisor {per[0]}, workers {sum(per[1:-1]):.2f}, consumer {per[-1]}"
+    return f"supervisor {per[0]}, workers {sum(per[1:-1]):.{digits}f}, consumer {per[-1]}"
 
 
 async def run(quick: bool) -> list[Figure]:
