@@ -663,5 +663,12 @@ from shardctl.cli_send import send_group  # noqa: E402
 
 main.add_command(send_group)
 
+# -- drain and restart-workers (live operations: shardctl/cli_operations.py) ---------------
+
+from shardctl.cli_operations import drain_command, restart_workers_command  # noqa: E402
+
+main.add_command(drain_command)
+main.add_command(restart_workers_command)
+
 if __name__ == "__main__":
     main()

@@ -25,6 +25,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from shardctl.cluster.rolling import operation_text
 from shardctl.cluster.supervisor import ShardStatus, Supervisor
 
 READY: Final = "ready"
@@ -134,7 +135,12 @@ class LiveView:
             rate = self._rates.get(slot.index)
             table.add_row(str(slot.index), str(slot.pid or "-"), str(len(members)), states,
                           "-" if rate is None else f"{rate:.1f}", mean, str(slot.restarts))
-        return Group(head, table)
+        operation = sup.operation
+        if operation is None:
+            return Group(head, table)
+        # A drain or restart, running or the last one (cluster/rolling.py).
+        style = {"running": "bold yellow", "failed": "bold red"}.get(operation["state"])
+        return Group(head, Text(operation_text(operation), style=style or ""), table)
 
     async def run(self) -> None:
         with Live(self.render(), console=self.console, refresh_per_second=4) as live:

@@ -6,6 +6,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from shardctl.cluster.rolling import operation_text
+
 COLUMNS: Final = ("shard", "pid", "state", "latency ms", "seq", "guilds", "last event")
 
 
@@ -64,6 +66,9 @@ def format_table(body: Mapping[str, Any]) -> str:
     limiter = body.get("limiter")
     if isinstance(limiter, Mapping) and (line := limiter_line(limiter)) is not None:
         lines.append(line)
+    operation = body.get("operation")
+    if isinstance(operation, Mapping):
+        lines.append(operation_text(operation))
     lines.append(summary_line(body.get("summary") or {}))
     if body.get("redacted"):
         lines.append("(redacted for a peer without credentials: pass --keys DIR with an "

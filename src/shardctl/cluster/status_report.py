@@ -59,8 +59,10 @@ def limiter_section(margins: Mapping[int, float], rejections: Mapping[int, int],
 
 def status_body(shards: Sequence[ShardStatus], slots: Sequence[WorkerSlot],
                 now: float | None = None, *,
-                limiter: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``limiter``: :func:`limiter_section` of the built-in limiter (none with a shared one)."""
+                limiter: Mapping[str, Any] | None = None,
+                operation: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``limiter``: :func:`limiter_section` of the built-in limiter (none with a shared one);
+    ``operation``: a drain or restart's progress (cluster/rolling.py), running or last."""
     now = time.time() if now is None else now
     body = {
         "shards": [shard_row(s, now) for s in shards],
@@ -70,6 +72,8 @@ def status_body(shards: Sequence[ShardStatus], slots: Sequence[WorkerSlot],
     }
     if limiter is not None:
         body["limiter"] = dict(limiter)
+    if operation is not None:
+        body["operation"] = dict(operation)
     return body
 
 

@@ -39,6 +39,8 @@ from shardctl.cluster.limiter_service import LimiterServer
 from shardctl.cluster.peers import PeerBudget
 from shardctl.cluster.planner import parse_shard_ids, plan
 from shardctl.cluster.restarts import RestartPolicy
+from shardctl.cluster.rolling import READY_TIMEOUT, Hooks, Rolling
+from shardctl.cluster.rolling_requests import OperationRequests
 from shardctl.cluster.sessions import ResumeUrlCheck, SessionRecord, WorkerMark
 from shardctl.cluster.status_report import limiter_section, redacted_status_body, status_body
 from shardctl.cluster.workers import WorkerSlot, kill, spawn, worker_command
@@ -153,6 +155,14 @@ class Supervisor:
         self._started: dict[int, str | None] = {}
         #: each shard's session record as the previous checkpoint snapshot saw it
         self._seen: dict[int, SessionRecord] = {}
+        #: drains and rolling restarts (cluster/rolling.py), and requests for them
+        self._rolling = Rolling(Hooks(
+            slots=lambda: self.slots, stop_worker=self._stop_worker,
+            wait=lambda p: self._wait_for(p, raise_failure=False, bus=True),
+            notify=self._notify, forwarded=lambda s: self._forwarded(self._status[s]),
+            shard_state=lambda s: (self._status[s].state, self._status[s].pid),
+            counts=self.event_totals.totals, stopping=lambda: self._stopping))
+        self._operations = OperationRequests(self)
 
     def __repr__(self) -> str:
         return (f"<Supervisor shards={self.shard_count} workers={len(self.slots)} "
@@ -509,6 +519,8 @@ class Supervisor:
             self._mark_worker_gone(slot)
             if self._stopping:
                 return
+            if await self._rolling.planned_exit(slot):
+                continue  # a drain or roll: respawn now, no restart counted
             delay = slot.policy.record(anyio.current_time())
             if delay is None:
                 self._fail(CrashLoopError(
@@ -645,6 +657,12 @@ class Supervisor:
                     peer, anyio.current_time(), anonymous=role is None):
                 self._requests.handle(control, self._tg, incoming)
             return
+        if kind == "operation":
+            # Drains and restarts: operators only (cluster/rolling_requests.py).
+            if self._tg is not None and self._budget.allow(
+                    peer, anyio.current_time(), anonymous=role is None):
+                self._operations.handle(control, self._tg, incoming)
+            return
         stale = kind in {"beat", "state"} and role == Role.WORKER and any(
             s.remote for s in self.slots)
         if (kind != "status" and not stale) or not self._budget.allow(
@@ -661,7 +679,8 @@ class Supervisor:
         # endpoint); states and counts only to anyone else (cluster/status_report.py).
         shards = self.status()
         control.send(peer, "status",
-                     status_body(shards, self.slots, limiter=self._limiter_status())
+                     status_body(shards, self.slots, limiter=self._limiter_status(),
+                                 operation=self._rolling.progress())
                      if role == Role.OPERATOR else redacted_status_body(shards, self.slots))
 
     def _register(self, control: ControlServer, peer: bytes, message: ControlMessage,
@@ -744,6 +763,39 @@ class Supervisor:
             return None
         return limiter_section(scheduler.margins(), scheduler.rejections(),
                                scheduler.rejections_total)
+
+    async def drain_worker(self, index: int, *, ready_timeout: float = READY_TIMEOUT
+                           ) -> dict[str, Any]:
+        """Hand worker ``index``'s shards to a fresh process: RESUME, no IDENTIFY, nothing
+        lost (cluster/rolling.py).  Its final progress; raises
+        :class:`~shardctl.cluster.rolling.OperationRefusedError` if it cannot start and
+        :class:`~shardctl.cluster.rolling.OperationFailedError` if it did not complete."""
+        return await self._rolling.drain(index, ready_timeout=ready_timeout)
+
+    async def restart_workers(self, *, rolling: bool = True,
+                              ready_timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+        """Replace every local worker's process the same way, one at a time (``rolling``)
+        or all at once, e.g. to load new code."""
+        return await self._rolling.restart(rolling=rolling, ready_timeout=ready_timeout)
+
+    @property
+    def operation(self) -> dict[str, Any] | None:
+        """The running or last drain/restart's progress (None: none yet)."""
+        return self._rolling.progress()
+
+    async def wait_operation_changed(self) -> None:
+        await self._rolling.wait_changed()
+
+    def check_operation(self, name: str, args: Mapping[str, Any]) -> None:
+        """Raise OperationRefusedError if ``name`` could not start now (no side effects)."""
+        if name == "drain":
+            self._rolling.check_drain(args.get("worker"))
+        else:
+            self._rolling.check_restart()
+
+    def _stop_worker(self, slot: WorkerSlot) -> None:
+        if self._control is not None and slot.peer is not None:
+            self._control.send(slot.peer, "stop", {"code": RESUMABLE_CLOSE})
 
     def status(self) -> list[ShardStatus]:
         """Every shard's last reported state, latency, seq, worker pid and guild count."""

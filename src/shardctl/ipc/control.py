@@ -23,6 +23,13 @@ fetch_guild_members; ``args``: that method's arguments); the supervisor answers 
 {id, ok, error, replies: [{shard, ok, error, retry_after, value}]} -- ``ok`` false with an
 ``error`` and no replies when it refused the request (only operators may send commands).
 
+Drains and restarts (:mod:`shardctl.ipc.operations`): a peer sends ``operation`` {id, name,
+args} (``name``: drain {worker, ready_timeout} or restart_workers {rolling, ready_timeout});
+the supervisor answers ``operation`` {id, done: false, progress} whenever the progress
+changes and ``operation`` {id, done: true, ok, error, progress} at the end -- ``ok`` false
+with an ``error`` when it refused (operators only, one operation at a time) or the
+operation failed.
+
 Parts.  A body is at most :data:`MAX_BODY_BYTES`; a longer one (a member list, the state of
 a thousand shards, a large status) travels as consecutive ``part`` messages::
 
@@ -67,7 +74,7 @@ log = logging.getLogger(__name__)
 VERSION: Final = b"SC1"
 KINDS: Final = frozenset(
     {"register", "beat", "state", "reply", "assign", "command", "stop", "status", "part",
-     "request", "response"}
+     "request", "response", "operation"}
 )
 #: One control message's body; anything longer travels in parts.
 MAX_BODY_BYTES: Final = 1 << 20
