@@ -458,3 +458,34 @@ async def test_a_restored_session_on_a_host_we_do_not_trust_is_not_resumed() -> 
         assert paths(sb) == ["connect"] and not sb.records("resume")
         assert limiter.entered == [0]
     assert not sb.violations
+
+
+async def test_a_shard_stopped_mid_burst_completes_the_closing_handshake_at_once() -> None:
+    """Stopped while the gateway is still writing a burst and the bus holds the shard back
+    (each event awaited, as under back-pressure): the shard must keep reading until the
+    server's close frame arrives, or the socket stays half-closed until the close timeout
+    with the session held (and heartbeats missed) on Discord's side."""
+    from shardctl.sandbox.blast import Blast
+
+    slow = anyio.Event()
+
+    def raw_output(shard: Shard, emit: Any) -> Any:
+        return anyio.sleep(0.02) if slow.is_set() else None
+
+    async with Sandbox(config(guilds_per_shard=2), port=0) as sb:
+        async with anyio.create_task_group() as tg:
+            shard = make_shard(sb, None, raw_output=raw_output)
+            with anyio.fail_after(5):
+                await tg.start(shard.connect)
+            burst = Blast(sb, 5000)
+            tg.start_soon(burst.run)
+            await burst.prepared.wait()
+            slow.set()
+            burst.go()
+            stopped_at = anyio.current_time()
+            with anyio.fail_after(10):
+                await shard.shutdown()
+        closes = sb.records("client_close")
+        assert [r["code"] for r in closes] == [4009]
+        assert closes[0].at - stopped_at < 1.0, "the closing handshake waited for a timeout"
+    assert not sb.violations

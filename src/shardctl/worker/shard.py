@@ -8,6 +8,7 @@ limiter, reconnect after a delay), feeds it what arrives, and sleeps until its n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import math
@@ -133,6 +134,26 @@ def _loop_clock() -> Callable[[], float]:
         return asyncio.get_running_loop().time
     except RuntimeError:
         return anyio.current_time
+
+
+async def _close_reading(ws: ClientConnection, code: int, reason: str) -> None:
+    """Close (or finish closing) ``ws``, reading and dropping whatever still arrives.
+
+    Nobody reads the socket once the pump has stopped, and websockets stops reading from the
+    network when its queue is full: behind a burst the server's close frame is never read,
+    and the socket stays half-closed until the close timeout (Discord then still holds the
+    session and counts missed heartbeats).  What is dropped was not forwarded, so a RESUME
+    replays it.
+    """
+    async def discard() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await ws.recv(decode=False)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(discard)
+        await ws.close(code, reason)
+        tg.cancel_scope.cancel()
 
 
 def _complete_message_buffered(ws: ClientConnection) -> bool:
@@ -419,7 +440,7 @@ class Shard:
             finally:
                 self._ws = None
                 with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
-                    await ws.close(CANCEL_CLOSE_CODE, "shard stopped")
+                    await _close_reading(ws, CANCEL_CLOSE_CODE, "shard stopped")
         # Only reached when shutdown() cancelled the socket being opened.
         return None
 
