@@ -371,6 +371,14 @@ _CASES.update({
     "send members --limit": _case(_SEND["send members"], "--limit", _ints_outside(0, 100_000)),
     "send members --wait": _case(_SEND["send members"], "--wait", _floats_not_in(0.0, 120.0)),
 })
+_OPERATIONS = {"drain": ["drain", "--worker", "1"], "restart-workers": ["restart-workers"]}
+for _name, _base in _OPERATIONS.items():
+    _CASES[f"{_name} --control-endpoint"] = _case([*_base, "--timeout", "0.5"],
+                                                  "--control-endpoint", _endpoints(bind=False))
+    _CASES[f"{_name} --timeout"] = _case(_base, "--timeout", _floats_not_in(0.0, None))
+    _CASES[f"{_name} --ready-timeout"] = _case(_base, "--ready-timeout",
+                                               _floats_not_in(0.0, 3600.0))
+_CASES["drain --worker"] = _case(["drain"], "--worker", _ints_outside(0))
 
 
 @pytest.fixture
@@ -440,9 +448,11 @@ def test_each_command_and_option_has_a_wrong_value_case_or_a_reason() -> None:
         "send status": {"--keys", "--activity"},
         "send voice": {"--keys"},
         "send members": {"--keys", "--query"},
+        "drain": {"--keys"},
+        "restart-workers": {"--keys"},
     }
     covered = {tuple(name.rsplit(" ", 1)) for name in _CASES}
-    for command in ("run", "status", "events", "limiter", "worker", *_SEND):
+    for command in ("run", "status", "events", "limiter", "worker", *_SEND, *_OPERATIONS):
         cmd = main
         for word in command.split():
             cmd = cmd.commands[word]  # type: ignore[attr-defined]
