@@ -168,8 +168,41 @@ async def test_a_rolling_restart_replaces_every_worker_one_at_a_time_losing_noth
         assert not sb.violations
 
 
-async def test_a_drain_is_refused_for_a_busy_or_unknown_worker_and_for_non_operators(
-) -> None:
+async def test_restart_workers_all_at_once_resumes_every_shard_losing_nothing() -> None:
+    with short_dir() as run_dir:
+        async with Sandbox(sandbox_config(4)) as sb, supervisor(sb, run_dir, 2) as sup, \
+                anyio.create_task_group() as tg:
+            with anyio.fail_after(30):
+                await sup.wait_ready()
+            old_pids = [slot.pid for slot in sup.slots]
+            identifies = accepted_identifies(sb)
+            async with consumer_process(sup.endpoints["events"], "MESSAGE_CREATE") as consumer:
+                with anyio.fail_after(10):
+                    await sup.wait_subscribed(b"MESSAGE_CREATE\0")
+                load = Load(sb, 4)
+                tg.start_soon(load.run)
+                with anyio.fail_after(30):
+                    await consumer.wait_for(40)
+                burst = await start_blast(tg, sb, load, 2000)
+                code, out, err = await cli("restart-workers", "--all-at-once",
+                                           "--control-endpoint", sup.endpoints["control"])
+                assert code == 0, err
+                with anyio.fail_after(30):
+                    await consumer.wait_for(sum(load.sent.values()) + 40)
+                load.stopped.set()
+                with anyio.fail_after(30):
+                    await consumer.wait_for(sum(load.sent.values()))
+                assert burst.done.is_set()
+                assert consumer.seen == load.sent, "an event was lost or delivered twice"
+        last = out.rstrip().splitlines()[-1]
+        assert last.startswith("restart of workers: 2/2 workers replaced; 4 shards RESUMEd, "
+                               "0 IDENTIFYed"), out
+        assert accepted_identifies(sb) == identifies, "the restart spent an IDENTIFY"
+        assert all(slot.pid not in old_pids and slot.restarts == 0 for slot in sup.slots)
+        assert not sb.violations
+
+
+async def test_a_drain_is_refused_for_a_busy_or_unknown_worker_or_a_bad_argument() -> None:
     with short_dir() as run_dir:
         async with Sandbox(sandbox_config(2)) as sb, supervisor(sb, run_dir, 2) as sup:
             with anyio.fail_after(30):

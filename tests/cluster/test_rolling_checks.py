@@ -61,7 +61,7 @@ async def test_a_drain_of_an_unknown_worker_is_refused_naming_the_workers(
 
 async def test_a_drain_of_the_only_worker_is_refused_pointing_at_restart_workers() -> None:
     with pytest.raises(OperationRefusedError,
-                       match="worker 0 is the only worker.*use restart-workers"):
+                       match=r"worker 0 is the only worker.*use restart-workers"):
         rolling([live(0, [0, 1])]).check_drain(0)
 
 
