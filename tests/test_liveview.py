@@ -58,3 +58,36 @@ def test_progress_line_and_modes() -> None:
     assert choose_mode("text", isatty=True) == "live"
     assert choose_mode("text", isatty=False) == "text"
     assert isinstance(Console(file=sys.stderr), Console)
+
+
+def test_the_live_view_shows_a_running_operation_above_the_worker_table() -> None:
+    import anyio
+
+    from shardctl.cluster.counters import EventTotals
+    from shardctl.cluster.supervisor import ShardStatus
+    from shardctl.cluster.workers import WorkerSlot
+    from shardctl.liveview import LiveView
+
+    class Cluster:
+        """What the view reads of a Supervisor, mid-way through a rolling restart."""
+
+        slots = [WorkerSlot(0, [0], pid=11), WorkerSlot(1, [1], pid=12)]
+        event_totals = EventTotals()
+        limiter = None
+        info = None
+        operation = {"kind": "restart-workers", "rolling": True, "state": "running",
+                     "workers": [0, 1], "done": [0], "skipped": [], "phases": {"1": "resuming"},
+                     "resumed": 1, "identified": 0, "elapsed_s": 2.0, "error": None}
+
+        def status(self) -> list[ShardStatus]:
+            return [ShardStatus(0, "ready", 0, 11), ShardStatus(1, "resuming", 1, 12)]
+
+    async def render() -> str:
+        console = Console(record=True, width=160)
+        console.print(LiveView(Cluster(), console).render())  # type: ignore[arg-type]
+        return console.export_text()
+
+    text = anyio.run(render)
+    assert ("rolling restart of workers: 1/2 workers replaced; worker 1 resuming; "
+            "1 shards RESUMEd, 0 IDENTIFYed; 2.0 s") in text
+    assert text.index("workers replaced") < text.index("events/s")
