@@ -19,7 +19,8 @@ from typing import Any, Final, Protocol
 import anyio
 import anyio.abc
 
-from shardctl.cluster.rolling import OperationFailedError, OperationRefusedError
+from shardctl.cluster.rolling import OperationRefusedError
+from shardctl.errors import ShardctlError
 from shardctl.ipc.control import ControlServer, Incoming
 from shardctl.ipc.security import Role
 
@@ -112,7 +113,7 @@ class OperationRequests:
             tg.start_soon(self._report, control, peer, request_id)
             try:
                 outcome["progress"] = await call()
-            except (OperationRefusedError, OperationFailedError) as exc:
+            except ShardctlError as exc:  # refused meanwhile, failed, or the cluster failed
                 outcome.update(ok=False, error=str(exc), progress=self._api.operation)
             finally:
                 tg.cancel_scope.cancel()
