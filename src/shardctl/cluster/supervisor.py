@@ -27,6 +27,7 @@ import anyio.abc
 
 from shardctl import errors
 from shardctl.cluster import orphans, registration, remote
+from shardctl.cluster import reshard as resharding
 from shardctl.cluster import sessions as session_file
 from shardctl.cluster.checkpoint import Checkpointer
 from shardctl.cluster.command_requests import CommandRequests
@@ -153,6 +154,8 @@ class Supervisor:
         self._started: dict[int, str | None] = {}
         #: each shard's session record as the previous checkpoint snapshot saw it
         self._seen: dict[int, SessionRecord] = {}
+        #: the reshard under way (cluster/reshard.py), if any
+        self._reshard: resharding.Reshard | None = None
 
     def __repr__(self) -> str:
         return (f"<Supervisor shards={self.shard_count} workers={len(self.slots)} "
@@ -198,6 +201,9 @@ class Supervisor:
                 if not slot.remote:  # remote slots are filled by workers that register
                     tg.start_soon(self._watch, slot)
             tg.start_soon(self._beat_loop)
+            if self.config.auto_reshard:
+                tg.start_soon(resharding.follow_recommendation, self,
+                              self.config.reshard_check_interval)
         except BaseException:
             tg.cancel_scope.cancel()
             with contextlib.suppress(BaseException):
@@ -498,8 +504,9 @@ class Supervisor:
     async def _watch(self, slot: WorkerSlot) -> None:
         assert self._control is not None
         command = worker_command(self._control.endpoint, slot.index, self.config.curve_keys)
-        while not self._stopping:
-            await spawn(slot, command, now=anyio.current_time())
+        while not self._stopping and not slot.retired:
+            if not slot.alive:  # a reshard's new workers arrive running
+                await spawn(slot, command, now=anyio.current_time())
             assert slot.process is not None
             if self._checkpoint is not None and self._tg is not None:
                 # name the new process at once: a crash within the interval must not leave
@@ -507,7 +514,7 @@ class Supervisor:
                 self._tg.start_soon(self._checkpoint.flush)
             returncode = await slot.process.wait()
             self._mark_worker_gone(slot)
-            if self._stopping:
+            if self._stopping or slot.retired:
                 return
             delay = slot.policy.record(anyio.current_time())
             if delay is None:
@@ -575,6 +582,8 @@ class Supervisor:
         from now on (the old one stops working; ``same_process``: not before the worker
         has switched, since it is the same live publisher, see ipc/publishers.py)."""
         assert self.info is not None and self._forwarder is not None
+        if slot.staged and self._reshard is not None:
+            return self._reshard.assignment(slot)
         shards = []
         for shard_id in slot.shard_ids:
             record = self._session_of(shard_id)
@@ -621,7 +630,11 @@ class Supervisor:
             return  # a part of a longer message
         slot.last_beat = anyio.current_time()
         if message.kind == "state":
-            self._on_state(slot, message.body)
+            slot.reports += 1
+            if slot.staged and self._reshard is not None:
+                self._reshard.on_state(slot, message.body)
+            else:
+                self._on_state(slot, message.body)
         elif message.kind == "reply":
             self._commands.on_reply(message.body)
         elif message.kind == "status":
@@ -706,7 +719,8 @@ class Supervisor:
                 status.error = str(error.get("message"))
                 # A fatal close ended the session too (the shard forgot it): never save it.
                 status.session_id = status.resume_gateway_url = None
-                self._fail(_fatal_from_report(error))
+                if not resharding.on_sharding_required(self, error):
+                    self._fail(_fatal_from_report(error))
         self._notify()
 
     # ------------------------------------------------------------------ events in-process
@@ -817,6 +831,16 @@ class Supervisor:
         return await self._command(self.shard_of(guild_id), "fetch_guild_members",
                                    {"guild_id": str(guild_id), **options},
                                    wait=COMMAND_TIMEOUT + float(options.get("timeout", 30.0)))
+
+    async def reshard(self, shards: resharding.Target = "auto") -> resharding.ReshardResult:
+        """Move the cluster to ``shards`` shards ("auto": Discord's recommendation) without
+        a gap: a new set starts beside the old one, the bus switches once every new shard
+        is READY, the old sessions close (cluster/reshard.py, README "Resharding").
+
+        Raises :class:`~shardctl.cluster.reshard.ReshardError` when refused or abandoned
+        (the old set keeps serving then).
+        """
+        return await resharding.reshard(self, shards)
 
     def shard_of(self, guild_id: int | str) -> int:
         """The shard that owns a guild: ``(guild_id >> 22) % shard_count``."""
