@@ -197,3 +197,47 @@ async def test_a_reshard_is_refused_with_one_line_when_it_cannot_work(
             with pytest.raises(ReshardError, match="shard count of at least 1"):
                 await sup.reshard(0)
             assert len(sup.slots) == 1
+
+
+def small_sandbox() -> SandboxConfig:
+    return SandboxConfig(shard_count=2, max_concurrency=4, identify_interval=0.2,
+                         heartbeat_interval_ms=5000, guilds_per_shard=2, session_ttl=120.0)
+
+
+def runs(count: int) -> Any:
+    return lambda shards: len(shards) == count and all(s.state == "ready" for s in shards)
+
+
+async def test_auto_reshard_follows_a_higher_recommendation(tmp_path: Path) -> None:
+    with short_dir() as run_dir:
+        async with Sandbox(small_sandbox()) as sb, \
+                Supervisor(token=TOKEN, api_url=sb.api_url, processes=1,
+                           identify_interval=0.2, runtime_dir=run_dir,
+                           state_file=tmp_path / "s.json", auto_reshard=True,
+                           reshard_check_interval=0.3) as sup:
+            with anyio.fail_after(60):
+                await sup.wait_ready()
+                sb.recommend_shards(4)
+                await sup.wait_until(runs(4))
+            assert sup.shard_count == 4
+        assert len(sb.records("identify")) == 2 + 4
+        assert not sb.violations
+
+
+async def test_auto_reshard_answers_close_4011_instead_of_stopping(tmp_path: Path) -> None:
+    with short_dir() as run_dir:
+        async with Sandbox(small_sandbox()) as sb, \
+                Supervisor(token=TOKEN, api_url=sb.api_url, processes=1,
+                           identify_interval=0.2, runtime_dir=run_dir,
+                           state_file=tmp_path / "s.json", auto_reshard=True,
+                           reshard_check_interval=3600) as sup:
+            with anyio.fail_after(60):
+                await sup.wait_ready()
+                sb.recommend_shards(4, require=True)
+                # op 9 (not resumable): shard 0 IDENTIFYs again, with 2 shards: 4011
+                await sb.inject(0, "invalid_session")
+                await sup.wait_until(runs(4))
+            assert sup.shard_count == 4
+        closes = [r.details.get("code") for r in sb.records("server_close")]
+        assert 4011 in closes
+        assert len(sb.records("identify")) == 2 + 4

@@ -30,10 +30,11 @@ works on the supervisor's own records, which nothing else may touch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -135,12 +136,19 @@ class HeldEvents:
         #: shards whose READY is held (the switch waits for every shard's)
         self.ready: set[int] = set()
         self.overflowed = False
-        self.on_ready: Any = None
+        self.malformed = 0
+        self.on_ready: Callable[[], None] | None = None
 
     def add(self, batch: bytes) -> None:
+        """The forwarder's sink for the new set's batches (on its hot path: never raises)."""
         if self.overflowed:
             return
-        records = batch_records(batch)
+        try:
+            records = batch_records(batch)
+        except errors.ProtocolError as exc:
+            self.malformed += 1
+            log.error("reshard: dropped a malformed batch of the new set: %s", exc)
+            return
         self.events += len(records)
         if self.events > self.max_events:
             self.overflowed = True
@@ -217,13 +225,19 @@ class Reshard:
         sup = self.sup
         old_slots = [s for s in sup.slots if not s.retired and not s.staged]
         old_count = sup.shard_count
+        refused: ReshardError | None = None
         try:
             async with anyio.create_task_group() as tg:
-                await self._start(tg, len(old_slots))
-                await self._until_ready()
-                await self._catch_up(old_slots)
-                switched_at, released = await self._switch(old_slots, old_count)
+                try:
+                    await self._start(tg, len(old_slots))
+                    await self._until_ready()
+                    await self._catch_up(old_slots)
+                    switched_at, released = await self._switch(old_slots, old_count)
+                except ReshardError as exc:  # raised as itself, not in an ExceptionGroup
+                    refused = exc
                 tg.cancel_scope.cancel()
+            if refused is not None:
+                raise refused
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._abandon()
@@ -325,7 +339,8 @@ class Reshard:
         released = 0
 
         def drop_retired(batch: bytes) -> None:
-            self.retired_events += len(batch_records(batch))
+            with contextlib.suppress(errors.ProtocolError):
+                self.retired_events += len(batch_records(batch))
 
         async def step() -> None:
             nonlocal released
