@@ -147,6 +147,14 @@ def test_mark_overlap_sets_the_flag_on_every_record_and_nothing_else(
     assert event.overlap and event.seq == records[0][2]
 
 
+def test_mark_overlap_until_a_time_marks_only_what_was_received_by_then() -> None:
+    batch = encode_batch([encode_record("MESSAGE_CREATE", 0, seq, at, frame("M", seq))
+                          for seq, at in [(1, 100), (2, 200), (3, 201)]])
+    marked = mark_overlap(batch, received_until_ns=200)
+    flags = [marked[h + 5] & OVERLAP for _, _, h in batch_records(marked)]
+    assert flags == [OVERLAP, OVERLAP, 0]
+
+
 @pytest.mark.parametrize("cut", [3, 41, 50])
 def test_a_truncated_batch_is_a_protocol_error(cut: int) -> None:
     batch = encode_batch([encode_record("MESSAGE_CREATE", 0, 1, 0, frame("M", 1))] * 2)

@@ -12,14 +12,15 @@ has IDENTIFYed again at the bucket pace.  A reshard instead:
    is READY, then waits until the bus has forwarded what the old set had received by then;
 4. switches the event bus in one step (:meth:`EventForwarder.exclusive`): the old set's
    events stop being forwarded, a ``RESHARD`` event goes out per shard id of the new set,
-   the held events follow with the OVERLAP flag, then the new set's events flow as usual;
+   the held events follow with the OVERLAP flag, then the new set's events flow as usual
+   (flagged OVERLAP too while received within :data:`OVERLAP_TAIL` of the switch);
 5. closes the old sessions with 1000 (they are never resumed) and saves the new set's
    sessions under the new shard count.
 
 Discord sends a guild's events to every session whose ``(shard_id, num_shards)`` owns it,
 so from a new shard's READY until the switch both sets receive them: what the new set got
-before the switch is released with the OVERLAP flag, and the old set may have delivered the
-same events already (README "Resharding").  Nothing falls between the two: an event Discord
+before the switch (and just after it) carries the OVERLAP flag, and the old set may have
+delivered the same events already (README "Resharding").  Nothing falls between the two: an event Discord
 sent before a new shard's READY reached the old set, which is forwarded up to that moment
 before the switch; anything later is in the new set's held events.
 
@@ -59,6 +60,7 @@ from shardctl.ipc.publishers import new_publish_key
 
 if TYPE_CHECKING:
     from shardctl.cluster.supervisor import ShardStatus, Supervisor
+    from shardctl.ipc.bus import EventForwarder
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,13 @@ READY_GRACE: Final = 60.0
 CATCH_UP_TIMEOUT: Final = 10.0
 #: How long the old set's workers get to close their sessions before they are killed.
 RETIRE_TIMEOUT: Final = 15.0
+#: After the switch, the new set's events received up to this many seconds after it are
+#: marked OVERLAP too: Discord sends an event to two sessions at about, not exactly, the
+#: same moment, so the old set may have delivered, just before the switch, an event the
+#: new set receives just after it.
+OVERLAP_TAIL: Final = 2.0
+#: ... and the marking stays on for this much longer (events queued in a worker).
+OVERLAP_TAIL_LINGER: Final = 10.0
 #: Seconds between ``GET /gateway/bot`` checks of the automatic mode (``--auto-reshard``).
 CHECK_INTERVAL: Final = 300.0
 
@@ -96,7 +105,8 @@ class ReshardResult:
     new_shards: int
     #: unix seconds of the switch (also in every ``RESHARD`` event)
     switched_at: float
-    #: events of the new set received before the switch, released with the OVERLAP flag
+    #: events of the new set held until the switch, released with the OVERLAP flag (those
+    #: it receives in the OVERLAP_TAIL after the switch are flagged too, not counted here)
     overlap_events: int
     #: events of the old set received after the switch, not forwarded (the new set's are)
     retired_events: int
@@ -139,16 +149,16 @@ class HeldEvents:
         self.malformed = 0
         self.on_ready: Callable[[], None] | None = None
 
-    def add(self, batch: bytes) -> None:
+    def add(self, batch: bytes) -> bytes | None:
         """The forwarder's sink for the new set's batches (on its hot path: never raises)."""
         if self.overflowed:
-            return
+            return None
         try:
             records = batch_records(batch)
         except errors.ProtocolError as exc:
             self.malformed += 1
             log.error("reshard: dropped a malformed batch of the new set: %s", exc)
-            return
+            return None
         self.events += len(records)
         if self.events > self.max_events:
             self.overflowed = True
@@ -160,6 +170,7 @@ class HeldEvents:
             self.ready |= readies
             if self.on_ready is not None:
                 self.on_ready()
+        return None
 
 
 class Reshard:
@@ -254,7 +265,7 @@ class Reshard:
         from shardctl.cluster.supervisor import ShardStatus
 
         assert sup._forwarder is not None and sup._control is not None
-        first = len(sup.slots)
+        first = max((s.index for s in sup.slots), default=-1) + 1
         for offset, shard_ids in enumerate(plan(list(range(self.new_shards)),
                                                 max(1, processes))):
             slot = WorkerSlot(first + offset, shard_ids, policy=sup._restart_policy(),
@@ -338,9 +349,18 @@ class Reshard:
         switched_at = time.time()
         released = 0
 
-        def drop_retired(batch: bytes) -> None:
+        def drop_retired(batch: bytes) -> bytes | None:
             with contextlib.suppress(errors.ProtocolError):
                 self.retired_events += len(batch_records(batch))
+            return None
+
+        tail_ns = int((switched_at + OVERLAP_TAIL) * 1e9)
+
+        def mark_tail(batch: bytes) -> bytes | None:
+            try:
+                return mark_overlap(batch, tail_ns)
+            except errors.ProtocolError:
+                return batch  # the forwarder drops it as malformed, and says so
 
         async def step() -> None:
             nonlocal released
@@ -363,7 +383,7 @@ class Reshard:
                     "old_last_seq": old.seq if old else None,
                     "overlap_events": counts[shard_id]}))
             for slot in self.slots:
-                forwarder.divert(slot.index, None)
+                forwarder.divert(slot.index, mark_tail)
             while self.held.batches:
                 batch = self.held.batches.popleft()
                 released += len(batch_records(batch))
@@ -377,9 +397,21 @@ class Reshard:
                 await anyio.to_thread.run_sync(lambda: session_file.save(
                     old_state_file, sup.config.token, old_count, {}, shard_ids=old_ids))
         await sup._checkpoint.flush()
+        if sup._tg is not None:
+            sup._tg.start_soon(self._end_tail, forwarder)
         log.info("reshard: the event bus switched from %d to %d shards", old_count,
                  self.new_shards)
         return switched_at, released
+
+    async def _end_tail(self, forwarder: EventForwarder) -> None:
+        await anyio.sleep(OVERLAP_TAIL + OVERLAP_TAIL_LINGER)
+
+        async def step() -> None:
+            for slot in self.slots:
+                if not slot.retired:  # else a later reshard's switch diverted it for good
+                    forwarder.divert(slot.index, None)
+
+        await forwarder.exclusive(step)
 
     def _adopt(self, old_slots: list[WorkerSlot]) -> None:
         """The new set becomes the cluster's: its shards, count, statuses and workers."""
@@ -417,6 +449,8 @@ class Reshard:
             for slot in old_slots:
                 sup._forwarder.divert(slot.index, None)
                 sup._forwarder.publishers.revoke(slot.index)
+        # gone from status, metrics and the live view; their _watch tasks have ended
+        sup.slots[:] = [slot for slot in sup.slots if not slot.retired]
 
     async def _abandon(self) -> None:
         """The new set goes away (its sessions end: 1000); the old set never stopped."""
@@ -439,6 +473,7 @@ class Reshard:
                 sup._forwarder.divert(slot.index, None)
                 sup._forwarder.publishers.revoke(slot.index)
         self.held.batches.clear()
+        sup.slots[:] = [slot for slot in sup.slots if not slot.retired]
 
 
 async def reshard(sup: Supervisor, requested: Target = "auto") -> ReshardResult:

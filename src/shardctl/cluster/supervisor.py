@@ -851,7 +851,8 @@ class Supervisor:
         status = self._status.get(shard_id)
         if status is None:
             return CommandReply(shard_id, False, f"shard {shard_id} is not run by this cluster")
-        return await self._commands.send(self._control, self.slots[status.worker].peer,
+        slot = next(s for s in self.slots if s.index == status.worker)
+        return await self._commands.send(self._control, slot.peer,
                                          shard_id, name, args, wait=wait)
 
 

@@ -517,9 +517,10 @@ class EventForwarder:
         self._resume_url_allowed = resume_url_allowed
         #: claimed workers already logged as refused / foreign (None: not a known worker)
         self._logged: set[tuple[str, int | None]] = set()
-        #: worker → where its authenticated batches go instead of to consumers (a reshard's
-        #: new set before the switch, its old set after: cluster/reshard.py)
-        self._diverted: dict[int, Callable[[bytes], None]] = {}
+        #: worker → what its authenticated batches pass through first (a reshard's new set,
+        #: held before the switch and marked just after it; its old set, dropped after it:
+        #: cluster/reshard.py)
+        self._diverted: dict[int, Callable[[bytes], bytes | None]] = {}
         #: set while :meth:`exclusive` runs: the pump forwards no batch until it is done
         self._hold: anyio.Event | None = None
         self._in_batch = False
@@ -568,9 +569,11 @@ class EventForwarder:
 
     # -- a reshard's switch (cluster/reshard.py) ------------------------------------------------
 
-    def divert(self, worker: int, sink: Callable[[bytes], None] | None) -> None:
-        """Hand ``worker``'s authenticated batches to ``sink`` instead of forwarding them
-        (None: forward them again).  Nothing of a diverted batch touches ``last_seq``."""
+    def divert(self, worker: int, sink: Callable[[bytes], bytes | None] | None) -> None:
+        """Hand ``worker``'s authenticated batches to ``sink`` first: it returns the batch
+        to forward (the same, or rewritten in place of it) or None to take it away, in
+        which case nothing of it touches ``last_seq`` or a consumer.  ``sink`` None: no
+        detour any more.  The sink runs on the hot path: it must not raise."""
         if sink is None:
             self._diverted.pop(worker, None)
         else:
@@ -664,8 +667,10 @@ class EventForwarder:
         if self._diverted:
             sink = self._diverted.get(worker)
             if sink is not None:
-                sink(batch)
-                return
+                replaced = sink(batch)
+                if replaced is None:
+                    return
+                batch = replaced
         try:
             buf = bytearray(batch)
             events: list[Event] | None = [] if self.on_batch is not None else None

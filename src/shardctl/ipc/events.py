@@ -75,8 +75,10 @@ HAS_SEQ: Final = 0x01
 #: header flag: a reshard's new shard set received this before the bus switched to it; the
 #: old set may have delivered the same event already (README "Resharding").
 OVERLAP: Final = 0x02
-#: offset of the flags byte inside HEADER
+#: offsets of the flags byte and of received_at inside HEADER
 FLAGS_OFFSET: Final = 5
+RECEIVED_AT_OFFSET: Final = 16
+_RECEIVED_AT: Final = struct.Struct(">q")
 #: Gateway event types are UPPER_SNAKE_CASE ASCII; 64 bytes is far above the longest.
 MAX_TYPE_LEN: Final = 64
 #: Lifecycle events emitted by the worker's shards (mirroring lacord's output events); they
@@ -278,11 +280,14 @@ def batch_records(batch: bytes) -> list[tuple[str, int, int]]:
     return out
 
 
-def mark_overlap(batch: bytes) -> bytes:
-    """The batch with the OVERLAP flag set on every record (a reshard's staged events)."""
+def mark_overlap(batch: bytes, received_until_ns: int | None = None) -> bytes:
+    """The batch with the OVERLAP flag set on every record (a reshard's held events), or
+    only on those received at or before ``received_until_ns``."""
     buf = bytearray(batch)
     for _, _, h in batch_records(batch):
-        buf[h + FLAGS_OFFSET] |= OVERLAP
+        if received_until_ns is None or _RECEIVED_AT.unpack_from(
+                batch, h + RECEIVED_AT_OFFSET)[0] <= received_until_ns:
+            buf[h + FLAGS_OFFSET] |= OVERLAP
     return bytes(buf)
 
 
