@@ -20,9 +20,9 @@ has IDENTIFYed again at the bucket pace.  A reshard instead:
 Discord sends a guild's events to every session whose ``(shard_id, num_shards)`` owns it,
 so from a new shard's READY until the switch both sets receive them: what the new set got
 before the switch (and just after it) carries the OVERLAP flag, and the old set may have
-delivered the same events already (README "Resharding").  Nothing falls between the two: an event Discord
-sent before a new shard's READY reached the old set, which is forwarded up to that moment
-before the switch; anything later is in the new set's held events.
+delivered the same events already (README "Resharding").  Nothing falls between the two:
+an event Discord sent before a new shard's READY reached the old set, which is forwarded up
+to that moment before the switch; anything later is in the new set's held events.
 
 Not supported: ``--shard-ids`` (one instance of several owns no whole new set) and remote
 workers (the new set runs in local processes).  This module is the supervisor's friend: it
@@ -246,6 +246,9 @@ class Reshard:
                     switched_at, released = await self._switch(old_slots, old_count)
                 except ReshardError as exc:  # raised as itself, not in an ExceptionGroup
                     refused = exc
+                except Exception as exc:  # a spawn that failed, say: never the old set's end
+                    log.exception("reshard: failed")
+                    refused = ReshardError(f"reshard abandoned: {exc}")
                 tg.cancel_scope.cancel()
             if refused is not None:
                 raise refused
@@ -311,9 +314,12 @@ class Reshard:
                                f"{self.new_shards}); reshard abandoned")
 
     def _failed(self) -> bool:
-        return self.failure is not None or self.held.overflowed
+        return (self.failure is not None or self.held.overflowed
+                or self.sup._failure is not None or self.sup._stopping)
 
     def _raise_failure(self) -> None:
+        if (self.sup._failure is not None or self.sup._stopping) and self.failure is None:
+            self.failure = ReshardError("reshard abandoned: the cluster is stopping")
         if self.held.overflowed and self.failure is None:
             self.failure = ReshardError(
                 f"the new set received more than {self.held.max_events} events before all "
