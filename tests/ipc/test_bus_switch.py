@@ -155,6 +155,17 @@ def test_mark_overlap_until_a_time_marks_only_what_was_received_by_then() -> Non
     assert flags == [OVERLAP, OVERLAP, 0]
 
 
+def test_the_events_line_says_overlap_only_when_the_flag_is_set() -> None:
+    record = encode_record("MESSAGE_CREATE", 3, 42, 0, frame("MESSAGE_CREATE", 42))
+    batch = encode_batch([record])
+    head = len(batch) - len(record) + 5  # the batch header and the record's prefix
+    plain = decode_event(batch[head:])
+    marked = decode_event(mark_overlap(batch)[head:])
+    assert plain.to_json_line() == b'{"shard":3,"seq":42,"t":"MESSAGE_CREATE","d":{"n":42}}'
+    assert marked.to_json_line() == (
+        b'{"shard":3,"seq":42,"t":"MESSAGE_CREATE","d":{"n":42},"overlap":true}')
+
+
 @pytest.mark.parametrize("cut", [3, 41, 50])
 def test_a_truncated_batch_is_a_protocol_error(cut: int) -> None:
     batch = encode_batch([encode_record("MESSAGE_CREATE", 0, 1, 0, frame("M", 1))] * 2)

@@ -162,8 +162,12 @@ class Event:
         return self._d
 
     def to_json_line(self) -> bytes:
-        """The ``shardctl events`` line: ``{"shard":3,"seq":42,"t":"...","d":{...}}``."""
-        return orjson.dumps({"shard": self.shard, "seq": self.seq, "t": self.type, "d": self.d})
+        """The ``shardctl events`` line: ``{"shard":3,"seq":42,"t":"...","d":{...}}``, with
+        ``"overlap":true`` last on an OVERLAP event (README "Resharding")."""
+        line = {"shard": self.shard, "seq": self.seq, "t": self.type, "d": self.d}
+        if self.overlap:
+            line["overlap"] = True
+        return orjson.dumps(line)
 
     def __repr__(self) -> str:
         return (f"Event(type={self.type!r}, shard={self.shard}, seq={self.seq}, "
