@@ -242,3 +242,31 @@ async def test_auto_reshard_answers_close_4011_instead_of_stopping(tmp_path: Pat
         closes = [r.details.get("code") for r in sb.records("server_close")]
         assert 4011 in closes
         assert len(sb.records("identify")) == 2 + 4
+
+
+async def test_a_failed_new_set_is_abandoned_and_the_old_set_keeps_serving(
+        tmp_path: Path) -> None:
+    with short_dir() as run_dir:
+        events = f"ipc://{run_dir}/ev.sock"
+        async with Sandbox(small_sandbox()) as sb, \
+                Supervisor(token=TOKEN, api_url=sb.api_url, processes=1,
+                           identify_interval=0.2, runtime_dir=run_dir, events_endpoint=events,
+                           state_file=tmp_path / "s.json") as sup, \
+                Consumer(events, types=["MESSAGE_CREATE"]) as bus:
+            with anyio.fail_after(60):
+                await sup.wait_ready()
+                await sup.wait_subscribed(b"MESSAGE_CREATE\0")
+            old_slots = list(sup.slots)
+            sb.recommend_shards(4, require=True)  # a new set of 3 is closed 4011
+            with anyio.fail_after(60), pytest.raises(
+                    ReshardError, match=r"shard \d of the new set failed"):
+                await sup.reshard(3)
+            assert sup.shard_count == 2 and sup.slots == old_slots
+            assert all(s.state == "ready" for s in sup.status())
+            guild = next(iter(sb.world.guilds.values()))
+            await sb.broadcast("MESSAGE_CREATE", {"id": "77", "guild_id": str(guild.id),
+                                                  "channel_id": str(guild.text_channel_id)})
+            with anyio.fail_after(10):
+                event = await bus.__anext__()
+            assert event.d["id"] == "77" and not event.overlap
+        assert 4011 in [r.details.get("code") for r in sb.records("server_close")]
