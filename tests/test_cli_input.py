@@ -318,6 +318,13 @@ _CASES: dict[str, tuple[list[str], str, st.SearchStrategy[str]]] = {
     "run --identify-margin-percent": _case(_RUN, "--identify-margin-percent",
                                            _floats_not_in(-1e-9, 100.0)),
     "run --limiter-timeout": _case(_RUN, "--limiter-timeout", _floats_not_in(0.0, None)),
+    "run --reshard-check-interval": _case(_RUN, "--reshard-check-interval",
+                                          _floats_not_in(0.0, 86400.0)),
+    "reshard --shards": _case(["reshard", "--timeout", "0.5"], "--shards", st.sampled_from(
+        ["", "x", "-1", "0", "1.5", "auto ", "AUTO", "٣", "1000001"])),
+    "reshard --control-endpoint": _case(["reshard", "--timeout", "0.5"], "--control-endpoint",
+                                        _endpoints(bind=False)),
+    "reshard --timeout": _case(["reshard"], "--timeout", _floats_not_in(0.0, None)),
     "config --identify-interval": _case(["config"], "--identify-interval", _INTERVAL),
     "config --control-endpoint": _case(["config"], "--control-endpoint",
                                        _endpoints(bind=True)),
@@ -450,9 +457,11 @@ def test_each_command_and_option_has_a_wrong_value_case_or_a_reason() -> None:
         "send members": {"--keys", "--query"},
         "drain": {"--keys"},
         "restart-workers": {"--keys"},
+        "reshard": {"--keys"},
     }
     covered = {tuple(name.rsplit(" ", 1)) for name in _CASES}
-    for command in ("run", "status", "events", "limiter", "worker", *_SEND, *_OPERATIONS):
+    for command in ("run", "status", "events", "limiter", "worker", "reshard", *_SEND,
+                    *_OPERATIONS):
         cmd = main
         for word in command.split():
             cmd = cmd.commands[word]  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ from shardctl._version import __version__
 
 if TYPE_CHECKING:
     from shardctl.cluster.config import RunConfig
+    from shardctl.cluster.reshard import ReshardError, ReshardResult
     from shardctl.cluster.supervisor import CrashLoopError, ShardStatus, Supervisor
     from shardctl.errors import (
         AuthenticationError,
@@ -56,6 +57,8 @@ _WHERE: Final[dict[str, str]] = {
     "PayloadError": "shardctl.errors",
     "ProtocolError": "shardctl.errors",
     "RateLimitedError": "shardctl.errors",
+    "ReshardError": "shardctl.cluster.reshard",
+    "ReshardResult": "shardctl.cluster.reshard",
     "RunConfig": "shardctl.cluster.config",
     "SessionBudgetError": "shardctl.errors",
     "Shard": "shardctl.worker.shard",
@@ -84,6 +87,8 @@ __all__ = [
     "PayloadError",
     "ProtocolError",
     "RateLimitedError",
+    "ReshardError",
+    "ReshardResult",
     "RunConfig",
     "SessionBudgetError",
     "Shard",

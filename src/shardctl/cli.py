@@ -438,6 +438,12 @@ def _leaf(error: BaseException) -> BaseException:
 @click.option("--log-format", default="text", show_default=True,
               type=click.Choice(["text", "json"]),
               help="json: one JSON object per log line on stderr, and no live view")
+@click.option("--auto-reshard", is_flag=True,
+              help="reshard by itself when Discord recommends more shards than run, or a "
+                   "shard is closed with 4011 (README \"Resharding\")")
+@click.option("--reshard-check-interval", type=FiniteFloat(min=0, min_open=True, max=86400),
+              default=300.0, show_default=True, metavar="SECONDS",
+              help="how often --auto-reshard asks GET /gateway/bot")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
               help="serve Prometheus /metrics, /livez and /readyz on this port")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, metavar="ADDRESS",
@@ -451,7 +457,8 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
                 remote_workers: int = 0, insecure_loopback: bool = False,
                 ignore_session_start_limit: bool, log_level: str, log_format: str = "text",
                 metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
-                identify_margin_ms: float = 0.0, identify_margin_percent: float = 0.0) -> None:
+                identify_margin_ms: float = 0.0, identify_margin_percent: float = 0.0,
+                auto_reshard: bool = False, reshard_check_interval: float = 300.0) -> None:
     """Run a shard cluster: discover, plan, spawn workers, forward events until stopped.
 
     SIGINT/SIGTERM stop gracefully: every shard closes resumably and the sessions are saved
@@ -493,6 +500,7 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
             "ignore_session_start_limit": ignore_session_start_limit,
             "curve_keys": keys, "remote_workers": remote_workers,
             "insecure_loopback": insecure_loopback,
+            "auto_reshard": auto_reshard, "reshard_check_interval": reshard_check_interval,
         }
         if control_endpoint is not None:
             check_control_endpoint(control_endpoint, curve=keys is not None,
@@ -669,6 +677,11 @@ from shardctl.cli_operations import drain_command, restart_workers_command  # no
 
 main.add_command(drain_command)
 main.add_command(restart_workers_command)
+# -- reshard command (a running cluster to a new shard count: shardctl/cli_reshard.py) ------
+
+from shardctl.cli_reshard import reshard_command  # noqa: E402
+
+main.add_command(reshard_command)
 
 if __name__ == "__main__":
     main()

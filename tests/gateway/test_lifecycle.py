@@ -6,7 +6,8 @@ from shardctl.gateway import lifecycle
 from shardctl.ipc import events
 
 #: README "Event types": the lifecycle types a consumer can subscribe to.
-DOCUMENTED_BUS_TYPES = {"SHARD_READY", "SHARD_RESUMED", "SHARD_DISCONNECT", "INVALID_SESSION"}
+DOCUMENTED_BUS_TYPES = {"SHARD_READY", "SHARD_RESUMED", "SHARD_DISCONNECT", "INVALID_SESSION",
+                        "RESHARD"}
 
 
 def test_the_bus_carries_exactly_the_documented_lifecycle_types() -> None:

@@ -10,8 +10,9 @@ stores one, in a worker thread (an fsync takes milliseconds the event loop must 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Final, Generic, TypeVar
 
 import anyio
@@ -70,6 +71,12 @@ class Checkpointer(Generic[T]):
             self._last = snap
             self.writes += 1
             return True
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """No checkpoint is taken or written inside (a reshard changing what it saves)."""
+        async with self._lock:
+            yield
 
     async def close(self) -> None:
         """No more checkpoints; waits for one being written."""

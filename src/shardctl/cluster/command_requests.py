@@ -19,7 +19,8 @@ from typing import Any, Final, Protocol
 import anyio.abc
 
 from shardctl import errors
-from shardctl.ipc.commands_client import NAMES, CommandReply
+from shardctl.cluster.planner import MAX_SHARDS
+from shardctl.ipc.commands_client import NAMES, OPERATIONS, CommandReply
 from shardctl.ipc.control import ControlServer, Incoming, MessageTooLargeError
 from shardctl.ipc.security import Role
 
@@ -48,8 +49,10 @@ class CommandApi(Protocol):
     async def fetch_guild_members(self, guild_id: int | str, **options: Any
                                   ) -> CommandReply: ...
 
+    async def reshard(self, shards: Any = "auto") -> Any: ...
 
-Call = Callable[[], Awaitable[CommandReply | list[CommandReply]]]
+
+Call = Callable[[], Awaitable[Any]]
 
 
 class CommandRequests:
@@ -94,9 +97,14 @@ class CommandRequests:
                 control.send(peer, "response", {"id": request_id, "ok": False,
                                                 "error": str(exc), "replies": []})
                 return
-            replies = result if isinstance(result, list) else [result]
-            body = {"id": request_id, "ok": True, "error": None,
-                    "replies": [r.to_body() for r in replies]}
+            if hasattr(result, "to_body") and not isinstance(result, CommandReply):
+                # a cluster operation's outcome (OPERATIONS): one object, no shard replies
+                body = {"id": request_id, "ok": True, "error": None, "replies": [],
+                        "result": result.to_body()}
+            else:
+                replies = result if isinstance(result, list) else [result]
+                body = {"id": request_id, "ok": True, "error": None,
+                        "replies": [r.to_body() for r in replies]}
             try:
                 control.send(peer, "response", body)
             except MessageTooLargeError as exc:
@@ -109,12 +117,19 @@ class CommandRequests:
                 self._running[peer] = left
 
     def _call(self, name: object, args: object) -> Call:
-        if not isinstance(name, str) or name not in NAMES:
+        if not isinstance(name, str) or name not in NAMES | OPERATIONS:
             raise _Refused(f"unknown command {str(name)[:32]!r}; expected one of "
-                           f"{', '.join(sorted(NAMES))}")
+                           f"{', '.join(sorted(NAMES | OPERATIONS))}")
         if not isinstance(args, dict):
             raise _Refused(f"{name}: args must be a JSON object")
         api = self._api
+        if name == "reshard":
+            _only(name, args, {"shards"})
+            shards = args.get("shards", "auto")
+            if shards != "auto" and (type(shards) is not int or not 1 <= shards <= MAX_SHARDS):
+                raise _Refused(f"reshard: shards must be 'auto' or a count from 1 to "
+                               f"{MAX_SHARDS}")
+            return lambda: api.reshard(shards)
         if name == "update_status":
             presence, shard_id = args.get("presence"), args.get("shard_id")
             _only(name, args, {"presence", "shard_id"})

@@ -67,6 +67,11 @@ class RunConfig:
     #: user can reach them (they get a redacted status, take no slot and may not configure
     #: the limiter; README "Security model").
     insecure_loopback: bool = False
+    #: Reshard by itself (cluster/reshard.py) when ``GET /gateway/bot`` recommends more
+    #: shards than run (checked every ``reshard_check_interval`` seconds) or a shard is
+    #: closed with 4011.
+    auto_reshard: bool = False
+    reshard_check_interval: float = 300.0
     #: Tests only: let the token go over plain http to a non-loopback API (a sandbox in
     #: another network namespace).  Never for Discord: the token would cross in clear.
     allow_http_api: bool = False
@@ -93,6 +98,11 @@ class RunConfig:
             raise ConfigurationError(
                 f"--limiter-timeout must be a positive number of seconds "
                 f"(got {self.limiter_timeout})")
+        if not (math.isfinite(self.reshard_check_interval)
+                and self.reshard_check_interval > 0):
+            raise ConfigurationError(
+                f"--reshard-check-interval must be a positive number of seconds "
+                f"(got {self.reshard_check_interval})")
         check_identify_interval(self.identify_interval, self.api_url)
         if self.control_endpoint is not None:
             check_control_endpoint(self.control_endpoint, curve=self.curve_keys is not None,

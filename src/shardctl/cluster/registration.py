@@ -35,9 +35,11 @@ def slot_for(slots: Sequence[WorkerSlot], body: Mapping[str, Any], peer: bytes,
             return None, "a remote worker needs a CURVE key with the worker role"
         slot = remote.claim_slot(slots, peer)
         return slot, "" if slot is not None else "no remote slot is free"
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(slots):
+    # by index, not position: a reshard adds slots and removes the ones it retired
+    slot = None if isinstance(index, bool) or not isinstance(index, int) else next(
+        (s for s in slots if s.index == index), None)
+    if slot is None:
         return None, f"no worker slot {str(index)[:16]}"
-    slot = slots[index]
     if slot.remote:
         return None, f"slot {index} is for a remote worker (register with worker: null)"
     if not slot.take(body.get("secret")):

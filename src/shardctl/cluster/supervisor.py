@@ -27,6 +27,7 @@ import anyio.abc
 
 from shardctl import errors
 from shardctl.cluster import orphans, registration, remote
+from shardctl.cluster import reshard as resharding
 from shardctl.cluster import sessions as session_file
 from shardctl.cluster.checkpoint import Checkpointer
 from shardctl.cluster.command_requests import CommandRequests
@@ -39,7 +40,7 @@ from shardctl.cluster.limiter_service import LimiterServer
 from shardctl.cluster.peers import PeerBudget
 from shardctl.cluster.planner import parse_shard_ids, plan
 from shardctl.cluster.restarts import RestartPolicy
-from shardctl.cluster.rolling import READY_TIMEOUT, Hooks, Rolling
+from shardctl.cluster.rolling import READY_TIMEOUT, Hooks, OperationRefusedError, Rolling
 from shardctl.cluster.rolling_requests import OperationRequests
 from shardctl.cluster.sessions import ResumeUrlCheck, SessionRecord, WorkerMark
 from shardctl.cluster.status_report import limiter_section, redacted_status_body, status_body
@@ -163,6 +164,8 @@ class Supervisor:
             shard_state=lambda s: (self._status[s].state, self._status[s].pid),
             counts=self.event_totals.totals, stopping=lambda: self._stopping))
         self._operations = OperationRequests(self)
+        #: the reshard under way (cluster/reshard.py), if any
+        self._reshard: resharding.Reshard | None = None
 
     def __repr__(self) -> str:
         return (f"<Supervisor shards={self.shard_count} workers={len(self.slots)} "
@@ -208,6 +211,9 @@ class Supervisor:
                 if not slot.remote:  # remote slots are filled by workers that register
                     tg.start_soon(self._watch, slot)
             tg.start_soon(self._beat_loop)
+            if self.config.auto_reshard:
+                tg.start_soon(resharding.follow_recommendation, self,
+                              self.config.reshard_check_interval)
         except BaseException:
             tg.cancel_scope.cancel()
             with contextlib.suppress(BaseException):
@@ -508,8 +514,9 @@ class Supervisor:
     async def _watch(self, slot: WorkerSlot) -> None:
         assert self._control is not None
         command = worker_command(self._control.endpoint, slot.index, self.config.curve_keys)
-        while not self._stopping:
-            await spawn(slot, command, now=anyio.current_time())
+        while not self._stopping and not slot.retired:
+            if not slot.alive:  # a reshard's new workers arrive running
+                await spawn(slot, command, now=anyio.current_time())
             assert slot.process is not None
             if self._checkpoint is not None and self._tg is not None:
                 # name the new process at once: a crash within the interval must not leave
@@ -517,7 +524,7 @@ class Supervisor:
                 self._tg.start_soon(self._checkpoint.flush)
             returncode = await slot.process.wait()
             self._mark_worker_gone(slot)
-            if self._stopping:
+            if self._stopping or slot.retired:
                 return
             if await self._rolling.planned_exit(slot):
                 continue  # a drain or roll: respawn now, no restart counted
@@ -587,6 +594,8 @@ class Supervisor:
         from now on (the old one stops working; ``same_process``: not before the worker
         has switched, since it is the same live publisher, see ipc/publishers.py)."""
         assert self.info is not None and self._forwarder is not None
+        if slot.staged and self._reshard is not None:
+            return self._reshard.assignment(slot)
         shards = []
         for shard_id in slot.shard_ids:
             record = self._session_of(shard_id)
@@ -633,7 +642,11 @@ class Supervisor:
             return  # a part of a longer message
         slot.last_beat = anyio.current_time()
         if message.kind == "state":
-            self._on_state(slot, message.body)
+            slot.reports += 1
+            if slot.staged and self._reshard is not None:
+                self._reshard.on_state(slot, message.body)
+            else:
+                self._on_state(slot, message.body)
         elif message.kind == "reply":
             self._commands.on_reply(message.body)
         elif message.kind == "status":
@@ -725,7 +738,8 @@ class Supervisor:
                 status.error = str(error.get("message"))
                 # A fatal close ended the session too (the shard forgot it): never save it.
                 status.session_id = status.resume_gateway_url = None
-                self._fail(_fatal_from_report(error))
+                if not resharding.on_sharding_required(self, error):
+                    self._fail(_fatal_from_report(error))
         self._notify()
 
     # ------------------------------------------------------------------ events in-process
@@ -770,12 +784,14 @@ class Supervisor:
         lost (cluster/rolling.py).  Its final progress; raises
         :class:`~shardctl.cluster.rolling.OperationRefusedError` if it cannot start and
         :class:`~shardctl.cluster.rolling.OperationFailedError` if it did not complete."""
+        self._refuse_during_reshard()
         return await self._rolling.drain(index, ready_timeout=ready_timeout)
 
     async def restart_workers(self, *, rolling: bool = True,
                               ready_timeout: float = READY_TIMEOUT) -> dict[str, Any]:
         """Replace every local worker's process the same way, one at a time (``rolling``)
         or all at once, e.g. to load new code."""
+        self._refuse_during_reshard()
         return await self._rolling.restart(rolling=rolling, ready_timeout=ready_timeout)
 
     @property
@@ -788,10 +804,17 @@ class Supervisor:
 
     def check_operation(self, name: str, args: Mapping[str, Any]) -> None:
         """Raise OperationRefusedError if ``name`` could not start now (no side effects)."""
+        self._refuse_during_reshard()
         if name == "drain":
             self._rolling.check_drain(args.get("worker"))
         else:
             self._rolling.check_restart()
+
+    def _refuse_during_reshard(self) -> None:
+        # A reshard moves every slot; a handover in the middle of it would race its switch.
+        if self._reshard is not None:
+            raise OperationRefusedError("a reshard is in progress; drain or restart workers "
+                                        "once it is done")
 
     def _stop_worker(self, slot: WorkerSlot) -> None:
         if self._control is not None and slot.peer is not None:
@@ -870,6 +893,16 @@ class Supervisor:
                                    {"guild_id": str(guild_id), **options},
                                    wait=COMMAND_TIMEOUT + float(options.get("timeout", 30.0)))
 
+    async def reshard(self, shards: resharding.Target = "auto") -> resharding.ReshardResult:
+        """Move the cluster to ``shards`` shards ("auto": Discord's recommendation) without
+        a gap: a new set starts beside the old one, the bus switches once every new shard
+        is READY, the old sessions close (cluster/reshard.py, README "Resharding").
+
+        Raises :class:`~shardctl.cluster.reshard.ReshardError` when refused or abandoned
+        (the old set keeps serving then).
+        """
+        return await resharding.reshard(self, shards)
+
     def shard_of(self, guild_id: int | str) -> int:
         """The shard that owns a guild: ``(guild_id >> 22) % shard_count``."""
         return shard_for(guild_id, self.shard_count)
@@ -879,7 +912,8 @@ class Supervisor:
         status = self._status.get(shard_id)
         if status is None:
             return CommandReply(shard_id, False, f"shard {shard_id} is not run by this cluster")
-        return await self._commands.send(self._control, self.slots[status.worker].peer,
+        slot = next(s for s in self.slots if s.index == status.worker)
+        return await self._commands.send(self._control, slot.peer,
                                          shard_id, name, args, wait=wait)
 
 

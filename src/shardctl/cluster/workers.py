@@ -66,6 +66,13 @@ class WorkerSlot:
     remote: bool = False
     #: The current process's per-spawn secret (hex) until it registers with it.
     secret: str | None = field(default=None, repr=False)
+    #: A reshard's new set before the switch (cluster/reshard.py): its shards are not the
+    #: cluster's yet, its state reports and events go to the reshard.
+    staged: bool = False
+    #: A set replaced by a reshard: stopped, never respawned, holds no shards.
+    retired: bool = False
+    #: State reports received from the current process (a reshard waits for a fresh one).
+    reports: int = 0
 
     def take(self, secret: object) -> bool:
         """Whether ``secret`` is this slot's, which it then stops being (one registration)."""

@@ -20,6 +20,10 @@ DISCONNECT: Final = "DISCONNECT"
 #: (README "Event types").
 SHARD_DISCONNECT: Final = "SHARD_DISCONNECT"
 
+#: The cluster switched its event bus to a new shard set (a reshard): published by the
+#: supervisor, not by a shard, once per shard id of the new set (README "Resharding").
+RESHARD: Final = "RESHARD"
+
 #: Shard event name → its type on the bus.
 BUS_TYPE: Final[Mapping[str, str]] = {
     SHARD_READY: SHARD_READY,
@@ -28,4 +32,4 @@ BUS_TYPE: Final[Mapping[str, str]] = {
     DISCONNECT: SHARD_DISCONNECT,
 }
 #: Lifecycle types on the bus: no gateway ``s``, and flushed at once rather than batched.
-BUS_TYPES: Final = frozenset(BUS_TYPE.values())
+BUS_TYPES: Final = frozenset({*BUS_TYPE.values(), RESHARD})

@@ -78,6 +78,7 @@ from shardctl.ipc.events import (
     Event,
     batch_header,
     decode_event,
+    encode_event,
     encode_record,
     type_bytes,
 )
@@ -516,6 +517,14 @@ class EventForwarder:
         self._resume_url_allowed = resume_url_allowed
         #: claimed workers already logged as refused / foreign (None: not a known worker)
         self._logged: set[tuple[str, int | None]] = set()
+        #: worker → what its authenticated batches pass through first (a reshard's new set,
+        #: held before the switch and marked just after it; its old set, dropped after it:
+        #: cluster/reshard.py)
+        self._diverted: dict[int, Callable[[bytes], bytes | None]] = {}
+        #: set while :meth:`exclusive` runs: the pump forwards no batch until it is done
+        self._hold: anyio.Event | None = None
+        self._in_batch = False
+        self._batch_done: anyio.Event | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Bind both sockets, signal started, forward until cancelled."""
@@ -558,6 +567,62 @@ class EventForwarder:
                 self._changed = anyio.Event()
             await self._changed.wait()
 
+    # -- a reshard's switch (cluster/reshard.py) ------------------------------------------------
+
+    def divert(self, worker: int, sink: Callable[[bytes], bytes | None] | None) -> None:
+        """Hand ``worker``'s authenticated batches to ``sink`` first: it returns the batch
+        to forward (the same, or rewritten in place of it) or None to take it away, in
+        which case nothing of it touches ``last_seq`` or a consumer.  ``sink`` None: no
+        detour any more.  The sink runs on the hot path: it must not raise."""
+        if sink is None:
+            self._diverted.pop(worker, None)
+        else:
+            self._diverted[worker] = sink
+
+    async def exclusive(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step`` between two batches: no batch is forwarded while it runs, so what
+        it publishes (:meth:`publish`, :meth:`forward`) and changes is one step for every
+        consumer.  Must not be called from ``on_batch`` or ``on_progress``."""
+        while self._hold is not None:
+            await self._hold.wait()
+        hold = self._hold = anyio.Event()
+        try:
+            while self._in_batch:
+                done = self._batch_done = anyio.Event()
+                await done.wait()
+            await step()
+        finally:
+            self._hold = None
+            hold.set()
+
+    async def forward(self, batch: bytes) -> None:
+        """Forward one worker batch now, as if it had just arrived (within :meth:`exclusive`:
+        a reshard releasing its new set's staged batches)."""
+        await self._forward(batch)
+
+    async def publish(self, t: str, shard: int, payload: bytes) -> None:
+        """Publish an event of the supervisor's own (no gateway ``s``), numbered like the
+        rest; waits while a consumer's pipe is full (XPUB_NODROP)."""
+        key = type_bytes(t) + b"\0" + struct.pack(">BI", VERSION, shard)
+        bus_seq = self._counters.get(key, 0) + 1
+        message = encode_event(t, shard, None, time.time_ns(), payload, bus_seq=bus_seq,
+                               epoch=self.epoch)
+        retry = _RETRY_MIN
+        while True:
+            sout = self._out
+            if sout is None:
+                raise RuntimeError("the forwarder is not running")
+            try:
+                sout.send(message, zmq.NOBLOCK)
+                break
+            except zmq.Again:
+                await anyio.sleep(retry)
+                retry = min(retry * 2, _RETRY_MAX)
+        self._counters[key] = bus_seq
+        self.stats.events += 1
+        if self.on_batch is not None:
+            self.on_batch([decode_event(message)])
+
     # -- internals ---------------------------------------------------------------------------
 
     async def _pump(self, sin: zmq.Socket[bytes], readable: Readable) -> None:
@@ -568,7 +633,16 @@ class EventForwarder:
                     batch = sin.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                await self._forward(batch)
+                while self._hold is not None:  # a reshard's switch is under way
+                    await self._hold.wait()
+                self._in_batch = True
+                try:
+                    await self._forward(batch)
+                finally:
+                    self._in_batch = False
+                    if self._batch_done is not None:
+                        self._batch_done.set()
+                        self._batch_done = None
             await anyio.lowlevel.checkpoint()
 
     def _sender(self, batch: bytes) -> tuple[int | None, int, frozenset[int] | None]:
@@ -590,6 +664,13 @@ class EventForwarder:
         if worker is None or allowed is None:
             self._refused(worker)
             return
+        if self._diverted:
+            sink = self._diverted.get(worker)
+            if sink is not None:
+                replaced = sink(batch)
+                if replaced is None:
+                    return
+                batch = replaced
         try:
             buf = bytearray(batch)
             events: list[Event] | None = [] if self.on_batch is not None else None

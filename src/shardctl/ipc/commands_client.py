@@ -34,6 +34,12 @@ DEFAULT_TIMEOUT: Final = 15.0
 #: The command names a ``request`` may carry.
 NAMES: Final = frozenset(
     {"update_status", "update_voice", "request_guild_members", "fetch_guild_members"})
+#: Cluster operations a ``request`` may carry: answered with ``result`` (an object), not
+#: per-shard ``replies``.
+OPERATIONS: Final = frozenset({"reshard"})
+#: How long a reshard may take before the client stops waiting (the new set IDENTIFYs at
+#: the bucket pace first; it goes on in the supervisor regardless).
+RESHARD_TIMEOUT: Final = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +145,25 @@ class Commands:
         return (await self._request("fetch_guild_members",
                                     {"guild_id": str(guild_id), **options}, wait=wait))[0]
 
+    async def reshard(self, shards: int | str = "auto", *, wait: float = RESHARD_TIMEOUT
+                      ) -> dict[str, Any]:
+        """Reshard the cluster to ``shards`` ("auto": Discord's recommendation); returns
+        what it did (old_shards, new_shards, switched_at, overlap_events, retired_events).
+        CommandRefusedError with the supervisor's reason when refused or abandoned."""
+        body = await self._ask("reshard", {"shards": shards}, wait=wait)
+        if body.get("ok") is not True:
+            raise CommandRefusedError(str(body.get("error") or "the supervisor refused"))
+        result = body.get("result")
+        if not isinstance(result, dict):
+            raise ProtocolError("a reshard response without a result")
+        return result
+
     async def _request(self, name: str, args: dict[str, Any], *,
                        wait: float | None = None) -> list[CommandReply]:
+        return _replies(await self._ask(name, args, wait=wait))
+
+    async def _ask(self, name: str, args: dict[str, Any], *,
+                   wait: float | None = None) -> dict[str, Any]:
         if self._client is None:
             raise RuntimeError("use Commands as `async with Commands(...) as commands`")
         wait = self.timeout if wait is None else wait
@@ -158,7 +181,7 @@ class Commands:
         if not box:
             raise TimeoutError(f"no answer from a supervisor on {self.endpoint} within "
                                f"{wait:g} s")
-        return _replies(box[0])
+        return box[0]
 
     async def _read(self, client: ControlClient) -> None:
         while True:

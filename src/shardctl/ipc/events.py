@@ -13,7 +13,9 @@ Consumer message (supervisor XPUB → consumer SUB): ONE ZeroMQ frame per event:
         +0   u8   version = 1
         +1   u32  shard id            (``type \\0 version shard`` is a valid subscription
                                         prefix too: one type on one shard)
-        +5   u8   flags               bit 0 HAS_SEQ: ``seq`` is the gateway ``s``; other bits 0
+        +5   u8   flags               bit 0 HAS_SEQ: ``seq`` is the gateway ``s``;
+                                      bit 1 OVERLAP: received by a reshard's new shard set
+                                      before the switch (README "Resharding"); others 0
         +6   u16  reserved (0)
         +8   u64  seq                 the gateway sequence number, 0 when HAS_SEQ is clear
         +16  i64  received_at         worker receive time, unix epoch nanoseconds
@@ -70,6 +72,13 @@ from shardctl.gateway.lifecycle import BUS_TYPES
 VERSION: Final = 1
 #: header flag: ``seq`` carries the gateway sequence number ``s``.
 HAS_SEQ: Final = 0x01
+#: header flag: a reshard's new shard set received this before the bus switched to it; the
+#: old set may have delivered the same event already (README "Resharding").
+OVERLAP: Final = 0x02
+#: offsets of the flags byte and of received_at inside HEADER
+FLAGS_OFFSET: Final = 5
+RECEIVED_AT_OFFSET: Final = 16
+_RECEIVED_AT: Final = struct.Struct(">q")
 #: Gateway event types are UPPER_SNAKE_CASE ASCII; 64 bytes is far above the longest.
 MAX_TYPE_LEN: Final = 64
 #: Lifecycle events emitted by the worker's shards (mirroring lacord's output events); they
@@ -108,11 +117,12 @@ class Event:
     access only, so a consumer that routes on ``type`` and ``shard`` never pays for JSON.
     """
 
-    __slots__ = ("_d", "bus_seq", "epoch", "raw", "received_at_ns", "replayed", "seq", "shard",
-                 "type")
+    __slots__ = ("_d", "bus_seq", "epoch", "overlap", "raw", "received_at_ns", "replayed", "seq",
+                 "shard", "type")
 
     def __init__(self, type: str, shard: int, seq: int | None, received_at_ns: int,
-                 raw: bytes, *, bus_seq: int = 0, epoch: int = 0) -> None:
+                 raw: bytes, *, bus_seq: int = 0, epoch: int = 0, overlap: bool = False
+                 ) -> None:
         self.type = type
         self.shard = shard
         self.seq = seq
@@ -120,6 +130,9 @@ class Event:
         self.raw = raw
         self.bus_seq = bus_seq
         self.epoch = epoch
+        #: The OVERLAP flag: a reshard's new shard set received this before the switch, and
+        #: the old set may have delivered it too (README "Resharding").
+        self.overlap = overlap
         #: Set by a :class:`~shardctl.ipc.consumer.Consumer` that sees READY: this dispatch's
         #: ``s`` is not above the highest it already got in this session, i.e. Discord
         #: replayed it after a RESUME from an older seq (a restart after a crash).  Never on
@@ -149,8 +162,12 @@ class Event:
         return self._d
 
     def to_json_line(self) -> bytes:
-        """The ``shardctl events`` line: ``{"shard":3,"seq":42,"t":"...","d":{...}}``."""
-        return orjson.dumps({"shard": self.shard, "seq": self.seq, "t": self.type, "d": self.d})
+        """The ``shardctl events`` line: ``{"shard":3,"seq":42,"t":"...","d":{...}}``, with
+        ``"overlap":true`` last on an OVERLAP event (README "Resharding")."""
+        line = {"shard": self.shard, "seq": self.seq, "t": self.type, "d": self.d}
+        if self.overlap:
+            line["overlap"] = True
+        return orjson.dumps(line)
 
     def __repr__(self) -> str:
         return (f"Event(type={self.type!r}, shard={self.shard}, seq={self.seq}, "
@@ -238,7 +255,44 @@ def decode_event(message: bytes) -> Event:
     except UnicodeDecodeError:
         raise ProtocolError("event type is not ASCII") from None
     return Event(t, shard, seq if flags & HAS_SEQ else None, received_ns,
-                 message[tlen + 1 + HEADER_SIZE:], bus_seq=bus_seq, epoch=epoch)
+                 message[tlen + 1 + HEADER_SIZE:], bus_seq=bus_seq, epoch=epoch,
+                 overlap=bool(flags & OVERLAP))
+
+
+def batch_records(batch: bytes) -> list[tuple[str, int, int]]:
+    """(type, shard, offset of the record's header) of every record of a worker batch.
+
+    Off the hot path (a reshard's staged batches): ProtocolError when the batch is malformed.
+    """
+    if len(batch) < BATCH_HEADER.size:
+        raise ProtocolError("worker batch shorter than its header")
+    count = BATCH_HEADER.unpack_from(batch, 0)[2]
+    off, out = BATCH_HEADER.size, []
+    for _ in range(count):
+        try:
+            mlen, tlen = RECORD.unpack_from(batch, off)
+        except struct.error:
+            raise ProtocolError("worker batch ends inside a record") from None
+        start = off + RECORD.size
+        h = start + tlen + 1
+        if (start + mlen > len(batch) or not 0 < tlen <= MAX_TYPE_LEN
+                or mlen < tlen + 1 + HEADER_SIZE or batch[h - 1] != 0):
+            raise ProtocolError("malformed event record in batch")
+        shard = HEADER.unpack_from(batch, h)[1]
+        out.append((batch[start:h - 1].decode("ascii", "replace"), shard, h))
+        off = start + mlen
+    return out
+
+
+def mark_overlap(batch: bytes, received_until_ns: int | None = None) -> bytes:
+    """The batch with the OVERLAP flag set on every record (a reshard's held events), or
+    only on those received at or before ``received_until_ns``."""
+    buf = bytearray(batch)
+    for _, _, h in batch_records(batch):
+        if received_until_ns is None or _RECEIVED_AT.unpack_from(
+                batch, h + RECEIVED_AT_OFFSET)[0] <= received_until_ns:
+            buf[h + FLAGS_OFFSET] |= OVERLAP
+    return bytes(buf)
 
 
 def _check_u32(value: int, name: str) -> int:

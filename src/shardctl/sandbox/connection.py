@@ -437,6 +437,9 @@ class Connection:
             raise Reject(4010, "invalid_shard",
                          f"{num_shards} shards is not a multiple of "
                          f"{cfg.required_shard_multiple}")
+        if num_shards < sb.required_shards:
+            raise Reject(4011, "sharding_required",
+                         f"{num_shards} shards; the bot needs {sb.required_shards}")
         guilds = sb.world.guilds_for(shard_id, num_shards)
         if len(guilds) > cfg.max_guilds_per_shard:
             raise Reject(4011, "sharding_required",

@@ -117,7 +117,7 @@ class RestApi:
         now = sb.now()
         return {
             "url": sb.gateway_url,
-            "shards": sb.config.shard_count,
+            "shards": sb.recommended_shards,
             "session_start_limit": {
                 "total": sb.budget.total,
                 "remaining": sb.budget.remaining(now),

@@ -64,6 +64,10 @@ class Sandbox:
         #: IDENTIFY/RESUME attempts since the last fatal close (None: none yet).
         self.attempts_after_fatal: int | None = None
         self.stopping = False
+        #: What ``GET /gateway/bot`` recommends now (:meth:`recommend_shards` changes it).
+        self.recommended_shards = cfg.shard_count
+        #: IDENTIFYs with fewer shards are closed 4011 (0: only the guild cap decides).
+        self.required_shards = 0
         #: Until when every websocket upgrade is refused (a gateway outage, fault
         #: ``refuse_connections``).
         self.refusing_until = -math.inf
@@ -207,6 +211,21 @@ class Sandbox:
                     hit += 1
                     await conn.close(4003, "intents changed")
         return hit
+
+    def recommend_shards(self, count: int, *, require: bool = False) -> None:
+        """The bot grew: ``GET /gateway/bot`` recommends ``count`` shards from now on.
+
+        Guilds stay where they are: every session keeps receiving the guilds its own
+        ``[shard_id, num_shards]`` owns (:meth:`broadcast`), whatever the count, as on
+        Discord, where sessions of an old and a new count run side by side during a
+        reshard.  ``require``: an IDENTIFY with fewer shards is closed 4011 (sharding
+        required); sessions already running are left alone.
+        """
+        if count < 1:
+            raise ValueError("a shard count is at least 1")
+        self.recommended_shards = count
+        self.required_shards = count if require else 0
+        self.recorder.add("recommend_shards", count=count, require=require)
 
     def refuse_connections(self, duration: float, now: float) -> None:
         """Refuse every websocket upgrade with HTTP 503 for ``duration`` seconds."""

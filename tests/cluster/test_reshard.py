@@ -1,0 +1,272 @@
+"""Resharding a running cluster (issue 16 item 1): real worker processes, the sandbox as
+Discord, a stream of MESSAGE_CREATE flowing across the switch.
+
+Discord sends a guild's events to every session whose ``[shard_id, num_shards]`` owns it,
+so while both sets run, both receive them.  What a consumer may see twice is exactly what
+README "Resharding" says: a copy from the old set before the RESHARD events, and a copy
+from the new set after them, marked OVERLAP.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+from clusterkit import TOKEN, short_dir
+
+from shardctl.cluster import sessions as session_file
+from shardctl.cluster.reshard import ReshardError
+from shardctl.cluster.supervisor import Supervisor
+from shardctl.ipc.consumer import Consumer
+from shardctl.sandbox import Sandbox, SandboxConfig
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+MESSAGES = 16_000
+GUILDS = 32
+#: sent before the reshard starts, and at most before the switch (the rest follow it)
+BEFORE_RESHARD = 2_000
+BEFORE_SWITCH_MAX = 12_000
+CHUNK = 80
+
+
+def sandbox_config(remaining: int) -> SandboxConfig:
+    return SandboxConfig(shard_count=8, max_concurrency=16, identify_interval=0.2,
+                         heartbeat_interval_ms=5000, guilds_per_shard=GUILDS // 8,
+                         session_ttl=120.0, session_start_remaining=remaining,
+                         record_dispatches=False)
+
+
+class Received:
+    """What the consumer got, in order: message ids with their OVERLAP flag, and where
+    the RESHARD events fell."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[int, bool]] = []
+        self.arrivals: list[float] = []
+        self.reshards: list[dict[str, Any]] = []
+        #: events of any type marked OVERLAP (READY, GUILD_CREATE ... of the new set too)
+        self.overlap_events = 0
+        #: index into ``messages`` at the first RESHARD event
+        self.switch_index: int | None = None
+        self.changed = anyio.Event()
+
+    async def read(self, bus: Consumer) -> None:
+        async for event in bus:
+            self.overlap_events += event.overlap
+            if event.type == "MESSAGE_CREATE":
+                self.messages.append((int(event.d["id"]), event.overlap))
+                self.arrivals.append(anyio.current_time())
+            elif event.type == "RESHARD":
+                if self.switch_index is None:
+                    self.switch_index = len(self.messages)
+                self.reshards.append(event.d)
+            self.changed.set()
+            self.changed = anyio.Event()
+
+    async def wait_for(self, ids: set[int]) -> None:
+        while not ids <= {mid for mid, _ in self.messages}:
+            await self.changed.wait()
+
+
+async def stream(sb: Sandbox, sent: list[int], started: anyio.Event,
+                 switched: anyio.Event) -> None:
+    """16,000 MESSAGE_CREATE over 32 guilds, routed like Discord (every owning session)."""
+    guilds = list(sb.world.guilds.values())
+    assert len(guilds) == GUILDS
+    for n in range(MESSAGES):
+        if n == BEFORE_RESHARD:
+            started.set()
+        if n == BEFORE_SWITCH_MAX:
+            await switched.wait()  # the rest after the switch, whenever it comes
+        guild = guilds[n % GUILDS]
+        mid = 1_300_000_000_000_000_000 + n
+        await sb.broadcast("MESSAGE_CREATE", {
+            "id": str(mid), "guild_id": str(guild.id),
+            "channel_id": str(guild.text_channel_id), "content": f"m{n}",
+            "author": {"id": "1200000000000000001", "username": "someone"}})
+        sent.append(mid)
+        if n % CHUNK == CHUNK - 1:
+            await anyio.sleep(0.04)  # the stream's pace (~2,000/s), not a synchronisation
+
+
+async def test_reshard_8_to_16_under_load_loses_nothing_and_marks_the_overlap(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with short_dir() as run_dir:
+        monkeypatch.setenv("XDG_STATE_HOME", str(run_dir / "xdg"))
+        events = f"ipc://{run_dir}/ev.sock"
+        async with Sandbox(sandbox_config(remaining=8 + 16)) as sb, \
+                Supervisor(token=TOKEN, api_url=sb.api_url, processes=2,
+                           identify_interval=0.2, runtime_dir=run_dir,
+                           events_endpoint=events) as sup, \
+                Consumer(events) as bus, anyio.create_task_group() as tg:
+            received = Received()
+            tg.start_soon(received.read, bus)
+            with anyio.fail_after(60):
+                await sup.wait_ready()
+                await sup.wait_subscribed(b"")
+            old_file = sup.state_file
+            identifies_before = len(sb.records("identify"))
+            sb.recommend_shards(16)
+
+            # The budget (16 left) cannot pay for 32 new shards: refused with the figures,
+            # over the control channel as an operator would ask.
+            refused = await anyio.run_process(
+                [sys.executable, "-m", "shardctl.cli", "reshard", "--shards", "32",
+                 "--control-endpoint", sup.endpoints["control"], "--timeout", "60"],
+                check=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            assert refused.returncode == 1, refused.stderr
+            assert b"needs 32 session starts but only 16 of 1000 remain" in refused.stderr
+            assert len(sb.records("identify")) == identifies_before
+            assert len(sup.slots) == 2, "a refused reshard started workers"
+
+            sent: list[int] = []
+            started, switched = anyio.Event(), anyio.Event()
+            tg.start_soon(stream, sb, sent, started, switched)
+            with anyio.fail_after(120):
+                await started.wait()
+                result = await sup.reshard("auto")
+                switched.set()
+                while len(sent) < MESSAGES:
+                    await received.changed.wait()
+                await received.wait_for(set(sent))
+            tg.cancel_scope.cancel()
+
+        # identifies: the new set only, each shard once
+        new_identifies = sb.records("identify")[identifies_before:]
+        assert len(new_identifies) == 16
+        assert sorted(r.shard_id for r in new_identifies) == list(range(16))
+        assert not sb.violations, sb.violations
+        closes = [r.details.get("code") for r in sb.records("client_close")]
+        assert closes.count(1000) == 8, closes  # the old sessions end, never resumed
+
+        assert (result.old_shards, result.new_shards) == (8, 16)
+        assert sorted(r["shard_id"] for r in received.reshards) == list(range(16))
+        assert all((r["old_shards"], r["new_shards"]) == (8, 16) for r in received.reshards)
+        switch = received.switch_index
+        assert switch is not None and 0 < switch < len(received.messages)
+
+        # every id reached the consumer; a second copy only as documented: the first
+        # before the switch from the old set, the second after it marked OVERLAP
+        copies: dict[int, list[tuple[int, bool]]] = {}
+        for index, (mid, overlap) in enumerate(received.messages):
+            copies.setdefault(mid, []).append((index, overlap))
+        assert set(copies) == set(sent)
+        for mid, seen in copies.items():
+            if len(seen) == 1:
+                continue
+            assert len(seen) == 2, (mid, seen)
+            (first, first_marked), (second, second_marked) = seen
+            assert not first_marked and first < switch, (mid, seen)
+            assert second_marked and second >= switch, (mid, seen)
+        overlap = sum(1 for _, marked in received.messages if marked)
+        # the held events, plus those of the new set received in the tail after the switch
+        assert received.overlap_events >= result.overlap_events
+        assert all(not marked for _, marked in received.messages[:switch])
+
+        # no window without events: the stream kept arriving across the switch
+        gaps = [b - a for a, b in zip(received.arrivals, received.arrivals[1:], strict=False)]
+        print(f"reshard: {overlap} overlap events, {len(copies)} ids, "
+              f"{len(received.messages) - len(copies)} second copies, "
+              f"longest gap between two messages {max(gaps) * 1000:.0f} ms")
+        assert max(gaps) < 2.0
+
+        # the state files: the new set's sessions under 16 shards; the old file empty
+        new_file = session_file.default_state_file(TOKEN, 16, range(16))
+        assert new_file != old_file
+        body = orjson.loads(new_file.read_bytes())
+        assert body["shard_count"] == 16 and len(body["sessions"]) == 16
+        assert orjson.loads(old_file.read_bytes())["sessions"] == []
+
+
+async def test_a_reshard_is_refused_with_one_line_when_it_cannot_work(
+        tmp_path: Path) -> None:
+    with short_dir() as run_dir:
+        async with Sandbox(sandbox_config(remaining=100)) as sb, \
+                Supervisor(token=TOKEN, api_url=sb.api_url, processes=1,
+                           identify_interval=0.2, runtime_dir=run_dir,
+                           state_file=tmp_path / "s.json") as sup:
+            with anyio.fail_after(60):
+                await sup.wait_ready()
+            with pytest.raises(ReshardError, match="already runs 8 shards"):
+                await sup.reshard("auto")  # Discord still recommends 8
+            with pytest.raises(ReshardError, match="shard count of at least 1"):
+                await sup.reshard(0)
+            assert len(sup.slots) == 1
+
+
+def small_sandbox() -> SandboxConfig:
+    return SandboxConfig(shard_count=2, max_concurrency=4, identify_interval=0.2,
+                         heartbeat_interval_ms=5000, guilds_per_shard=2, session_ttl=120.0)
+
+
+def runs(count: int) -> Any:
+    return lambda shards: len(shards) == count and all(s.state == "ready" for s in shards)
+
+
+async def test_auto_reshard_follows_a_higher_recommendation(tmp_path: Path) -> None:
+    with short_dir() as run_dir:
+        async with Sandbox(small_sandbox()) as sb, \
+                Supervisor(token=TOKEN, api_url=sb.api_url, processes=1,
+                           identify_interval=0.2, runtime_dir=run_dir,
+                           state_file=tmp_path / "s.json", auto_reshard=True,
+                           reshard_check_interval=0.3) as sup:
+            with anyio.fail_after(60):
+                await sup.wait_ready()
+                sb.recommend_shards(4)
+                await sup.wait_until(runs(4))
+            assert sup.shard_count == 4
+        assert len(sb.records("identify")) == 2 + 4
+        assert not sb.violations
+
+
+async def test_auto_reshard_answers_close_4011_instead_of_stopping(tmp_path: Path) -> None:
+    with short_dir() as run_dir:
+        async with Sandbox(small_sandbox()) as sb, \
+                Supervisor(token=TOKEN, api_url=sb.api_url, processes=1,
+                           identify_interval=0.2, runtime_dir=run_dir,
+                           state_file=tmp_path / "s.json", auto_reshard=True,
+                           reshard_check_interval=3600) as sup:
+            with anyio.fail_after(60):
+                await sup.wait_ready()
+                sb.recommend_shards(4, require=True)
+                # op 9 (not resumable): shard 0 IDENTIFYs again, with 2 shards: 4011
+                await sb.inject(0, "invalid_session")
+                await sup.wait_until(runs(4))
+            assert sup.shard_count == 4
+        closes = [r.details.get("code") for r in sb.records("server_close")]
+        assert 4011 in closes
+        assert len(sb.records("identify")) == 2 + 4
+
+
+async def test_a_failed_new_set_is_abandoned_and_the_old_set_keeps_serving(
+        tmp_path: Path) -> None:
+    with short_dir() as run_dir:
+        events = f"ipc://{run_dir}/ev.sock"
+        async with Sandbox(small_sandbox()) as sb, \
+                Supervisor(token=TOKEN, api_url=sb.api_url, processes=1,
+                           identify_interval=0.2, runtime_dir=run_dir, events_endpoint=events,
+                           state_file=tmp_path / "s.json") as sup, \
+                Consumer(events, types=["MESSAGE_CREATE"]) as bus:
+            with anyio.fail_after(60):
+                await sup.wait_ready()
+                await sup.wait_subscribed(b"MESSAGE_CREATE\0")
+            old_slots = list(sup.slots)
+            sb.recommend_shards(4, require=True)  # a new set of 3 is closed 4011
+            with anyio.fail_after(60), pytest.raises(
+                    ReshardError, match=r"shard \d of the new set failed"):
+                await sup.reshard(3)
+            assert sup.shard_count == 2 and sup.slots == old_slots
+            assert all(s.state == "ready" for s in sup.status())
+            guild = next(iter(sb.world.guilds.values()))
+            await sb.broadcast("MESSAGE_CREATE", {"id": "77", "guild_id": str(guild.id),
+                                                  "channel_id": str(guild.text_channel_id)})
+            with anyio.fail_after(10):
+                event = await bus.__anext__()
+            assert event.d["id"] == "77" and not event.overlap
+        assert 4011 in [r.details.get("code") for r in sb.records("server_close")]

@@ -1,0 +1,70 @@
+"""The pure parts of a reshard (cluster/reshard.py): the budget check's figures, the target
+count, and the held events of the new set."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchkit import encode_batch
+from shardctl.cluster.discovery import GatewayInfo, SessionStartLimit
+from shardctl.cluster.reshard import (
+    HeldEvents,
+    ReshardBudgetError,
+    ReshardError,
+    check_budget,
+    target_count,
+)
+from shardctl.errors import SessionBudgetError
+from shardctl.ipc.events import encode_record
+
+
+def info(shards: int = 16, remaining: int = 20) -> GatewayInfo:
+    return GatewayInfo("wss://gateway.discord.gg", shards,
+                       SessionStartLimit(1000, remaining, 7200.0, 16))
+
+
+def batch(*records: tuple[str, int]) -> bytes:
+    return encode_batch([encode_record(t, shard, 1, 0, b'{"op":0}') for t, shard in records])
+
+
+def test_the_budget_check_refuses_with_the_figures() -> None:
+    check_budget(info(remaining=16), 16)
+    with pytest.raises(ReshardBudgetError) as caught:
+        check_budget(info(remaining=15), 16)
+    assert str(caught.value) == (
+        "refused: resharding to 16 shards needs 16 session starts but only 15 of 1000 "
+        "remain (the budget resets in 2.0 h); nothing was started")
+    assert isinstance(caught.value, SessionBudgetError)
+
+
+@pytest.mark.parametrize("bad", [0, -3, True, 2.0, "16"])
+def test_a_target_is_auto_or_a_positive_count(bad: object) -> None:
+    assert target_count("auto", info(shards=24)) == 24
+    assert target_count(5, info()) == 5
+    with pytest.raises(ReshardError, match="at least 1"):
+        target_count(bad, info())  # type: ignore[arg-type]
+
+
+def test_held_events_note_each_ready_and_keep_arrival_order() -> None:
+    woken: list[int] = []
+    held = HeldEvents(max_events=10)
+    held.on_ready = lambda: woken.append(len(held.ready))
+    first, second = batch(("READY", 0), ("GUILD_CREATE", 0)), batch(("MESSAGE_CREATE", 0))
+    held.add(first)
+    held.add(second)
+    held.add(batch(("READY", 1)))
+    assert list(held.batches)[:2] == [first, second]
+    assert held.ready == {0, 1} and held.events == 4 and woken == [1, 2]
+
+
+def test_held_events_over_the_bound_abandon_rather_than_drop() -> None:
+    held = HeldEvents(max_events=3)
+    held.add(batch(("READY", 0), ("MESSAGE_CREATE", 0)))
+    held.add(batch(("MESSAGE_CREATE", 0), ("MESSAGE_CREATE", 0)))
+    assert held.overflowed and not held.batches
+
+
+def test_a_malformed_batch_of_the_new_set_is_dropped_not_raised() -> None:
+    held = HeldEvents()
+    held.add(batch(("READY", 0))[:-3])
+    assert held.malformed == 1 and not held.batches
