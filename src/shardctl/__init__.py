@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         ShardingError,
     )
     from shardctl.gateway.intents import Intents
+    from shardctl.gateway.limits import Limits
     from shardctl.ipc.commands_client import CommandRefusedError, CommandReply, Commands
     from shardctl.ipc.consumer import Consumer, Gap
     from shardctl.ipc.events import Event
@@ -52,6 +53,7 @@ _WHERE: Final[dict[str, str]] = {
     "GatewayFatalError": "shardctl.errors",
     "Intents": "shardctl.gateway.intents",
     "InvalidIntentsError": "shardctl.errors",
+    "Limits": "shardctl.gateway.limits",
     "LocalSessionLimiter": "shardctl.worker.limiter",
     "PayloadError": "shardctl.errors",
     "ProtocolError": "shardctl.errors",
@@ -80,6 +82,7 @@ __all__ = [
     "GatewayFatalError",
     "Intents",
     "InvalidIntentsError",
+    "Limits",
     "LocalSessionLimiter",
     "PayloadError",
     "ProtocolError",
