@@ -218,7 +218,7 @@ class SessionLimiterService:
         return [e for e in self.record if e.kind == "grant"]
 
     def last_grants(self) -> dict[int, float]:
-        """Bucket -> last grant time; give it to the next server to skip its start-up wait."""
+        """Bucket -> last grant time; give it to the next service to skip its start-up wait."""
         return self.scheduler.last_grants()
 
     def hold_until(self, until: float) -> None:
