@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         ShardingError,
     )
     from shardctl.gateway.intents import Intents
+    from shardctl.gateway.limits import Limits
     from shardctl.ipc.commands_client import CommandRefusedError, CommandReply, Commands
     from shardctl.ipc.consumer import Consumer, Gap
     from shardctl.ipc.events import Event
@@ -53,6 +54,7 @@ _WHERE: Final[dict[str, str]] = {
     "GatewayFatalError": "shardctl.errors",
     "Intents": "shardctl.gateway.intents",
     "InvalidIntentsError": "shardctl.errors",
+    "Limits": "shardctl.gateway.limits",
     "LocalSessionLimiter": "shardctl.worker.limiter",
     "PayloadError": "shardctl.errors",
     "ProtocolError": "shardctl.errors",
@@ -83,6 +85,7 @@ __all__ = [
     "GatewayFatalError",
     "Intents",
     "InvalidIntentsError",
+    "Limits",
     "LocalSessionLimiter",
     "PayloadError",
     "ProtocolError",

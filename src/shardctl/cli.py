@@ -217,9 +217,9 @@ def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify
     import anyio
 
     from shardctl.cluster.config import identify_margin
-    from shardctl.cluster.limiter import DEFAULT_IDENTIFY_INTERVAL
-    from shardctl.cluster.limiter_service import LimiterServer
+    from shardctl.cluster.limiter_service import SessionLimiterService
     from shardctl.errors import ConfigurationError
+    from shardctl.gateway.limits import DEFAULT_IDENTIFY_INTERVAL, Limits
     from shardctl.ipc import endpoints
     from shardctl.ipc.security import for_socket, load_server
 
@@ -235,13 +235,14 @@ def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify
         endpoint = bind_endpoint or endpoints.ipc_endpoint("limiter.sock")
         if sandbox and not endpoints.is_loopback(endpoint):
             raise click.UsageError("--sandbox serves loopback or ipc:// endpoints only")
-        server = LimiterServer(
-            endpoint, max_concurrency=max_concurrency, interval=identify_interval,
-            remaining=remaining, total=total,
-            reset_after=None if reset_after is None else reset_after / 1000.0,
+        limits = Limits(
+            max_concurrency=max_concurrency, interval=identify_interval, remaining=remaining,
+            total=total, reset_after=None if reset_after is None else reset_after / 1000.0,
+            margin=identify_margin(identify_margin_ms, identify_margin_percent))
+        server = SessionLimiterService(
+            endpoint, limits,
             curve=for_socket(load_server(keys), "limiter") if keys is not None else None,
             insecure_loopback=insecure_loopback,
-            margin=identify_margin(identify_margin_ms, identify_margin_percent),
         )
     except (ConfigurationError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None

@@ -14,8 +14,11 @@ from shardctl.cluster.config import (
     parse_intents,
     parse_shards,
 )
+from shardctl.cluster.discovery import SessionStartLimit
 from shardctl.errors import ConfigurationError
 from shardctl.gateway.intents import Intents
+from shardctl.gateway.limits import Limits
+from shardctl.gateway.pacing import IdentifyMargin
 
 
 def test_repr_hides_the_token() -> None:
@@ -96,3 +99,13 @@ def test_parsers() -> None:
 def test_bad_values_are_named(call: object, match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
         call()  # type: ignore[operator]
+
+
+def test_the_built_in_limiter_paces_by_this_run_and_budgets_by_discord() -> None:
+    config = RunConfig(token="t", api_url="http://127.0.0.1:1", identify_interval=0.2,
+                       identify_margin_ms=30, identify_margin_percent=2)
+    start = SessionStartLimit(total=1000, remaining=990, reset_after=3600.0,
+                              max_concurrency=16)
+    assert config.limits(start) == Limits(
+        max_concurrency=16, interval=0.2, remaining=990, total=1000, reset_after=3600.0,
+        margin=IdentifyMargin(floor=0.03, relative=0.02))

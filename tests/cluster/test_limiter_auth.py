@@ -22,8 +22,9 @@ import zmq.asyncio
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
-from shardctl.cluster.limiter_service import LimiterServer
+from shardctl.cluster.limiter_service import SessionLimiterService
 from shardctl.errors import ConfigurationError
+from shardctl.gateway.limits import Limits
 from shardctl.ipc.limiter import LimiterClient, LimiterRefusedError, LimiterUnavailableError
 from shardctl.ipc.security import generate_keys, load_client, load_server
 
@@ -39,7 +40,7 @@ def endpoint() -> Iterator[str]:
 
 
 @asynccontextmanager
-async def serving(server: LimiterServer) -> AsyncIterator[LimiterServer]:
+async def serving(server: SessionLimiterService) -> AsyncIterator[SessionLimiterService]:
     async with anyio.create_task_group() as tg:
         await tg.start(server.serve)
         yield server
@@ -81,7 +82,7 @@ async def stranger(endpoint: str) -> AsyncIterator[Stranger]:
 
 
 async def test_a_second_peer_reusing_a_client_id_gets_none_of_its_grants(endpoint: str) -> None:
-    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={})
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL), last_grants={})
     async with serving(server), LimiterClient(endpoint, client_id="victim") as victim, \
             stranger(endpoint) as thief:
         server.gate(anyio.current_time() + 60)  # the victim's request waits ...
@@ -106,7 +107,7 @@ async def test_a_second_peer_reusing_a_client_id_gets_none_of_its_grants(endpoin
 
 async def test_a_second_peer_reusing_a_client_id_cannot_cancel_its_request(
         endpoint: str) -> None:
-    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={})
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL), last_grants={})
     async with serving(server), LimiterClient(endpoint, client_id="victim") as victim, \
             stranger(endpoint) as thief:
         server.gate(anyio.current_time() + 60)
@@ -128,9 +129,10 @@ async def _identify(client: LimiterClient, shard: int) -> None:
 
 
 async def test_an_anonymous_loopback_peer_cannot_change_the_pace() -> None:
-    server = LimiterServer("tcp://127.0.0.1:*", interval=INTERVAL, max_concurrency=1,
-                           remaining=10, total=10, reset_after=3600.0, last_grants={},
-                           insecure_loopback=True)
+    server = SessionLimiterService("tcp://127.0.0.1:*",
+                                   Limits(interval=INTERVAL, max_concurrency=1, remaining=10,
+                                          total=10, reset_after=3600.0), last_grants={},
+                                   insecure_loopback=True)
     async with serving(server):
         assert server.endpoint is not None
         async with stranger(server.endpoint) as peer:
@@ -147,7 +149,7 @@ async def test_an_anonymous_loopback_peer_cannot_change_the_pace() -> None:
 
 async def test_configure_from_this_user_over_ipc_is_applied_and_acknowledged(
         endpoint: str) -> None:
-    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={})
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL), last_grants={})
     async with serving(server), LimiterClient(endpoint) as client:
         with client.answer_within(5):
             await client.configure(max_concurrency=4, remaining=100, total=1000)
@@ -156,8 +158,8 @@ async def test_configure_from_this_user_over_ipc_is_applied_and_acknowledged(
 
 
 async def test_configure_is_refused_to_an_anonymous_loopback_peer_with_a_reason() -> None:
-    server = LimiterServer("tcp://127.0.0.1:*", interval=INTERVAL, last_grants={},
-                           insecure_loopback=True)
+    server = SessionLimiterService("tcp://127.0.0.1:*", Limits(interval=INTERVAL), last_grants={},
+                                   insecure_loopback=True)
     async with serving(server):
         assert server.endpoint is not None
         async with LimiterClient(server.endpoint) as client:
@@ -180,8 +182,8 @@ async def test_nobody_answering_is_reported_naming_the_endpoint(endpoint: str) -
 
 def test_a_loopback_tcp_limiter_without_keys_needs_the_operator_s_opt_in() -> None:
     with pytest.raises(ConfigurationError, match="--insecure-loopback"):
-        LimiterServer("tcp://127.0.0.1:*")
-    LimiterServer("tcp://127.0.0.1:*", insecure_loopback=True)  # opted in
+        SessionLimiterService("tcp://127.0.0.1:*")
+    SessionLimiterService("tcp://127.0.0.1:*", insecure_loopback=True)  # opted in
 
 
 @pytest.fixture(scope="module")
@@ -207,8 +209,8 @@ def roles_in_zap(role_keys: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("roles_in_zap")
 async def test_over_curve_only_supervisor_and_operator_keys_configure(role_keys: Path) -> None:
-    server = LimiterServer("tcp://127.0.0.1:*", interval=INTERVAL, last_grants={},
-                           curve=load_server(role_keys))
+    server = SessionLimiterService("tcp://127.0.0.1:*", Limits(interval=INTERVAL), last_grants={},
+                                   curve=load_server(role_keys))
     async with serving(server):
         assert server.endpoint is not None
         async with LimiterClient(server.endpoint,
@@ -233,8 +235,8 @@ async def test_over_curve_only_supervisor_and_operator_keys_configure(role_keys:
 
 @pytest.mark.usefixtures("roles_in_zap")
 async def test_over_curve_another_key_cannot_carry_on_a_client_id(role_keys: Path) -> None:
-    server = LimiterServer("tcp://127.0.0.1:*", interval=INTERVAL, last_grants={},
-                           curve=load_server(role_keys))
+    server = SessionLimiterService("tcp://127.0.0.1:*", Limits(interval=INTERVAL), last_grants={},
+                                   curve=load_server(role_keys))
     async with serving(server):
         assert server.endpoint is not None
         async with LimiterClient(server.endpoint, client_id="w1",
@@ -254,7 +256,7 @@ async def test_over_curve_another_key_cannot_carry_on_a_client_id(role_keys: Pat
 
 async def test_a_client_whose_connection_is_gone_may_carry_on_from_a_new_one(
         endpoint: str) -> None:
-    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={})
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL), last_grants={})
     async with serving(server):
         async with LimiterClient(endpoint, client_id="c"):
             with anyio.fail_after(5):
@@ -272,7 +274,7 @@ async def test_a_client_whose_connection_is_gone_may_carry_on_from_a_new_one(
 
 async def test_replies_to_a_peer_that_never_reads_are_dropped_and_counted_once(
         endpoint: str, caplog: pytest.LogCaptureFixture) -> None:
-    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={})
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL), last_grants={})
     async with serving(server), LimiterClient(endpoint) as honest:
         mute = zmq.Context.instance().socket(zmq.DEALER)
         try:
@@ -296,8 +298,8 @@ async def test_replies_to_a_peer_that_never_reads_are_dropped_and_counted_once(
 
 async def test_a_peer_over_its_rate_is_cut_short_and_others_are_served(
         endpoint: str, caplog: pytest.LogCaptureFixture) -> None:
-    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={}, peer_rate=50.0,
-                           peer_burst=100)
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL), last_grants={},
+                                   peer_rate=50.0, peer_burst=100)
     async with serving(server), stranger(endpoint) as flood:
         for seq in range(1000):
             await flood.send(b"ping", {"client": "flood", "seq": seq})
@@ -310,7 +312,7 @@ async def test_a_peer_over_its_rate_is_cut_short_and_others_are_served(
 
 
 async def test_an_oversized_message_never_reaches_the_service(endpoint: str) -> None:
-    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={})
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL), last_grants={})
     async with serving(server), stranger(endpoint) as big, LimiterClient(endpoint) as honest:
         await big.send(b"ping", {"client": "big", "seq": 1, "pad": "x" * (1 << 20)})
         async with honest.identify(0):

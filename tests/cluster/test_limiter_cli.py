@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from shardctl.cli import main
-from shardctl.cluster.limiter_service import LimiterServer
+from shardctl.cluster.limiter_service import SessionLimiterService
 from shardctl.ipc.limiter import LimiterClient
 
 
@@ -152,7 +152,7 @@ async def test_run_with_a_limiter_nobody_serves_fails_fast_naming_it(short_dir: 
 async def test_run_with_a_limiter_that_refuses_its_limits_fails_saying_why(
         short_dir: Path) -> None:
     # A loopback limiter without keys: anyone may ask it for slots, nobody may set its pace.
-    server = LimiterServer("tcp://127.0.0.1:*", insecure_loopback=True)
+    server = SessionLimiterService("tcp://127.0.0.1:*", insecure_loopback=True)
     async with anyio.create_task_group() as tg:
         endpoint = await tg.start(server.serve)
         code, err, _ = await _run_against(endpoint, short_dir)

@@ -26,8 +26,9 @@ import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from shardctl.cluster.limiter import DEFAULT_MARGIN
-from shardctl.cluster.limiter_service import LimiterServer
+from shardctl.cluster.limiter_service import SessionLimiterService
+from shardctl.gateway.limits import Limits
+from shardctl.gateway.pacing import DEFAULT_MARGIN
 from shardctl.sandbox import Record, Sandbox, SandboxConfig
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -95,7 +96,7 @@ async def workers(endpoint: str, gateway: str, shard_count: int, processes: int
 
 
 async def open_gates(sb: Sandbox, processes: Sequence[Process], shard_count: int,
-                     server: LimiterServer | None = None) -> None:
+                     server: SessionLimiterService | None = None) -> None:
     """Once every shard has its HELLO, let the workers ask the limiter for slots.
 
     With ``server``, every bucket's first grant waits for one common instant, by which all
@@ -134,7 +135,8 @@ def assert_paced(sb: Sandbox) -> dict[int, list[float]]:
 
 async def test_64_shards_in_4_processes_identify_at_the_ideal_pace(endpoint: str) -> None:
     shard_count, mc = 64, 4
-    server = LimiterServer(endpoint, max_concurrency=mc, interval=INTERVAL, last_grants={})
+    server = SessionLimiterService(endpoint, Limits(max_concurrency=mc, interval=INTERVAL),
+                                   last_grants={})
     async with Sandbox(sandbox_config(shard_count, mc)) as sb, anyio.create_task_group() as tg:
         await tg.start(server.serve)
         async with workers(endpoint, sb.gateway_url, shard_count, 4) as processes:
@@ -160,8 +162,8 @@ async def test_64_shards_in_4_processes_identify_at_the_ideal_pace(endpoint: str
 async def test_killing_a_worker_mid_startup_costs_the_others_at_most_its_slot(
         endpoint: str) -> None:
     shard_count, mc, victim = 24, 2, 1
-    server = LimiterServer(endpoint, max_concurrency=mc, interval=INTERVAL, last_grants={},
-                           probe_interval=PROBE)
+    server = SessionLimiterService(endpoint, Limits(max_concurrency=mc, interval=INTERVAL),
+                                   last_grants={}, probe_interval=PROBE)
     survivors = {s for s in range(shard_count) if s % 3 != victim}
 
     def identified(shards: set[int]) -> int:

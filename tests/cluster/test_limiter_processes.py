@@ -17,7 +17,8 @@ import anyio
 import pytest
 from anyio.abc import Process
 
-from shardctl.cluster.limiter_service import LimiterServer
+from shardctl.cluster.limiter_service import SessionLimiterService
+from shardctl.gateway.limits import Limits
 
 pytestmark = pytest.mark.anyio
 
@@ -69,8 +70,8 @@ async def client_process(endpoint: str, client_id: str, mode: str, shards: list[
 
 async def test_killing_a_holder_and_a_waiter_costs_the_others_no_slot(endpoint: str) -> None:
     # hold_limit is long: only noticing the dead holder can free its bucket in time.
-    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={}, hold_limit=30.0,
-                           probe_interval=PROBE)
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL), last_grants={},
+                                   hold_limit=30.0, probe_interval=PROBE)
     async with anyio.create_task_group() as tg:
         await tg.start(server.serve)
         with anyio.fail_after(8):
@@ -102,7 +103,8 @@ async def test_killing_a_holder_and_a_waiter_costs_the_others_no_slot(endpoint: 
 
 
 async def test_processes_share_one_pace(endpoint: str) -> None:
-    server = LimiterServer(endpoint, interval=INTERVAL, max_concurrency=2, last_grants={})
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL, max_concurrency=2),
+                                   last_grants={})
     async with anyio.create_task_group() as tg:
         await tg.start(server.serve)
         with anyio.fail_after(8):

@@ -23,7 +23,12 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardctl.cluster.limiter import Grant, IdentifyMargin, IdentifyScheduler
+from shardctl.cluster.limiter import Grant, IdentifyScheduler
+from shardctl.gateway.limits import Limits
+from shardctl.gateway.pacing import IdentifyMargin
+
+#: The scheduler's own arithmetic: no margin unless a test gives one.
+NO_MARGIN = IdentifyMargin()
 
 INTERVAL = 5.0
 
@@ -111,7 +116,9 @@ def test_pacing_fifo_and_no_idle_interval(
     mc: int, history: bool, ops: list[tuple[str, float, int]]
 ) -> None:
     start = 100.0
-    s = IdentifyScheduler[int](now=start, max_concurrency=mc, interval=INTERVAL,
+    s = IdentifyScheduler[int](now=start,
+                               limits=Limits(max_concurrency=mc, interval=INTERVAL,
+                                             margin=NO_MARGIN),
                                last_grants={} if history else None)
     run = Run(s, now=start)
     play(run, ops)
@@ -144,7 +151,9 @@ def test_pacing_fifo_and_no_idle_interval(
 def test_max_concurrency_changes_never_break_pacing(
     mc: int, ops: list[tuple[str, float, int]]
 ) -> None:
-    s = IdentifyScheduler[int](now=0.0, max_concurrency=mc, interval=INTERVAL)
+    s = IdentifyScheduler[int](now=0.0,
+                               limits=Limits(max_concurrency=mc, interval=INTERVAL,
+                                             margin=NO_MARGIN))
     run = Run(s)
     play(run, ops)
     check_every_request_granted_once(run)
@@ -170,9 +179,11 @@ def test_budget_is_never_exceeded_and_grants_are_held_not_refused(  # noqa: PLR0
     remaining: int, total: int, reset_after: float, window: float, mc: int,
     ops: list[tuple[str, float, int]],
 ) -> None:
-    s = IdentifyScheduler[int](now=0.0, max_concurrency=mc, interval=INTERVAL,
-                               remaining=remaining, total=total, reset_after=reset_after,
-                               window=window, last_grants={})
+    s = IdentifyScheduler[int](now=0.0,
+                               limits=Limits(max_concurrency=mc, interval=INTERVAL,
+                                             remaining=remaining, total=total,
+                                             reset_after=reset_after, window=window,
+                                             margin=NO_MARGIN), last_grants={})
     run = Run(s)
     play(run, ops)
     # Held, not refused: with refills, every waiting request is eventually granted.
@@ -207,7 +218,9 @@ def test_undeliverable_grants_waste_no_slot(
 ) -> None:
     # A grant that cannot be delivered (its client is gone) is not a slot spent: the live
     # grants alone must still satisfy "no idle interval".
-    s = IdentifyScheduler[int](now=0.0, interval=INTERVAL, remaining=1000, last_grants={})
+    s = IdentifyScheduler[int](now=0.0,
+                               limits=Limits(interval=INTERVAL, remaining=1000, margin=NO_MARGIN),
+                               last_grants={})
     run = Run(s)
     orig_poll = s.poll
 
@@ -241,8 +254,10 @@ def test_undeliverable_grants_waste_no_slot(
 def test_held_grants_pace_the_bucket_from_their_release(
     mc: int, hold_limit: float, ops: list[tuple[str, float, int]]
 ) -> None:
-    s = IdentifyScheduler[int](now=0.0, max_concurrency=mc, interval=INTERVAL,
-                               last_grants={}, hold_limit=hold_limit)
+    s = IdentifyScheduler[int](now=0.0,
+                               limits=Limits(max_concurrency=mc, interval=INTERVAL,
+                                             margin=NO_MARGIN), last_grants={},
+                               hold_limit=hold_limit)
     run = Run(s)
     released: dict[int, float] = {}
     rest: list[tuple[str, float, int]] = []
@@ -299,8 +314,10 @@ report = st.sampled_from(["none", "early", "start", "mid", "now", "late"])
 def test_early_grants_and_sent_at_never_bring_two_sends_closer_than_the_interval(
     mc: int, hold_limit: float, ops: list[tuple[str, float, int, object]]
 ) -> None:
-    s = IdentifyScheduler[int](now=0.0, max_concurrency=mc, interval=INTERVAL,
-                               last_grants={}, hold_limit=hold_limit)
+    s = IdentifyScheduler[int](now=0.0,
+                               limits=Limits(max_concurrency=mc, interval=INTERVAL,
+                                             margin=NO_MARGIN), last_grants={},
+                               hold_limit=hold_limit)
     run = Run(s)
     lead: dict[int, float] = {}
     sent: dict[int, float] = {}  # key -> when its IDENTIFY really left (if it was released)
@@ -388,8 +405,9 @@ def test_any_op9_pattern_keeps_the_margin_and_the_queue(
 ) -> None:
     hold_limit = 12.0
     policy = IdentifyMargin(floor=0.25, max_steps=2, decay_after=2)  # dyadic: exact sums
-    s = IdentifyScheduler[int](now=0.0, max_concurrency=mc, interval=INTERVAL,
-                               last_grants={}, hold_limit=hold_limit, margin=policy)
+    s = IdentifyScheduler[int](now=0.0,
+                               limits=Limits(max_concurrency=mc, interval=INTERVAL, margin=policy),
+                               last_grants={}, hold_limit=hold_limit)
     run = Run(s)
     used: dict[int, float] = {}  # grant key -> the margin its gap got
     floor: dict[int, float] = {}  # bucket -> the margin its next grant must get at least

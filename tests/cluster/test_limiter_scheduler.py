@@ -6,7 +6,12 @@ import math
 
 import pytest
 
-from shardctl.cluster.limiter import Grant, IdentifyMargin, IdentifyScheduler
+from shardctl.cluster.limiter import Grant, IdentifyScheduler
+from shardctl.gateway.limits import Limits
+from shardctl.gateway.pacing import IdentifyMargin
+
+#: The scheduler's own arithmetic: no margin unless a test gives one.
+NO_MARGIN = IdentifyMargin()
 
 
 def drain(s: IdentifyScheduler[str], now: float, until: float) -> list[Grant[str]]:
@@ -18,7 +23,7 @@ def drain(s: IdentifyScheduler[str], now: float, until: float) -> list[Grant[str
 
 
 def test_start_waits_one_interval_without_history() -> None:
-    s = IdentifyScheduler[str](now=100.0, interval=5.0)
+    s = IdentifyScheduler[str](now=100.0, limits=Limits(interval=5.0, margin=NO_MARGIN))
     s.request("a", 0)
     assert s.poll(100.0) == []
     assert s.next_deadline() == 105.0
@@ -27,17 +32,20 @@ def test_start_waits_one_interval_without_history() -> None:
 
 
 def test_given_history_skips_the_startup_wait() -> None:
-    s = IdentifyScheduler[str](now=100.0, interval=5.0, last_grants={0: 97.0})
+    s = IdentifyScheduler[str](now=100.0, limits=Limits(interval=5.0, margin=NO_MARGIN),
+                               last_grants={0: 97.0})
     s.request("a", 0)
     assert s.poll(100.0) == []
     assert s.next_deadline() == 102.0
-    t = IdentifyScheduler[str](now=100.0, interval=5.0, last_grants={})
+    t = IdentifyScheduler[str](now=100.0, limits=Limits(interval=5.0, margin=NO_MARGIN),
+                               last_grants={})
     t.request("a", 0)
     assert [g.at for g in t.poll(100.0)] == [100.0]
 
 
 def test_one_grant_per_bucket_per_interval_fifo() -> None:
-    s = IdentifyScheduler[str](now=0.0, interval=5.0, last_grants={})
+    s = IdentifyScheduler[str](now=0.0, limits=Limits(interval=5.0, margin=NO_MARGIN),
+                               last_grants={})
     for i, key in enumerate("abcd"):
         s.request(key, i)  # max_concurrency 1: one bucket
     grants = drain(s, 0.0, 100.0)
@@ -46,7 +54,9 @@ def test_one_grant_per_bucket_per_interval_fifo() -> None:
 
 def test_buckets_run_in_parallel_and_in_order() -> None:
     # 32 shards with max_concurrency 16: shards 0-15 together, then 16-31 (protocol §9).
-    s = IdentifyScheduler[int](now=0.0, max_concurrency=16, interval=5.0, last_grants={})
+    s = IdentifyScheduler[int](now=0.0,
+                               limits=Limits(max_concurrency=16, interval=5.0, margin=NO_MARGIN),
+                               last_grants={})
     for shard in range(32):
         s.request(shard, shard)
     first = s.poll(0.0)
@@ -56,7 +66,8 @@ def test_buckets_run_in_parallel_and_in_order() -> None:
 
 
 def test_late_poll_paces_from_the_actual_grant() -> None:
-    s = IdentifyScheduler[str](now=0.0, interval=5.0, last_grants={})
+    s = IdentifyScheduler[str](now=0.0, limits=Limits(interval=5.0, margin=NO_MARGIN),
+                               last_grants={})
     s.request("a", 0)
     s.request("b", 0)
     assert [g.at for g in s.poll(1.5)] == [1.5]
@@ -64,7 +75,8 @@ def test_late_poll_paces_from_the_actual_grant() -> None:
 
 
 def test_cancelled_request_takes_no_slot() -> None:
-    s = IdentifyScheduler[str](now=0.0, interval=5.0, last_grants={})
+    s = IdentifyScheduler[str](now=0.0, limits=Limits(interval=5.0, margin=NO_MARGIN),
+                               last_grants={})
     for key in "abc":
         s.request(key, 0)
     assert [g.key for g in s.poll(0.0)] == ["a"]
@@ -74,7 +86,9 @@ def test_cancelled_request_takes_no_slot() -> None:
 
 
 def test_undeliverable_grant_gives_the_slot_to_the_next_request() -> None:
-    s = IdentifyScheduler[str](now=0.0, interval=5.0, remaining=10, last_grants={})
+    s = IdentifyScheduler[str](now=0.0,
+                               limits=Limits(interval=5.0, remaining=10, margin=NO_MARGIN),
+                               last_grants={})
     for key in ("dead-1", "dead-2", "live"):
         s.request(key, 0)
     grants = s.poll(0.0, lambda g: not g.key.startswith("dead"))
@@ -84,15 +98,16 @@ def test_undeliverable_grant_gives_the_slot_to_the_next_request() -> None:
 
 
 def test_duplicate_request_is_ignored() -> None:
-    s = IdentifyScheduler[str](now=0.0, last_grants={})
+    s = IdentifyScheduler[str](now=0.0, limits=Limits(margin=NO_MARGIN), last_grants={})
     assert s.request("a", 3)
     assert not s.request("a", 3)
     assert len(s) == 1
 
 
 def test_budget_holds_grants_until_the_reset() -> None:
-    s = IdentifyScheduler[str](now=0.0, interval=1.0, remaining=2, total=5, reset_after=30.0,
-                               last_grants={})
+    s = IdentifyScheduler[str](now=0.0,
+                               limits=Limits(interval=1.0, remaining=2, total=5, reset_after=30.0,
+                                             margin=NO_MARGIN), last_grants={})
     for key in "abcd":
         s.request(key, 0)
     assert [g.key for g in drain(s, 0.0, 29.0)] == ["a", "b"]
@@ -106,7 +121,8 @@ def test_budget_holds_grants_until_the_reset() -> None:
 
 
 def test_budget_without_reset_time_waits_for_an_update() -> None:
-    s = IdentifyScheduler[str](now=0.0, remaining=0, last_grants={})
+    s = IdentifyScheduler[str](now=0.0, limits=Limits(remaining=0, margin=NO_MARGIN),
+                               last_grants={})
     s.request("a", 0)
     assert s.poll(10.0) == []
     assert s.next_deadline() is None
@@ -115,8 +131,9 @@ def test_budget_without_reset_time_waits_for_an_update() -> None:
 
 
 def test_budget_report_in_the_same_window_only_lowers_remaining() -> None:
-    s = IdentifyScheduler[str](now=0.0, remaining=10, total=10, reset_after=1000.0,
-                               last_grants={})
+    s = IdentifyScheduler[str](now=0.0,
+                               limits=Limits(remaining=10, total=10, reset_after=1000.0,
+                                             margin=NO_MARGIN), last_grants={})
     s.request("a", 0)
     s.poll(0.0)
     assert s.remaining == 9
@@ -132,7 +149,9 @@ def test_budget_report_in_the_same_window_only_lowers_remaining() -> None:
 
 
 def test_max_concurrency_change_rebuckets_and_never_speeds_up() -> None:
-    s = IdentifyScheduler[int](now=0.0, max_concurrency=1, interval=5.0, last_grants={})
+    s = IdentifyScheduler[int](now=0.0,
+                               limits=Limits(max_concurrency=1, interval=5.0, margin=NO_MARGIN),
+                               last_grants={})
     for shard in range(4):
         s.request(shard, shard)
     assert [g.shard_id for g in s.poll(0.0)] == [0]
@@ -145,22 +164,25 @@ def test_max_concurrency_change_rebuckets_and_never_speeds_up() -> None:
 
 def test_invalid_limits_are_refused() -> None:
     with pytest.raises(ValueError):
-        IdentifyScheduler[str](now=0.0, interval=0.0)
+        IdentifyScheduler[str](now=0.0, limits=Limits(interval=0.0, margin=NO_MARGIN))
     with pytest.raises(ValueError):
-        IdentifyScheduler[str](now=0.0, max_concurrency=0)
+        IdentifyScheduler[str](now=0.0, limits=Limits(max_concurrency=0, margin=NO_MARGIN))
     with pytest.raises(ValueError):
-        IdentifyScheduler[str](now=0.0, interval=math.nan)
-    s = IdentifyScheduler[str](now=0.0)
+        IdentifyScheduler[str](now=0.0, limits=Limits(interval=math.nan, margin=NO_MARGIN))
+    s = IdentifyScheduler[str](now=0.0, limits=Limits(margin=NO_MARGIN))
     with pytest.raises(ValueError):
         s.request("a", -1)
 
 
 def test_last_grants_round_trip() -> None:
-    s = IdentifyScheduler[int](now=0.0, max_concurrency=2, interval=5.0, last_grants={})
+    s = IdentifyScheduler[int](now=0.0,
+                               limits=Limits(max_concurrency=2, interval=5.0, margin=NO_MARGIN),
+                               last_grants={})
     s.request(0, 0)
     s.poll(3.0)
     assert s.last_grants() == {0: 3.0}
-    t = IdentifyScheduler[int](now=4.0, max_concurrency=2, interval=5.0,
+    t = IdentifyScheduler[int](now=4.0,
+                               limits=Limits(max_concurrency=2, interval=5.0, margin=NO_MARGIN),
                                last_grants=s.last_grants())
     t.request(0, 0)
     t.request(1, 1)
@@ -169,7 +191,8 @@ def test_last_grants_round_trip() -> None:
 
 
 def test_held_grant_paces_the_bucket_from_its_release() -> None:
-    s = IdentifyScheduler[str](now=0.0, interval=5.0, last_grants={}, hold_limit=5.0)
+    s = IdentifyScheduler[str](now=0.0, limits=Limits(interval=5.0, margin=NO_MARGIN),
+                               last_grants={}, hold_limit=5.0)
     s.request("a", 0)
     s.request("b", 0)
     assert [g.key for g in s.poll(0.0)] == ["a"]
@@ -183,7 +206,8 @@ def test_held_grant_paces_the_bucket_from_its_release() -> None:
 
 
 def test_holder_that_never_releases_counts_as_sent_at_its_limit() -> None:
-    s = IdentifyScheduler[str](now=0.0, interval=5.0, last_grants={}, hold_limit=2.0)
+    s = IdentifyScheduler[str](now=0.0, limits=Limits(interval=5.0, margin=NO_MARGIN),
+                               last_grants={}, hold_limit=2.0)
     s.request("a", 0)
     s.request("b", 0)
     s.poll(0.0)
@@ -192,8 +216,10 @@ def test_holder_that_never_releases_counts_as_sent_at_its_limit() -> None:
 
 
 def test_release_where_frees_a_gone_clients_holds_at_once() -> None:
-    s = IdentifyScheduler[tuple[str, int]](now=0.0, max_concurrency=2, interval=5.0,
-                                           last_grants={}, hold_limit=30.0)
+    s = IdentifyScheduler[tuple[str, int]](now=0.0,
+                                           limits=Limits(max_concurrency=2, interval=5.0,
+                                                         margin=NO_MARGIN), last_grants={},
+                                           hold_limit=30.0)
     s.request(("dead", 1), 0)
     s.request(("live", 1), 1)
     s.request(("live", 2), 0)
@@ -204,7 +230,8 @@ def test_release_where_frees_a_gone_clients_holds_at_once() -> None:
 
 
 def test_release_paces_from_sent_at_clamped_to_start_and_release() -> None:
-    s = IdentifyScheduler[str](now=0.0, interval=5.0, last_grants={}, hold_limit=5.0)
+    s = IdentifyScheduler[str](now=0.0, limits=Limits(interval=5.0, margin=NO_MARGIN),
+                               last_grants={}, hold_limit=5.0)
     for key in "abcd":
         s.request(key, 0)
     s.poll(0.0)
@@ -219,7 +246,8 @@ def test_release_paces_from_sent_at_clamped_to_start_and_release() -> None:
 
 
 def test_a_lead_issues_the_grant_early_with_the_slot_as_its_start() -> None:
-    s = IdentifyScheduler[str](now=0.0, interval=5.0, last_grants={}, hold_limit=5.0)
+    s = IdentifyScheduler[str](now=0.0, limits=Limits(interval=5.0, margin=NO_MARGIN),
+                               last_grants={}, hold_limit=5.0)
     s.request("a", 0, lead=0.5)
     s.request("b", 0, lead=0.5)
     s.request("c", 0)
@@ -238,7 +266,8 @@ def test_a_lead_issues_the_grant_early_with_the_slot_as_its_start() -> None:
 
 
 def test_an_early_grant_held_too_long_counts_from_its_start() -> None:
-    s = IdentifyScheduler[str](now=0.0, interval=5.0, last_grants={}, hold_limit=2.0)
+    s = IdentifyScheduler[str](now=0.0, limits=Limits(interval=5.0, margin=NO_MARGIN),
+                               last_grants={}, hold_limit=2.0)
     s.request("a", 0)
     s.request("b", 0, lead=1.0)
     s.poll(0.0)
@@ -249,7 +278,7 @@ def test_an_early_grant_held_too_long_counts_from_its_start() -> None:
 
 
 def test_lead_must_be_a_finite_non_negative_number() -> None:
-    s = IdentifyScheduler[str](now=0.0)
+    s = IdentifyScheduler[str](now=0.0, limits=Limits(margin=NO_MARGIN))
     for bad in (-0.1, math.inf, math.nan):
         with pytest.raises(ValueError, match="lead"):
             s.request("a", 0, lead=bad)
@@ -257,7 +286,8 @@ def test_lead_must_be_a_finite_non_negative_number() -> None:
 
 def test_starts_are_never_a_rounding_error_short_of_the_interval() -> None:
     # 2758.262130019 + 0.1 rounds down: a judge subtracting the two would see 0.0999999...
-    s = IdentifyScheduler[str](now=0.0, interval=0.1, last_grants={0: 2758.262130019})
+    s = IdentifyScheduler[str](now=0.0, limits=Limits(interval=0.1, margin=NO_MARGIN),
+                               last_grants={0: 2758.262130019})
     s.request("a", 0)
     (a,) = s.poll(s.next_deadline() or 0.0)
     assert a.start - 2758.262130019 >= 0.1
@@ -266,7 +296,9 @@ def test_starts_are_never_a_rounding_error_short_of_the_interval() -> None:
 def test_hold_until_delays_every_bucket_and_never_hastens_one() -> None:
     from shardctl.cluster.limiter import IdentifyScheduler
 
-    s = IdentifyScheduler[str](now=0.0, max_concurrency=2, interval=1.0, last_grants={1: 4.5})
+    s = IdentifyScheduler[str](now=0.0,
+                               limits=Limits(max_concurrency=2, interval=1.0, margin=NO_MARGIN),
+                               last_grants={1: 4.5})
     s.hold_until(3.0)
     s.request("a", 0)
     s.request("b", 1)
@@ -278,7 +310,9 @@ def test_hold_until_delays_every_bucket_and_never_hastens_one() -> None:
 def test_a_gate_holds_every_bucket_until_opened_and_never_hastens_one() -> None:
     from shardctl.cluster.limiter import IdentifyScheduler
 
-    s = IdentifyScheduler[str](now=0.0, max_concurrency=2, interval=1.0, last_grants={1: 0.5})
+    s = IdentifyScheduler[str](now=0.0,
+                               limits=Limits(max_concurrency=2, interval=1.0, margin=NO_MARGIN),
+                               last_grants={1: 0.5})
     s.gate(10.0)
     s.request("a", 0)
     s.request("b", 1)
@@ -297,8 +331,8 @@ def test_a_gate_holds_every_bucket_until_opened_and_never_hastens_one() -> None:
 
 def test_every_gap_gets_the_floor_plus_the_relative_margin() -> None:
     margin = IdentifyMargin(floor=0.25, relative=0.05)  # 0.25 + 5 % of 5 s = 0.5 s
-    s = IdentifyScheduler[str](now=0.0, interval=5.0, last_grants={}, hold_limit=5.0,
-                               margin=margin)
+    s = IdentifyScheduler[str](now=0.0, limits=Limits(interval=5.0, margin=margin), last_grants={},
+                               hold_limit=5.0)
     for key in "abc":
         s.request(key, 0)
     assert [g.key for g in s.poll(0.0)] == ["a"]
@@ -320,8 +354,9 @@ def test_the_margin_policy_refuses_what_is_not_a_margin() -> None:
 
 def test_an_op9_widens_its_bucket_from_the_gap_being_waited_out() -> None:
     margin = IdentifyMargin(floor=0.25)
-    s = IdentifyScheduler[int](now=0.0, max_concurrency=2, interval=5.0, last_grants={},
-                               margin=margin)
+    s = IdentifyScheduler[int](now=0.0,
+                               limits=Limits(max_concurrency=2, interval=5.0, margin=margin),
+                               last_grants={})
     for shard in range(4):
         s.request(shard, shard)
     assert [g.shard_id for g in s.poll(0.0)] == [0, 1]
@@ -334,8 +369,9 @@ def test_an_op9_widens_its_bucket_from_the_gap_being_waited_out() -> None:
 
 
 def test_an_op9_costs_no_extra_slot_and_jumps_no_queue() -> None:
-    s = IdentifyScheduler[str](now=0.0, interval=5.0, remaining=10, last_grants={},
-                               margin=IdentifyMargin(floor=0.25))
+    s = IdentifyScheduler[str](now=0.0,
+                               limits=Limits(interval=5.0, remaining=10,
+                                             margin=IdentifyMargin(floor=0.25)), last_grants={})
     s.request("a", 0)
     s.request("b", 0)
     s.poll(0.0)
@@ -348,7 +384,7 @@ def test_an_op9_costs_no_extra_slot_and_jumps_no_queue() -> None:
 
 def test_widening_is_bounded_and_narrows_back_after_clean_grants() -> None:
     margin = IdentifyMargin(floor=0.25, max_steps=2, decay_after=2)
-    s = IdentifyScheduler[int](now=0.0, interval=5.0, last_grants={}, margin=margin)
+    s = IdentifyScheduler[int](now=0.0, limits=Limits(interval=5.0, margin=margin), last_grants={})
     for _ in range(5):
         s.identify_rejected(0)
     assert s.margin(0) == margin.widest(5.0) == 0.75
@@ -365,13 +401,15 @@ def test_widening_is_bounded_and_narrows_back_after_clean_grants() -> None:
 
 
 def test_a_zero_margin_still_widens_on_op9() -> None:
-    s = IdentifyScheduler[int](now=0.0, interval=0.2, last_grants={})
+    s = IdentifyScheduler[int](now=0.0, limits=Limits(interval=0.2, margin=NO_MARGIN),
+                               last_grants={})
     assert s.identify_rejected(0) == (0.0, pytest.approx(0.002))  # 1 % of the interval
 
 
 def test_a_max_concurrency_change_keeps_the_widest_margin_for_every_new_bucket() -> None:
-    s = IdentifyScheduler[int](now=0.0, max_concurrency=2, interval=5.0, last_grants={},
-                               margin=IdentifyMargin(floor=0.25))
+    s = IdentifyScheduler[int](now=0.0,
+                               limits=Limits(max_concurrency=2, interval=5.0,
+                                             margin=IdentifyMargin(floor=0.25)), last_grants={})
     s.identify_rejected(1)
     s.update(0.0, max_concurrency=4)
     assert s.margins() == {0: 0.5, 1: 0.5, 2: 0.5, 3: 0.5}

@@ -18,8 +18,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from shardctl.cluster.limiter import DEFAULT_MARGIN, IdentifyMargin
-from shardctl.cluster.limiter_service import LimiterEvent, LimiterServer
+from shardctl.cluster.limiter_service import LimiterEvent, SessionLimiterService
+from shardctl.gateway.limits import Limits
+from shardctl.gateway.pacing import DEFAULT_MARGIN, IdentifyMargin
 from shardctl.ipc.limiter import LimiterClient, Rejected
 
 pytestmark = pytest.mark.anyio
@@ -35,7 +36,7 @@ def endpoint() -> Iterator[str]:
 
 
 @asynccontextmanager
-async def serving(server: LimiterServer) -> AsyncIterator[LimiterServer]:
+async def serving(server: SessionLimiterService) -> AsyncIterator[SessionLimiterService]:
     async with anyio.create_task_group() as tg:
         await tg.start(server.serve)
         yield server
@@ -58,7 +59,7 @@ def gaps(grants: list[LimiterEvent]) -> list[float]:
 
 
 async def test_clients_in_one_process_share_one_pace(endpoint: str) -> None:
-    server = LimiterServer(endpoint, interval=INTERVAL)
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL))
     async with serving(server):
         started = server.scheduler.last_grants()[0]  # a fresh limiter counts its start
         async with (LimiterClient(endpoint) as a, LimiterClient(endpoint) as b,
@@ -75,7 +76,8 @@ async def test_clients_in_one_process_share_one_pace(endpoint: str) -> None:
 
 
 async def test_buckets_grant_together(endpoint: str) -> None:
-    server = LimiterServer(endpoint, interval=INTERVAL, max_concurrency=4, last_grants={})
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL, max_concurrency=4),
+                                   last_grants={})
     async with serving(server), LimiterClient(endpoint) as client:
         with anyio.fail_after(5):
             await identify_all(client, list(range(8)))
@@ -86,7 +88,7 @@ async def test_buckets_grant_together(endpoint: str) -> None:
 
 
 async def test_cancelled_waiter_wastes_no_slot(endpoint: str) -> None:
-    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={})
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL), last_grants={})
     async with (serving(server), LimiterClient(endpoint) as client,
                 anyio.create_task_group() as tg):
         with anyio.fail_after(5):
@@ -108,7 +110,7 @@ async def test_cancelled_waiter_wastes_no_slot(endpoint: str) -> None:
 
 
 async def test_closed_client_loses_its_queue_without_wasting_a_slot(endpoint: str) -> None:
-    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={})
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL), last_grants={})
     async with serving(server), LimiterClient(endpoint) as survivor:
         with anyio.fail_after(5):
             async with LimiterClient(endpoint) as leaver:
@@ -127,7 +129,8 @@ async def test_closed_client_loses_its_queue_without_wasting_a_slot(endpoint: st
 async def test_release_paces_the_next_grant(endpoint: str) -> None:
     # The next grant of a bucket comes an interval after the holder is done, not after
     # the grant: a slow IDENTIFY send cannot bring two IDENTIFYs closer than the interval.
-    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={}, hold_limit=1.0)
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL), last_grants={},
+                                   hold_limit=1.0)
     async with serving(server), LimiterClient(endpoint) as client:
         with anyio.fail_after(5):
 
@@ -144,7 +147,7 @@ async def test_release_paces_the_next_grant(endpoint: str) -> None:
 
 
 async def test_max_concurrency_update_while_running(endpoint: str) -> None:
-    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={})
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL), last_grants={})
     async with serving(server), LimiterClient(endpoint) as client:
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
@@ -168,8 +171,9 @@ async def test_empty_budget_holds_grants_and_says_until_when(
     endpoint: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    server = LimiterServer(endpoint, interval=0.02, remaining=1, total=5, reset_after=0.4,
-                           last_grants={})
+    server = SessionLimiterService(endpoint,
+                                   Limits(interval=0.02, remaining=1, total=5, reset_after=0.4),
+                                   last_grants={})
     async with serving(server), LimiterClient(endpoint) as client:
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
@@ -187,12 +191,13 @@ async def test_restarted_service_gets_the_waiting_requests_again(endpoint: str) 
     async with (LimiterClient(endpoint, ping_interval=0.05) as client,
                 anyio.create_task_group() as tg):
         tg.start_soon(identify_one, client, 7)
-        first = LimiterServer(endpoint, interval=5.0)  # its start-up wait outlasts the test
+        # Its start-up wait outlasts the test.
+        first = SessionLimiterService(endpoint, Limits(interval=5.0))
         async with serving(first):
             with anyio.fail_after(5):
                 await first.wait_for(lambda: len(first.scheduler) == 1)
         # The first limiter is gone, and the request with it; the client asks the next one.
-        second = LimiterServer(endpoint, interval=INTERVAL, last_grants={})
+        second = SessionLimiterService(endpoint, Limits(interval=INTERVAL), last_grants={})
         async with serving(second):
             with anyio.fail_after(5):
                 await second.wait_for(lambda: len(second.grants()) == 1)
@@ -200,7 +205,7 @@ async def test_restarted_service_gets_the_waiting_requests_again(endpoint: str) 
 
 
 async def test_idle_service_sleeps(endpoint: str) -> None:
-    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={})
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL), last_grants={})
     async with serving(server), LimiterClient(endpoint) as client:
         with anyio.fail_after(5):
             await identify_all(client, [0, 1])
@@ -220,7 +225,7 @@ async def identify_noting_entry(client: LimiterClient, shard: int, entered: dict
 
 async def test_same_clock_clients_are_granted_early_and_start_on_the_slot(
         endpoint: str) -> None:
-    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={}, lead=0.05)
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL), last_grants={}, lead=0.05)
     entered: dict[int, float] = {}
     async with serving(server), LimiterClient(endpoint) as client:
         with anyio.fail_after(5):
@@ -239,8 +244,8 @@ async def test_same_clock_clients_are_granted_early_and_start_on_the_slot(
 @pytest.mark.parametrize("margin", [None, IdentifyMargin(), IdentifyMargin(floor=0.03)])
 async def test_a_same_clock_bucket_is_paced_from_the_send_plus_the_margin(
         endpoint: str, margin: IdentifyMargin | None) -> None:
-    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={}, hold_limit=1.0,
-                           **({} if margin is None else {"margin": margin}))
+    limits = Limits(interval=INTERVAL, **({} if margin is None else {"margin": margin}))
+    server = SessionLimiterService(endpoint, limits, last_grants={}, hold_limit=1.0)
     entered: dict[int, float] = {}
     async with serving(server), LimiterClient(endpoint) as client:
         with anyio.fail_after(5):
@@ -265,8 +270,9 @@ async def test_a_same_clock_bucket_is_paced_from_the_send_plus_the_margin(
 async def test_an_op9_report_widens_its_bucket_logs_once_and_grants_nothing(
         endpoint: str, caplog: pytest.LogCaptureFixture) -> None:
     margin = IdentifyMargin(floor=0.01)
-    server = LimiterServer(endpoint, max_concurrency=2, interval=INTERVAL, last_grants={},
-                           margin=margin)
+    server = SessionLimiterService(endpoint,
+                                   Limits(max_concurrency=2, interval=INTERVAL, margin=margin),
+                                   last_grants={})
     async with serving(server), LimiterClient(endpoint) as client:
         with anyio.fail_after(5):
             await identify_all(client, [0])
@@ -300,7 +306,7 @@ async def test_clients_on_another_clock_are_granted_on_the_slot_and_paced_on_rel
     from shardctl.cluster import limiter_service
 
     monkeypatch.setattr(limiter_service, "clock_id", lambda: "another-host")
-    server = LimiterServer(endpoint, interval=INTERVAL, last_grants={})
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL), last_grants={})
     async with serving(server), LimiterClient(endpoint) as client:
         with anyio.fail_after(5):
             await identify_all(client, [0, 1, 2])
@@ -317,7 +323,8 @@ async def test_clients_on_another_clock_are_granted_on_the_slot_and_paced_on_rel
 async def test_the_start_gate_waits_while_shards_keep_asking(endpoint: str) -> None:
     # Asks 0.15 s apart with a 0.3 s quiet period: the asking takes 0.45 s in all, longer
     # than the quiet period, and no grant comes before the last shard has asked.
-    server = LimiterServer(endpoint, interval=INTERVAL, max_concurrency=4, last_grants={})
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL, max_concurrency=4),
+                                   last_grants={})
     async with serving(server), LimiterClient(endpoint) as client:
         server.gate(anyio.current_time() + 10.0)
         with anyio.fail_after(5):
@@ -339,7 +346,8 @@ async def test_the_start_gate_waits_while_shards_keep_asking(endpoint: str) -> N
 
 async def test_the_start_gate_opens_when_no_shard_asked_for_the_quiet_period(
         endpoint: str) -> None:
-    server = LimiterServer(endpoint, interval=INTERVAL, max_concurrency=4, last_grants={})
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL, max_concurrency=4),
+                                   last_grants={})
     async with serving(server), LimiterClient(endpoint) as client:
         server.gate(anyio.current_time() + 10.0)
         with anyio.fail_after(5):

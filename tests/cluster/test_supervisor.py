@@ -22,10 +22,11 @@ from clusterkit import (
     terminate,
 )
 
-from shardctl.cluster.limiter_service import LimiterServer
+from shardctl.cluster.limiter_service import SessionLimiterService
 from shardctl.cluster.restarts import RestartPolicy
 from shardctl.cluster.supervisor import CrashLoopError, Supervisor
 from shardctl.gateway.intents import Intents
+from shardctl.gateway.limits import Limits
 from shardctl.ipc.events import Event
 from shardctl.sandbox import Sandbox, SandboxConfig
 
@@ -205,7 +206,7 @@ async def test_events_in_process_and_output_callback_see_the_stream() -> None:
 
 async def test_a_shared_remote_limiter_paces_the_cluster() -> None:
     with short_dir() as run_dir:
-        server = LimiterServer(f"ipc://{run_dir}/shared-limiter", interval=0.2)
+        server = SessionLimiterService(f"ipc://{run_dir}/shared-limiter", Limits(interval=0.2))
         async with Sandbox(sandbox_config(4)) as sb, anyio.create_task_group() as tg:
             endpoint = await tg.start(server.serve)
             async with Supervisor(token=TOKEN, api_url=sb.api_url, processes=2,

@@ -12,8 +12,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from shardctl.cluster.limiter_service import LimiterServer
+from shardctl.cluster.limiter_service import SessionLimiterService
 from shardctl.errors import ConfigurationError
+from shardctl.gateway.limits import Limits
 from shardctl.ipc import endpoints
 from shardctl.ipc.bus import EventForwarder, EventPublisher
 from shardctl.ipc.consumer import Consumer
@@ -99,7 +100,7 @@ def test_non_loopback_binds_need_curve(server: CurveServer) -> None:
     with pytest.raises(ConfigurationError, match="reachable from other hosts"):
         ControlServer("tcp://0.0.0.0:*")
     with pytest.raises(ConfigurationError, match="reachable from other hosts"):
-        LimiterServer("tcp://0.0.0.0:*")
+        SessionLimiterService("tcp://0.0.0.0:*")
 
 
 async def test_curve_allows_binding_every_interface(server: CurveServer,
@@ -235,7 +236,8 @@ async def test_bus_ignores_an_unauthorised_publisher_and_consumer(
 
 @asynccontextmanager
 async def curve_limiter(server: CurveServer) -> AsyncIterator[str]:
-    limiter = LimiterServer(ANY_PORT, max_concurrency=1, interval=0.05, curve=server)
+    limiter = SessionLimiterService(ANY_PORT, Limits(max_concurrency=1, interval=0.05),
+                                    curve=server)
     async with anyio.create_task_group() as tg:
         yield await tg.start(limiter.serve)
         tg.cancel_scope.cancel()
@@ -334,8 +336,8 @@ async def test_events_in_admits_workers_only(key_dirs: tuple[Path, Path],
                                                ("consumer", False)])
 async def test_the_limiter_admits_workers_supervisors_and_operators(
         key_dirs: tuple[Path, Path], server: CurveServer, role: str, granted: bool) -> None:
-    limiter = LimiterServer(ANY_PORT, max_concurrency=1, interval=0.05,
-                            curve=for_socket(server, "limiter"))
+    limiter = SessionLimiterService(ANY_PORT, Limits(max_concurrency=1, interval=0.05),
+                                    curve=for_socket(server, "limiter"))
     async with anyio.create_task_group() as tg:
         endpoint = await tg.start(limiter.serve)
         async with LimiterClient(endpoint, curve=client_of(key_dirs, role)) as client:

@@ -17,7 +17,7 @@ from shardctl.ipc.limiter import (
     Cancel,
     Configure,
     LimiterClient,
-    LimiterService,
+    LimiterWireServer,
     Ping,
     Rejected,
     Release,
@@ -39,7 +39,7 @@ def endpoint() -> Iterator[str]:
 M = TypeVar("M", Ping, Request, Cancel, Release, Rejected)
 
 
-async def next_of(service: LimiterService, kind: type[M]) -> tuple[bytes, M]:
+async def next_of(service: LimiterWireServer, kind: type[M]) -> tuple[bytes, M]:
     """The next message of ``kind`` (pings arrive whenever they like)."""
     with anyio.fail_after(5):
         while True:
@@ -54,7 +54,7 @@ async def test_client_implements_the_session_limiter_protocol(endpoint: str) -> 
 
 
 async def test_request_grant_release(endpoint: str) -> None:
-    async with LimiterService(endpoint) as service, LimiterClient(endpoint) as client:
+    async with LimiterWireServer(endpoint) as service, LimiterClient(endpoint) as client:
         entered = anyio.Event()
         leave = anyio.Event()
 
@@ -82,7 +82,7 @@ async def test_request_grant_release(endpoint: str) -> None:
 
 async def test_an_op9_report_names_the_grant_the_identify_was_sent_under(
         endpoint: str) -> None:
-    async with LimiterService(endpoint) as service, LimiterClient(endpoint) as client:
+    async with LimiterWireServer(endpoint) as service, LimiterClient(endpoint) as client:
         client.identify_rejected(5, 0.01)  # never granted here: nothing to report
 
         async def shard() -> None:
@@ -108,14 +108,14 @@ async def test_an_op9_report_names_the_grant_the_identify_was_sent_under(
 
 
 async def test_pings_name_the_monotonic_clock(endpoint: str) -> None:
-    async with LimiterService(endpoint) as service, LimiterClient(endpoint):
+    async with LimiterWireServer(endpoint) as service, LimiterClient(endpoint):
         _, ping = await next_of(service, Ping)
     assert ping.clock is not None
     assert ping.clock == clock_id()
 
 
 async def test_an_early_grant_is_not_used_before_not_before(endpoint: str) -> None:
-    async with LimiterService(endpoint) as service, LimiterClient(endpoint) as client:
+    async with LimiterWireServer(endpoint) as service, LimiterClient(endpoint) as client:
         entered: list[float] = []
 
         async def shard() -> None:
@@ -136,7 +136,7 @@ async def test_an_early_grant_is_not_used_before_not_before(endpoint: str) -> No
 
 async def test_cancelled_while_waiting_out_an_early_grant_releases_it(endpoint: str) -> None:
     # The grant arrived: its slot is spent, so the client releases it (never cancels).
-    async with LimiterService(endpoint) as service, LimiterClient(endpoint) as client:
+    async with LimiterWireServer(endpoint) as service, LimiterClient(endpoint) as client:
         async with anyio.create_task_group() as tg:
 
             async def shard() -> None:
@@ -157,7 +157,7 @@ async def test_cancelled_while_waiting_out_an_early_grant_releases_it(endpoint: 
 
 
 async def test_cancelled_waiter_withdraws_its_request(endpoint: str) -> None:
-    async with LimiterService(endpoint) as service, LimiterClient(endpoint) as client:
+    async with LimiterWireServer(endpoint) as service, LimiterClient(endpoint) as client:
         async with anyio.create_task_group() as tg:
 
             async def shard() -> None:
@@ -172,7 +172,7 @@ async def test_cancelled_waiter_withdraws_its_request(endpoint: str) -> None:
 
 
 async def test_lost_request_is_sent_again_after_a_pong_without_it(endpoint: str) -> None:
-    async with (LimiterService(endpoint) as service,
+    async with (LimiterWireServer(endpoint) as service,
                 LimiterClient(endpoint, ping_interval=0.05) as client,
                 anyio.create_task_group() as tg):
         granted = anyio.Event()
@@ -208,7 +208,7 @@ async def test_waits_while_the_service_is_unreachable(endpoint: str) -> None:
         with anyio.move_on_after(0.3):
             await granted.wait()
         assert not granted.is_set()  # no service, no grant, no IDENTIFY
-        async with LimiterService(endpoint) as service:
+        async with LimiterWireServer(endpoint) as service:
             peer, request = await next_of(service, Request)
             service.send_grant(peer, request.req, 0)
             with anyio.fail_after(5):
@@ -216,7 +216,7 @@ async def test_waits_while_the_service_is_unreachable(endpoint: str) -> None:
 
 
 async def test_malformed_messages_are_dropped_not_fatal(endpoint: str) -> None:
-    async with LimiterService(endpoint) as service:
+    async with LimiterWireServer(endpoint) as service:
         raw = zmq.asyncio.Context.instance().socket(zmq.DEALER)
         raw.connect(endpoint)
         try:
@@ -231,7 +231,7 @@ async def test_malformed_messages_are_dropped_not_fatal(endpoint: str) -> None:
 
 
 async def test_send_to_a_gone_peer_reports_failure(endpoint: str) -> None:
-    async with LimiterService(endpoint) as service:
+    async with LimiterWireServer(endpoint) as service:
         async with LimiterClient(endpoint) as client:
             peer, _ = await next_of(service, Ping)
             assert service.probe(peer)

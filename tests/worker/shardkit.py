@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 
 from shardctl.gateway.intents import Intents
+from shardctl.gateway.limits import Limits
 from shardctl.sandbox import Sandbox, SandboxConfig
 from shardctl.worker.limiter import LocalSessionLimiter
 from shardctl.worker.shard import Shard
@@ -53,7 +54,7 @@ def make_shard(sb: Sandbox, events: Any, *, shard_id: int = 0, shard_count: int 
     args: dict[str, Any] = {
         "id": shard_id, "token": TOKEN, "total_shard_count": shard_count,
         "gateway": sb.gateway_url, "output": events, "intents": INTENTS,
-        "session_limiter": limiter or LocalSessionLimiter(1, interval=0.35),
+        "session_limiter": limiter or LocalSessionLimiter(Limits(interval=0.35)),
         "receive_timeout": 10.0,
     }
     args.update(kw)

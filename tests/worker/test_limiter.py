@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import anyio
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shardctl.gateway.limits import Limits
 from shardctl.gateway.pacing import DEFAULT_MARGIN, IdentifyMargin
 from shardctl.worker.limiter import LocalSessionLimiter, RejectionAware, SessionLimiter
 
@@ -27,13 +29,13 @@ def test_implements_the_protocol() -> None:
 
 def test_rejects_bad_settings() -> None:
     with pytest.raises(ValueError):
-        LocalSessionLimiter(0)
+        LocalSessionLimiter(Limits(max_concurrency=0))
     with pytest.raises(ValueError):
-        LocalSessionLimiter(1, interval=-1.0)
+        LocalSessionLimiter(Limits(interval=-1.0))
 
 
 async def test_one_grant_per_interval_in_fifo_order() -> None:
-    limiter = LocalSessionLimiter(1, interval=0.1)
+    limiter = LocalSessionLimiter(Limits(interval=0.1))
     log: list[tuple[int, float]] = []
     async with anyio.create_task_group() as tg:
         for shard_id in range(4):
@@ -45,7 +47,7 @@ async def test_one_grant_per_interval_in_fifo_order() -> None:
 
 
 async def test_buckets_are_independent() -> None:
-    limiter = LocalSessionLimiter(2, interval=0.3)
+    limiter = LocalSessionLimiter(Limits(max_concurrency=2, interval=0.3))
     log: list[tuple[int, float]] = []
     start = anyio.current_time()
     async with anyio.create_task_group() as tg:
@@ -56,7 +58,7 @@ async def test_buckets_are_independent() -> None:
 
 
 async def test_slot_is_used_even_if_the_send_fails() -> None:
-    limiter = LocalSessionLimiter(1, interval=0.2)
+    limiter = LocalSessionLimiter(Limits(interval=0.2))
     with pytest.raises(RuntimeError):
         async with limiter.identify(0):
             raise RuntimeError("socket closed")
@@ -67,7 +69,7 @@ async def test_slot_is_used_even_if_the_send_fails() -> None:
 
 
 async def test_next_grant_counts_from_the_end_of_the_send() -> None:
-    limiter = LocalSessionLimiter(1, interval=0.1)
+    limiter = LocalSessionLimiter(Limits(interval=0.1))
     async with limiter.identify(0):
         await anyio.sleep(0.1)  # a slow send
         sent_at = anyio.current_time()
@@ -77,7 +79,8 @@ async def test_next_grant_counts_from_the_end_of_the_send() -> None:
 
 async def test_injected_clock_is_used() -> None:
     fake = [100.0]
-    limiter = LocalSessionLimiter(1, interval=5.0, margin=IdentifyMargin(), clock=lambda: fake[0])
+    limiter = LocalSessionLimiter(Limits(interval=5.0, margin=IdentifyMargin()),
+                                  clock=lambda: fake[0])
     async with limiter.identify(0):
         pass
     fake[0] = 105.0  # five fake seconds later the bucket is free without real waiting
@@ -94,7 +97,7 @@ def test_any_arrival_pattern_keeps_pacing_per_bucket(
     interval = 0.03
 
     async def main() -> list[tuple[int, float, float]]:
-        limiter = LocalSessionLimiter(mc, interval=interval)
+        limiter = LocalSessionLimiter(Limits(max_concurrency=mc, interval=interval))
         log: list[tuple[int, float, float]] = []  # (shard, asked at, granted at)
 
         async def one(shard_id: int, delay: float) -> None:
@@ -133,7 +136,7 @@ async def _grants_at(limiter: LocalSessionLimiter, fake: list[float], at: float)
 async def test_the_cluster_margin_applies_in_one_process_too() -> None:
     # A gateway that reads an IDENTIFY late is no kinder to a one-process bot (issue 13).
     fake = [0.0]
-    limiter = LocalSessionLimiter(1, interval=5.0, clock=lambda: fake[0])
+    limiter = LocalSessionLimiter(Limits(interval=5.0), clock=lambda: fake[0])
     async with limiter.identify(0):
         pass
     assert limiter.margins.margin(0, 5.0) == pytest.approx(DEFAULT_MARGIN.base(5.0))
@@ -142,7 +145,7 @@ async def test_the_cluster_margin_applies_in_one_process_too() -> None:
 
 async def test_an_op9_widens_the_bucket_from_the_gap_being_waited_out() -> None:
     fake = [0.0]
-    limiter = LocalSessionLimiter(2, interval=5.0, clock=lambda: fake[0])
+    limiter = LocalSessionLimiter(Limits(max_concurrency=2, interval=5.0), clock=lambda: fake[0])
     assert isinstance(limiter, RejectionAware)
     async with limiter.identify(0):
         pass
@@ -151,3 +154,26 @@ async def test_an_op9_widens_the_bucket_from_the_gap_being_waited_out() -> None:
     assert limiter.margins.margin(0, 5.0) == pytest.approx(DEFAULT_MARGIN.base(5.0) + step)
     assert limiter.margins.margin(1, 5.0) == pytest.approx(DEFAULT_MARGIN.base(5.0))
     assert await _grants_at(limiter, fake, 5.0 + DEFAULT_MARGIN.base(5.0) + step)
+
+
+@pytest.mark.parametrize("interval", [math.nan, math.inf, 0.0])
+def test_an_interval_no_limiter_could_keep_is_refused_in_one_process_too(
+        interval: float) -> None:
+    # The cluster's limiter always refused these; the in-process one took NaN (no grant
+    # ever came), inf and 0 (no pacing at all).  Both now check one Limits value.
+    with pytest.raises(ValueError, match="identify interval"):
+        LocalSessionLimiter(Limits(interval=interval))
+
+
+def test_a_budget_is_refused_rather_than_silently_not_kept() -> None:
+    with pytest.raises(ValueError, match="keeps no session-start budget"):
+        LocalSessionLimiter(Limits(remaining=10, total=1000))
+
+
+def test_the_limits_given_are_the_limits_kept() -> None:
+    limits = Limits(max_concurrency=4, interval=0.5, margin=IdentifyMargin(floor=0.1))
+    limiter = LocalSessionLimiter(limits)
+    assert limiter.limits is limits
+    assert (limiter.max_concurrency, limiter.interval) == (4, 0.5)
+    assert limiter.margins.policy is limits.margin
+    assert limiter.bucket(6) == 2

@@ -14,6 +14,7 @@ from shardkit import INTENTS, TOKEN, Events, config, dispatch_seqs, make_shard
 
 from shardctl.errors import AuthenticationError, DisallowedIntentsError
 from shardctl.gateway.intents import Intents
+from shardctl.gateway.limits import Limits
 from shardctl.sandbox import Reconnect, Sandbox, ScheduledFault
 from shardctl.worker.limiter import LocalSessionLimiter
 from shardctl.worker.shard import Shard
@@ -25,7 +26,7 @@ class CountingLimiter:
     """A real LocalSessionLimiter that counts how often it was entered."""
 
     def __init__(self) -> None:
-        self.inner = LocalSessionLimiter(1, interval=0.35)
+        self.inner = LocalSessionLimiter(Limits(interval=0.35))
         self.entered: list[int] = []
 
     @asynccontextmanager
@@ -336,7 +337,7 @@ def _async_gateway(url: str) -> Any:
 
 async def test_shards_identify_through_the_limiter_spaced_by_its_interval() -> None:
     events = Events()
-    limiter = LocalSessionLimiter(1, interval=0.4)
+    limiter = LocalSessionLimiter(Limits(interval=0.4))
     async with Sandbox(config(shard_count=3, identify_interval=0.35), port=0) as sb, \
             anyio.create_task_group() as tg:
         shards = [make_shard(sb, events, shard_id=i, shard_count=3, limiter=limiter)

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
-from shardctl.cluster.discovery import DEFAULT_API_URL
-from shardctl.cluster.limiter import DEFAULT_MARGIN, IdentifyMargin
+from shardctl.cluster.discovery import DEFAULT_API_URL, SessionStartLimit
 from shardctl.cluster.planner import MAX_SHARDS
 from shardctl.errors import ConfigurationError
 from shardctl.gateway.intents import Intents
+from shardctl.gateway.limits import Limits
+from shardctl.gateway.pacing import DEFAULT_MARGIN, IdentifyMargin
 from shardctl.ipc.control import check_control_endpoint
 
 Compression = Literal["zlib-stream", "zstd-stream"] | None
@@ -113,6 +114,13 @@ class RunConfig:
     @property
     def identify_margin(self) -> IdentifyMargin:
         return identify_margin(self.identify_margin_ms, self.identify_margin_percent)
+
+    def limits(self, start_limit: SessionStartLimit) -> Limits:
+        """The built-in limiter's limits: this run's pace and margin, Discord's budget."""
+        return Limits(max_concurrency=start_limit.max_concurrency,
+                      interval=self.identify_interval, remaining=start_limit.remaining,
+                      total=start_limit.total, reset_after=start_limit.reset_after,
+                      margin=self.identify_margin)
 
 
 def identify_margin(ms: float, percent: float) -> IdentifyMargin:

@@ -53,25 +53,19 @@ from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
-from shardctl.gateway.pacing import DEFAULT_MARGIN, BucketMargins, IdentifyMargin
+from shardctl.gateway.limits import (
+    DEFAULT_LIMITS,
+    Limits,
+    check_count,
+    check_max_concurrency,
+    check_seconds,
+)
+from shardctl.gateway.pacing import BucketMargins, IdentifyMargin
 from shardctl.gateway.sharding import bucket_for
 
-__all__ = [
-    "DEFAULT_IDENTIFY_INTERVAL",
-    "DEFAULT_MARGIN",
-    "DEFAULT_WINDOW",
-    "Grant",
-    "IdentifyMargin",
-    "IdentifyScheduler",
-]
+__all__ = ["Grant", "IdentifyScheduler"]
 
 K = TypeVar("K", bound=Hashable)
-
-DEFAULT_IDENTIFY_INTERVAL: Final = 5.0
-"""Seconds between IDENTIFYs of one bucket: Discord's documented 1 per 5 s per key (§9)."""
-
-DEFAULT_WINDOW: Final = 86_400.0
-"""Length of a session-start window once refilled: Discord's budget is per 24 h (§9)."""
 
 SAME_WINDOW_SLACK: Final = 1.0
 """Two reported reset times closer than this describe the same window (REST latency)."""
@@ -97,55 +91,35 @@ class _Waiting(Generic[K]):
     lead: float = 0.0  # how long before its slot it may be granted
 
 
-def _check_interval(interval: float, what: str = "identify interval") -> float:
-    if not math.isfinite(interval) or interval <= 0:
-        raise ValueError(f"{what} must be a positive number of seconds, not {interval}")
-    return float(interval)
-
-
-def _check_concurrency(max_concurrency: int) -> int:
-    if max_concurrency < 1:
-        raise ValueError(f"max_concurrency must be >= 1, not {max_concurrency}")
-    return max_concurrency
-
-
 class IdentifyScheduler(Generic[K]):
     """Per-bucket FIFO queues of IDENTIFY requests, paced by interval and budget.
 
-    ``key`` identifies one request (hashable, unique among waiting requests); ``remaining``
-    of ``None`` means no budget is known and none is enforced (tests, the sandbox).  Given
-    ``remaining`` without ``total``, a refill restores ``remaining`` (never more than known).
-    ``last_grants`` (bucket -> grant time, in the clock of ``now``) is the complete record of
-    recent grants: buckets missing from it are free at once.  Without it every bucket waits
-    one ``interval`` from ``now`` before its first grant.  ``hold_limit`` (seconds) turns on
-    held grants: see :meth:`release`.  ``margin``: what each gap gets on top of the interval
-    (none unless given).
+    ``key`` identifies one request (hashable, unique among waiting requests).  ``limits``:
+    the pace, margin and budget to start with (:class:`~shardctl.gateway.limits.Limits`;
+    :meth:`update` changes them while running).  ``last_grants`` (bucket -> grant time, in
+    the clock of ``now``) is the complete record of recent grants: buckets missing from it
+    are free at once.  Without it every bucket waits one ``interval`` from ``now`` before
+    its first grant.  ``hold_limit`` (seconds) turns on held grants: see :meth:`release`.
     """
 
     def __init__(
         self,
         *,
         now: float,
-        max_concurrency: int = 1,
-        interval: float = DEFAULT_IDENTIFY_INTERVAL,
-        remaining: int | None = None,
-        total: int | None = None,
-        reset_after: float | None = None,
-        window: float = DEFAULT_WINDOW,
+        limits: Limits = DEFAULT_LIMITS,
         last_grants: Mapping[int, float] | None = None,
         hold_limit: float | None = None,
-        margin: IdentifyMargin | None = None,
     ) -> None:
-        self._mc = _check_concurrency(max_concurrency)
-        self._margin = margin or IdentifyMargin()
+        self._mc = limits.max_concurrency
+        self._margin = limits.margin
         self._margins = BucketMargins(self._margin)
         self._rejections: dict[int, int] = {}  # bucket -> IDENTIFYs answered with op 9
         self.rejections_total = 0
-        self._hold_limit = None if hold_limit is None else _check_interval(hold_limit,
-                                                                           "hold_limit")
+        self._hold_limit = None if hold_limit is None else check_seconds(hold_limit,
+                                                                         "hold_limit")
         self._holds: dict[K, tuple[int, float]] = {}  # key -> (shard_id, grant start)
-        self._interval = _check_interval(interval)
-        self._window = _check_interval(window, "window")
+        self._interval = limits.interval
+        self._window = limits.window
         self._queues: dict[int, deque[_Waiting[K]]] = {}
         self._index: dict[K, _Waiting[K]] = {}
         self._order = 0
@@ -153,11 +127,9 @@ class IdentifyScheduler(Generic[K]):
         self._default_last = now if last_grants is None else -math.inf
         self._gate = -math.inf
         self._last: dict[int, float] = dict(last_grants or {})
-        if (remaining is not None and remaining < 0) or (total is not None and total < 0):
-            raise ValueError("remaining and total must be >= 0")
-        self._remaining = remaining
-        self._total = total if total is not None else remaining
-        self._reset_at = None if reset_after is None else now + max(0.0, reset_after)
+        self._remaining = limits.remaining
+        self._total = limits.total if limits.total is not None else limits.remaining
+        self._reset_at = None if limits.reset_after is None else now + limits.reset_after
 
     # -- state ----------------------------------------------------------------------------
 
@@ -322,13 +294,11 @@ class IdentifyScheduler(Generic[K]):
     ) -> None:
         """Apply new limits while running (e.g. a fresh ``/gateway/bot``)."""
         if interval is not None:
-            self._interval = _check_interval(interval)
-        if max_concurrency is not None and _check_concurrency(max_concurrency) != self._mc:
+            self._interval = check_seconds(interval, "the identify interval")
+        if max_concurrency is not None and check_max_concurrency(max_concurrency) != self._mc:
             self._rebucket(max_concurrency)
         if total is not None:
-            if total < 0:
-                raise ValueError("total must be >= 0")
-            self._total = total
+            self._total = check_count(total, "total")
         if remaining is not None:
             self._merge_budget(now, remaining, reset_after)
         elif reset_after is not None:
@@ -351,8 +321,7 @@ class IdentifyScheduler(Generic[K]):
             self._queues.setdefault(self.bucket_of(w.shard_id), deque()).append(w)
 
     def _merge_budget(self, now: float, remaining: int, reset_after: float | None) -> None:
-        if remaining < 0:
-            raise ValueError("remaining must be >= 0")
+        check_count(remaining, "remaining")
         reported_reset = None if reset_after is None else now + max(0.0, reset_after)
         if self._total is None:
             self._total = remaining

@@ -1,8 +1,10 @@
 """The session limiter as a service: the pure scheduler driven by the limiter channel.
 
-Where policy meets the wire.  The scheduler (``cluster/limiter.py``) decides who may IDENTIFY
-and when; the ROUTER end (``ipc/limiter.py``) moves the messages; this module decides what a
-message means for the queue and when a client is gone:
+Where policy meets the wire, on the supervisor's side (or ``shardctl limiter``'s).  The
+scheduler (``cluster/limiter.py``) decides who may IDENTIFY and when; the ROUTER end
+(:class:`~shardctl.ipc.limiter.LimiterWireServer`) moves the messages; this module's
+:class:`SessionLimiterService` decides what a message means for the queue and when a client
+is gone (the shards' end is :class:`~shardctl.ipc.limiter.LimiterClient`):
 
 - a grant is held until the client releases it (its IDENTIFY is sent): the bucket's next
   grant comes an interval after the release, so IDENTIFYs leave the processes at least an
@@ -13,7 +15,7 @@ message means for the queue and when a client is gone:
   (the release's ``sent_at``), so neither does the release's trip: the bucket is paced from
   that moment.  Any other client is granted at the slot and paced from when its release was
   handled.  Either way the next grant comes an interval plus the bucket's *margin* later
-  (:class:`~shardctl.cluster.limiter.IdentifyMargin`, default 15 ms + 1 % of the interval):
+  (:class:`~shardctl.gateway.pacing.IdentifyMargin`, default 15 ms + 1 % of the interval):
   Discord stamps an IDENTIFY when a busy server of its fleet reads it, so the second of two
   IDENTIFYs sent an interval apart may look early by the difference in how late each was
   read.  A shard whose IDENTIFY was answered with op 9 anyway reports it (``rejected``): the
@@ -35,7 +37,7 @@ message means for the queue and when a client is gone:
   behind it: a message naming it from another connection is refused (``refused``) and
   changes nothing, unless the first connection is gone and the principal is the same (the
   client reconnected).  ``configure`` is taken only from peers whose role may
-  (:func:`shardctl.ipc.limiter.LimiterService.may_configure`), and always answered.
+  (:meth:`shardctl.ipc.limiter.LimiterWireServer.may_configure`), and always answered.
 
 Run it in the supervisor (``await tg.start(server.serve)``) or on its own
 (``shardctl limiter``) so several supervisors share one pace.
@@ -56,22 +58,16 @@ from typing import Final
 import anyio
 from anyio.abc import TaskStatus
 
-from shardctl.cluster.limiter import (
-    DEFAULT_IDENTIFY_INTERVAL,
-    DEFAULT_MARGIN,
-    DEFAULT_WINDOW,
-    Grant,
-    IdentifyMargin,
-    IdentifyScheduler,
-)
+from shardctl.cluster.limiter import Grant, IdentifyScheduler
+from shardctl.gateway.limits import DEFAULT_LIMITS, Limits
 from shardctl.ipc.limiter import (
     DEFAULT_PEER_BURST,
     DEFAULT_PEER_RATE,
     Cancel,
     ClientMessage,
     Configure,
-    LimiterService,
     LimiterStats,
+    LimiterWireServer,
     Ping,
     Rejected,
     Release,
@@ -81,7 +77,7 @@ from shardctl.ipc.limiter import (
 )
 from shardctl.ipc.security import CurveServer
 
-__all__ = ["DEFAULT_CLIENT_TIMEOUT", "LimiterEvent", "LimiterServer", "RequestKey"]
+__all__ = ["DEFAULT_CLIENT_TIMEOUT", "LimiterEvent", "RequestKey", "SessionLimiterService"]
 
 log = logging.getLogger(__name__)
 
@@ -151,28 +147,24 @@ def default_hold_limit(interval: float) -> float:
     return max(MIN_HOLD_LIMIT, 2 * interval)
 
 
-class LimiterServer:
-    """Serves the session limiter on ``endpoint`` until cancelled.
+class SessionLimiterService:
+    """Serves the session limiter on ``endpoint`` until cancelled: the supervisor's side.
 
+    ``limits``: the pace, margin and session-start budget to start with (without a budget
+    none is enforced); ``configure`` messages and :meth:`update` change them while serving.
     Times (``last_grants``, the record) are in the event loop's clock
-    (``anyio.current_time()``, monotonic).  ``remaining``/``total``/``reset_after``
-    (seconds) give the session-start budget; without them none is enforced.  ``hold_limit``
-    (default: the interval) bounds how long an unreleased grant blocks its bucket.  ``lead``
-    (seconds, 0 to turn off): how far ahead of its slot a client sharing this clock may be
-    granted; ``pace_from_sent``: pace such a client's bucket from its ``sent_at``; off, from
-    when its release is handled.  ``margin``: what every gap gets on top of the interval.
+    (``anyio.current_time()``, monotonic).  ``hold_limit`` (default:
+    :func:`default_hold_limit`) bounds how long an unreleased grant blocks its bucket.
+    ``lead`` (seconds, 0 to turn off): how far ahead of its slot a client sharing this clock
+    may be granted; ``pace_from_sent``: pace such a client's bucket from its ``sent_at``;
+    off, from when its release is handled.
     """
 
     def __init__(
         self,
         endpoint: str,
+        limits: Limits = DEFAULT_LIMITS,
         *,
-        max_concurrency: int = 1,
-        interval: float = DEFAULT_IDENTIFY_INTERVAL,
-        remaining: int | None = None,
-        total: int | None = None,
-        reset_after: float | None = None,
-        window: float = DEFAULT_WINDOW,
         last_grants: Mapping[int, float] | None = None,
         client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
         hold_limit: float | None = None,
@@ -180,12 +172,11 @@ class LimiterServer:
         curve: CurveServer | None = None,
         lead: float = DEFAULT_LEAD,
         pace_from_sent: bool = True,
-        margin: IdentifyMargin = DEFAULT_MARGIN,
         insecure_loopback: bool = False,
         peer_rate: float = DEFAULT_PEER_RATE,
         peer_burst: int = DEFAULT_PEER_BURST,
     ) -> None:
-        self._margin = margin
+        self._limits = limits
         self._granted: OrderedDict[RequestKey, int] = OrderedDict()  # recent grants: shard
         if not (math.isfinite(lead) and lead >= 0):
             raise ValueError(f"lead must be a finite number of seconds >= 0, not {lead}")
@@ -199,18 +190,13 @@ class LimiterServer:
         self.stats = LimiterStats()
         self._curve = curve
         self._endpoint = endpoint
-        self._max_concurrency = max_concurrency
-        self._interval = interval
-        self._remaining = remaining
-        self._total = total
-        self._reset_after = reset_after
-        self._window = window
         self._last_grants = None if last_grants is None else dict(last_grants)
         self._client_timeout = client_timeout
-        self._hold_limit = default_hold_limit(interval) if hold_limit is None else hold_limit
+        self._hold_limit = (default_hold_limit(limits.interval) if hold_limit is None
+                            else hold_limit)
         self._probe_interval = probe_interval
         self._scheduler: IdentifyScheduler[RequestKey] | None = None
-        self._service: LimiterService | None = None
+        self._service: LimiterWireServer | None = None
         self._clients: dict[str, _Client] = {}
         self._wakeup = anyio.Event()
         self._changed = anyio.Event()
@@ -218,11 +204,7 @@ class LimiterServer:
         self.endpoint: str | None = None
         self.record: deque[LimiterEvent] = deque(maxlen=RECORD_SIZE)
         # Validate now, not when serving starts.
-        IdentifyScheduler[RequestKey](
-            now=0.0, max_concurrency=max_concurrency, interval=interval, remaining=remaining,
-            total=total, reset_after=reset_after, window=window, hold_limit=self._hold_limit,
-            margin=margin,
-        )
+        IdentifyScheduler[RequestKey](now=0.0, limits=limits, hold_limit=self._hold_limit)
 
     # -- public ---------------------------------------------------------------------------
 
@@ -236,7 +218,7 @@ class LimiterServer:
         return [e for e in self.record if e.kind == "grant"]
 
     def last_grants(self) -> dict[int, float]:
-        """Bucket -> last grant time; give it to the next server to skip its start-up wait."""
+        """Bucket -> last grant time; give it to the next service to skip its start-up wait."""
         return self.scheduler.last_grants()
 
     def hold_until(self, until: float) -> None:
@@ -296,23 +278,14 @@ class LimiterServer:
 
     async def serve(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
         """Bind and serve; ``task_status.started`` receives the bound endpoint."""
-        async with LimiterService(self._endpoint, curve=self._curve,
+        async with LimiterWireServer(self._endpoint, curve=self._curve,
                                   insecure_loopback=self._insecure_loopback,
                                   peer_rate=self._peer_rate, peer_burst=self._peer_burst,
                                   stats=self.stats) as service:
             now = anyio.current_time()
             self._scheduler = IdentifyScheduler[RequestKey](
-                now=now,
-                max_concurrency=self._max_concurrency,
-                interval=self._interval,
-                remaining=self._remaining,
-                total=self._total,
-                reset_after=self._reset_after,
-                window=self._window,
-                last_grants=self._last_grants,
-                hold_limit=self._hold_limit,
-                margin=self._margin,
-            )
+                now=now, limits=self._limits, last_grants=self._last_grants,
+                hold_limit=self._hold_limit)
             self._service = service
             self.endpoint = service.endpoint
             # Clients send time.monotonic() values: comparable with our `now` only if the
@@ -331,7 +304,7 @@ class LimiterServer:
 
     # -- loops ----------------------------------------------------------------------------
 
-    async def _receive_loop(self, service: LimiterService) -> None:
+    async def _receive_loop(self, service: LimiterWireServer) -> None:
         while True:
             peer, message = await service.receive()
             self._handle(peer, message, anyio.current_time())
@@ -469,7 +442,7 @@ class LimiterServer:
         self._note(LimiterEvent("rejected", now, client_id, shard, bucket, detail=(
             f"req={req} after={after} margin={before:.6f}->{widened:.6f}")))
 
-    def _service_or_raise(self) -> LimiterService:
+    def _service_or_raise(self) -> LimiterWireServer:
         if self._service is None:
             raise RuntimeError("the limiter is not serving")
         return self._service

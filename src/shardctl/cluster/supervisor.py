@@ -36,7 +36,7 @@ from shardctl.cluster.config import RunConfig
 from shardctl.cluster.counters import EventTotals
 from shardctl.cluster.discovery import GatewayInfo, fetch_gateway_bot
 from shardctl.cluster.fanout import BatchHook, EventFanout, Output
-from shardctl.cluster.limiter_service import LimiterServer
+from shardctl.cluster.limiter_service import SessionLimiterService
 from shardctl.cluster.peers import PeerBudget
 from shardctl.cluster.planner import parse_shard_ids, plan
 from shardctl.cluster.restarts import RestartPolicy
@@ -125,7 +125,7 @@ class Supervisor:
         self._tg: anyio.abc.TaskGroup | None = None
         self._forwarder: EventForwarder | None = None
         self._control: ControlServer | None = None
-        self.limiter: LimiterServer | None = None
+        self.limiter: SessionLimiterService | None = None
         self._batch_hook: BatchHook | None = None
         self._fanout = EventFanout(self._install_batch_hook)
         self._commands = CommandRouter()
@@ -264,11 +264,9 @@ class Supervisor:
         control_ep = self.config.control_endpoint
         limiter_ep = self.config.limiter
         if limiter_ep is None:
-            self.limiter = LimiterServer(
+            self.limiter = SessionLimiterService(
                 remote.service_endpoint(control_ep, "limiter", run_dir),
-                max_concurrency=limit.max_concurrency, interval=self.config.identify_interval,
-                remaining=limit.remaining, total=limit.total, reset_after=limit.reset_after,
-                curve=for_socket(curve, "limiter"), margin=self.config.identify_margin,
+                self.config.limits(limit), curve=for_socket(curve, "limiter"),
                 insecure_loopback=self.config.insecure_loopback)
             limiter_ep = await tg.start(self.limiter.serve)
             if must_identify:
@@ -301,7 +299,7 @@ class Supervisor:
             await tg.start(self._fanout.feed, self._output)
 
     @staticmethod
-    async def _open_start_gate(limiter: LimiterServer, must_identify: int) -> None:
+    async def _open_start_gate(limiter: SessionLimiterService, must_identify: int) -> None:
         """Start every bucket together: once all shards that must IDENTIFY have asked.
 
         Workers boot and connect at different moments (a Python start on a loaded host takes

@@ -1,7 +1,9 @@
 """The session-limiter channel: its wire format and both of its ends.
 
 Shards in any process, on any host, ask one limiter "may shard S IDENTIFY?" and wait for the
-answer.  This module only moves messages; the pacing policy lives in ``cluster/``.
+answer.  This module only moves messages: :class:`LimiterClient` is the shards' end (DEALER),
+:class:`LimiterWireServer` the limiter's (ROUTER).  The pacing policy that drives the server
+end lives in ``cluster/`` (``SessionLimiterService``).
 
 Wire format, version 1 (a contract between hosts; change it only by bumping the version)
 ---------------------------------------------------------------------------------------
@@ -140,9 +142,9 @@ __all__ = [
     "GrantMessage",
     "LimiterClient",
     "LimiterRefusedError",
-    "LimiterService",
     "LimiterStats",
     "LimiterUnavailableError",
+    "LimiterWireServer",
     "Ping",
     "Pong",
     "Probe",
@@ -531,10 +533,10 @@ class _Peer:
     noted: set[str] = field(default_factory=set)  # what was logged about it already
 
 
-class LimiterService:
-    """The ROUTER end: binds, yields client messages, sends grants and pongs.
+class LimiterWireServer:
+    """The ROUTER end: binds, yields client messages, sends grants and pongs; no policy.
 
-    Use as ``async with LimiterService(endpoint) as service:``; ``service.endpoint`` is the
+    Use as ``async with LimiterWireServer(endpoint) as service:``; ``service.endpoint`` is the
     endpoint actually bound (a ``tcp://...:*`` bind names its port there).
     ``curve``: CURVE server keys; only clients with authorised keys are heard, and the
     endpoint may then be reachable from other hosts (:mod:`shardctl.ipc.security`).
@@ -593,7 +595,7 @@ class LimiterService:
 
     def _sock(self) -> zmq.asyncio.Socket:
         if self._socket is None:
-            raise RuntimeError("LimiterService is not open")
+            raise RuntimeError("LimiterWireServer is not open")
         return self._socket
 
     async def receive(self) -> tuple[bytes, ClientMessage]:

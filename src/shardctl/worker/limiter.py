@@ -15,7 +15,8 @@ from typing import Protocol, runtime_checkable
 
 import anyio
 
-from shardctl.gateway.pacing import DEFAULT_MARGIN, BucketMargins, IdentifyMargin
+from shardctl.gateway.limits import DEFAULT_LIMITS, Limits
+from shardctl.gateway.pacing import BucketMargins
 
 __all__ = ["LocalSessionLimiter", "RejectionAware", "SessionLimiter"]
 
@@ -41,26 +42,29 @@ class RejectionAware(Protocol):
 
 
 class LocalSessionLimiter:
-    """Per-bucket FIFO, one grant per bucket per ``interval`` seconds, in one process.
+    """Per-bucket FIFO, one grant per bucket per ``limits.interval`` seconds, in one process.
+
+    ``limits`` (:class:`~shardctl.gateway.limits.Limits`, the cluster's value) gives the
+    pace and the margin; no session-start budget is kept here, so ``limits`` must not name
+    one (a budget needs the cluster's limiter).
 
     The bucket is held for the body of the ``async with`` (the IDENTIFY send) and the next
-    grant comes ``interval`` plus the bucket's ``margin`` after the body ends, so two
-    IDENTIFYs of one bucket leave the process at least that far apart whatever the send took.
-    The margin (:mod:`shardctl.gateway.pacing`, the cluster's policy) covers a gateway that
-    reads an IDENTIFY late; an op 9 the Shard reports (:meth:`identify_rejected`) widens its
-    bucket's margin.
+    grant comes ``interval`` plus the bucket's margin after the body ends, so two IDENTIFYs
+    of one bucket leave the process at least that far apart whatever the send took.  The
+    margin (:mod:`shardctl.gateway.pacing`) covers a gateway that reads an IDENTIFY late;
+    an op 9 the Shard reports (:meth:`identify_rejected`) widens its bucket's margin.
     """
 
-    def __init__(self, max_concurrency: int = 1, interval: float = 5.0, *,
-                 margin: IdentifyMargin = DEFAULT_MARGIN,
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, *,
                  clock: Callable[[], float] = anyio.current_time) -> None:
-        if max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1")
-        if interval < 0:
-            raise ValueError("interval must not be negative")
-        self.max_concurrency = max_concurrency
-        self.interval = interval
-        self.margins = BucketMargins(margin)
+        if limits.has_budget:
+            raise ValueError("LocalSessionLimiter keeps no session-start budget: pass Limits "
+                             "without remaining, total and reset_after (the cluster's limiter "
+                             "enforces one)")
+        self.limits = limits
+        self.max_concurrency = limits.max_concurrency
+        self.interval = limits.interval
+        self.margins = BucketMargins(limits.margin)
         self._clock = clock
         self._locks: dict[int, anyio.Lock] = {}  # anyio.Lock wakes waiters in FIFO order
         self._next_free: dict[int, float] = {}
