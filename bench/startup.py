@@ -21,7 +21,7 @@ import statistics
 from dataclasses import dataclass
 
 from bench.common import Figure, cluster, log
-from shardctl.cluster.limiter import DEFAULT_MARGIN
+from shardctl.gateway.pacing import DEFAULT_MARGIN
 from shardctl.sandbox import Sandbox, SandboxConfig
 
 WORKERS = 4
