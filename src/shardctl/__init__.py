@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from shardctl.ipc.commands_client import CommandRefusedError, CommandReply, Commands
     from shardctl.ipc.consumer import Consumer, Gap
     from shardctl.ipc.events import Event
+    from shardctl.stream.consumer import StreamConsumer
     from shardctl.worker.limiter import LocalSessionLimiter
     from shardctl.worker.shard import Shard
 
@@ -59,6 +60,7 @@ _WHERE: Final[dict[str, str]] = {
     "RunConfig": "shardctl.cluster.config",
     "SessionBudgetError": "shardctl.errors",
     "Shard": "shardctl.worker.shard",
+    "StreamConsumer": "shardctl.stream.consumer",
     "ShardStatus": "shardctl.cluster.supervisor",
     "ShardctlError": "shardctl.errors",
     "ShardingError": "shardctl.errors",
@@ -90,6 +92,7 @@ __all__ = [
     "ShardStatus",
     "ShardctlError",
     "ShardingError",
+    "StreamConsumer",
     "Supervisor",
     "__version__",
 ]
