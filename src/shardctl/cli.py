@@ -307,6 +307,10 @@ def _checked_stream(check: str) -> Callable[..., Any]:
 @click.option("--stream-prefix", default="shardctl", show_default=True, metavar="PREFIX",
               callback=_checked_stream("check_prefix"),
               help="With --stream: its subject prefix.")
+@click.option("--ack-wait", type=FiniteFloat(min=0.5), default=30.0, show_default=True,
+              metavar="SECONDS",
+              help="With --stream, when it creates the durable: how long an unacknowledged "
+                   "event waits before it is delivered again.")
 @click.option("--type", "-t", "types", multiple=True, metavar="TYPE",
               help="Exact event type to print; repeat for several (default: all).")
 @click.option("--shard", "-s", "shards", multiple=True, type=click.IntRange(min=0),
@@ -319,13 +323,15 @@ def _checked_stream(check: str) -> Callable[..., Any]:
 def events_command(endpoint: str | None, types: tuple[str, ...], shards: tuple[int, ...],
                    count: int | None, keys: Path | None = None, *,
                    stream: tuple[str, ...] | None = None, durable: str = "shardctl-events",
-                   stream_name: str = "SHARDCTL", stream_prefix: str = "shardctl") -> None:
+                   stream_name: str = "SHARDCTL", stream_prefix: str = "shardctl",
+                   ack_wait: float = 30.0) -> None:
     """Print bus events as JSON lines: {"shard": 3, "seq": 42, "t": "...", "d": {...}}.
 
     One object per line on stdout, in the order the supervisor forwarded them (a contract
     other tools rely on; "seq" is null for lifecycle events).  Gaps go to stderr.  With
     --stream, the same lines from the durable stream (at least once: an event printed but
-    not yet acknowledged when this process dies is printed again by the next one).
+    not yet acknowledged when this process dies is printed again by the next one, and
+    "redelivered: ..." on stderr says so).
     """
     import os
     import sys
@@ -339,7 +345,7 @@ def events_command(endpoint: str | None, types: tuple[str, ...], shards: tuple[i
         from shardctl.cli_stream import print_stream
 
         print_stream(stream, durable=durable, types=types, shards=shards, count=count,
-                     stream_name=stream_name, prefix=stream_prefix)
+                     stream_name=stream_name, prefix=stream_prefix, ack_wait=ack_wait)
         return
     assert endpoint is not None
 
@@ -437,6 +443,10 @@ def _stream_options(func: Callable[..., None]) -> Callable[..., None]:
         click.option("--stream-replicas", type=click.IntRange(1, st.MAX_REPLICAS),
                      default=st.DEFAULT_REPLICAS, show_default=True, metavar="N",
                      help="copies of the stream on a NATS cluster (3 survives a node lost)"),
+        click.option("--stream-buffer", type=click.IntRange(min=100),
+                     default=st.DEFAULT_BUFFER, show_default=True, metavar="EVENTS",
+                     help="events the supervisor holds for the stream (while it is slow or "
+                          "unreachable) before it holds the workers back"),
     ]
     for option in reversed(options):
         func = option(func)
@@ -444,8 +454,8 @@ def _stream_options(func: Callable[..., None]) -> Callable[..., None]:
 
 
 def _stream_settings(*, stream: tuple[str, ...] | None, stream_name: str, stream_prefix: str,
-                     stream_max_age: float, stream_max_bytes: int, stream_replicas: int
-                     ) -> Any:
+                     stream_max_age: float, stream_max_bytes: int, stream_replicas: int,
+                     stream_buffer: int = 20_000) -> Any:
     """The StreamSettings of ``--stream`` (None without it); the nats extra must be there."""
     if stream is None:
         return None
@@ -455,7 +465,7 @@ def _stream_settings(*, stream: tuple[str, ...] | None, stream_name: str, stream
     _nats.require()
     return StreamSettings(stream, name=stream_name, prefix=stream_prefix,
                           max_age=stream_max_age, max_bytes=stream_max_bytes,
-                          replicas=stream_replicas)
+                          replicas=stream_replicas, buffer=stream_buffer)
 
 #: Exit codes of ``shardctl run`` (README "Exit codes"); 2 is click's usage error.
 EXIT_ERROR = 1

@@ -11,7 +11,7 @@ import click
 
 def print_stream(servers: tuple[str, ...], *, durable: str, types: tuple[str, ...],
                  shards: tuple[int, ...], count: int | None, stream_name: str,
-                 prefix: str) -> None:
+                 prefix: str, ack_wait: float = 30.0) -> None:
     """The ``shardctl events`` JSON lines from the stream; each event is acknowledged once
     its line is flushed, so a kill costs at most the unflushed lines' redelivery."""
     import anyio
@@ -22,7 +22,8 @@ def print_stream(servers: tuple[str, ...], *, durable: str, types: tuple[str, ..
 
     try:
         consumer = StreamConsumer(servers, durable, types=types or None,
-                                  shards=shards or None, stream=stream_name, prefix=prefix)
+                                  shards=shards or None, stream=stream_name, prefix=prefix,
+                                  ack_wait=ack_wait)
     except (ConfigurationError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -32,6 +33,9 @@ def print_stream(servers: tuple[str, ...], *, durable: str, types: tuple[str, ..
         unacked: list[Event] = []
         async with consumer:
             async for event in consumer:
+                if event.replayed:  # delivered before, never acknowledged
+                    click.echo(f"redelivered: shard {event.shard} seq {event.seq} "
+                               f"{event.type}", err=True)
                 try:
                     out.write(event.to_json_line() + b"\n")
                     printed += 1
@@ -46,7 +50,6 @@ def print_stream(servers: tuple[str, ...], *, durable: str, types: tuple[str, ..
                     unacked.clear()
                 if done:
                     break
-            click.echo(f"redelivered: {consumer.redelivered}", err=True)
 
     from shardctl.heap import freeze_startup_heap
 

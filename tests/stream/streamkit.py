@@ -1,12 +1,11 @@
-"""Helpers for stream tests: NATS servers on loopback, supervisors and consumers as real
-processes, and what they saw."""
+"""Helpers for stream tests: supervisors and consumers as real processes, blasts, and what
+the stream holds."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -19,9 +18,12 @@ import anyio.abc
 import orjson
 from anyio.streams.text import TextReceiveStream
 
-from shardctl.sandbox import Sandbox, SandboxConfig
+from shardctl.sandbox import Blast, Sandbox, SandboxConfig
+from shardctl.stream.consumer import StreamConsumer
 
 TOKEN = "sandbox-token"
+
+Key = tuple[int, int]
 
 
 @contextmanager
@@ -35,8 +37,11 @@ def short_dir() -> Iterator[Path]:
 
 
 def sandbox_config(shards: int) -> SandboxConfig:
+    """Blasts hold a connection's send lock while they write: beats far apart; a replay
+    buffer that holds a whole blast, for the RESUME after a kill."""
     return SandboxConfig(shard_count=shards, max_concurrency=shards, identify_interval=0.05,
-                         heartbeat_interval_ms=5000, guilds_per_shard=1, session_ttl=120.0)
+                         heartbeat_interval_ms=30_000, guilds_per_shard=1, session_ttl=120.0,
+                         replay_buffer=20_000, record_dispatches=False)
 
 
 def run_args(sb: Sandbox, state: Path, stream: str, *extra: str,
@@ -44,7 +49,7 @@ def run_args(sb: Sandbox, state: Path, stream: str, *extra: str,
     return [sys.executable, "-m", "shardctl.cli", "run", "--token", TOKEN,
             "--api-url", sb.api_url, "--processes", str(processes),
             "--identify-interval", "0.05", "--state-file", str(state), "--stream", stream,
-            "--log-level", "WARNING", *extra]
+            "--log-level", "INFO", "--log-format", "json", *extra]
 
 
 def env_with_runtime(run_dir: Path) -> dict[str, str]:
@@ -74,15 +79,52 @@ async def kill9(process: anyio.abc.Process) -> None:
     await process.wait()
 
 
-class StreamReader:
-    """``shardctl events --stream URL --durable NAME`` in its own process: the JSON lines,
-    counted by (shard, seq), and the lines it marked as redelivered."""
+async def all_ready(sb: Sandbox, shards: int) -> None:
+    await sb.wait_for(lambda: len(sb.records("ready")) >= shards, timeout=90)
 
-    def __init__(self, process: anyio.abc.Process) -> None:
-        self.process = process
-        self.seen: Counter[tuple[int, int]] = Counter()
+
+async def start_blast(sb: Sandbox, per_shard: int, tg: anyio.abc.TaskGroup) -> set[Key]:
+    """Start a blast of ``per_shard`` MESSAGE_CREATE on every live session (it runs on in
+    ``tg``); the (shard, seq) it sends."""
+    blast = Blast(sb, per_shard)
+    tg.start_soon(blast.run)
+    await blast.prepared.wait()
+    blast.go()
+    return {(shard, seq) for shard, (first, last) in blast.sent.items()
+            for seq in range(first, last + 1)}
+
+
+class Counted:
+    """(shard, seq) of MESSAGE_CREATE, counted, with a wake-up per change."""
+
+    def __init__(self) -> None:
+        self.seen: Counter[Key] = Counter()
         self.lines = 0
         self._changed = anyio.Event()
+
+    def add(self, key: Key) -> None:
+        self.seen[key] += 1
+        self.lines += 1
+
+    def changed(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_for(self, count: int) -> None:
+        while self.lines < count:
+            await self._changed.wait()
+
+    async def wait_for_all(self, wanted: set[Key]) -> None:
+        while not wanted <= self.seen.keys():
+            await self._changed.wait()
+
+
+class StreamReader(Counted):
+    """``shardctl events --stream URL --durable NAME`` in its own process: its JSON lines."""
+
+    def __init__(self, process: anyio.abc.Process) -> None:
+        super().__init__()
+        self.process = process
 
     async def read(self) -> None:
         assert self.process.stdout is not None
@@ -93,26 +135,16 @@ class StreamReader:
             for line in lines:
                 event = orjson.loads(line)
                 if event["t"] == "MESSAGE_CREATE":
-                    self.seen[(event["shard"], event["seq"])] += 1
-                    self.lines += 1
-            self._changed.set()
-            self._changed = anyio.Event()
-
-    async def wait_for(self, count: int) -> None:
-        while self.lines < count:
-            await self._changed.wait()
-
-    async def wait_for_all(self, wanted: set[tuple[int, int]]) -> None:
-        while not wanted <= self.seen.keys():
-            await self._changed.wait()
+                    self.add((event["shard"], event["seq"]))
+            self.changed()
 
 
 @asynccontextmanager
-async def stream_reader(url: str, durable: str, *extra: str,
-                        stderr: Path | None = None) -> AsyncIterator[StreamReader]:
+async def stream_reader(url: str, durable: str, stderr: Path, *extra: str
+                        ) -> AsyncIterator[StreamReader]:
     args = [sys.executable, "-m", "shardctl.cli", "events", "--stream", url,
             "--durable", durable, "--type", "MESSAGE_CREATE", *extra]
-    with contextlib_open(stderr) as err:
+    with stderr.open("ab") as err:
         process = await anyio.open_process(args, stderr=err)
     reader = StreamReader(process)
     try:
@@ -124,14 +156,70 @@ async def stream_reader(url: str, durable: str, *extra: str,
         await terminate(process)
 
 
-@contextmanager
-def contextlib_open(path: Path | None) -> Iterator[int | object]:
-    if path is None:
-        yield subprocess.DEVNULL
-        return
-    with path.open("ab") as f:
-        yield f
+def redelivered(stderr: Path) -> set[Key]:
+    """What a reader reported as delivered again ("redelivered: shard S seq N TYPE")."""
+    out = set()
+    for line in stderr.read_text().splitlines():
+        if line.startswith("redelivered: shard "):
+            words = line.split()
+            out.add((int(words[2]), int(words[4])))
+    return out
 
 
-def stored_seqs(messages: list[tuple[int, int]]) -> Counter[tuple[int, int]]:
-    return Counter(messages)
+class Checker(Counted):
+    """A StreamConsumer in the test process: what the stream holds, as it arrives."""
+
+    async def run(self, url: str, durable: str) -> None:
+        async with StreamConsumer(url, durable, types=["MESSAGE_CREATE"]) as events:
+            async for event in events:
+                assert event.seq is not None
+                self.add((event.shard, event.seq))
+                await events.ack(event)
+                if not events.pending:
+                    self.changed()
+
+
+async def stored(url: str, wanted: set[Key], durable: str = "audit") -> Counter[Key]:
+    """Every MESSAGE_CREATE the stream holds, counted by a fresh durable, once ``wanted``
+    are all there (each stored message is delivered to it once: it acknowledges at once)."""
+    checker = Checker()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(checker.run, url, durable)
+        await checker.wait_for_all(wanted)
+        tg.cancel_scope.cancel()
+    return checker.seen
+
+
+def log_has(log: Path, text: str) -> bool:
+    return text in log.read_text(errors="replace")
+
+
+async def stored_count(url: str, t: str = "MESSAGE_CREATE") -> int:
+    """How many messages of type ``t`` the stream holds (its per-subject counts)."""
+    import nats
+    import nats.errors
+
+    nc = await nats.connect(servers=url.split(","))
+    try:
+        while True:
+            try:
+                info = await nc.jetstream().stream_info(
+                    "SHARDCTL", subjects_filter=f"shardctl.{t}.>")
+                return sum((info.state.subjects or {}).values())
+            except nats.errors.Error:  # a cluster electing a leader: ask again
+                await anyio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+async def checkpointed(path: Path, sessions: int) -> None:
+    """Until the state file holds ``sessions`` sessions.  Another process writes it:
+    nothing to await but the file itself."""
+    while True:
+        try:
+            body = orjson.loads(await anyio.Path(path).read_bytes())
+            if len(body["sessions"]) >= sessions:
+                return
+        except (OSError, orjson.JSONDecodeError, KeyError):
+            pass
+        await anyio.sleep(0.05)

@@ -37,7 +37,7 @@ import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from shardctl.errors import ConfigurationError, ProtocolError
 from shardctl.ipc.events import Event, type_bytes
@@ -116,8 +116,16 @@ class StreamConsumer:
         nats = _nats.require()
         from nats.js import api
 
+        async def error(exc: Exception) -> None:
+            log.debug("stream consumer: NATS client error: %s", exc)
+
+        async def disconnected() -> None:
+            log.warning("stream consumer %s: disconnected from NATS; reconnecting",
+                        self.durable)
+
         self._nc = await nats.connect(servers=self.servers, name=f"shardctl {self.durable}",
-                                      max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+                                      max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                                      error_cb=error, disconnected_cb=disconnected)
         filters = subjects.filter_subjects(self.prefix, self.types, self.shards)
         config = api.ConsumerConfig(
             ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self.ack_wait,
@@ -129,12 +137,34 @@ class StreamConsumer:
             config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
             config.opt_start_seq = self.start_seq
         try:
-            self._sub = await self._nc.jetstream().pull_subscribe(
-                filters[0], durable=self.durable, stream=self.stream, config=config)
+            self._sub = await self._subscribe(filters[0], config)
         except BaseException:
             await self._nc.close()
             raise
         return self
+
+    async def _subscribe(self, first: str, config: Any) -> JetStreamContext.PullSubscription:
+        """The pull subscription, once the stream exists: a bot may start before the
+        supervisor has ever run (logged once, then waited for)."""
+        import anyio
+        from nats.errors import TimeoutError as NatsTimeout
+        from nats.js.errors import NotFoundError, ServiceUnavailableError
+
+        assert self._nc is not None
+        logged = False
+        while True:
+            try:
+                return await self._nc.jetstream().pull_subscribe(
+                    first, durable=self.durable, stream=self.stream, config=config)
+            except NotFoundError:
+                if not logged:
+                    log.info("stream consumer: stream %s does not exist yet; waiting for "
+                             "a supervisor to create it", self.stream)
+                    logged = True
+                await anyio.sleep(_FETCH_WAIT / 4)
+            except (ServiceUnavailableError, NatsTimeout, TimeoutError) as exc:
+                log.warning("stream consumer: JetStream not answering (%s); retrying", exc)
+                await anyio.sleep(_FETCH_WAIT / 4)
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -179,14 +209,25 @@ class StreamConsumer:
                              "consumer") from None
 
     async def _next_message(self) -> Msg:
+        import anyio
+        from nats.errors import Error as NatsError
         from nats.errors import TimeoutError as NatsTimeout
 
         sub = self._sub
         if sub is None:
             raise RuntimeError("use `async with StreamConsumer(...)` before iterating")
+        failing = False
         while not self._queue:
             try:
                 self._queue.extend(await sub.fetch(self.batch, timeout=_FETCH_WAIT))
             except (NatsTimeout, TimeoutError):
                 continue
+            except NatsError as exc:
+                # a server lost, a leader being elected: the durable's state is on the
+                # servers, so ask again once they answer
+                if not failing:
+                    log.warning("stream consumer %s: fetch failed (%s); retrying",
+                                self.durable, exc)
+                    failing = True
+                await anyio.sleep(_FETCH_WAIT / 4)
         return self._queue.popleft()

@@ -46,8 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Frames held (queued + awaiting an answer) before the forwarder is held back.
-DEFAULT_MAX_PENDING: Final = 20_000
 #: Frames published and not yet acknowledged at once.
 DEFAULT_WINDOW: Final = 2_000
 #: Seconds without an answer before unacknowledged frames are sent again.
@@ -77,15 +75,15 @@ class StreamPublisher:
     frames wait and back-pressure builds); :attr:`connected` says whether it is reachable.
     """
 
-    def __init__(self, settings: StreamSettings, *, max_pending: int = DEFAULT_MAX_PENDING,
+    def __init__(self, settings: StreamSettings, *, max_pending: int | None = None,
                  window: int = DEFAULT_WINDOW, ack_timeout: float = DEFAULT_ACK_TIMEOUT,
                  on_progress: Callable[[], None] | None = None,
                  resume_url_allowed: Callable[[str], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         _nats.require()  # one clear line now, not when the first event arrives
         self.settings = settings
-        self.max_pending = max_pending
-        self.window = min(window, max_pending)
+        self.max_pending = settings.buffer if max_pending is None else max_pending
+        self.window = min(window, self.max_pending)
         self.ack_timeout = ack_timeout
         self.on_progress = on_progress
         self._resume_url_allowed = resume_url_allowed

@@ -23,6 +23,8 @@ DEFAULT_MAX_AGE: Final = 24 * 3600.0
 DEFAULT_MAX_BYTES: Final = 4 << 30
 DEFAULT_DUPLICATE_WINDOW: Final = 120.0
 DEFAULT_REPLICAS: Final = 1
+#: Events the supervisor holds for the stream before it holds the workers back.
+DEFAULT_BUFFER: Final = 20_000
 #: JetStream allows 1..5 replicas (an odd count keeps a quorum).
 MAX_REPLICAS: Final = 5
 _SCHEMES: Final = ("nats", "tls")
@@ -43,6 +45,7 @@ class StreamSettings:
     max_bytes: int = DEFAULT_MAX_BYTES
     replicas: int = DEFAULT_REPLICAS
     duplicate_window: float = DEFAULT_DUPLICATE_WINDOW
+    buffer: int = DEFAULT_BUFFER
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -54,6 +57,8 @@ class StreamSettings:
         check_max_age(self.max_age)
         check_max_bytes(self.max_bytes)
         check_replicas(self.replicas)
+        if self.buffer < 100:
+            raise ConfigurationError(f"--stream-buffer must be at least 100 (got {self.buffer})")
         if not (math.isfinite(self.duplicate_window) and 0 < self.duplicate_window
                 <= self.max_age):
             raise ConfigurationError(
