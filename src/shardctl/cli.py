@@ -295,7 +295,7 @@ def _checked_stream(check: str) -> Callable[..., Any]:
               type=Endpoint(),
               help="The supervisor's events endpoint (env SHARDCTL_EVENTS_ENDPOINT).")
 @click.option("--stream", default=None, metavar="nats://HOST:PORT[,...]",
-              callback=_checked_stream("parse_servers"),
+              callback=_checked_stream("check_servers"),
               help="Read the durable NATS stream instead of the bus (`run --stream`); "
                    "events are acknowledged once printed.")
 @click.option("--durable", default="shardctl-events", show_default=True, metavar="NAME",
@@ -322,7 +322,7 @@ def _checked_stream(check: str) -> Callable[..., Any]:
               help="CURVE key directory: server.key and clients/consumer.key_secret")
 def events_command(endpoint: str | None, types: tuple[str, ...], shards: tuple[int, ...],
                    count: int | None, keys: Path | None = None, *,
-                   stream: tuple[str, ...] | None = None, durable: str = "shardctl-events",
+                   stream: str | None = None, durable: str = "shardctl-events",
                    stream_name: str = "SHARDCTL", stream_prefix: str = "shardctl",
                    ack_wait: float = 30.0) -> None:
     """Print bus events as JSON lines: {"shard": 3, "seq": 42, "t": "...", "d": {...}}.
@@ -423,7 +423,7 @@ def _stream_options(func: Callable[..., None]) -> Callable[..., None]:
 
     options = [
         click.option("--stream", "stream", default=None, metavar="nats://HOST:PORT[,...]",
-                     callback=_checked(st.parse_servers),
+                     callback=_checked(st.check_servers),
                      help="also put every event into a NATS JetStream stream; what it stores "
                           "is then what a stop or a crash resumes from (needs the nats "
                           "extra: pip install 'shardctl[nats]')"),
@@ -453,17 +453,17 @@ def _stream_options(func: Callable[..., None]) -> Callable[..., None]:
     return func
 
 
-def _stream_settings(*, stream: tuple[str, ...] | None, stream_name: str, stream_prefix: str,
+def _stream_settings(*, stream: str | None, stream_name: str, stream_prefix: str,
                      stream_max_age: float, stream_max_bytes: int, stream_replicas: int,
                      stream_buffer: int = 20_000) -> Any:
     """The StreamSettings of ``--stream`` (None without it); the nats extra must be there."""
     if stream is None:
         return None
     from shardctl.stream import _nats
-    from shardctl.stream.settings import StreamSettings
+    from shardctl.stream.settings import StreamSettings, parse_servers
 
     _nats.require()
-    return StreamSettings(stream, name=stream_name, prefix=stream_prefix,
+    return StreamSettings(parse_servers(stream), name=stream_name, prefix=stream_prefix,
                           max_age=stream_max_age, max_bytes=stream_max_bytes,
                           replicas=stream_replicas, buffer=stream_buffer)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 
-def print_stream(servers: tuple[str, ...], *, durable: str, types: tuple[str, ...],
+def print_stream(servers: str, *, durable: str, types: tuple[str, ...],
                  shards: tuple[int, ...], count: int | None, stream_name: str,
                  prefix: str, ack_wait: float = 30.0) -> None:
     """The ``shardctl events`` JSON lines from the stream; each event is acknowledged once

@@ -46,7 +46,7 @@ _SEMANTIC: Final[dict[str, Callable[[str], object]]] = {
     "compression": cfg.parse_compression,
     "identify_margin_ms": cfg.check_margin_ms,
     "identify_margin_percent": cfg.check_margin_percent,
-    "stream": stream_settings.parse_servers,
+    "stream": stream_settings.check_servers,
     "stream_name": stream_settings.check_name,
     "stream_prefix": stream_settings.check_prefix,
 }

@@ -77,6 +77,12 @@ def parse_servers(text: str) -> tuple[str, ...]:
     return servers
 
 
+def check_servers(text: str) -> str:
+    """``text`` itself once :func:`parse_servers` accepts it (an option's value)."""
+    parse_servers(text)
+    return text
+
+
 def check_server(url: str) -> str:
     try:
         parts = urlsplit(url)
