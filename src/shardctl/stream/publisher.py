@@ -268,7 +268,7 @@ class StreamPublisher:
             try:
                 future = await js.publish_async(
                     subjects.subject(prefix, frame.type, frame.shard), frame.payload,
-                    headers=subjects.headers(frame, session), wait_stall=self.ack_timeout)
+                    headers=subjects.headers(frame, session))
             except Exception as exc:  # disconnected, buffer full: retry
                 return f"publish failed: {exc!r}"
             queue.popleft()
