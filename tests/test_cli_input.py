@@ -385,6 +385,7 @@ for _name, _base in _SEND.items():
     _CASES[f"{_name} --control-endpoint"] = _case([*_base, "--timeout", "0.5"],
                                                   "--control-endpoint", _endpoints(bind=False))
     _CASES[f"{_name} --timeout"] = _case(_base, "--timeout", _floats_not_in(0.0, None))
+    _CASES[f"{_name} --stream"] = _case([*_base, "--timeout", "0.5"], "--stream", _NATS_URLS)
 _CASES.update({
     "send status --status": _case(["send", "status"], "--status",
                                   _not_one_of("online", "idle", "dnd", "invisible")),

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from shardctl.ipc.commands_client import CommandRefusedError, CommandReply, Commands
     from shardctl.ipc.consumer import Consumer, Gap
     from shardctl.ipc.events import Event
+    from shardctl.stream.commands import StreamCommands
     from shardctl.stream.consumer import StreamConsumer
     from shardctl.worker.limiter import LocalSessionLimiter
     from shardctl.worker.shard import Shard
@@ -60,6 +61,7 @@ _WHERE: Final[dict[str, str]] = {
     "RunConfig": "shardctl.cluster.config",
     "SessionBudgetError": "shardctl.errors",
     "Shard": "shardctl.worker.shard",
+    "StreamCommands": "shardctl.stream.commands",
     "StreamConsumer": "shardctl.stream.consumer",
     "ShardStatus": "shardctl.cluster.supervisor",
     "ShardctlError": "shardctl.errors",
@@ -92,6 +94,7 @@ __all__ = [
     "ShardStatus",
     "ShardctlError",
     "ShardingError",
+    "StreamCommands",
     "StreamConsumer",
     "Supervisor",
     "__version__",

@@ -447,6 +447,10 @@ def _stream_options(func: Callable[..., None]) -> Callable[..., None]:
                      default=st.DEFAULT_BUFFER, show_default=True, metavar="EVENTS",
                      help="events the supervisor holds for the stream (while it is slow or "
                           "unreachable) before it holds the workers back"),
+        click.option("--stream-commands", is_flag=True,
+                     help="also answer gateway commands over NATS request-reply on "
+                          "PREFIX-commands (shardctl.StreamCommands, `shardctl send "
+                          "--stream`); whoever NATS lets publish there may send them"),
     ]
     for option in reversed(options):
         func = option(func)
@@ -455,7 +459,7 @@ def _stream_options(func: Callable[..., None]) -> Callable[..., None]:
 
 def _stream_settings(*, stream: str | None, stream_name: str, stream_prefix: str,
                      stream_max_age: float, stream_max_bytes: int, stream_replicas: int,
-                     stream_buffer: int = 20_000) -> Any:
+                     stream_buffer: int = 20_000, stream_commands: bool = False) -> Any:
     """The StreamSettings of ``--stream`` (None without it); the nats extra must be there."""
     if stream is None:
         return None
@@ -465,7 +469,8 @@ def _stream_settings(*, stream: str | None, stream_name: str, stream_prefix: str
     _nats.require()
     return StreamSettings(parse_servers(stream), name=stream_name, prefix=stream_prefix,
                           max_age=stream_max_age, max_bytes=stream_max_bytes,
-                          replicas=stream_replicas, buffer=stream_buffer)
+                          replicas=stream_replicas, buffer=stream_buffer,
+                          commands=stream_commands)
 
 #: Exit codes of ``shardctl run`` (README "Exit codes"); 2 is click's usage error.
 EXIT_ERROR = 1

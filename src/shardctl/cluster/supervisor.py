@@ -302,7 +302,8 @@ class Supervisor:
         assert self.config.stream is not None
         stream = self._stream = StreamPublisher(
             self.config.stream, on_progress=self._on_bus_progress,
-            resume_url_allowed=self._resume_allowed)
+            resume_url_allowed=self._resume_allowed,
+            commands=self._requests.answer if self.config.stream.commands else None)
         stream.seed((r.shard_id, r.session_id, r.resume_gateway_url, r.seq)
                     for r in resumable.values())
         forwarder.sink = stream

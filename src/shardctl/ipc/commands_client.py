@@ -158,7 +158,7 @@ class Commands:
         if not box:
             raise TimeoutError(f"no answer from a supervisor on {self.endpoint} within "
                                f"{wait:g} s")
-        return _replies(box[0])
+        return replies(box[0])
 
     async def _read(self, client: ControlClient) -> None:
         while True:
@@ -171,7 +171,8 @@ class Commands:
                 waiter[0].set()
 
 
-def _replies(body: dict[str, Any]) -> list[CommandReply]:
+def replies(body: dict[str, Any]) -> list[CommandReply]:
+    """The replies of a ``response`` body; CommandRefusedError if it says ``ok`` false."""
     if body.get("ok") is not True:
         raise CommandRefusedError(str(body.get("error") or "the supervisor refused the command"))
     replies = body.get("replies")

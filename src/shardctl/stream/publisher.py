@@ -28,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -79,6 +79,7 @@ class StreamPublisher:
                  window: int = DEFAULT_WINDOW, ack_timeout: float = DEFAULT_ACK_TIMEOUT,
                  on_progress: Callable[[], None] | None = None,
                  resume_url_allowed: Callable[[str], bool] | None = None,
+                 commands: Callable[[object, object], Awaitable[dict[str, Any]]] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         _nats.require()  # one clear line now, not when the first event arrives
         self.settings = settings
@@ -86,6 +87,8 @@ class StreamPublisher:
         self.window = min(window, self.max_pending)
         self.ack_timeout = ack_timeout
         self.on_progress = on_progress
+        #: answers gateway commands over NATS request-reply (None: not served)
+        self.commands = commands
         self._resume_url_allowed = resume_url_allowed
         self._clock = clock
         self._queue: deque[_Pending] = deque()
@@ -166,7 +169,12 @@ class StreamPublisher:
         try:
             js = nc.jetstream()
             await self._ensure_stream(js)
-            await self._pump(js)
+            async with anyio.create_task_group() as tg:
+                if self.commands is not None:
+                    from shardctl.stream.commands import serve
+
+                    await serve(nc, self.settings.prefix, self.commands, tg)
+                await self._pump(js)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await nc.close()

@@ -46,6 +46,9 @@ class StreamSettings:
     replicas: int = DEFAULT_REPLICAS
     duplicate_window: float = DEFAULT_DUPLICATE_WINDOW
     buffer: int = DEFAULT_BUFFER
+    #: serve gateway commands over NATS request-reply (stream/commands.py): whoever NATS
+    #: lets publish on ``<prefix>-commands`` may send them, so only when asked for
+    commands: bool = False
 
     def __post_init__(self) -> None:
         if not self.servers:
