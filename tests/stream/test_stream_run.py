@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 from streamkit import (
     Checker,
@@ -225,3 +226,50 @@ async def test_two_consumer_processes_with_one_durable_split_the_events(
                 tg.cancel_scope.cancel()
     assert a.lines and b.lines, (a.lines, b.lines)
     assert a.lines + b.lines == len(sent), "an event went to both"
+
+
+@pytest.mark.timeout(180)
+async def test_a_stop_during_a_nats_outage_saves_what_the_stream_stored(
+        nats_server: NatsServer, tmp_path: Path) -> None:
+    """4 shards / 2 workers / 4,000 events; NATS stops mid-stream, then the supervisor gets
+    SIGTERM: it saves the seq the stream acknowledged, not the one it received, so the next
+    start RESUMEs from there and Discord replays the rest."""
+    url = nats_server.url
+    state = None
+    with short_dir() as run_dir:
+        async with Sandbox(sandbox_config(4)) as sb, anyio.create_task_group() as tg:
+            args = run_args(sb, run_dir / "state.json", url)
+            env = env_with_runtime(run_dir)
+            first = await start_run(args, env, tmp_path / "first.log")
+            second = None
+            checker = Checker()
+            tg.start_soon(checker.run, url, "check")
+            try:
+                with anyio.fail_after(60):
+                    await all_ready(sb, 4)
+                    await checkpointed(run_dir / "state.json", 4)
+                sent = await start_blast(sb, 1_000, tg)
+                with anyio.fail_after(60):
+                    await checker.wait_for(500)
+                nats_server.stop()
+                with anyio.fail_after(60):
+                    await terminate(first, grace=50)
+                assert first.returncode == 0
+                state = orjson.loads((run_dir / "state.json").read_bytes())
+                await anyio.to_thread.run_sync(nats_server.start)
+                second = await start_run(args, env, tmp_path / "second.log")
+                with anyio.fail_after(90):
+                    await checker.wait_for_all(sent)
+                count = await stored_count(url)
+            finally:
+                await terminate(first)
+                if second is not None:
+                    await terminate(second)
+                tg.cancel_scope.cancel()
+    last_sent = {shard: max(seq for s, seq in sent if s == shard) for shard in range(4)}
+    saved = {r["shard_id"]: r["seq"] for r in state["sessions"]}
+    assert len(saved) == 4
+    assert any(saved[shard] < last_sent[shard] for shard in saved), \
+        "the outage held nothing back: no proof"
+    assert count == len(sent), f"stored {count} of {len(sent)}"
+    assert len(sb.records("resumed")) == 4

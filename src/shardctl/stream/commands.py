@@ -14,6 +14,7 @@ subject -- set NATS permissions, which is why the supervisor serves it only when
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
@@ -94,7 +95,8 @@ class StreamCommands(Commands):
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         nc, self._nc = self._nc, None
         if nc is not None:
-            await nc.close()
+            with contextlib.suppress(Exception):  # a connection NATS already broke
+                await nc.close()
 
     async def _request(self, name: str, args: dict[str, Any], *,
                        wait: float | None = None) -> list[CommandReply]:

@@ -32,6 +32,7 @@ keeps its position and its filter (delete it with ``nats consumer rm`` to start 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 from collections import deque
@@ -170,7 +171,8 @@ class StreamConsumer:
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         nc, self._nc, self._sub = self._nc, None, None
         if nc is not None:
-            await nc.close()
+            with contextlib.suppress(Exception):  # a connection NATS already broke
+                await nc.close()
 
     def __aiter__(self) -> StreamConsumer:
         return self

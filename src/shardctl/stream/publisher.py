@@ -25,6 +25,7 @@ answer was lost may then land after later ones of its shard (``Shardctl-Seq`` te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -176,7 +177,9 @@ class StreamPublisher:
                     await serve(nc, self.settings.prefix, self.commands, tg)
                 await self._pump(js)
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            # a connection NATS already broke may fail to close: nothing is left to lose
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2), \
+                    contextlib.suppress(Exception):
                 await nc.close()
 
     async def _connect(self) -> Client:
