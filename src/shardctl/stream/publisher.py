@@ -290,6 +290,8 @@ class StreamPublisher:
         return None
 
     def _answered(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled():
+            future.exception()  # retrieved: _settle judges it, in order, or resends it
         wake = self._wake
         if wake is not None and not wake.is_set():
             wake.set()
