@@ -119,3 +119,38 @@ async def test_a_replay_of_stored_events_is_stored_once(nats_server: NatsServer)
     assert await stored_count(nats_server.url) == 29
     assert pub.duplicates == 10
     assert pub.durable(0) == ("s0", URL, 30)
+
+
+async def test_a_full_stream_is_back_pressure_until_it_has_room(nats_server: NatsServer
+                                                                ) -> None:
+    """Discard "new": a full stream refuses; nothing is dropped, the forwarder is held
+    back, and once the operator gives it room every event is stored, once."""
+    import nats
+
+    big = b'{"op":0,"d":"' + b"x" * 10_000 + b'"}'
+    frames = [ready(0, "s0"), *(encode_event("MESSAGE_CREATE", 0, seq, 1, big, bus_seq=seq,
+                                             epoch=1) for seq in range(2, 202))]
+    progress = Progress()
+    pub = StreamPublisher(StreamSettings((nats_server.url,), max_bytes=1 << 20),
+                          on_progress=progress, max_pending=150)
+    async with anyio.create_task_group() as tg:
+        await tg.start(pub.run)
+        pub.put(frames)
+        with anyio.fail_after(30):
+            await progress.until(lambda: pub.durable(0) is not None)
+            # stuck below the end: the stream took what fits and refuses the rest
+            await progress.until(lambda: pub.acked > 50)
+        await anyio.wait_all_tasks_blocked()
+        assert pub.pending > 0 and pub.durable(0) != ("s0", URL, 201)
+        nc = await nats.connect(nats_server.url)
+        try:
+            info = await nc.jetstream().stream_info("SHARDCTL")
+            info.config.max_bytes = 8 << 20
+            await nc.jetstream().update_stream(info.config)
+        finally:
+            await nc.close()
+        with anyio.fail_after(30):
+            await progress.until(lambda: pub.pending == 0)
+        tg.cancel_scope.cancel()
+    assert pub.durable(0) == ("s0", URL, 201)
+    assert await stored_count(nats_server.url) == 200

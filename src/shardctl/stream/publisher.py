@@ -24,7 +24,6 @@ answer was lost may then land after later ones of its shard (``Shardctl-Seq`` te
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -43,6 +42,7 @@ from shardctl.stream.settings import StreamSettings
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
+    from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,14 @@ Session = tuple[str, str]
 
 
 class _Pending:
-    __slots__ = ("frame", "future", "sent_at", "session")
+    __slots__ = ("answer", "frame", "sent_at", "session", "token")
 
     def __init__(self, frame: subjects.Frame, session: Session | None) -> None:
         self.frame = frame
         self.session = session
-        self.future: asyncio.Future[Any] | None = None
+        #: None: no answer yet; b"": stored; b"dup": stored before; else the refusal
+        self.answer: bytes | None = None
+        self.token = 0
         self.sent_at = 0.0
 
 
@@ -94,6 +96,9 @@ class StreamPublisher:
         self._clock = clock
         self._queue: deque[_Pending] = deque()
         self._inflight: deque[_Pending] = deque()
+        #: publish token → the frame awaiting that publish's answer
+        self._waiting: dict[int, _Pending] = {}
+        self._tokens = 0
         self._current: dict[int, Session | None] = {}
         self._durable: dict[int, tuple[str, str, int]] = {}
         self._wake: anyio.Event | None = None
@@ -168,14 +173,17 @@ class StreamPublisher:
         task_status.started()
         nc = await self._connect()
         try:
-            js = nc.jetstream()
-            await self._ensure_stream(js)
+            await self._ensure_stream(nc.jetstream())
+            # Acknowledgements come to one inbox, a token per publish (the stream's PubAck
+            # JSON is only searched, not parsed: the per-event cost is the point here).
+            inbox = nc.new_inbox()
+            await nc.subscribe(f"{inbox}.*", cb=self._on_answer)
             async with anyio.create_task_group() as tg:
                 if self.commands is not None:
                     from shardctl.stream.commands import serve
 
                     await serve(nc, self.settings.prefix, self.commands, tg)
-                await self._pump(js)
+                await self._pump(nc, inbox)
         finally:
             # a connection NATS already broke may fail to close: nothing is left to lose
             with anyio.CancelScope(shield=True), anyio.move_on_after(2), \
@@ -241,7 +249,7 @@ class StreamPublisher:
         log.info("stream: publishing to %s (subjects %s.>, %d replica(s))", s.name, s.prefix,
                  s.replicas)
 
-    async def _pump(self, js: JetStreamContext) -> None:
+    async def _pump(self, nc: Client, inbox: str) -> None:
         backoff = _BACKOFF_MIN
         while True:
             wake = self._wake = anyio.Event()
@@ -254,7 +262,7 @@ class StreamPublisher:
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
-            sent = await self._send(js)
+            sent = await self._send(nc, inbox + ".")
             if sent is not None:
                 self._outage(sent)
                 await anyio.sleep(backoff)
@@ -268,30 +276,50 @@ class StreamPublisher:
             with anyio.move_on_after(timeout):
                 await wake.wait()
 
-    async def _send(self, js: JetStreamContext) -> str | None:
-        """Publish queued frames while the window has room; an error text if one failed."""
+    async def _send(self, nc: Client, reply_prefix: str) -> str | None:
+        """Publish queued frames while the window has room; an error text if one failed.
+
+        No await inside suspends while the connection is up: the client then writes the
+        whole run of publishes with one flush, not one syscall each."""
         queue, inflight, prefix = self._queue, self._inflight, self.settings.prefix
+        waiting = self._waiting
         budget = 256  # then let the loop (and the forwarder) run
         while queue and len(inflight) < self.window and budget:
             p = queue[0]
             frame = p.frame
             session = p.session[0] if p.session is not None else None
+            self._tokens += 1
+            token = self._tokens
             try:
-                future = await js.publish_async(
-                    subjects.subject(prefix, frame.type, frame.shard), frame.payload,
-                    headers=subjects.headers(frame, session))
+                await nc.publish(subjects.subject(prefix, frame.type, frame.shard),
+                                 frame.payload, reply=f"{reply_prefix}{token}",
+                                 headers=subjects.headers(frame, session))
             except Exception as exc:  # disconnected, buffer full: retry
                 return f"publish failed: {exc!r}"
             queue.popleft()
-            p.future, p.sent_at = future, self._clock()
-            future.add_done_callback(self._answered)
+            p.answer, p.token, p.sent_at = None, token, self._clock()
+            waiting[token] = p
             inflight.append(p)
             budget -= 1
         return None
 
-    def _answered(self, future: asyncio.Future[Any]) -> None:
-        if not future.cancelled():
-            future.exception()  # retrieved: _settle judges it, in order, or resends it
+    async def _on_answer(self, msg: Msg) -> None:
+        """The stream's answer to one publish: ``{"stream":...,"seq":N}`` (maybe with
+        ``"duplicate":true``), an ``{"error":...}``, or a 503 status (no stream listens)."""
+        try:
+            token = int(msg.subject.rpartition(".")[2])
+        except ValueError:
+            return
+        p = self._waiting.pop(token, None)
+        if p is None:
+            return  # answered after it was sent again: the new send's answer counts
+        data = msg.data
+        if msg.headers and msg.headers.get("Status") == "503":
+            p.answer = b"no stream answered (JetStream down or the stream missing)"
+        elif b'"error":' in data:
+            p.answer = data[:200]
+        else:
+            p.answer = b"dup" if b'"duplicate"' in data else b""
         wake = self._wake
         if wake is not None and not wake.is_set():
             wake.set()
@@ -303,17 +331,15 @@ class StreamPublisher:
         settled = 0
         error = None
         while inflight:
-            future = inflight[0].future
-            assert future is not None
-            if not future.done():
+            answer = inflight[0].answer
+            if answer is None:
                 break
-            if future.cancelled() or future.exception() is not None:
-                error = ("cancelled" if future.cancelled()
-                         else f"the stream refused an event: {future.exception()}")
+            if answer and answer != b"dup":
+                error = f"the stream refused an event: {answer.decode(errors='replace')}"
                 break
             p = inflight.popleft()
             settled += 1
-            if future.result().duplicate:
+            if answer:
                 self.duplicates += 1
             seq, shard = p.frame.seq, p.frame.shard
             if seq is not None:
@@ -343,9 +369,8 @@ class StreamPublisher:
         inflight = self._inflight
         while inflight:
             p = inflight.pop()
-            if p.future is not None and not p.future.done():
-                p.future.cancel()
-            p.future = None
+            self._waiting.pop(p.token, None)
+            p.answer = None
             self._queue.appendleft(p)
 
     def _outage(self, why: str) -> None:
