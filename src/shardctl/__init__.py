@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from shardctl.ipc.events import Event
     from shardctl.stream.commands import StreamCommands
     from shardctl.stream.consumer import StreamConsumer
+    from shardctl.stream.settings import StreamSettings
     from shardctl.worker.limiter import LocalSessionLimiter
     from shardctl.worker.shard import Shard
 
@@ -63,6 +64,7 @@ _WHERE: Final[dict[str, str]] = {
     "Shard": "shardctl.worker.shard",
     "StreamCommands": "shardctl.stream.commands",
     "StreamConsumer": "shardctl.stream.consumer",
+    "StreamSettings": "shardctl.stream.settings",
     "ShardStatus": "shardctl.cluster.supervisor",
     "ShardctlError": "shardctl.errors",
     "ShardingError": "shardctl.errors",
@@ -96,6 +98,7 @@ __all__ = [
     "ShardingError",
     "StreamCommands",
     "StreamConsumer",
+    "StreamSettings",
     "Supervisor",
     "__version__",
 ]
