@@ -460,8 +460,19 @@ def _stream_options(func: Callable[..., None]) -> Callable[..., None]:
 def _stream_settings(*, stream: str | None, stream_name: str, stream_prefix: str,
                      stream_max_age: float, stream_max_bytes: int, stream_replicas: int,
                      stream_buffer: int = 20_000, stream_commands: bool = False) -> Any:
-    """The StreamSettings of ``--stream`` (None without it); the nats extra must be there."""
+    """The StreamSettings of ``--stream`` (None without it); the nats extra must be there.
+    A ``--stream-*`` option set without ``--stream`` would be ignored: refused instead."""
+    from shardctl.errors import ConfigurationError
+
     if stream is None:
+        from click.core import ParameterSource
+
+        ctx = click.get_current_context()
+        for name in ("stream_name", "stream_prefix", "stream_max_age", "stream_max_bytes",
+                     "stream_replicas", "stream_buffer", "stream_commands"):
+            if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None):
+                raise ConfigurationError(
+                    f"--{name.replace('_', '-')} needs --stream nats://HOST:PORT")
         return None
     from shardctl.stream import _nats
     from shardctl.stream.settings import StreamSettings, parse_servers

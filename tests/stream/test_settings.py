@@ -59,3 +59,12 @@ def test_stream_without_the_nats_extra_is_one_line_naming_it(
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert len(errors) == 1
     assert "pip install 'shardctl[nats]'" in errors[0]
+
+
+def test_a_stream_option_without_stream_is_refused_not_ignored(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["run", "--api-url", "http://127.0.0.1:9/api/v10", "--stream-replicas", "3"],
+        env={"DISCORD_TOKEN": "t0ken", "SHARDCTL_RUNTIME_DIR": str(tmp_path / "run"),
+             "SHARDCTL_CONFIG": None})
+    assert result.exit_code == 2, result.output
+    assert "--stream-replicas needs --stream" in result.output
