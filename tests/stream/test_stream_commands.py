@@ -130,3 +130,4 @@ async def test_a_bad_request_is_refused_with_a_reason(nats_server: NatsServer) -
             assert "unknown command" in answers[2]["error"]
             assert ops(sb, 4) == []
             assert sup.control_refusals["command"] == 2
+
