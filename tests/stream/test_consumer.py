@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 
 import anyio
 import pytest
@@ -93,3 +94,22 @@ async def test_a_filter_selects_types_and_shards_in_the_server(nats_server: Nats
         assert events.pending == 0
     assert [(e.type, e.shard, e.seq) for e in got] == [("MESSAGE_CREATE", 1, 2),
                                                         ("MESSAGE_CREATE", 1, 3)]
+
+
+async def test_a_consumer_started_before_nats_waits_for_it(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "nats")  # not running yet
+    got: list[Event] = []
+
+    async def consume() -> None:
+        async with StreamConsumer(server.url, "early", types=["MESSAGE_CREATE"]) as events:
+            got.extend(await take(events, 1))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            await anyio.wait_all_tasks_blocked()
+            await anyio.to_thread.run_sync(server.start)
+            await fill(server, [ready(0, "s"), message(0, 2)])
+    finally:
+        server.kill()
+    assert [e.seq for e in got] == [2]

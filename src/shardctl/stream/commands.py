@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
+import anyio
 import anyio.abc
 import orjson
 
@@ -88,7 +89,18 @@ class StreamCommands(Commands):
 
     async def __aenter__(self) -> StreamCommands:
         nats = _nats.require()
-        self._nc = await nats.connect(servers=self.servers, name="shardctl commands")
+
+        async def error(exc: Exception) -> None:  # said once, below, not with a traceback
+            log.debug("stream commands: NATS client error: %s", exc)
+
+        try:
+            with anyio.fail_after(self.timeout):
+                self._nc = await nats.connect(servers=self.servers, name="shardctl commands",
+                                              connect_timeout=max(1, int(self.timeout)),
+                                              max_reconnect_attempts=-1, error_cb=error)
+        except Exception as exc:
+            why = str(exc) or f"nothing answered within {self.timeout:g} s"
+            raise TimeoutError(f"cannot reach NATS at {self.endpoint}: {why}") from None
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,

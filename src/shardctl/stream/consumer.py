@@ -124,9 +124,7 @@ class StreamConsumer:
             log.warning("stream consumer %s: disconnected from NATS; reconnecting",
                         self.durable)
 
-        self._nc = await nats.connect(servers=self.servers, name=f"shardctl {self.durable}",
-                                      max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                                      error_cb=error, disconnected_cb=disconnected)
+        self._nc = await self._connect(nats, error, disconnected)
         filters = subjects.filter_subjects(self.prefix, self.types, self.shards)
         config = api.ConsumerConfig(
             ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self.ack_wait,
@@ -143,6 +141,26 @@ class StreamConsumer:
             await self._nc.close()
             raise
         return self
+
+    async def _connect(self, nats: Any, error: Any, disconnected: Any) -> Client:
+        """Connected, however long NATS takes to come up: a bot may start first (logged
+        once, then retried)."""
+        import anyio
+
+        logged = False
+        while True:
+            try:
+                nc: Client = await nats.connect(
+                    servers=self.servers, name=f"shardctl {self.durable}",
+                    max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=error,
+                    disconnected_cb=disconnected)
+                return nc
+            except Exception as exc:  # no server reachable yet: the same again, later
+                if not logged:
+                    log.warning("stream consumer %s: cannot reach NATS at %s (%s); retrying",
+                                self.durable, ",".join(self.servers), exc)
+                    logged = True
+                await anyio.sleep(_FETCH_WAIT)
 
     async def _subscribe(self, first: str, config: Any) -> JetStreamContext.PullSubscription:
         """The pull subscription, once the stream exists: a bot may start before the
