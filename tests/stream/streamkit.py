@@ -9,7 +9,7 @@ import signal
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
@@ -225,3 +225,23 @@ async def checkpointed(path: Path, sessions: int) -> None:
         except (OSError, orjson.JSONDecodeError, KeyError):
             pass
         await anyio.sleep(0.05)
+
+
+async def metrics_when(port: int, predicate: Callable[[dict[str, float]], bool]
+                       ) -> dict[str, float]:
+    """The supervisor's shardctl_stream_* figures once ``predicate`` holds for them (another
+    process: nothing to await but its answers)."""
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        while True:
+            try:
+                reply = await client.get(f"http://127.0.0.1:{port}/metrics")
+                figures = {line.split()[0]: float(line.split()[1])
+                           for line in reply.text.splitlines()
+                           if line.startswith("shardctl_stream_")}
+                if figures and predicate(figures):
+                    return figures
+            except httpx.HTTPError:
+                pass  # not serving yet
+            await anyio.sleep(0.1)

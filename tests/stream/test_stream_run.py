@@ -21,6 +21,7 @@ from streamkit import (
     env_with_runtime,
     kill9,
     log_has,
+    metrics_when,
     redelivered,
     run_args,
     sandbox_config,
@@ -34,7 +35,7 @@ from streamkit import (
 )
 
 from shardctl.sandbox import Sandbox
-from shardctl.stream.server import NatsCluster, NatsServer
+from shardctl.stream.server import NatsCluster, NatsServer, free_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -120,13 +121,16 @@ async def test_a_sigkilled_supervisor_resumes_from_what_the_stream_stored(
 async def test_a_nats_outage_of_ten_seconds_pauses_the_shards_and_loses_nothing(
         nats_server: NatsServer, tmp_path: Path) -> None:
     """8 shards / 2 workers / 16,000 events; the NATS server stops for 10 s mid-stream
-    (a small --stream-buffer, so the supervisor holds the workers back within it)."""
+    (a small --stream-buffer, so the supervisor holds the workers back within it).  The
+    supervisor's /metrics show the outage and the recovery."""
     url = nats_server.url
     log = tmp_path / "run.log"
+    port = free_port()
     with short_dir() as run_dir:
         async with Sandbox(sandbox_config(8)) as sb, anyio.create_task_group() as tg:
             run = await start_run(run_args(sb, run_dir / "state.json", url,
-                                           "--stream-buffer", "2000"),
+                                           "--stream-buffer", "2000",
+                                           "--metrics-port", str(port)),
                                   env_with_runtime(run_dir), log)
             checker = Checker()
             tg.start_soon(checker.run, url, "check")
@@ -136,14 +140,22 @@ async def test_a_nats_outage_of_ten_seconds_pauses_the_shards_and_loses_nothing(
                 sent = await start_blast(sb, 2_000, tg)
                 with anyio.fail_after(60):
                     await checker.wait_for(1_000)
-                nats_server.stop()
+                await anyio.to_thread.run_sync(nats_server.stop)
                 stopped_at = anyio.current_time()
-                await anyio.sleep(10)  # the outage itself, not a synchronisation
-                nats_server.start()
+                with anyio.fail_after(9):
+                    during = await metrics_when(
+                        port, lambda m: m["shardctl_stream_connected"] == 0)
+                # the rest of the outage itself, not a synchronisation
+                await anyio.sleep(max(0.0, 10 - (anyio.current_time() - stopped_at)))
+                await anyio.to_thread.run_sync(nats_server.start)
                 with anyio.fail_after(120):
                     await checker.wait_for_all(sent)
                 recovered_at = anyio.current_time()
                 count = await stored_count(url)
+                with anyio.fail_after(30):
+                    after = await metrics_when(
+                        port, lambda m: m["shardctl_stream_connected"] == 1
+                        and m["shardctl_stream_pending"] == 0)
             finally:
                 await terminate(run)
                 tg.cancel_scope.cancel()
@@ -152,6 +164,9 @@ async def test_a_nats_outage_of_ten_seconds_pauses_the_shards_and_loses_nothing(
     assert log_has(log, "holding the workers back"), "the supervisor never pushed back"
     assert log_has(log, "storing events again")
     assert not log_has(log, "backlog over"), "a worker dropped events"
+    assert during["shardctl_stream_pending"] > 0
+    assert after["shardctl_stream_stalls_total"] >= 1
+    assert after["shardctl_stream_stored_total"] > during["shardctl_stream_stored_total"]
 
 
 @pytest.mark.timeout(180)
@@ -251,7 +266,7 @@ async def test_a_stop_during_a_nats_outage_saves_what_the_stream_stored(
                 sent = await start_blast(sb, 1_000, tg)
                 with anyio.fail_after(60):
                     await checker.wait_for(500)
-                nats_server.stop()
+                await anyio.to_thread.run_sync(nats_server.stop)
                 with anyio.fail_after(60):
                     await terminate(first, grace=50)
                 assert first.returncode == 0
