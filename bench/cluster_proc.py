@@ -23,12 +23,18 @@ from shardctl.heap import freeze_startup_heap
 async def main(args: argparse.Namespace) -> None:
     run_dir = Path(args.run_dir)
     compression = None if args.compression == "none" else args.compression
+    stream = None
+    if args.stream:
+        from shardctl.stream.settings import StreamSettings, parse_servers
+
+        stream = StreamSettings(parse_servers(args.stream))
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with Supervisor(token="sandbox-token", api_url=args.api_url,
                               processes=args.processes,
                               identify_interval=args.identify_interval,
                               compression=compression, intents=Intents(args.intents),
-                              runtime_dir=run_dir, state_file=run_dir / "state.json") as sup:
+                              runtime_dir=run_dir, state_file=run_dir / "state.json",
+                              stream=stream) as sup:
             await sup.wait_ready()
             print(json.dumps({"pid": os.getpid(),
                               "workers": [s.pid for s in sup.slots],
@@ -45,6 +51,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--compression", default="zlib-stream")
     p.add_argument("--intents", type=int, required=True)
     p.add_argument("--run-dir", required=True)
+    p.add_argument("--stream", default="", help="also into this NATS JetStream (--stream)")
     p.add_argument("--nice", type=int, default=0,
                    help="lower this process's priority (and its workers') by this much")
     return p.parse_args()

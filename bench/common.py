@@ -188,14 +188,16 @@ class Cluster:
 @asynccontextmanager
 async def cluster(sb: Sandbox, *, processes: int, identify_interval: float,
                   compression: str = "zlib-stream", intents: int = INTENTS,
-                  ready_timeout: float = 120.0, nice: int = 0) -> AsyncIterator[Cluster]:
+                  ready_timeout: float = 120.0, nice: int = 0,
+                  stream: str | None = None) -> AsyncIterator[Cluster]:
     """``nice``: run the cluster at a lower priority than the sandbox (which plays Discord,
     whose servers never share a CPU with the bot)."""
     with short_dir() as run_dir:
         async with child("cluster_proc", "--api-url", sb.api_url, "--processes",
                          str(processes), "--identify-interval", str(identify_interval),
                          "--compression", compression, "--intents", str(intents),
-                         "--run-dir", str(run_dir), "--nice", str(nice)) as proc:
+                         "--run-dir", str(run_dir), "--nice", str(nice),
+                         *(("--stream", stream) if stream else ())) as proc:
             ready = await proc.expect("workers", ready_timeout)
             yield Cluster(proc, ready["pid"], ready["workers"], ready["events"])
 

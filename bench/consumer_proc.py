@@ -77,6 +77,8 @@ async def main(args: argparse.Namespace) -> None:
         write_stamps(args.stamps, stamps)
     print(json.dumps({"count": count, "missed": missed, "first_ns": first_ns,
                       "last_ns": last_ns}), flush=True)
+    if args.stay:  # until SIGTERM: its CPU stays readable after the report
+        await anyio.sleep_forever()
 
 
 def parse() -> argparse.Namespace:
@@ -86,6 +88,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--idle", type=float, default=10.0)
     p.add_argument("--stamps", default="")
     p.add_argument("--parse", action="store_true", help="read each event's d (orjson)")
+    p.add_argument("--stay", action="store_true", help="keep running after the report")
     return p.parse_args()
 
 

@@ -361,6 +361,30 @@ _CASES: dict[str, tuple[list[str], str, st.SearchStrategy[str]]] = {
     "worker --supervisor": _case(["worker"], "--supervisor", _endpoints(bind=False)),
 }
 _SNOWFLAKES = _ints_outside(0, 2**64 - 1) | st.sampled_from(["12a", "1 2", "+1", "٣"])
+_NATS_URLS = st.sampled_from(
+    ["junk", "http://127.0.0.1:4222", "nats://", "nats://127.0.0.1", "nats://h:0",
+     "nats://h:99999", "nats://h:4222,", ",", "nats://h:4222/path", "nats://h:port",
+     "tls://:4222", " "])
+_STREAM_NAMES = st.sampled_from(["", "a.b", "a b", "x" * 65, "a*", "a>", "a/b"])
+_PREFIXES = st.sampled_from(["", "a..b", ".a", "a.", "a.*", "a b", "a.>", "p" * 129])
+_EVENTS_STREAM = ["events", "--stream", "nats://127.0.0.1:9", "-n", "1"]
+_CASES.update({
+    "run --stream": _case(_RUN, "--stream", _NATS_URLS),
+    "run --stream-name": _case(_RUN, "--stream-name", _STREAM_NAMES),
+    "run --stream-prefix": _case(_RUN, "--stream-prefix", _PREFIXES),
+    "run --stream-max-age": _case(_RUN, "--stream-max-age", _floats_not_in(1 - 1e-9, None)),
+    "run --stream-max-bytes": _case(_RUN, "--stream-max-bytes", _ints_outside(1 << 20)),
+    "run --stream-replicas": _case(_RUN, "--stream-replicas", _ints_outside(1, 5)),
+    "run --stream-buffer": _case(_RUN, "--stream-buffer", _ints_outside(100)),
+    "events --stream": _case(["events", "-n", "1"], "--stream", _NATS_URLS),
+    "events --durable": _case(_EVENTS_STREAM, "--durable", _STREAM_NAMES),
+    "events --stream-name": _case(_EVENTS_STREAM, "--stream-name", _STREAM_NAMES),
+    "events --stream-prefix": _case(_EVENTS_STREAM, "--stream-prefix", _PREFIXES),
+    "events --ack-wait": _case(_EVENTS_STREAM, "--ack-wait", _floats_not_in(0.5 - 1e-9, None)),
+    "nats --port": _case(["nats"], "--port", _ints_outside(1, 65535)),
+    "nats --store-dir": _case(["nats", "--port", "1"], "--store-dir",
+                              st.sampled_from(["/dev/null/x"])),
+})
 _SEND = {"send status": ["send", "status", "--status", "idle"],
          "send voice": ["send", "voice", "--guild", "1", "--leave"],
          "send members": ["send", "members", "--guild", "1"]}
@@ -368,6 +392,7 @@ for _name, _base in _SEND.items():
     _CASES[f"{_name} --control-endpoint"] = _case([*_base, "--timeout", "0.5"],
                                                   "--control-endpoint", _endpoints(bind=False))
     _CASES[f"{_name} --timeout"] = _case(_base, "--timeout", _floats_not_in(0.0, None))
+    _CASES[f"{_name} --stream"] = _case([*_base, "--timeout", "0.5"], "--stream", _NATS_URLS)
 _CASES.update({
     "send status --status": _case(["send", "status"], "--status",
                                   _not_one_of("online", "idle", "dnd", "invisible")),
@@ -450,6 +475,7 @@ def test_each_command_and_option_has_a_wrong_value_case_or_a_reason() -> None:
         "run": {"--config", "--token-file", "--state-file", "--keys"},
         "status": {"--keys"},
         "events": {"--keys"},
+        "nats": set(),
         "limiter": {"--total", "--keys"},
         "worker": {"--keys", "--name", "--log-level"},
         "send status": {"--keys", "--activity"},
@@ -460,7 +486,7 @@ def test_each_command_and_option_has_a_wrong_value_case_or_a_reason() -> None:
         "reshard": {"--keys"},
     }
     covered = {tuple(name.rsplit(" ", 1)) for name in _CASES}
-    for command in ("run", "status", "events", "limiter", "worker", "reshard", *_SEND,
+    for command in ("run", "status", "events", "limiter", "worker", "reshard", "nats", *_SEND,
                     *_OPERATIONS):
         cmd = main
         for word in command.split():

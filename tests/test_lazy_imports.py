@@ -59,13 +59,15 @@ def under(modules: set[str], *roots: str) -> set[str]:
 def test_a_worker_process_never_imports_the_supervisor_httpx_or_the_sandbox() -> None:
     modules = loaded_by(WORKER)
     assert "shardctl.worker.process" in modules  # the probe did run the worker's imports
-    assert not under(modules, "shardctl.cluster", "httpx", "shardctl.sandbox")
+    assert not under(modules, "shardctl.cluster", "httpx", "shardctl.sandbox", "nats",
+                     "shardctl.stream")
 
 
 def test_the_supervisor_never_imports_websockets_or_the_worker() -> None:
     modules = loaded_by(SUPERVISOR)
     assert "shardctl.cluster.supervisor" in modules
-    assert not under(modules, "websockets", "shardctl.worker", "shardctl.sandbox.server")
+    assert not under(modules, "websockets", "shardctl.worker", "shardctl.sandbox.server",
+                     "nats")  # NATS only once --stream is used
 
 
 def test_running_the_sandbox_is_what_loads_websockets() -> None:
@@ -90,3 +92,9 @@ def test_every_public_name_maps_to_its_module_and_dir_lists_it() -> None:
 def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         _ = shardctl.Nope
+
+
+def test_naming_stream_consumer_loads_no_nats_until_it_connects() -> None:
+    modules = loaded_by("import shardctl\nshardctl.StreamConsumer")
+    assert "shardctl.stream.consumer" in modules
+    assert not under(modules, "nats", "shardctl.cluster", "httpx", "websockets")

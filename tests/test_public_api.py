@@ -21,7 +21,9 @@ ALLOWED: dict[str, set[str]] = {
     "worker": {"errors", "gateway", "ipc", "worker", "_version", "logformat", "heap"},
     # _lazy: a standard-library-only leaf (PEP 562 exports of a package __init__).
     "sandbox": {"errors", "gateway", "sandbox", "_lazy"},
-    "cluster": {"errors", "gateway", "ipc", "cluster", "_version"},
+    "cluster": {"errors", "gateway", "ipc", "cluster", "_version", "stream"},
+    # the durable stream: NATS lives here only (imported lazily, stream/_nats.py)
+    "stream": {"errors", "gateway", "ipc", "stream"},
 }
 
 

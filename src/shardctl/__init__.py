@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from shardctl.ipc.commands_client import CommandRefusedError, CommandReply, Commands
     from shardctl.ipc.consumer import Consumer, Gap
     from shardctl.ipc.events import Event
+    from shardctl.stream.commands import StreamCommands
+    from shardctl.stream.consumer import StreamConsumer
+    from shardctl.stream.settings import StreamSettings
     from shardctl.worker.limiter import LocalSessionLimiter
     from shardctl.worker.shard import Shard
 
@@ -64,6 +67,9 @@ _WHERE: Final[dict[str, str]] = {
     "RunConfig": "shardctl.cluster.config",
     "SessionBudgetError": "shardctl.errors",
     "Shard": "shardctl.worker.shard",
+    "StreamCommands": "shardctl.stream.commands",
+    "StreamConsumer": "shardctl.stream.consumer",
+    "StreamSettings": "shardctl.stream.settings",
     "ShardStatus": "shardctl.cluster.supervisor",
     "ShardctlError": "shardctl.errors",
     "ShardingError": "shardctl.errors",
@@ -98,6 +104,9 @@ __all__ = [
     "ShardStatus",
     "ShardctlError",
     "ShardingError",
+    "StreamCommands",
+    "StreamConsumer",
+    "StreamSettings",
     "Supervisor",
     "__version__",
 ]

@@ -275,10 +275,43 @@ def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify
 # -- events command (owned by the event bus work) -----------------------------------------
 
 
+def _checked_stream(check: str) -> Callable[..., Any]:
+    """A callback running ``shardctl.stream.settings.<check>`` (loaded only when used)."""
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        from shardctl.errors import ConfigurationError
+        from shardctl.stream import settings as st
+
+        if value is None:
+            return None
+        try:
+            return getattr(st, check)(value)
+        except ConfigurationError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+
+    return callback
+
+
 @main.command("events")
-@click.option("--endpoint", "-e", required=True, envvar="SHARDCTL_EVENTS_ENDPOINT",
+@click.option("--endpoint", "-e", default=None, envvar="SHARDCTL_EVENTS_ENDPOINT",
               type=Endpoint(),
               help="The supervisor's events endpoint (env SHARDCTL_EVENTS_ENDPOINT).")
+@click.option("--stream", default=None, metavar="nats://HOST:PORT[,...]",
+              callback=_checked_stream("check_servers"),
+              help="Read the durable NATS stream instead of the bus (`run --stream`); "
+                   "events are acknowledged once printed.")
+@click.option("--durable", default="shardctl-events", show_default=True, metavar="NAME",
+              callback=_checked_stream("check_durable"),
+              help="With --stream: the durable consumer; a restart goes on where it left "
+                   "off, and processes sharing it split the events.")
+@click.option("--stream-name", default="SHARDCTL", show_default=True, metavar="NAME",
+              callback=_checked_stream("check_name"), help="With --stream: its name.")
+@click.option("--stream-prefix", default="shardctl", show_default=True, metavar="PREFIX",
+              callback=_checked_stream("check_prefix"),
+              help="With --stream: its subject prefix.")
+@click.option("--ack-wait", type=FiniteFloat(min=0.5), default=30.0, show_default=True,
+              metavar="SECONDS",
+              help="With --stream, when it creates the durable: how long an unacknowledged "
+                   "event waits before it is delivered again.")
 @click.option("--type", "-t", "types", multiple=True, metavar="TYPE",
               help="Exact event type to print; repeat for several (default: all).")
 @click.option("--shard", "-s", "shards", multiple=True, type=click.IntRange(min=0),
@@ -288,17 +321,34 @@ def limiter_command(*, bind_endpoint: str | None, max_concurrency: int, identify
 @click.option("--keys", type=click.Path(file_okay=False, path_type=Path), default=None,
               envvar="SHARDCTL_KEYS", show_envvar=True,
               help="CURVE key directory: server.key and clients/consumer.key_secret")
-def events_command(endpoint: str, types: tuple[str, ...], shards: tuple[int, ...],
-                   count: int | None, keys: Path | None = None) -> None:
+def events_command(endpoint: str | None, types: tuple[str, ...], shards: tuple[int, ...],
+                   count: int | None, keys: Path | None = None, *,
+                   stream: str | None = None, durable: str = "shardctl-events",
+                   stream_name: str = "SHARDCTL", stream_prefix: str = "shardctl",
+                   ack_wait: float = 30.0) -> None:
     """Print bus events as JSON lines: {"shard": 3, "seq": 42, "t": "...", "d": {...}}.
 
     One object per line on stdout, in the order the supervisor forwarded them (a contract
-    other tools rely on; "seq" is null for lifecycle events).  Gaps go to stderr.
+    other tools rely on; "seq" is null for lifecycle events).  Gaps go to stderr.  With
+    --stream, the same lines from the durable stream (at least once: an event printed but
+    not yet acknowledged when this process dies is printed again by the next one, and
+    "redelivered: ..." on stderr says so).
     """
     import os
     import sys
 
     import anyio
+
+    if (endpoint is None) == (stream is None):
+        raise click.UsageError("pass --endpoint (the event bus) or --stream (the durable "
+                               "NATS stream), one of them")
+    if stream is not None:
+        from shardctl.cli_stream import print_stream
+
+        print_stream(stream, durable=durable, types=types, shards=shards, count=count,
+                     stream_name=stream_name, prefix=stream_prefix, ack_wait=ack_wait)
+        return
+    assert endpoint is not None
 
     from shardctl.errors import ProtocolError
     from shardctl.ipc.consumer import Consumer, Gap
@@ -352,6 +402,87 @@ def events_command(endpoint: str, types: tuple[str, ...], shards: tuple[int, ...
 
 
 # -- run command --------------------------------------------------------------------------
+
+
+def _checked(check: Callable[[Any], Any]) -> Callable[..., Any]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        from shardctl.errors import ConfigurationError
+
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except ConfigurationError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+
+    return callback
+
+
+def _stream_options(func: Callable[..., None]) -> Callable[..., None]:
+    """``--stream`` and its settings (README "The durable stream"; ``[stream]`` in TOML)."""
+    from shardctl.stream import settings as st
+
+    options = [
+        click.option("--stream", "stream", default=None, metavar="nats://HOST:PORT[,...]",
+                     callback=_checked(st.check_servers),
+                     help="also put every event into a NATS JetStream stream; what it stores "
+                          "is then what a stop or a crash resumes from (needs the nats "
+                          "extra: pip install 'shardctl[nats]')"),
+        click.option("--stream-name", default=st.DEFAULT_NAME, show_default=True,
+                     metavar="NAME", callback=_checked(st.check_name),
+                     help="the JetStream stream of --stream"),
+        click.option("--stream-prefix", default=st.DEFAULT_PREFIX, show_default=True,
+                     metavar="PREFIX", callback=_checked(st.check_prefix),
+                     help="subjects are PREFIX.TYPE.SHARD"),
+        click.option("--stream-max-age", type=FiniteFloat(min=1), default=st.DEFAULT_MAX_AGE,
+                     show_default=True, metavar="SECONDS",
+                     help="events older than this leave the stream"),
+        click.option("--stream-max-bytes", type=click.IntRange(min=1 << 20),
+                     default=st.DEFAULT_MAX_BYTES, show_default=True, metavar="BYTES",
+                     help="the stream's size bound; when full it takes no more events and "
+                          "the shards pause (never silent loss)"),
+        click.option("--stream-replicas", type=click.IntRange(1, st.MAX_REPLICAS),
+                     default=st.DEFAULT_REPLICAS, show_default=True, metavar="N",
+                     help="copies of the stream on a NATS cluster (3 survives a node lost)"),
+        click.option("--stream-buffer", type=click.IntRange(min=100),
+                     default=st.DEFAULT_BUFFER, show_default=True, metavar="EVENTS",
+                     help="events the supervisor holds for the stream (while it is slow or "
+                          "unreachable) before it holds the workers back"),
+        click.option("--stream-commands", is_flag=True,
+                     help="also answer gateway commands over NATS request-reply on "
+                          "PREFIX-commands (shardctl.StreamCommands, `shardctl send "
+                          "--stream`); whoever NATS lets publish there may send them"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _stream_settings(*, stream: str | None, stream_name: str, stream_prefix: str,
+                     stream_max_age: float, stream_max_bytes: int, stream_replicas: int,
+                     stream_buffer: int = 20_000, stream_commands: bool = False) -> Any:
+    """The StreamSettings of ``--stream`` (None without it); the nats extra must be there.
+    A ``--stream-*`` option set without ``--stream`` would be ignored: refused instead."""
+    from shardctl.errors import ConfigurationError
+
+    if stream is None:
+        from click.core import ParameterSource
+
+        ctx = click.get_current_context()
+        for name in ("stream_name", "stream_prefix", "stream_max_age", "stream_max_bytes",
+                     "stream_replicas", "stream_buffer", "stream_commands"):
+            if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None):
+                raise ConfigurationError(
+                    f"--{name.replace('_', '-')} needs --stream nats://HOST:PORT")
+        return None
+    from shardctl.stream import _nats
+    from shardctl.stream.settings import StreamSettings, parse_servers
+
+    _nats.require()
+    return StreamSettings(parse_servers(stream), name=stream_name, prefix=stream_prefix,
+                          max_age=stream_max_age, max_bytes=stream_max_bytes,
+                          replicas=stream_replicas, buffer=stream_buffer,
+                          commands=stream_commands)
 
 #: Exit codes of ``shardctl run`` (README "Exit codes"); 2 is click's usage error.
 EXIT_ERROR = 1
@@ -449,6 +580,7 @@ def _leaf(error: BaseException) -> BaseException:
               help="serve Prometheus /metrics, /livez and /readyz on this port")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, metavar="ADDRESS",
               help="interface for --metrics-port (0.0.0.0: every interface)")
+@_stream_options
 @with_token_file
 def run_command(*, token: str | None, api_url: str | None, processes: int | None, shards: str,
                 shard_ids: str | None, intents: str, compression: str,
@@ -459,7 +591,8 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
                 ignore_session_start_limit: bool, log_level: str, log_format: str = "text",
                 metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
                 identify_margin_ms: float = 0.0, identify_margin_percent: float = 0.0,
-                auto_reshard: bool = False, reshard_check_interval: float = 300.0) -> None:
+                auto_reshard: bool = False, reshard_check_interval: float = 300.0,
+                **stream_options: Any) -> None:
     """Run a shard cluster: discover, plan, spawn workers, forward events until stopped.
 
     SIGINT/SIGTERM stop gracefully: every shard closes resumably and the sessions are saved
@@ -506,6 +639,7 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
         if control_endpoint is not None:
             check_control_endpoint(control_endpoint, curve=keys is not None,
                                    insecure_loopback=insecure_loopback)
+        options["stream"] = _stream_settings(**stream_options)
         if processes is not None:
             options["processes"] = processes
         if api_url is not None:
@@ -683,6 +817,11 @@ main.add_command(restart_workers_command)
 from shardctl.cli_reshard import reshard_command  # noqa: E402
 
 main.add_command(reshard_command)
+# -- nats command (the durable stream: shardctl/cli_stream.py) ------------------------------
+
+from shardctl.cli_stream import nats_command  # noqa: E402
+
+main.add_command(nats_command)
 
 if __name__ == "__main__":
     main()

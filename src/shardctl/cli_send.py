@@ -42,6 +42,17 @@ class Snowflake(StrParamType):
                       param, ctx)
 
 
+def _check_stream(ctx: click.Context, param: click.Parameter, value: str | None
+                  ) -> str | None:
+    from shardctl.errors import ConfigurationError
+    from shardctl.stream.settings import check_servers
+
+    try:
+        return None if value is None else check_servers(value)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
 def _common(func: Callable[..., None]) -> Callable[..., None]:
     for decorator in reversed([
         click.option("--control-endpoint", envvar="SHARDCTL_CONTROL_ENDPOINT", default=None,
@@ -52,6 +63,10 @@ def _common(func: Callable[..., None]) -> Callable[..., None]:
                      default=None, envvar="SHARDCTL_KEYS", show_envvar=True,
                      help="CURVE key directory of a supervisor run with --keys (its "
                           "operator keypair, clients/operator)"),
+        click.option("--stream", default=None, metavar="nats://HOST:PORT[,...]",
+                     callback=_check_stream,
+                     help="send over NATS request-reply to a supervisor run with "
+                          "--stream-commands, instead of its control channel"),
         click.option("--timeout", type=FiniteFloat(min=0, min_open=True), default=15.0,
                      show_default=True, metavar="SECONDS",
                      help="how long to wait for the supervisor's answer"),
@@ -128,7 +143,7 @@ def send_members(guild: str, query: str, limit: int, wait: float, **common: Any)
 
 def _send(call: Callable[[Commands], Awaitable[CommandReply | list[CommandReply]]], *,
           control_endpoint: str | None, keys: Path | None, timeout: float,
-          as_json: bool) -> None:
+          as_json: bool, stream: str | None = None) -> None:
     import anyio
 
     from shardctl.errors import ConfigurationError, ProtocolError
@@ -143,7 +158,13 @@ def _send(call: Callable[[Commands], Awaitable[CommandReply | list[CommandReply]
         raise click.UsageError(str(exc)) from None
 
     async def ask() -> list[CommandReply]:
-        async with Commands(endpoint, keys=curve, timeout=timeout) as commands:
+        if stream is not None:
+            from shardctl.stream.commands import StreamCommands
+
+            client: Commands = StreamCommands(stream, timeout=timeout)
+        else:
+            client = Commands(endpoint, keys=curve, timeout=timeout)
+        async with client as commands:
             result = await call(commands)
         return result if isinstance(result, list) else [result]
 
@@ -155,6 +176,9 @@ def _send(call: Callable[[Commands], Awaitable[CommandReply | list[CommandReply]
     except CommandRefusedError as exc:
         click.echo(f"shardctl: the supervisor refused: {exc}", err=True)
         sys.exit(EXIT_FAILED)
+    except ConfigurationError as exc:  # --stream without the nats extra
+        click.echo(f"shardctl: error: {exc}", err=True)
+        sys.exit(2)
     for reply in replies:
         click.echo(_line(reply, as_json))
     if not all(replies):

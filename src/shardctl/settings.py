@@ -29,6 +29,7 @@ from click.core import ParameterSource
 
 from shardctl.cluster import config as cfg
 from shardctl.errors import ConfigurationError
+from shardctl.stream import settings as stream_settings
 
 #: Looked for in the working directory when neither --config nor SHARDCTL_CONFIG is given.
 DEFAULT_CONFIG_FILE: Final = "shardctl.toml"
@@ -45,7 +46,12 @@ _SEMANTIC: Final[dict[str, Callable[[str], object]]] = {
     "compression": cfg.parse_compression,
     "identify_margin_ms": cfg.check_margin_ms,
     "identify_margin_percent": cfg.check_margin_percent,
+    "stream": stream_settings.check_servers,
+    "stream_name": stream_settings.check_name,
+    "stream_prefix": stream_settings.check_prefix,
 }
+#: The ``[stream]`` table: its keys are the ``stream-*`` options (``url`` is ``stream``).
+STREAM_TABLE: Final = "stream"
 
 
 def env_name(param: click.Parameter) -> str:
@@ -106,6 +112,7 @@ def load_file(path: Path, command: click.Command, ctx: click.Context) -> dict[st
                                  f"{exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{path}: not valid TOML: {exc}") from None
+    data = _flatten_stream_table(path, data)
     options = _options(command)
     known = {file_key(o): o for o in options.values()}
     if any(key.replace("-", "_") in SECRETS for key in data):
@@ -119,6 +126,20 @@ def load_file(path: Path, command: click.Command, ctx: click.Context) -> dict[st
         assert option.name is not None
         values[option.name] = _check(path, key, option, raw, ctx)
     return values
+
+
+def _flatten_stream_table(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """``[stream] url = ..., max-age = ...`` → the ``stream``, ``stream-max-age`` keys."""
+    table = data.get(STREAM_TABLE)
+    if not isinstance(table, dict):
+        return data
+    flat = {k: v for k, v in data.items() if k != STREAM_TABLE}
+    for key, value in table.items():
+        name = "stream" if key == "url" else f"stream-{key}"
+        if name in flat:
+            raise ConfigurationError(f"{path}: {name!r} is set twice (and in [stream])")
+        flat[name] = value
+    return flat
 
 
 def _check_private(path: Path) -> None:

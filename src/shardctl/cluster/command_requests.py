@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: Commands of one peer running at once; more are refused until one ends.
 MAX_RUNNING_PER_PEER: Final = 8
+#: Commands over the stream's NATS request-reply running at once (every process shares it).
+MAX_RUNNING_STREAM: Final = 64
 #: The longest member fetch a peer may ask for (seconds the chunks may take).
 MAX_FETCH_TIMEOUT: Final = 120.0
 _MEMBER_OPTIONS: Final = frozenset({"query", "limit", "presences", "user_ids"})
@@ -115,6 +117,31 @@ class CommandRequests:
             left = self._running.pop(peer, 1) - 1
             if left:
                 self._running[peer] = left
+
+    async def answer(self, name: object, args: object, *, peer: bytes = b"stream",
+                     limit: int = MAX_RUNNING_STREAM) -> dict[str, Any]:
+        """A request that came another way (the stream's NATS request-reply, whose
+        permissions decide who may ask): the same checks and routing as :meth:`handle`;
+        the response body without an id.  ``limit`` commands of ``peer`` run at once."""
+        try:
+            call = self._call(name, args)
+            if self._running.get(peer, 0) >= limit:
+                raise _Refused(f"busy: {limit} commands are still running; retry when one "
+                               "has been answered")
+        except _Refused as exc:
+            self.refused += 1
+            return {"ok": False, "error": str(exc), "replies": []}
+        self._running[peer] = self._running.get(peer, 0) + 1
+        try:
+            result = await call()
+        except errors.ShardctlError as exc:
+            return {"ok": False, "error": str(exc), "replies": []}
+        finally:
+            left = self._running.pop(peer, 1) - 1
+            if left:
+                self._running[peer] = left
+        replies = result if isinstance(result, list) else [result]
+        return {"ok": True, "error": None, "replies": [r.to_body() for r in replies]}
 
     def _call(self, name: object, args: object) -> Call:
         if not isinstance(name, str) or name not in NAMES | OPERATIONS:

@@ -17,6 +17,7 @@ from shardctl.gateway.intents import Intents
 from shardctl.gateway.limits import Limits
 from shardctl.gateway.pacing import DEFAULT_MARGIN, IdentifyMargin
 from shardctl.ipc.control import check_control_endpoint
+from shardctl.stream.settings import StreamSettings
 
 Compression = Literal["zlib-stream", "zstd-stream"] | None
 COMPRESSIONS: Final = ("zlib-stream", "zstd-stream", "none")
@@ -76,6 +77,9 @@ class RunConfig:
     #: Tests only: let the token go over plain http to a non-loopback API (a sandbox in
     #: another network namespace).  Never for Discord: the token would cross in clear.
     allow_http_api: bool = False
+    #: ``--stream``: every event also goes into this JetStream stream, and what it stored
+    #: is the durable "forwarded" seq (shardctl.stream).  None: the event bus only.
+    stream: StreamSettings | None = None
 
     def __post_init__(self) -> None:
         if not self.token.strip():

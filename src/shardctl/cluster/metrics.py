@@ -89,6 +89,7 @@ class SupervisorCollector(Collector):
         yield from self._workers()
         yield from self._control()
         yield from self._bus()
+        yield from self._stream()
 
     def _budget(self) -> Iterable[Metric]:
         sup = self._sup
@@ -172,6 +173,24 @@ class SupervisorCollector(Collector):
         yield CounterMetricFamily("shardctl_listener_drops",
                                   "In-process events dropped by a full listener buffer",
                                   value=self._sup.listener_drops)
+
+
+    def _stream(self) -> Iterable[Metric]:
+        stream = self._sup._stream
+        if stream is None:
+            return
+        for name, value, doc in (
+                ("stored", stream.acked, "Events the stream acknowledged (with --stream)"),
+                ("duplicates", stream.duplicates,
+                 "Events the stream had stored already (a resend or a replay)"),
+                ("stalls", stream.stalls,
+                 "Times the events waiting for the stream held the workers back")):
+            yield CounterMetricFamily(f"shardctl_stream_{name}", doc, value=value)
+        yield GaugeMetricFamily("shardctl_stream_pending",
+                                "Events not yet acknowledged by the stream",
+                                value=stream.pending)
+        yield GaugeMetricFamily("shardctl_stream_connected", "1 while NATS is reachable",
+                                value=1 if stream.connected else 0)
 
 
 def registry_for(supervisor: Supervisor) -> CollectorRegistry:

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.abc
@@ -55,6 +55,9 @@ from shardctl.ipc.events import Event
 from shardctl.ipc.limiter import LimiterClient
 from shardctl.ipc.publishers import new_publish_key
 from shardctl.ipc.security import Role, for_socket
+
+if TYPE_CHECKING:
+    from shardctl.stream.publisher import StreamPublisher
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +127,8 @@ class Supervisor:
         self._status: dict[int, ShardStatus] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._forwarder: EventForwarder | None = None
+        #: with --stream: every forwarded event goes here, and its acks are "forwarded"
+        self._stream: StreamPublisher | None = None
         self._control: ControlServer | None = None
         self.limiter: SessionLimiterService | None = None
         self._batch_hook: BatchHook | None = None
@@ -284,6 +289,8 @@ class Supervisor:
             nodrop=False, on_batch=self._batch_hook, on_progress=self._on_bus_progress,
             curve=curve, resume_url_allowed=self._resume_allowed)
         forwarder.last_seq.update({r.shard_id: r.seq for r in resumable.values()})
+        if self.config.stream is not None:
+            await tg.start(self._start_stream, forwarder, resumable)
         await tg.start(forwarder.run)
         self._control = ControlServer(
             control_ep or endpoints.ipc_endpoint("control.sock", run_dir), curve=curve,
@@ -297,6 +304,24 @@ class Supervisor:
                           "events_in": forwarder.inbound, "control": self._control.endpoint}
         if self._output is not None:
             await tg.start(self._fanout.feed, self._output)
+
+    async def _start_stream(self, forwarder: EventForwarder,
+                            resumable: Mapping[int, SessionRecord], *,
+                            task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                            ) -> None:
+        """The durable stream (shardctl.stream): fed by the forwarder, its acknowledgements
+        are what _session_of saves and RESUMEs from (DESIGN.md §7)."""
+        from shardctl.stream.publisher import StreamPublisher
+
+        assert self.config.stream is not None
+        stream = self._stream = StreamPublisher(
+            self.config.stream, on_progress=self._on_bus_progress,
+            resume_url_allowed=self._resume_allowed,
+            commands=self._requests.answer if self.config.stream.commands else None)
+        stream.seed((r.shard_id, r.session_id, r.resume_gateway_url, r.seq)
+                    for r in resumable.values())
+        forwarder.sink = stream
+        await stream.run(task_status=task_status)
 
     @staticmethod
     async def _open_start_gate(limiter: SessionLimiterService, must_identify: int) -> None:
@@ -395,6 +420,9 @@ class Supervisor:
         forwarder = self._forwarder
         if forwarder is None or status.seq is None:
             return True
+        if self._stream is not None:  # forwarded = stored by the stream
+            stored = self._stream.durable(status.id)
+            return stored is not None and stored[2] >= status.seq
         return forwarder.last_seq.get(status.id, 0) >= status.seq
 
     def _on_bus_progress(self) -> None:
@@ -423,6 +451,9 @@ class Supervisor:
         from its start (seq 1): its whole stream is replayed, none of it is skipped.
         """
         now = {r.shard_id: r for r in self._resumable_sessions()}
+        if self._stream is not None:  # the stream's acknowledgements are receipts: exact
+            self._seen = now
+            return tuple(now.values()), self._worker_marks()
         settled = []
         for shard_id, record in now.items():
             before = self._seen.get(shard_id)
@@ -467,6 +498,11 @@ class Supervisor:
         READY since, comes from the shard's status.  A fatal close ended it: none.
         """
         status, forwarder = self._status[shard_id], self._forwarder
+        if self._stream is not None:  # with --stream, what the stream stored
+            stored = self._stream.durable(shard_id)
+            if stored is None or status.error:
+                return None
+            return SessionRecord(shard_id, *stored)
         seq = forwarder.last_seq.get(shard_id) if forwarder is not None else None
         if seq is None or status.error:
             return None

@@ -50,11 +50,10 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 import anyio
 import anyio.lowlevel
-import orjson
 import zmq
 import zmq.asyncio
 from anyio.abc import TaskStatus
@@ -80,6 +79,7 @@ from shardctl.ipc.events import (
     decode_event,
     encode_event,
     encode_record,
+    ready_session,
     type_bytes,
 )
 from shardctl.ipc.publishers import PublishGrants
@@ -447,6 +447,20 @@ class ForwarderStats:
 BatchHook = Callable[[Sequence[Event]], None]
 
 
+class FrameSink(Protocol):
+    """Where every forwarded consumer frame goes too, in order (the durable stream,
+    :mod:`shardctl.stream.publisher`): ``put`` gets each batch's frames as forwarded, on
+    the hot path; while ``full``, the forwarder reads no more worker batches (so workers
+    block and shards pause reading) and awaits ``wait_room``."""
+
+    @property
+    def full(self) -> bool: ...
+
+    def put(self, frames: list[bytes]) -> None: ...
+
+    async def wait_room(self) -> None: ...
+
+
 class EventForwarder:
     """The supervisor's bus: SUB bound for workers, XPUB bound for consumers.
 
@@ -525,6 +539,8 @@ class EventForwarder:
         self._hold: anyio.Event | None = None
         self._in_batch = False
         self._batch_done: anyio.Event | None = None
+        #: every forwarded frame also goes here (None: the bus only)
+        self.sink: FrameSink | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Bind both sockets, signal started, forward until cancelled."""
@@ -620,6 +636,8 @@ class EventForwarder:
                 retry = min(retry * 2, _RETRY_MAX)
         self._counters[key] = bus_seq
         self.stats.events += 1
+        if self.sink is not None:
+            self.sink.put([message])  # the stream gets the supervisor's own events too
         if self.on_batch is not None:
             self.on_batch([decode_event(message)])
 
@@ -629,6 +647,9 @@ class EventForwarder:
         while True:
             await readable.wait(_POLL_MS * 4 / 1000)
             for _ in range(_DRAIN_BUDGET):
+                sink = self.sink
+                if sink is not None and sink.full:
+                    await sink.wait_room()  # workers block, their shards pause reading
                 try:
                     batch = sin.recv(zmq.NOBLOCK)
                 except zmq.Again:
@@ -665,20 +686,20 @@ class EventForwarder:
             self._refused(worker)
             return
         if self._diverted:
-            sink = self._diverted.get(worker)
-            if sink is not None:
-                replaced = sink(batch)
-                if replaced is None:
-                    return
-                batch = replaced
+            diverted = self._divert(worker, batch)
+            if diverted is None:
+                return
+            batch = diverted
+        # the frames as forwarded, for the in-process hook and the stream
+        frames: list[bytes] | None = (
+            [] if self.on_batch is not None or self.sink is not None else None)
         try:
             buf = bytearray(batch)
-            events: list[Event] | None = [] if self.on_batch is not None else None
             off, remaining = BATCH_HEADER.size, count
             blocked_since: float | None = None
             retry = _RETRY_MIN
             while True:
-                off, remaining = self._forward_some(batch, buf, off, remaining, events,
+                off, remaining = self._forward_some(batch, buf, off, remaining, frames,
                                                     allowed=allowed, worker=worker)
                 if not remaining:
                     break
@@ -698,12 +719,25 @@ class EventForwarder:
         except (ProtocolError, struct.error) as exc:
             # A broken worker must never take the supervisor down: drop the rest of the batch.
             self._malformed(exc)
+            if frames and self.sink is not None:
+                self.sink.put(frames)  # what went out on the bus goes into the stream too
             return
-        if events:
-            assert self.on_batch is not None
-            self.on_batch(events)
+        self._delivered(frames)
+
+    def _delivered(self, frames: list[bytes] | None) -> None:
+        """A batch is out on the bus: the stream, the in-process hook, the waiters."""
+        if frames:
+            if self.sink is not None:
+                self.sink.put(frames)
+            if self.on_batch is not None:
+                self.on_batch([decode_event(frame) for frame in frames])
         if self.on_progress is not None:
             self.on_progress()
+
+    def _divert(self, worker: int, batch: bytes) -> bytes | None:
+        """The batch as ``worker``'s detour (:meth:`divert`) returns it; None: taken away."""
+        sink = self._diverted.get(worker)
+        return batch if sink is None else sink(batch)
 
     def _malformed(self, exc: Exception) -> None:
         self.stats.malformed += 1
@@ -735,7 +769,7 @@ class EventForwarder:
         return True
 
     def _forward_some(self, batch: bytes, buf: bytearray, off: int, remaining: int,
-                      events: list[Event] | None, *, allowed: frozenset[int], worker: int
+                      frames: list[bytes] | None, *, allowed: frozenset[int], worker: int
                       ) -> tuple[int, int]:
         """The hot loop: forward records until done or the out socket is full.
 
@@ -792,8 +826,8 @@ class EventForwarder:
                 if ready:
                     self._note_session(shard, bytes(mv[h + header_size:end]))
             stats.events += 1
-            if events is not None:
-                events.append(decode_event(bytes(mv[start:end])))
+            if frames is not None:
+                frames.append(bytes(mv[start:end]))
             off, remaining = end, remaining - 1
         return off, 0
 
@@ -822,15 +856,9 @@ class EventForwarder:
         Parsed here, once per session (READY is rare), so that the pair (session, last seq
         forwarded) always comes from the same stream and can never disagree.
         """
-        try:
-            d = orjson.loads(payload).get("d") or {}
-            session, url = d.get("session_id"), d.get("resume_gateway_url")
-        except (orjson.JSONDecodeError, AttributeError):
-            session = url = None
-        allowed = self._resume_url_allowed
-        if isinstance(session, str) and isinstance(url, str) and (
-                allowed is None or allowed(url)):
-            self.last_session[shard] = (session, url)
+        session = ready_session(payload, self._resume_url_allowed)
+        if session is not None:
+            self.last_session[shard] = session
         else:
             self.last_session.pop(shard, None)  # no RESUME of this one: the shard IDENTIFYs
 

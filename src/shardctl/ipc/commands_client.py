@@ -160,7 +160,7 @@ class Commands:
 
     async def _request(self, name: str, args: dict[str, Any], *,
                        wait: float | None = None) -> list[CommandReply]:
-        return _replies(await self._ask(name, args, wait=wait))
+        return replies(await self._ask(name, args, wait=wait))
 
     async def _ask(self, name: str, args: dict[str, Any], *,
                    wait: float | None = None) -> dict[str, Any]:
@@ -194,7 +194,8 @@ class Commands:
                 waiter[0].set()
 
 
-def _replies(body: dict[str, Any]) -> list[CommandReply]:
+def replies(body: dict[str, Any]) -> list[CommandReply]:
+    """The replies of a ``response`` body; CommandRefusedError if it says ``ok`` false."""
     if body.get("ok") is not True:
         raise CommandRefusedError(str(body.get("error") or "the supervisor refused the command"))
     replies = body.get("replies")

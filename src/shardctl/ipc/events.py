@@ -62,6 +62,7 @@ batches (no worker, no key) are refused: anyone who can reach events-in could se
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any, Final
 
 import orjson
@@ -293,6 +294,21 @@ def mark_overlap(batch: bytes, received_until_ns: int | None = None) -> bytes:
                 batch, h + RECEIVED_AT_OFFSET)[0] <= received_until_ns:
             buf[h + FLAGS_OFFSET] |= OVERLAP
     return bytes(buf)
+
+
+def ready_session(payload: bytes, url_allowed: Callable[[str], bool] | None = None
+                  ) -> tuple[str, str] | None:
+    """(session_id, resume_gateway_url) of a READY payload; None when it names none, or a
+    URL ``url_allowed`` refuses (nobody may RESUME that session)."""
+    try:
+        d = orjson.loads(payload).get("d") or {}
+        session, url = d.get("session_id"), d.get("resume_gateway_url")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    if isinstance(session, str) and isinstance(url, str) and (
+            url_allowed is None or url_allowed(url)):
+        return session, url
+    return None
 
 
 def _check_u32(value: int, name: str) -> int:
