@@ -358,6 +358,7 @@ _CASES: dict[str, tuple[list[str], str, st.SearchStrategy[str]]] = {
                                            _floats_not_in(-1e-9, None)),
     "sandbox --shard-count": _case(_SANDBOX, "--shard-count", _ints_outside(0)),
     "sandbox --zlib-split": _case(_SANDBOX, "--zlib-split", _ints_outside(0)),
+    "sandbox --routing": _case(_SANDBOX, "--routing", _not_one_of("every", "newest")),
     "worker --supervisor": _case(["worker"], "--supervisor", _endpoints(bind=False)),
 }
 _SNOWFLAKES = _ints_outside(0, 2**64 - 1) | st.sampled_from(["12a", "1 2", "+1", "٣"])

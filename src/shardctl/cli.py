@@ -36,6 +36,7 @@ def _sandbox_options(func: Callable[..., None]) -> Callable[..., None]:
     """One ``--option`` per SandboxConfig field, typed and documented from the dataclass."""
     from shardctl.sandbox.config import ARRIVAL_STAMPS, FIELD_HELP, SandboxConfig
     from shardctl.sandbox.faults import parse_scheduled
+    from shardctl.sandbox.routing import ROUTINGS
 
     def _faults(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
                 ) -> tuple[object, ...]:
@@ -56,8 +57,9 @@ def _sandbox_options(func: Callable[..., None]) -> Callable[..., None]:
             option = click.option(flag, "token", default=default, envvar="SHARDCTL_SANDBOX_TOKEN",
                                   show_default=False, show_envvar=True,
                                   help=help_text + " [default: sandbox-token]")
-        elif f.name == "arrival_stamp":
-            option = click.option(flag, f.name, type=click.Choice(ARRIVAL_STAMPS),
+        elif f.name in ("arrival_stamp", "routing"):
+            choices = ARRIVAL_STAMPS if f.name == "arrival_stamp" else ROUTINGS
+            option = click.option(flag, f.name, type=click.Choice(choices),
                                   default=default, show_default=True, help=help_text)
         elif isinstance(default, bool):
             name = f.name.replace("_", "-")

@@ -5,6 +5,7 @@ IDENTIFYs with 4011."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from sandbox_client import RawClient
 
 from shardctl.sandbox import Sandbox, SandboxConfig
+from shardctl.sandbox.routing import recipients
 
 pytestmark = pytest.mark.anyio
 BOT = {"Authorization": "Bot sandbox-token", "User-Agent": "DiscordBot (test, 1)"}
@@ -71,3 +73,58 @@ async def test_required_count_closes_a_smaller_identify_4011_and_spares_running_
         assert [r.details.get("code") for r in sb.records("server_close")] == [4011]
         await running.close()
         await ok.close()
+
+
+async def test_newest_routing_gives_a_guild_to_the_new_count_from_its_owners_ready_on(
+        ) -> None:
+    async with Sandbox(fast(routing="newest")) as sb:
+        old0 = await RawClient.open(sb.gateway_url)
+        await old0.ready(shard=[0, 2])
+        old1 = await RawClient.open(sb.gateway_url)
+        await old1.ready(shard=[1, 2])
+        sb.recommend_shards(4)
+        new = await RawClient.open(sb.gateway_url)
+        await new.ready(shard=[3, 4])
+        owned = next(g for g in sb.world.guilds.values() if (g.id >> 22) % 4 == 3)
+        orphan = next(g for g in sb.world.guilds.values() if (g.id >> 22) % 4 == 1)
+        for guild in (owned, orphan):
+            await sb.broadcast("MESSAGE_CREATE", {"id": str(guild.id + 7),
+                                                  "guild_id": str(guild.id),
+                                                  "channel_id": str(guild.text_channel_id)})
+        # [3, 4] is READY: its guild goes there alone; [1, 4] is not: the old owner keeps it
+        assert (await new.recv_op(0, "MESSAGE_CREATE"))["d"]["guild_id"] == str(owned.id)
+        assert (await old1.recv_op(0, "MESSAGE_CREATE"))["d"]["guild_id"] == str(orphan.id)
+        assert [r.details.get("t") for r in sb.records("dispatch")
+                if r.details.get("t") == "MESSAGE_CREATE"] == ["MESSAGE_CREATE"] * 2
+        # the new count's sessions end: its guild falls back to the old owner
+        await new.close()
+        await sb.wait_for(lambda: not any(s.num_shards == 4 for s in sb.started_sessions(
+            sb.now())))
+        await sb.broadcast("MESSAGE_CREATE", {"id": "9", "guild_id": str(owned.id),
+                                              "channel_id": str(owned.text_channel_id)})
+        assert (await old1.recv_op(0, "MESSAGE_CREATE"))["d"]["id"] == "9"
+        await old0.close()
+        await old1.close()
+
+
+@dataclass(frozen=True)
+class Owner:
+    shard_id: int
+    num_shards: int
+    created_at: float
+
+
+def test_newest_means_the_count_introduced_last_whether_it_is_larger_or_smaller() -> None:
+    old = [Owner(k, 4, 10.0 + k) for k in range(4)]
+    down = [Owner(0, 2, 50.0)]  # a reshard 4 -> 2: only shard 0 of 2 READY so far
+    guild_on = {k: k << 22 for k in range(4)}  # guild k: shard k of 4, shard k % 2 of 2
+    sessions = old + down
+    assert recipients(sessions, guild_on[2], "newest") == [down[0]]
+    assert recipients(sessions, guild_on[3], "newest") == [old[3]]  # [1, 2] not READY
+    assert recipients(sessions, guild_on[3], "every") == [old[3]]
+    assert recipients(sessions, guild_on[2], "every") == [old[2], down[0]]
+    assert recipients(sessions, None, "newest") == [down[0]]  # no guild: shard 0
+    # an old shard IDENTIFYing again does not make the old count the newest
+    again = [Owner(1, 4, 60.0), *old[:1], *old[2:], *down]
+    assert recipients(again, guild_on[0], "newest") == [down[0]]
+    assert recipients([], guild_on[0], "newest") == []

@@ -12,6 +12,7 @@ from typing import Final
 
 from shardctl.gateway.intents import PRIVILEGED_INTENTS
 from shardctl.sandbox.faults import ScheduledFault
+from shardctl.sandbox.routing import ROUTINGS
 
 #: Discord's documented per-shard guild cap (§10): more routed guilds → 4011.
 DEFAULT_MAX_GUILDS_PER_SHARD: Final = 2500
@@ -75,6 +76,7 @@ class SandboxConfig:
     record_dispatches: bool = True
     arrival_stamp: str = "loop"
     arrival_jitter_ms: float = 0.0
+    routing: str = "every"
     faults: tuple[ScheduledFault, ...] = ()
 
     def __post_init__(self) -> None:
@@ -94,6 +96,7 @@ class SandboxConfig:
              f"arrival_stamp must be one of {', '.join(ARRIVAL_STAMPS)}"),
             (0 <= self.arrival_jitter_ms < math.inf,
              "arrival_jitter_ms must be a finite number >= 0"),
+            (self.routing in ROUTINGS, f"routing must be one of {', '.join(ROUTINGS)}"),
             (self.resume_path.startswith("/") and self.resume_path != "/",
              "resume_path must be an absolute path other than /"),
         )
@@ -167,6 +170,9 @@ FIELD_HELP: Final[dict[str, str]] = {
                      "as a busy server does) or kernel (the kernel's receive time, kinder)",
     "arrival_jitter_ms": "each client frame is read a random 0..this many ms late (seeded by "
                          "seed), as on a loaded server",
+    "routing": "guild events while two shard counts run (a reshard): every (each session "
+               "whose own [shard_id, num_shards] owns the guild, as Discord does) or newest "
+               "(the owner under the newest count only, else the older count's owner)",
     "faults": "scheduled faults (CLI: KIND[:ARG]@SECONDS[/SHARD], repeatable)",
 }
 

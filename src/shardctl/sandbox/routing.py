@@ -1,12 +1,12 @@
 """Which session gets which dispatch: guild routing (§10) and intent filtering (§12).
 
-Pure functions over event names and payloads; the server applies them per session.
+Pure functions over event names, payloads and sessions; the server applies them per event.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Protocol, TypeVar
 
 from shardctl.gateway.intents import Intents
 
@@ -72,6 +72,48 @@ def guild_id_of(d: Any) -> int | None:
 def route_shard(guild_id: int | None, num_shards: int) -> int:
     """§10: ``(guild_id >> 22) % num_shards``; events without a guild go to shard 0."""
     return 0 if guild_id is None else (guild_id >> 22) % num_shards
+
+
+#: How guild events are routed while sessions of two shard counts run (a reshard):
+#: ``every`` session whose own ``[shard_id, num_shards]`` owns the guild gets it (what
+#: Discord does as far as we know); ``newest``: only the owner under the newest count.
+ROUTINGS: Final = ("every", "newest")
+
+
+class Routable(Protocol):
+    @property
+    def shard_id(self) -> int: ...
+    @property
+    def num_shards(self) -> int: ...
+    @property
+    def created_at(self) -> float: ...
+
+
+S = TypeVar("S", bound=Routable)
+
+
+def recipients(sessions: Sequence[S], guild_id: int | None, routing: str) -> list[S]:
+    """The sessions (started, live) that get an event of ``guild_id``, in ``sessions`` order.
+
+    ``every``: each session whose own ``[shard_id, num_shards]`` owns the guild.
+    ``newest``: the owners under the newest shard count only -- the count whose oldest live
+    session was created last (a reshard's new set, up or down, from its first READY on);
+    when no session of that count owns the guild yet (its shard is not READY), the owners
+    under the next newest count, and so on.  A detached but resumable session still owns
+    its guilds (it buffers them for replay): nothing falls back to an older count then.
+    """
+    if routing == "every":
+        return [s for s in sessions if route_shard(guild_id, s.num_shards) == s.shard_id]
+    introduced: dict[int, float] = {}
+    for s in sessions:
+        introduced[s.num_shards] = min(introduced.get(s.num_shards, s.created_at),
+                                       s.created_at)
+    for count in sorted(introduced, key=lambda n: introduced[n], reverse=True):
+        owner = route_shard(guild_id, count)
+        owners = [s for s in sessions if s.num_shards == count and s.shard_id == owner]
+        if owners:
+            return owners
+    return []
 
 
 def allowed(t: str, d: Any, intents: int, *, bot_user_id: int) -> bool:

@@ -27,7 +27,7 @@ from shardctl.sandbox.faults import FaultLike, ScheduledFault, parse_fault
 from shardctl.sandbox.fixtures import MessageFactory, World
 from shardctl.sandbox.record import Record, Recorder, Violation
 from shardctl.sandbox.rest import RestApi, parse_query
-from shardctl.sandbox.routing import guild_id_of, route_shard
+from shardctl.sandbox.routing import guild_id_of, recipients
 from shardctl.sandbox.rules import IdentifyPacer, MemberRequestLimiter, SessionBudget
 from shardctl.sandbox.session import Session, SessionStore
 
@@ -68,6 +68,8 @@ class Sandbox:
         self.recommended_shards = cfg.shard_count
         #: IDENTIFYs with fewer shards are closed 4011 (0: only the guild cap decides).
         self.required_shards = 0
+        #: Guild routing while two shard counts run (``SandboxConfig.routing``).
+        self.routing = cfg.routing
         #: Until when every websocket upgrade is refused (a gateway outage, fault
         #: ``refuse_connections``).
         self.refusing_until = -math.inf
@@ -215,11 +217,12 @@ class Sandbox:
     def recommend_shards(self, count: int, *, require: bool = False) -> None:
         """The bot grew: ``GET /gateway/bot`` recommends ``count`` shards from now on.
 
-        Guilds stay where they are: every session keeps receiving the guilds its own
-        ``[shard_id, num_shards]`` owns (:meth:`broadcast`), whatever the count, as on
-        Discord, where sessions of an old and a new count run side by side during a
-        reshard.  ``require``: an IDENTIFY with fewer shards is closed 4011 (sharding
-        required); sessions already running are left alone.
+        Guilds stay where they are: with ``routing="every"`` every session keeps receiving
+        the guilds its own ``[shard_id, num_shards]`` owns (:meth:`broadcast`), whatever the
+        count, as on Discord, where sessions of an old and a new count run side by side
+        during a reshard; with ``routing="newest"`` a new count's sessions take their guilds
+        over from their READY on.  ``require``: an IDENTIFY with fewer shards is closed 4011
+        (sharding required); sessions already running are left alone.
         """
         if count < 1:
             raise ValueError("a shard count is at least 1")
@@ -281,14 +284,14 @@ class Sandbox:
         return seqs
 
     async def broadcast(self, t: str, d: Any) -> dict[str, int]:
-        """Route ``t`` like Discord: by ``guild_id`` per session's own ``[k, N]``, else shard 0."""
-        gid = guild_id_of(d)
+        """Route ``t`` by ``guild_id`` (else shard 0) under :attr:`routing`: to every session
+        whose own ``[k, N]`` owns it, like Discord, or only to the newest count's owner."""
         out: dict[str, int] = {}
-        for session in self.started_sessions(self.now()):
-            if route_shard(gid, session.num_shards) == session.shard_id:
-                seq = await deliver_obj(self, session, t, d)
-                if seq is not None:
-                    out[session.id] = seq
+        for session in recipients(self.started_sessions(self.now()), guild_id_of(d),
+                                  self.routing):
+            seq = await deliver_obj(self, session, t, d)
+            if seq is not None:
+                out[session.id] = seq
         return out
 
     def inject_rest_429(self, count: int = 1) -> None:
