@@ -27,6 +27,7 @@ from shardctl.cluster.reshard import ReshardError
 from shardctl.cluster.supervisor import Supervisor
 from shardctl.ipc.consumer import Consumer
 from shardctl.sandbox import Sandbox, SandboxConfig
+from shardctl.sandbox.faults import parse_fault
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -276,3 +277,66 @@ async def test_a_failed_new_set_is_abandoned_and_the_old_set_keeps_serving(
                 event = await bus.__anext__()
             assert event.d["id"] == "77" and not event.overlap
         assert 4011 in [r.details.get("code") for r in sb.records("server_close")]
+
+
+async def test_an_abandoned_reshard_forwards_what_only_the_new_set_received(
+        tmp_path: Path) -> None:
+    """With ``newest`` routing the new set's READY shards are the only ones Discord sends
+    their guilds to: when the reshard is abandoned, those events are not the old set's to
+    deliver, and dropping the held ones would lose them."""
+    config = SandboxConfig(shard_count=2, max_concurrency=1, identify_interval=0.5,
+                           heartbeat_interval_ms=5000, guilds_per_shard=2, session_ttl=120.0,
+                           routing="newest")
+    with short_dir() as run_dir:
+        events = f"ipc://{run_dir}/ev.sock"
+        async with Sandbox(config) as sb, \
+                Supervisor(token=TOKEN, api_url=sb.api_url, processes=1,
+                           identify_interval=0.5, runtime_dir=run_dir, events_endpoint=events,
+                           state_file=tmp_path / "s.json") as sup, \
+                Consumer(events, types=["MESSAGE_CREATE"]) as bus, \
+                anyio.create_task_group() as tg:
+            with anyio.fail_after(60):
+                await sup.wait_ready()
+                await sup.wait_subscribed(b"MESSAGE_CREATE\0")
+            outcome: list[BaseException] = []
+            done = anyio.Event()
+
+            async def reshard() -> None:
+                try:
+                    await sup.reshard(4)
+                except ReshardError as exc:
+                    outcome.append(exc)
+                finally:
+                    done.set()
+
+            def new_zero() -> list[Any]:
+                return [s for s in sb.started_sessions(sb.now())
+                        if (s.shard_id, s.num_shards) == (0, 4)]
+
+            tg.start_soon(reshard)
+            guild = next(g for g in sb.world.guilds.values() if (g.id >> 22) % 4 == 0)
+            with anyio.fail_after(60):
+                await sb.wait_for(lambda: bool(new_zero()), timeout=60)
+                for n in range(20):  # shard 0 of 4 is READY: they go there alone
+                    await sb.broadcast("MESSAGE_CREATE", {
+                        "id": str(1000 + n), "guild_id": str(guild.id),
+                        "channel_id": str(guild.text_channel_id)})
+                conn = new_zero()[0].conn
+                assert conn is not None
+                await conn.apply(parse_fault(("close", 4014)), sb.now())  # fatal: abandoned
+                await done.wait()
+                got: dict[int, bool] = {}
+                while len(got) < 20:
+                    event = await bus.__anext__()
+                    got[int(event.d["id"])] = event.overlap
+            assert outcome and "failed" in str(outcome[0])
+            assert sorted(got) == list(range(1000, 1020))
+            assert all(got.values()), "the new set's events are marked OVERLAP"
+            assert sup.shard_count == 2
+            # the new set is gone: the guild's events are the old set's again
+            await sb.broadcast("MESSAGE_CREATE", {"id": "77", "guild_id": str(guild.id),
+                                                  "channel_id": str(guild.text_channel_id)})
+            with anyio.fail_after(10):
+                event = await bus.__anext__()
+            assert event.d["id"] == "77" and not event.overlap
+        assert not sb.violations, sb.violations

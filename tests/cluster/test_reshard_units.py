@@ -68,3 +68,12 @@ def test_a_malformed_batch_of_the_new_set_is_dropped_not_raised() -> None:
     held = HeldEvents()
     held.add(batch(("READY", 0))[:-3])
     assert held.malformed == 1 and not held.batches
+
+
+def test_held_events_note_each_shards_highest_gateway_seq() -> None:
+    held = HeldEvents(max_events=10)
+    held.add(encode_batch([encode_record("MESSAGE_CREATE", 0, 7, 0, b"{}"),
+                           encode_record("MESSAGE_CREATE", 1, 3, 0, b"{}")]))
+    held.add(encode_batch([encode_record("SHARD_RESUMED", 0, None, 0, b"{}"),
+                           encode_record("MESSAGE_CREATE", 0, 9, 0, b"{}")]))
+    assert held.seqs == {0: 9, 1: 3}  # lifecycle events carry no seq

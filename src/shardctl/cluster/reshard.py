@@ -51,6 +51,8 @@ from shardctl.cluster.workers import WorkerSlot, kill, spawn, worker_command
 from shardctl.gateway.lifecycle import RESHARD
 from shardctl.ipc.assignment import Assignment, ShardAssignment
 from shardctl.ipc.events import (
+    HAS_SEQ,
+    HEADER,
     NEW_SESSION_TYPE,
     batch_records,
     lifecycle_payload,
@@ -147,7 +149,11 @@ class HeldEvents:
         self.ready: set[int] = set()
         self.overflowed = False
         self.malformed = 0
+        #: shard -> the highest gateway ``s`` of its held events (the abandon's flush mark)
+        self.seqs: dict[int, int] = {}
         self.on_ready: Callable[[], None] | None = None
+        #: call ``on_ready`` on every batch, not only on a READY (an abandon's flush waits)
+        self.wake_each = False
 
     def add(self, batch: bytes) -> bytes | None:
         """The forwarder's sink for the new set's batches (on its hot path: never raises)."""
@@ -165,8 +171,12 @@ class HeldEvents:
             self.batches.clear()
         else:
             self.batches.append(batch)
+        for _, shard, header in records:
+            _, _, flags, _, seq, *_ = HEADER.unpack_from(batch, header)
+            if flags & HAS_SEQ and seq > self.seqs.get(shard, 0):
+                self.seqs[shard] = seq
         readies = {shard for t, shard, _ in records if t == NEW_SESSION_TYPE}
-        if readies or self.overflowed:
+        if readies or self.overflowed or self.wake_each:
             self.ready |= readies
             if self.on_ready is not None:
                 self.on_ready()
@@ -459,7 +469,11 @@ class Reshard:
         sup.slots[:] = [slot for slot in sup.slots if not slot.retired]
 
     async def _abandon(self) -> None:
-        """The new set goes away (its sessions end: 1000); the old set never stopped."""
+        """The new set goes away (its sessions end: 1000); the old set never stopped.
+
+        What the new set received is forwarded, marked OVERLAP: Discord may have sent its
+        guilds' events to it alone from its READY on (the sandbox's ``newest`` routing),
+        and then no other copy exists."""
         sup = self.sup
         if self.switched:
             return
@@ -471,6 +485,11 @@ class Reshard:
             for slot in self.slots:
                 if slot.process is not None:
                     await slot.process.wait()
+        with anyio.move_on_after(CATCH_UP_TIMEOUT) as scope:
+            await self._release_abandoned()
+        if scope.cancelled_caught:
+            log.warning("reshard: the abandoned new set's events were not all forwarded "
+                        "within %.0f s", CATCH_UP_TIMEOUT)
         for slot in self.slots:
             kill(slot)
             slot.shard_ids = []
@@ -480,6 +499,43 @@ class Reshard:
                 sup._forwarder.publishers.revoke(slot.index)
         self.held.batches.clear()
         sup.slots[:] = [slot for slot in sup.slots if not slot.retired]
+
+    async def _release_abandoned(self) -> None:
+        """Forward the abandoned new set's held events (OVERLAP) once its last reported seqs
+        are in; ``last_seq`` and ``last_session`` stay the old set's (its own sessions')."""
+        sup = self.sup
+        forwarder = sup._forwarder
+        if forwarder is None or sup._checkpoint is None or self.held.overflowed:
+            return
+        self.held.wake_each = True
+        await sup._wait_for(lambda: all(
+            (status.seq or 0) <= self.held.seqs.get(shard_id, 0)
+            for shard_id, status in self.status.items()), raise_failure=False)
+        if not self.held.batches:
+            return
+        released = 0
+
+        async def step() -> None:
+            nonlocal released
+            seqs, sessions = dict(forwarder.last_seq), dict(forwarder.last_session)
+            for slot in self.slots:
+                forwarder.divert(slot.index, None)
+            forwarder.last_seq.clear()  # the new set's numbering is its own
+            try:
+                while self.held.batches:
+                    batch = self.held.batches.popleft()
+                    released += len(batch_records(batch))
+                    await forwarder.forward(mark_overlap(batch))
+            finally:
+                forwarder.last_seq.clear()
+                forwarder.last_seq.update(seqs)
+                forwarder.last_session.clear()
+                forwarder.last_session.update(sessions)
+
+        async with sup._checkpoint.paused():
+            await forwarder.exclusive(step)
+        log.warning("reshard: forwarded the %d events the abandoned new set had received "
+                    "(marked OVERLAP)", released)
 
 
 async def reshard(sup: Supervisor, requested: Target = "auto") -> ReshardResult:
