@@ -91,3 +91,37 @@ def test_the_live_view_shows_a_running_operation_above_the_worker_table() -> Non
     assert ("rolling restart of workers: 1/2 workers replaced; worker 1 resuming; "
             "1 shards RESUMEd, 0 IDENTIFYed; 2.0 s") in text
     assert text.index("workers replaced") < text.index("events/s")
+
+
+def test_the_live_view_shows_a_running_reshard_with_its_new_set_progress() -> None:
+    import anyio
+
+    from shardctl.cluster.counters import EventTotals
+    from shardctl.cluster.reshard_progress import ReshardProgress
+    from shardctl.cluster.supervisor import ShardStatus
+    from shardctl.cluster.workers import WorkerSlot
+    from shardctl.liveview import LiveView
+
+    progress = ReshardProgress(2, 4, 10.0, rolling_generation=0, clock=lambda: 11.5)
+    progress.phase, progress.ready = "starting", 3
+
+    class Cluster:
+        """What the view reads of a Supervisor whose new shard set is coming up."""
+
+        slots = [WorkerSlot(0, [0, 1], pid=11), WorkerSlot(1, [0, 1, 2, 3], pid=12)]
+        event_totals = EventTotals()
+        limiter = None
+        info = None
+        operation = progress.to_body()
+
+        def status(self) -> list[ShardStatus]:
+            return [ShardStatus(0, "ready", 0, 11), ShardStatus(1, "ready", 0, 11)]
+
+    async def render() -> str:
+        console = Console(record=True, width=160)
+        console.print(LiveView(Cluster(), console).render())  # type: ignore[arg-type]
+        return console.export_text()
+
+    text = anyio.run(render)
+    assert "reshard 2 -> 4 shards: starting the new set (3/4 READY); 1.5 s" in text
+    assert text.index("3/4 READY") < text.index("events/s")

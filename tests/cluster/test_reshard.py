@@ -100,6 +100,17 @@ async def stream(sb: Sandbox, sent: list[int], started: anyio.Event,
 
 
 @pytest.mark.parametrize("routing", ["every", "newest"])
+async def watch_progress(sup: Supervisor, phases: list[tuple[str, str]]) -> None:
+    """Every (phase, READY count) a running reshard's progress goes through."""
+    while True:
+        operation = sup.operation
+        if operation is not None and operation["state"] == "running":
+            phases.append((operation["phase"],
+                           f"{operation['ready']}/{operation['new_shards']} READY"))
+        await sup.wait_until(lambda _, seen=operation: sup.operation != seen)
+
+
+@pytest.mark.parametrize("routing", ["every", "newest"])
 async def test_reshard_8_to_16_under_load_loses_nothing_and_marks_the_overlap(
         monkeypatch: pytest.MonkeyPatch, routing: str) -> None:
     with short_dir() as run_dir:
@@ -129,6 +140,13 @@ async def test_reshard_8_to_16_under_load_loses_nothing_and_marks_the_overlap(
             assert b"needs 32 session starts but only 16 of 1000 remain" in refused.stderr
             assert len(sb.records("identify")) == identifies_before
             assert len(sup.slots) == 2, "a refused reshard started workers"
+            refusal = sup.operation
+            assert refusal is not None and (refusal["kind"], refusal["state"],
+                                            refusal["phase"]) == (
+                "reshard", "failed", "budget_check")
+            assert "needs 32 session starts" in refusal["error"]
+            phases: list[tuple[str, str]] = []
+            tg.start_soon(watch_progress, sup, phases)
 
             sent: list[int] = []
             started, switched = anyio.Event(), anyio.Event()
@@ -140,7 +158,23 @@ async def test_reshard_8_to_16_under_load_loses_nothing_and_marks_the_overlap(
                 while len(sent) < MESSAGES:
                     await received.changed.wait()
                 await received.wait_for(set(sent))
+            status = await anyio.run_process(
+                [sys.executable, "-m", "shardctl.cli", "status", "--json",
+                 "--control-endpoint", sup.endpoints["control"], "--timeout", "30"],
+                check=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             tg.cancel_scope.cancel()
+
+        # the progress moved through every phase, the new set's READY count up to 16, and
+        # `shardctl status` shows the finished reshard
+        steps = list(dict.fromkeys(phases))
+        assert list(dict.fromkeys(p for p, _ in steps)) == [
+            "budget_check", "starting", "catching_up", "retiring"], steps
+        ready = [int(count.split("/")[0]) for phase, count in steps if phase != "budget_check"]
+        assert ready == sorted(ready) and ready[0] < 16 and ready[-1] == 16, steps
+        assert status.returncode == 0, status.stderr
+        operation = orjson.loads(status.stdout)["operation"]
+        assert (operation["kind"], operation["state"], operation["old_shards"],
+                operation["new_shards"], operation["ready"]) == ("reshard", "done", 8, 16, 16)
 
         # identifies: the new set only, each shard once
         new_identifies = sb.records("identify")[identifies_before:]

@@ -1,5 +1,6 @@
 """The pure parts of a reshard (cluster/reshard.py): the budget check's figures, the target
-count, and the held events of the new set."""
+count, the held events of the new set, and its progress as status and the live view show
+it (cluster/reshard_progress.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ from shardctl.cluster.reshard import (
     check_budget,
     target_count,
 )
+from shardctl.cluster.reshard_progress import ReshardProgress, reshard_text
+from shardctl.cluster.rolling import operation_text
+from shardctl.cluster.status_report import status_body
 from shardctl.errors import SessionBudgetError
 from shardctl.ipc.events import encode_record
+from shardctl.statusview import format_table
 
 
 def info(shards: int = 16, remaining: int = 20) -> GatewayInfo:
@@ -77,3 +82,48 @@ def test_held_events_note_each_shards_highest_gateway_seq() -> None:
     held.add(encode_batch([encode_record("SHARD_RESUMED", 0, None, 0, b"{}"),
                            encode_record("MESSAGE_CREATE", 0, 9, 0, b"{}")]))
     assert held.seqs == {0: 9, 1: 3}  # lifecycle events carry no seq
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_reshard_progress_says_the_phase_the_counts_and_how_far_the_new_set_is() -> None:
+    clock = Clock()
+    progress = ReshardProgress(8, None, 100.0, rolling_generation=0, clock=clock)
+    clock.now = 100.4
+    assert progress.to_body() == {
+        "kind": "reshard", "state": "running", "phase": "budget_check", "old_shards": 8,
+        "new_shards": None, "ready": 0, "switched_at": None, "overlap_events": 0,
+        "retired_events": 0, "elapsed_s": 0.4, "error": None}
+    assert reshard_text(progress.to_body()) == (
+        "reshard 8 -> ? shards: checking the session-start budget; 0.4 s")
+    progress.new_shards, progress.phase, progress.ready = 16, "starting", 5
+    clock.now = 103.2
+    assert reshard_text(progress.to_body()) == (
+        "reshard 8 -> 16 shards: starting the new set (5/16 READY); 3.2 s")
+    progress.phase = "catching_up"
+    assert "forwarding the old set's last events" in reshard_text(progress.to_body())
+    progress.phase, progress.switched_at, progress.overlap_events = "retiring", 1e9, 40
+    assert "switched; closing the old set" in reshard_text(progress.to_body())
+    progress.retired_events, progress.finished = 12, 104.0
+    clock.now = 500.0  # a finished reshard's elapsed time stays put
+    body = progress.to_body()
+    assert body["state"] == "done" and body["elapsed_s"] == 4.0
+    assert operation_text(body) == (
+        "reshard 8 -> 16 shards: switched; closing the old set; 4.0 s; done (40 events "
+        "marked OVERLAP, 12 of the old set's after the switch not forwarded)")
+
+
+def test_a_refused_reshard_shows_failed_with_its_reason_in_status() -> None:
+    progress = ReshardProgress(8, 32, 0.0, rolling_generation=0, clock=lambda: 1.0)
+    progress.error, progress.finished = "refused: resharding to 32 shards needs ...", 1.0
+    body = status_body([], [], now=0.0, operation=progress.to_body())
+    assert body["operation"]["kind"] == "reshard" and body["operation"]["state"] == "failed"
+    lines = format_table(body).splitlines()
+    assert lines[-2] == ("reshard 8 -> 32 shards: checking the session-start budget; 1.0 s; "
+                         "FAILED: refused: resharding to 32 shards needs ...")

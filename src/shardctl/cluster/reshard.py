@@ -47,6 +47,7 @@ from shardctl import errors
 from shardctl.cluster import sessions as session_file
 from shardctl.cluster.discovery import GatewayInfo, fetch_gateway_bot
 from shardctl.cluster.planner import plan
+from shardctl.cluster.reshard_progress import ReshardProgress
 from shardctl.cluster.workers import WorkerSlot, kill, spawn, worker_command
 from shardctl.gateway.lifecycle import RESHARD
 from shardctl.ipc.assignment import Assignment, ShardAssignment
@@ -187,9 +188,13 @@ class Reshard:
     """One reshard of ``sup`` to ``new_shards``; see the module docstring."""
 
     def __init__(self, sup: Supervisor, new_shards: int, *,
-                 max_held_events: int = MAX_HELD_EVENTS) -> None:
+                 max_held_events: int = MAX_HELD_EVENTS,
+                 progress: ReshardProgress | None = None) -> None:
         self.sup = sup
         self.new_shards = new_shards
+        self.progress = progress or ReshardProgress(
+            sup.shard_count, new_shards, anyio.current_time(), sup._rolling.generation)
+        self.progress.new_shards = new_shards
         self.held = HeldEvents(max_held_events)
         self.held.on_ready = sup._notify
         self.slots: list[WorkerSlot] = []
@@ -238,6 +243,7 @@ class Reshard:
                 self.failure = ReshardError(
                     f"shard {shard_id} of the new set failed: {error.get('message')}; "
                     "reshard abandoned, the old set keeps serving")
+        self.progress.ready = sum(s.state == "ready" for s in self.status.values())
         self.sup._notify()
 
     # -- the operation -------------------------------------------------------------------------
@@ -250,10 +256,15 @@ class Reshard:
         try:
             async with anyio.create_task_group() as tg:
                 try:
+                    self._phase("starting")
                     await self._start(tg, len(old_slots))
                     await self._until_ready()
+                    self._phase("catching_up")
                     await self._catch_up(old_slots)
                     switched_at, released = await self._switch(old_slots, old_count)
+                    self.progress.switched_at = switched_at
+                    self.progress.overlap_events = released
+                    self._phase("retiring")
                 except ReshardError as exc:  # raised as itself, not in an ExceptionGroup
                     refused = exc
                 except Exception as exc:  # a spawn that failed, say: never the old set's end
@@ -267,11 +278,16 @@ class Reshard:
                 await self._abandon()
             raise
         await self._retire(old_slots)
+        self.progress.retired_events = self.retired_events
         log.info("reshard: %d -> %d shards done; %d overlap events released, %d of the old "
                  "set's dropped after the switch", old_count, self.new_shards, released,
                  self.retired_events)
         return ReshardResult(old_count, self.new_shards, switched_at, released,
                              self.retired_events)
+
+    def _phase(self, phase: str) -> None:
+        self.progress.phase = phase
+        self.sup._notify()
 
     async def _start(self, tg: anyio.abc.TaskGroup, processes: int) -> None:
         sup = self.sup
@@ -540,7 +556,8 @@ class Reshard:
 
 async def reshard(sup: Supervisor, requested: Target = "auto") -> ReshardResult:
     """:meth:`Supervisor.reshard`: refuse what cannot work, then run one :class:`Reshard`."""
-    if sup._reshard is not None:
+    if sup._reshard is not None or (sup._reshard_progress is not None
+                                    and sup._reshard_progress.finished is None):
         raise ReshardError("refused: a reshard is already under way")
     if sup._stopping or sup._tg is None:
         raise ReshardError("refused: the supervisor is not running")
@@ -554,21 +571,44 @@ async def reshard(sup: Supervisor, requested: Target = "auto") -> ReshardResult:
     if sup.config.remote_workers:
         raise ReshardError("refused: a cluster with --remote-workers cannot reshard (the new "
                            "set runs in local processes)")
-    info = await fetch_gateway_bot(sup.config.token, api_url=sup.config.api_url)
-    new_shards = target_count(requested, info)
-    if new_shards == sup.shard_count:
-        raise ReshardError(f"refused: the cluster already runs {new_shards} shards")
-    check_budget(info, new_shards)
-    sup.info = info
-    if sup.limiter is not None:
-        limit = info.session_start_limit
-        sup.limiter.update(max_concurrency=limit.max_concurrency, remaining=limit.remaining,
-                           total=limit.total, reset_after=limit.reset_after)
-    operation = sup._reshard = Reshard(sup, new_shards)
+    progress = sup._reshard_progress = ReshardProgress(
+        sup.shard_count, requested if type(requested) is int else None, anyio.current_time(),
+        sup._rolling.generation)
+    sup._notify()
     try:
-        return await operation.run()
+        info = await fetch_gateway_bot(sup.config.token, api_url=sup.config.api_url)
+        new_shards = target_count(requested, info)
+        progress.new_shards = new_shards
+        if new_shards == sup.shard_count:
+            raise ReshardError(f"refused: the cluster already runs {new_shards} shards")
+        check_budget(info, new_shards)
+        sup.info = info
+        if sup.limiter is not None:
+            limit = info.session_start_limit
+            sup.limiter.update(max_concurrency=limit.max_concurrency,
+                               remaining=limit.remaining, total=limit.total,
+                               reset_after=limit.reset_after)
+        operation = sup._reshard = Reshard(sup, new_shards, progress=progress)
+        try:
+            return await operation.run()
+        finally:
+            sup._reshard = None
+    except BaseException as exc:
+        progress.error = str(exc) or type(exc).__name__
+        raise
     finally:
-        sup._reshard = None
+        progress.finished = anyio.current_time()
+        sup._notify()
+
+
+def latest_operation(sup: Supervisor) -> dict[str, Any] | None:
+    """The status body's ``operation``: a running reshard, or the last one unless a drain
+    or restart started after it; else the drain/restart's progress (cluster/rolling.py)."""
+    progress = sup._reshard_progress
+    if progress is not None and (progress.finished is None
+                                 or progress.rolling_generation == sup._rolling.generation):
+        return progress.to_body()
+    return sup._rolling.progress()
 
 
 async def follow_recommendation(sup: Supervisor, interval: float = CHECK_INTERVAL) -> None:

@@ -37,6 +37,7 @@ from typing import Any, Final
 
 import anyio
 
+from shardctl.cluster.reshard_progress import reshard_text
 from shardctl.cluster.workers import WorkerSlot, kill
 from shardctl.errors import ShardctlError
 
@@ -115,6 +116,8 @@ class Rolling:
         self._hooks = hooks
         self._handovers: dict[int, _Handover] = {}
         self._operation: _Operation | None = None
+        #: operations started so far (a reshard's progress is shown until the next one)
+        self.generation = 0
         self._changed = anyio.Event()
 
     async def wait_changed(self) -> None:
@@ -213,6 +216,7 @@ class Rolling:
         operation = self._operation = _Operation(
             kind, rolling, tuple(s.index for s in slots), self._hooks.clock(),
             skipped=skipped if kind != "drain" else ())
+        self.generation += 1
         log.info("supervisor: %s started (workers %s)", _title(operation),
                  ", ".join(map(str, operation.workers)))
         self._touch()
@@ -343,6 +347,8 @@ class Rolling:
 
 def operation_text(progress: Mapping[str, Any]) -> str:
     """One line for people: what runs, how far it is, what it cost (statusview, liveview)."""
+    if progress.get("kind") == "reshard":
+        return reshard_text(progress)
     workers = progress.get("workers") or []
     done = progress.get("done") or []
     kind = progress.get("kind")

@@ -57,6 +57,7 @@ from shardctl.ipc.publishers import new_publish_key
 from shardctl.ipc.security import Role, for_socket
 
 if TYPE_CHECKING:
+    from shardctl.cluster.reshard_progress import ReshardProgress
     from shardctl.stream.publisher import StreamPublisher
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,8 @@ class Supervisor:
         self._operations = OperationRequests(self)
         #: the reshard under way (cluster/reshard.py), if any
         self._reshard: resharding.Reshard | None = None
+        #: the running or last reshard's progress (status, live view)
+        self._reshard_progress: ReshardProgress | None = None
 
     def __repr__(self) -> str:
         return (f"<Supervisor shards={self.shard_count} workers={len(self.slots)} "
@@ -727,7 +730,7 @@ class Supervisor:
         shards = self.status()
         control.send(peer, "status",
                      status_body(shards, self.slots, limiter=self._limiter_status(),
-                                 operation=self._rolling.progress())
+                                 operation=self.operation)
                      if role == Role.OPERATOR else redacted_status_body(shards, self.slots))
 
     def _register(self, control: ControlServer, peer: bytes, message: ControlMessage,
@@ -830,8 +833,8 @@ class Supervisor:
 
     @property
     def operation(self) -> dict[str, Any] | None:
-        """The running or last drain/restart's progress (None: none yet)."""
-        return self._rolling.progress()
+        """The running or last drain/restart's or reshard's progress (None: none yet)."""
+        return resharding.latest_operation(self)
 
     async def wait_operation_changed(self) -> None:
         await self._rolling.wait_changed()
