@@ -12,6 +12,7 @@ sent once: nothing may be lost and nothing delivered twice.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -374,3 +375,70 @@ async def test_an_abandoned_reshard_forwards_what_only_the_new_set_received(
                 event = await bus.__anext__()
             assert event.d["id"] == "77" and not event.overlap
         assert not sb.violations, sb.violations
+
+
+async def _log_lines(stream: Any, lines: list[str], changed: list[anyio.Event]) -> None:
+    buffered = b""
+    async for chunk in stream:
+        buffered += chunk
+        *complete, buffered = buffered.split(b"\n")
+        lines.extend(line.decode() for line in complete)
+        changed[0].set()
+        changed[0] = anyio.Event()
+
+
+async def test_a_reshard_identifies_through_the_shared_limiter_with_fresh_figures(
+        tmp_path: Path) -> None:
+    """``--limiter``: the new set's IDENTIFYs are paced by the external ``shardctl
+    limiter`` (one bucket, 0.5 s apart, or the sandbox answers op 9), and the limiter is
+    told Discord's figures as the reshard found them, not those of the start."""
+    interval = 0.5
+    config = SandboxConfig(shard_count=2, max_concurrency=1, identify_interval=interval,
+                           heartbeat_interval_ms=5000, guilds_per_shard=2, session_ttl=120.0,
+                           session_start_remaining=50)
+    with short_dir() as run_dir:
+        endpoint = f"ipc://{run_dir}/limiter.sock"
+        limiter = await anyio.open_process(
+            [sys.executable, "-m", "shardctl.cli", "limiter", "--bind", endpoint,
+             "--identify-interval", str(interval), "--sandbox", "--max-concurrency", "1"],
+            stdout=subprocess.DEVNULL)
+        lines: list[str] = []
+        changed = [anyio.Event()]
+
+        def updates() -> list[str]:
+            return [line for line in lines if "limits updated" in line]
+
+        try:
+            async with anyio.create_task_group() as logs:
+                logs.start_soon(_log_lines, limiter.stderr, lines, changed)
+                with anyio.fail_after(20):
+                    while not any("serving" in line or "ipc://" in line for line in lines):
+                        await changed[0].wait()
+                async with Sandbox(config) as sb, \
+                        Supervisor(token=TOKEN, api_url=sb.api_url, processes=1,
+                                   identify_interval=interval, runtime_dir=run_dir,
+                                   state_file=tmp_path / "s.json", limiter=endpoint) as sup:
+                    with anyio.fail_after(60):
+                        await sup.wait_ready()
+                    assert sup.limiter is None
+                    sb.recommend_shards(4)
+                    with anyio.fail_after(90):
+                        await sup.reshard("auto")
+                        while len(updates()) < 2:
+                            await changed[0].wait()
+                    assert sup.shard_count == 4
+                logs.cancel_scope.cancel()
+        finally:
+            if limiter.returncode is None:
+                limiter.terminate()
+                with anyio.fail_after(10):
+                    await limiter.wait()
+            await limiter.aclose()
+
+        # the start told the limiter 50 starts remain; the reshard, the 48 left after it
+        assert "remaining=50" in updates()[0] and "remaining=48" in updates()[1], updates()
+        assert not sb.records("identify_rejected") and not sb.records("invalid_session")
+        assert not sb.violations, sb.violations
+        new_set = sorted(r.at for r in sb.records("identify")[2:])
+        assert len(new_set) == 4
+        assert all(b - a >= interval for a, b in itertools.pairwise(new_set))

@@ -59,6 +59,7 @@ from shardctl.ipc.events import (
     lifecycle_payload,
     mark_overlap,
 )
+from shardctl.ipc.limiter import LimiterClient
 from shardctl.ipc.publishers import new_publish_key
 
 if TYPE_CHECKING:
@@ -582,12 +583,8 @@ async def reshard(sup: Supervisor, requested: Target = "auto") -> ReshardResult:
         if new_shards == sup.shard_count:
             raise ReshardError(f"refused: the cluster already runs {new_shards} shards")
         check_budget(info, new_shards)
+        await _configure_limiter(sup, info)
         sup.info = info
-        if sup.limiter is not None:
-            limit = info.session_start_limit
-            sup.limiter.update(max_concurrency=limit.max_concurrency,
-                               remaining=limit.remaining, total=limit.total,
-                               reset_after=limit.reset_after)
         operation = sup._reshard = Reshard(sup, new_shards, progress=progress)
         try:
             return await operation.run()
@@ -599,6 +596,29 @@ async def reshard(sup: Supervisor, requested: Target = "auto") -> ReshardResult:
     finally:
         progress.finished = anyio.current_time()
         sup._notify()
+
+
+async def _configure_limiter(sup: Supervisor, info: GatewayInfo) -> None:
+    """The limiter paces the new set by Discord's fresh figures: the built-in one is
+    updated; a shared one (``--limiter``) gets a ``configure``, as at the start, and a
+    limiter that does not take it refuses the reshard before anything has started."""
+    limit = info.session_start_limit
+    if sup.limiter is not None:
+        sup.limiter.update(max_concurrency=limit.max_concurrency, remaining=limit.remaining,
+                           total=limit.total, reset_after=limit.reset_after)
+        return
+    endpoint = sup.config.limiter
+    if endpoint is None:
+        return
+    try:
+        async with LimiterClient(endpoint, curve=sup._supervisor_curve) as client:
+            with client.answer_within(sup.config.limiter_timeout):
+                await client.configure(
+                    max_concurrency=limit.max_concurrency, remaining=limit.remaining,
+                    total=limit.total, reset_after=limit.reset_after)
+    except errors.ShardctlError as exc:
+        raise ReshardError(f"refused: the shared limiter did not take the new limits: "
+                           f"{exc}; nothing was started") from None
 
 
 def latest_operation(sup: Supervisor) -> dict[str, Any] | None:
