@@ -583,6 +583,9 @@ async def reshard(sup: Supervisor, requested: Target = "auto") -> ReshardResult:
         if new_shards == sup.shard_count:
             raise ReshardError(f"refused: the cluster already runs {new_shards} shards")
         check_budget(info, new_shards)
+        if sup._rolling.running:  # started while we asked Discord
+            raise ReshardError("refused: a drain or worker restart started; reshard once it "
+                               "is done")
         await _configure_limiter(sup, info)
         sup.info = info
         operation = sup._reshard = Reshard(sup, new_shards, progress=progress)
