@@ -442,3 +442,25 @@ async def test_a_reshard_identifies_through_the_shared_limiter_with_fresh_figure
         new_set = sorted(r.at for r in sb.records("identify")[2:])
         assert len(new_set) == 4
         assert all(b - a >= interval for a, b in itertools.pairwise(new_set))
+
+
+async def test_the_catch_up_asks_the_old_workers_for_their_seqs_at_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Between the last new READY and the switch the new set's events wait (with ``newest``
+    routing the consumer gets nothing at all then): the old workers are asked for a state
+    report at once, not at their next beat (30 s here, beyond the catch-up's 10 s bound)."""
+    with short_dir() as run_dir:
+        async with Sandbox(small_sandbox()) as sb, \
+                Supervisor(token=TOKEN, api_url=sb.api_url, processes=1,
+                           identify_interval=0.2, runtime_dir=run_dir, beat_interval=30.0,
+                           liveness_timeout=120.0, state_file=tmp_path / "s.json") as sup:
+            with anyio.fail_after(60):
+                await sup.wait_ready()
+            sb.recommend_shards(4)
+            started = anyio.current_time()
+            with anyio.fail_after(60):
+                await sup.reshard("auto")
+            took = anyio.current_time() - started
+        assert "not all forwarded" not in caplog.text
+        assert took < 8.0, took
+        assert not sb.violations

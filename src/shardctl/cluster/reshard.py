@@ -359,6 +359,9 @@ class Reshard:
         READY: a fresh state report from each old worker, then its seqs through the bus."""
         sup = self.sup
         marks = {slot.index: slot.reports for slot in old_slots}
+        for slot in old_slots:  # at once, not at the next beat: the new set's events wait
+            if sup._control is not None and slot.peer is not None and slot.alive:
+                sup._control.send(slot.peer, "report", {})
         with anyio.move_on_after(CATCH_UP_TIMEOUT) as scope:
             await sup._wait_for(lambda: self._failed() or all(
                 slot.reports > marks[slot.index] or not slot.alive for slot in old_slots),

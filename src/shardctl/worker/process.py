@@ -229,6 +229,8 @@ class Worker:
                 return code if isinstance(code, int) else RESUMABLE_CLOSE
             if message.kind == "command":
                 shards_tg.start_soon(self._command, message)
+            elif message.kind == "report":
+                self._report_now.set()
             elif message.kind == "assign":
                 # More shards: a lost remote worker's, to RESUME here (cluster/remote.py).
                 try:
