@@ -516,7 +516,7 @@ def test_an_endpoint_the_cli_accepts_is_one_zmq_accepts(text: str) -> None:
     import click
     import zmq
 
-    from shardctl.cli_params import Endpoint
+    from shardctl.cli.params import Endpoint
 
     for bind in (False, True):
         try:
@@ -540,7 +540,7 @@ def test_an_api_url_the_cli_accepts_is_one_httpx_can_request(text: str) -> None:
     import click
     import httpx
 
-    from shardctl.cli_params import ApiUrl
+    from shardctl.cli.params import ApiUrl
 
     try:
         value = ApiUrl().convert(text, None, None)

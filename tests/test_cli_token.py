@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from shardctl.cli import main
-from shardctl.cli_token import ARGV_WARNING
+from shardctl.cli.token import ARGV_WARNING
 
 SECRET = "MTA5TOKENFILE.Gx7Qz9.t0k3n-fr0m-a-f1le"
 OTHER = "MTA5OTHERTOKEN.Gx7Qz9.an0ther-t0k3n"
@@ -211,7 +211,7 @@ def test_https_anywhere_and_http_to_loopback_are_accepted(
 def test_token_file_mode_is_judged_on_the_opened_file_not_a_name_checked_before(
         tmp_path: Path) -> None:
     # What is read is what was checked: the check is an fstat of the open descriptor.
-    from shardctl.cli_token import _read_private_file
+    from shardctl.cli.token import _read_private_file
 
     path = token_file(tmp_path)
     assert _read_private_file(str(path)).strip() == SECRET

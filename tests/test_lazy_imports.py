@@ -33,7 +33,7 @@ try:
     main(["run", "--help"])
 except SystemExit:
     pass
-import shardctl.cluster.metrics, shardctl.cluster.supervisor, shardctl.liveview
+import shardctl.cluster.metrics, shardctl.cluster.supervisor, shardctl.cli.liveview
 from shardctl import RunConfig, Supervisor
 """
 

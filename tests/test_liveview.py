@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from runkit import run_args, run_env
-from shardctl.liveview import Progress, choose_mode, format_duration, identify_eta
+from shardctl.cli.liveview import Progress, choose_mode, format_duration, identify_eta
 
 
 def test_run_on_a_terminal_shows_progress_and_a_worker_table() -> None:
@@ -63,10 +63,10 @@ def test_progress_line_and_modes() -> None:
 def test_the_live_view_shows_a_running_operation_above_the_worker_table() -> None:
     import anyio
 
+    from shardctl.cli.liveview import LiveView
     from shardctl.cluster.counters import EventTotals
     from shardctl.cluster.supervisor import ShardStatus
     from shardctl.cluster.workers import WorkerSlot
-    from shardctl.liveview import LiveView
 
     class Cluster:
         """What the view reads of a Supervisor, mid-way through a rolling restart."""
@@ -96,11 +96,11 @@ def test_the_live_view_shows_a_running_operation_above_the_worker_table() -> Non
 def test_the_live_view_shows_a_running_reshard_with_its_new_set_progress() -> None:
     import anyio
 
+    from shardctl.cli.liveview import LiveView
     from shardctl.cluster.counters import EventTotals
     from shardctl.cluster.reshard_progress import ReshardProgress
     from shardctl.cluster.supervisor import ShardStatus
     from shardctl.cluster.workers import WorkerSlot
-    from shardctl.liveview import LiveView
 
     progress = ReshardProgress(2, 4, 10.0, rolling_generation=0, clock=lambda: 11.5)
     progress.phase, progress.ready = "starting", 3

@@ -82,3 +82,11 @@ def test_only_ipc_imports_zmq() -> None:
         modules |= {node.module or "" for node in ast.walk(tree)
                     if isinstance(node, ast.ImportFrom)}
         assert not any(m == "zmq" or m.startswith("zmq.") for m in modules), path
+
+
+def test_nothing_outside_cli_imports_it() -> None:
+    # The command line sits on top: the library, workers and the sandbox never need it.
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.relative_to(PACKAGE).parts[0] == "cli":
+            continue
+        assert "cli" not in _imports(path), f"{path.relative_to(PACKAGE)} imports cli/"

@@ -172,7 +172,7 @@ def test_refused_token_sources_and_destinations_never_show_the_token(
     host, the argv warning, `config` with a token file."""
     from click.testing import CliRunner
 
-    from shardctl.cli_token import TokenFile
+    from shardctl.cli.token import TokenFile
 
     monkeypatch.chdir(tmp_path)
     env: dict[str, str | None] = {

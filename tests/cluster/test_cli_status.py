@@ -10,9 +10,9 @@ import orjson
 import pytest
 from clusterkit import TOKEN, short_dir
 
+from shardctl.cli.statusview import limiter_line
 from shardctl.cluster.supervisor import Supervisor
 from shardctl.sandbox import Sandbox, SandboxConfig
-from shardctl.statusview import limiter_line
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from batchkit import encode_batch
+from shardctl.cli.statusview import format_table
 from shardctl.cluster.discovery import GatewayInfo, SessionStartLimit
 from shardctl.cluster.reshard import (
     HeldEvents,
@@ -20,7 +21,6 @@ from shardctl.cluster.rolling import operation_text
 from shardctl.cluster.status_report import status_body
 from shardctl.errors import SessionBudgetError
 from shardctl.ipc.events import encode_record
-from shardctl.statusview import format_table
 
 
 def info(shards: int = 16, remaining: int = 20) -> GatewayInfo:

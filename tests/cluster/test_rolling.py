@@ -24,13 +24,13 @@ from clusterkit import (
     short_dir,
 )
 
+from shardctl.cli.statusview import format_table
 from shardctl.cluster.rolling import OperationRefusedError
 from shardctl.cluster.supervisor import Supervisor
 from shardctl.ipc.operations import OperationError, request_operation
 from shardctl.ipc.status import request_status
 from shardctl.sandbox import Sandbox, SandboxConfig
 from shardctl.sandbox.blast import Blast
-from shardctl.statusview import format_table
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

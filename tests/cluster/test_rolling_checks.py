@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
+from shardctl.cli.statusview import format_table
 from shardctl.cluster.rolling import (
     Hooks,
     OperationRefusedError,
@@ -20,7 +21,6 @@ from shardctl.cluster.status_report import status_body
 from shardctl.cluster.workers import WorkerSlot
 from shardctl.ipc.control import ControlMessage, Incoming
 from shardctl.ipc.security import Role
-from shardctl.statusview import format_table
 
 pytestmark = pytest.mark.anyio
 

@@ -78,7 +78,7 @@ def nats_command(port: int, store_dir: Path | None) -> None:
     restarts of the server, the supervisor and the bot.  For several hosts run a NATS
     cluster instead (README "The durable stream").  Replaces this process with nats-server.
     """
-    from shardctl.cli_preflight import check_listen
+    from shardctl.cli.preflight import check_listen
     from shardctl.cluster.sessions import state_dir
     from shardctl.errors import ConfigurationError
     from shardctl.stream.server import server_args

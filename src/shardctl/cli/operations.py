@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from shardctl.cli_params import Endpoint, FiniteFloat
+from shardctl.cli.params import Endpoint, FiniteFloat
 
 EXIT_FAILED = 1
 EXIT_UNREACHABLE = 3

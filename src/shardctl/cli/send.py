@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from shardctl.cli_params import Endpoint, FiniteFloat, StrParamType
+from shardctl.cli.params import Endpoint, FiniteFloat, StrParamType
 
 if TYPE_CHECKING:
     from shardctl.ipc.commands_client import CommandReply, Commands

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from shardctl.cli_params import Endpoint, FiniteFloat, StrParamType
+from shardctl.cli.params import Endpoint, FiniteFloat, StrParamType
 
 EXIT_FAILED = 1
 EXIT_UNREACHABLE = 3

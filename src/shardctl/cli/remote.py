@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from shardctl.cli_params import Endpoint
+from shardctl.cli.params import Endpoint
 
 #: Exit code of ``shardctl worker`` when its keys or endpoint are unusable (click: usage = 2).
 EXIT_CONFIG = 2

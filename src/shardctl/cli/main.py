@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
-from shardctl import settings
 from shardctl._version import __version__
-from shardctl.cli_params import ApiUrl, Endpoint, FiniteFloat, ShardIds
-from shardctl.cli_token import check_token_option, token_file_option, with_token_file
+from shardctl.cli import settings
+from shardctl.cli.params import ApiUrl, Endpoint, FiniteFloat, ShardIds
+from shardctl.cli.token import check_token_option, token_file_option, with_token_file
 from shardctl.cluster.config import MAX_IDENTIFY_INTERVAL
 from shardctl.heap import freeze_startup_heap
 
 if TYPE_CHECKING:
-    from shardctl.liveview import Display
+    from shardctl.cli.liveview import Display
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -98,7 +98,7 @@ def sandbox_command(host: str, port: int, log_level: str, record_path: Path | No
 
     import anyio
 
-    from shardctl.cli_preflight import check_listen
+    from shardctl.cli.preflight import check_listen
     from shardctl.sandbox import Sandbox, SandboxConfig
     from shardctl.sandbox.record import file_sink
 
@@ -345,7 +345,7 @@ def events_command(endpoint: str | None, types: tuple[str, ...], shards: tuple[i
         raise click.UsageError("pass --endpoint (the event bus) or --stream (the durable "
                                "NATS stream), one of them")
     if stream is not None:
-        from shardctl.cli_stream import print_stream
+        from shardctl.cli.stream import print_stream
 
         print_stream(stream, durable=durable, types=types, shards=shards, count=count,
                      stream_name=stream_name, prefix=stream_prefix, ack_wait=ack_wait)
@@ -605,11 +605,11 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
     import anyio
 
     from shardctl import logformat
-    from shardctl.cli_preflight import check_run
+    from shardctl.cli.liveview import Display, choose_mode
+    from shardctl.cli.preflight import check_run
     from shardctl.cluster import config as cfg
     from shardctl.errors import ConfigurationError, ShardctlError
     from shardctl.ipc.control import check_control_endpoint
-    from shardctl.liveview import Display, choose_mode
 
     metrics = None if metrics_port is None else (metrics_host, metrics_port)
     check_run(token=token, api_url=api_url, keys=keys, state_file=state_file, metrics=metrics,
@@ -765,11 +765,11 @@ def status_command(control_endpoint: str | None, as_json: bool, timeout: float,
     import anyio
     import orjson
 
+    from shardctl.cli.statusview import format_table
     from shardctl.errors import ConfigurationError, ProtocolError
     from shardctl.ipc import endpoints
     from shardctl.ipc.security import load_client
     from shardctl.ipc.status import request_status
-    from shardctl.statusview import format_table
 
     try:
         endpoint = control_endpoint or endpoints.ipc_endpoint("control.sock")
@@ -795,33 +795,33 @@ def status_command(control_endpoint: str | None, as_json: bool, timeout: float,
         sys.exit(EXIT_STATUS_NOT_READY)
 
 
-# -- keys and worker commands (owned by the security work: shardctl/cli_remote.py) ---------
+# -- keys and worker commands (owned by the security work: shardctl/cli/remote.py) ---------
 
-from shardctl.cli_remote import keys_group, worker_command  # noqa: E402
+from shardctl.cli.remote import keys_group, worker_command  # noqa: E402
 
 main.add_command(keys_group)
 main.add_command(worker_command)
 
-# -- send command (gateway commands from the command line: shardctl/cli_send.py) -----------
+# -- send command (gateway commands from the command line: shardctl/cli/send.py) -----------
 
-from shardctl.cli_send import send_group  # noqa: E402
+from shardctl.cli.send import send_group  # noqa: E402
 
 main.add_command(send_group)
 
-# -- drain and restart-workers (live operations: shardctl/cli_operations.py) ---------------
+# -- drain and restart-workers (live operations: shardctl/cli/operations.py) ---------------
 
-from shardctl.cli_operations import drain_command, restart_workers_command  # noqa: E402
+from shardctl.cli.operations import drain_command, restart_workers_command  # noqa: E402
 
 main.add_command(drain_command)
 main.add_command(restart_workers_command)
-# -- reshard command (a running cluster to a new shard count: shardctl/cli_reshard.py) ------
+# -- reshard command (a running cluster to a new shard count: shardctl/cli/reshard.py) ------
 
-from shardctl.cli_reshard import reshard_command  # noqa: E402
+from shardctl.cli.reshard import reshard_command  # noqa: E402
 
 main.add_command(reshard_command)
-# -- nats command (the durable stream: shardctl/cli_stream.py) ------------------------------
+# -- nats command (the durable stream: shardctl/cli/stream.py) ------------------------------
 
-from shardctl.cli_stream import nats_command  # noqa: E402
+from shardctl.cli.stream import nats_command  # noqa: E402
 
 main.add_command(nats_command)
 

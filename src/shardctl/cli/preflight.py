@@ -1,6 +1,6 @@
 """What ``shardctl run`` and ``shardctl sandbox`` check before they start anything.
 
-Parameter types (``cli_params``) judge each value alone; what needs the machine -- can this
+Parameter types (``cli.params``) judge each value alone; what needs the machine -- can this
 port be listened on, does this host name resolve, can the runtime directory be created,
 do the keys load, may the token go to this API -- is checked here, once, before a sandbox
 starts, Discord is asked or a worker is spawned.  A failure is a usage error naming the
