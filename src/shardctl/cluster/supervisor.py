@@ -33,6 +33,28 @@ from shardctl.cluster.checkpoint import Checkpointer
 from shardctl.cluster.command_requests import CommandRequests
 from shardctl.cluster.commands import COMMAND_TIMEOUT, CommandReply, CommandRouter
 from shardctl.cluster.config import RunConfig
+from shardctl.cluster.core import (
+    Action,
+    Adopt,
+    Assign,
+    Beat,
+    CrashLoopError,
+    Fail,
+    Kill,
+    Lost,
+    NoAdopter,
+    SaveSessions,
+    Send,
+    SessionBook,
+    ShardFailed,
+    Spawn,
+    StopRequested,
+    SupervisorCore,
+    Tick,
+    Watermark,
+    WorkerExited,
+    WorkerRegistered,
+)
 from shardctl.cluster.counters import EventTotals
 from shardctl.cluster.discovery import GatewayInfo, fetch_gateway_bot
 from shardctl.cluster.fanout import BatchHook, EventFanout, Output
@@ -45,7 +67,6 @@ from shardctl.cluster.rolling_requests import OperationRequests
 from shardctl.cluster.sessions import ResumeUrlCheck, SessionRecord, WorkerMark
 from shardctl.cluster.status_report import limiter_section, redacted_status_body, status_body
 from shardctl.cluster.workers import WorkerSlot, kill, spawn, worker_command
-from shardctl.gateway.closecodes import SESSION_ENDING_CLIENT_CODES
 from shardctl.gateway.sharding import shard_for
 from shardctl.ipc import endpoints
 from shardctl.ipc.assignment import Assignment, ShardAssignment
@@ -56,15 +77,14 @@ from shardctl.ipc.limiter import LimiterClient
 from shardctl.ipc.publishers import new_publish_key
 from shardctl.ipc.security import Role, for_socket
 
+__all__ = ["RESUMABLE_CLOSE", "STOP_TIMEOUT", "CrashLoopError", "ShardStatus", "Supervisor"]
+
 log = logging.getLogger(__name__)
 
 #: Close code for a graceful stop: not 1000/1001, so sessions stay resumable (protocol §7).
 RESUMABLE_CLOSE: Final = 4009
 #: How long workers get to close their shards and report before they are killed.
 STOP_TIMEOUT: Final = 15.0
-#: A worker that has not registered yet is still importing (seconds on a loaded host):
-#: judge it by this, not by the liveness timeout, or a short timeout kills every respawn.
-WORKER_STARTUP_GRACE: Final = 20.0
 #: The first IDENTIFYs wait for every shard that must identify to ask for a slot, unless no
 #: shard has asked for this long (a worker that died while starting) ...
 START_GATE_QUIET: Final = 5.0
@@ -74,10 +94,6 @@ START_GATE_MAX: Final = 60.0
 
 #: What the checkpoint keeps: the resumable sessions and the local workers holding them.
 _Checkpoint = tuple[tuple[SessionRecord, ...], tuple[WorkerMark, ...]]
-
-
-class CrashLoopError(errors.ShardctlError):
-    """A worker died too often in too short a time; respawning it would burn identifies."""
 
 
 @dataclass(slots=True)
@@ -166,6 +182,9 @@ class Supervisor:
         self._operations = OperationRequests(self)
         #: the reshard under way (cluster/reshard.py), if any
         self._reshard: resharding.Reshard | None = None
+        #: every decision about workers and sessions (cluster/core/): this class is its pump
+        self._core = SupervisorCore(lambda: self.slots, lambda: list(self._status),
+                                    liveness_timeout=liveness_timeout)
 
     def __repr__(self) -> str:
         return (f"<Supervisor shards={self.shard_count} workers={len(self.slots)} "
@@ -184,6 +203,7 @@ class Supervisor:
         saved = self._load_sessions()
         resumable = {i: saved[i] for i in ids if i in saved}
         self._seen = dict(resumable)
+        self._core.sessions = SessionBook(resumable.values())
         self._check_budget(info, len(ids) - len(resumable))
         local = self.config.processes
         self.slots = [WorkerSlot(i, shard_ids, policy=self._restart_policy(), remote=i >= local)
@@ -284,6 +304,9 @@ class Supervisor:
             nodrop=False, on_batch=self._batch_hook, on_progress=self._on_bus_progress,
             curve=curve, resume_url_allowed=self._resume_allowed)
         forwarder.last_seq.update({r.shard_id: r.seq for r in resumable.values()})
+        # the pair the bus resumes from, as one record, even before the session's READY
+        forwarder.last_session.update(
+            {r.shard_id: (r.session_id, r.resume_gateway_url) for r in resumable.values()})
         await tg.start(forwarder.run)
         self._control = ControlServer(
             control_ep or endpoints.ipc_endpoint("control.sock", run_dir), curve=curve,
@@ -362,10 +385,7 @@ class Supervisor:
             self._stopped.set()
 
     async def _stop_workers(self, code: int) -> None:
-        control = self._control
-        for slot in self.slots:
-            if control is not None and slot.peer is not None and slot.alive:
-                control.send(slot.peer, "stop", {"code": code})
+        self._execute(self._core.handle(StopRequested(code)))
         with anyio.move_on_after(STOP_TIMEOUT):
             for slot in self.slots:
                 if slot.process is not None:
@@ -387,25 +407,33 @@ class Supervisor:
         return all(self._forwarded(s) for s in self._status.values())
 
     def _forwarded(self, status: ShardStatus) -> bool:
-        """Whether the bus has forwarded everything the shard reported having received.
+        """Whether the bus has forwarded everything the shard reported having received, of
+        the session it reported (cluster/core/book.py).
 
         The control channel can run ahead of the event bus: a READY reported there may still
         sit in the worker's ZeroMQ queue, and a worker dying then takes it along.
         """
-        forwarder = self._forwarder
-        if forwarder is None or status.seq is None:
+        if self._forwarder is None:
             return True
-        return forwarder.last_seq.get(status.id, 0) >= status.seq
+        self._observe_bus(status.id)
+        return self._core.sessions.forwarded(status.id, status.session_id, status.seq)
+
+    def _observe_bus(self, shard_id: int) -> None:
+        """Feed the core the bus's watermark of ``shard_id``: (session, last seq) as one."""
+        forwarder = self._forwarder
+        if forwarder is None:
+            return
+        session, url = forwarder.last_session.get(shard_id) or (None, None)
+        self._core.handle(Watermark(shard_id, session, url, forwarder.last_seq.get(shard_id)))
 
     def _on_bus_progress(self) -> None:
         if self._bus_waiters:
             self._notify()
 
     def _save_sessions(self, code: int) -> None:
-        if code in SESSION_ENDING_CLIENT_CODES:
-            records: dict[int, SessionRecord] = {}  # those codes end the sessions
-        else:
-            records = {r.shard_id: r for r in self._resumable_sessions()}
+        for shard_id in self._status:
+            self._observe_bus(shard_id)
+        records = {r.shard_id: r for r in self._core.save(code).records}
         try:
             session_file.save(self.state_file, self.config.token, self.shard_count, records,
                               shard_ids=self._shard_ids, workers=self._worker_marks())
@@ -456,26 +484,10 @@ class Supervisor:
         return tuple(marks)
 
     def _resumable_sessions(self) -> list[SessionRecord]:
-        return [r for r in map(self._session_of, sorted(self._status)) if r is not None]
-
-    def _session_of(self, shard_id: int) -> SessionRecord | None:
-        """Where a RESUME of this shard starts: its session and the last seq forwarded.
-
-        Both come from the bus when it has seen the session's READY (the forwarder notes
-        it), so they always belong together even if a worker died before reporting a new
-        session on the control channel; a session resumed from the state file, with no
-        READY since, comes from the shard's status.  A fatal close ended it: none.
-        """
-        status, forwarder = self._status[shard_id], self._forwarder
-        seq = forwarder.last_seq.get(shard_id) if forwarder is not None else None
-        if seq is None or status.error:
-            return None
-        session = forwarder.last_session.get(shard_id) if forwarder is not None else None
-        if session is None and status.session_id and status.resume_gateway_url:
-            session = (status.session_id, status.resume_gateway_url)
-        if session is None:
-            return None
-        return SessionRecord(shard_id, session[0], session[1], seq)
+        """Every shard's record as the core selects it from the bus's watermarks."""
+        for shard_id in self._status:
+            self._observe_bus(shard_id)
+        return self._core.resumable()
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -521,26 +533,22 @@ class Supervisor:
                 # it unknown to the next start (cluster/orphans.py)
                 self._tg.start_soon(self._checkpoint.flush)
             returncode = await slot.process.wait()
-            self._mark_worker_gone(slot)
+            self._mark_worker_gone(slot, slot.peer)
             if self._stopping or slot.retired:
                 return
-            if await self._rolling.planned_exit(slot):
-                continue  # a drain or roll: respawn now, no restart counted
-            delay = slot.policy.record(anyio.current_time())
-            if delay is None:
-                self._fail(CrashLoopError(
-                    f"worker {slot.index} exited {slot.policy.max_restarts + 1} times within "
-                    f"{slot.policy.window:g} s (last exit code {returncode}); stopping instead "
-                    "of respawning it again"))
+            planned = await self._rolling.planned_exit(slot)  # a drain or roll: not counted
+            respawn = self._execute(self._core.handle(
+                WorkerExited(slot.index, anyio.current_time(), returncode, planned)))
+            if respawn is None:
                 return
-            slot.restarts += 1
-            log.warning("supervisor: worker %d (pid %s) exited with %s; respawning (restart %d)",
-                        slot.index, slot.pid, returncode, slot.restarts)
-            await anyio.sleep(delay)
+            if respawn.restart:
+                log.warning("supervisor: worker %d (pid %s) exited with %s; respawning "
+                            "(restart %d)", slot.index, slot.pid, returncode, respawn.restart)
+                await anyio.sleep(respawn.delay)
 
-    def _mark_worker_gone(self, slot: WorkerSlot) -> None:
-        if slot.peer is not None:
-            self._parts.forget(slot.peer)
+    def _mark_worker_gone(self, slot: WorkerSlot, peer: bytes | None) -> None:
+        if peer is not None:
+            self._parts.forget(peer)
         slot.peer = None
         for shard_id in slot.shard_ids:
             status = self._status[shard_id]
@@ -551,57 +559,66 @@ class Supervisor:
     async def _beat_loop(self) -> None:
         while True:
             await anyio.sleep(self._beat_interval)
-            now = anyio.current_time()
-            for slot in self.slots:
-                if not slot.alive:
-                    continue
-                if now - slot.last_beat > self._liveness_timeout and slot.remote:
-                    await self._remote_lost(slot, now - slot.last_beat)
-                elif now - slot.last_beat > self._liveness_timeout and (
-                        slot.peer is not None or now - slot.last_beat > WORKER_STARTUP_GRACE):
-                    # Frozen (SIGSTOP, deadlock): SIGKILL it; _watch respawns it.
-                    log.warning("supervisor: worker %d (pid %s) missed its liveness beats for "
-                                "%.1f s; killing it", slot.index, slot.pid, now - slot.last_beat)
-                    kill(slot)
-                elif slot.peer is not None and self._control is not None:
-                    self._control.send(slot.peer, "beat")
+            self._execute(self._core.handle(Tick(anyio.current_time())))
 
-    async def _remote_lost(self, slot: WorkerSlot, silent: float) -> None:
-        """A remote worker's host is gone: its shards RESUME on a live worker (remote.py)."""
-        log.warning("supervisor: remote worker %d missed its liveness beats for %.1f s; "
-                    "taking its shards away", slot.index, silent)
-        self._mark_worker_gone(slot)
-        if self._forwarder is not None:
-            # It may still be alive and publishing: nothing of it is forwarded any more.
-            self._forwarder.publishers.revoke(slot.index)
-        adopter = remote.adopter_for(self.slots, slot)
-        if adopter is None or adopter.peer is None or self._control is None:
+    def _execute(self, actions: list[Action]) -> Spawn | None:
+        """Carry out the core's decisions, in order; the respawn among them, if any (its
+        slot's ``_watch`` task performs it)."""
+        respawn = None
+        for action in actions:
+            if isinstance(action, Spawn):
+                respawn = action
+            elif isinstance(action, Fail):
+                self._fail(action.error)
+            elif isinstance(action, SaveSessions):
+                continue  # written by _save_sessions, off this path
+            else:
+                self._execute_one(action)
+        return respawn
+
+    def _execute_one(self, action: Kill | Send | Lost | NoAdopter | Adopt | Assign) -> None:
+        slot = next(s for s in self.slots if s.index == action.worker)
+        if isinstance(action, Kill):
+            # Frozen (SIGSTOP, deadlock): SIGKILL it; _watch respawns it.
+            log.warning("supervisor: worker %d (pid %s) missed its liveness beats for "
+                        "%.1f s; killing it", slot.index, slot.pid, action.silent)
+            kill(slot)
+        elif isinstance(action, Send):
+            if self._control is not None and slot.peer is not None:
+                body = None if action.code is None else {"code": action.code}
+                self._control.send(slot.peer, action.kind, body)
+        elif isinstance(action, Lost):
+            log.warning("supervisor: remote worker %d missed its liveness beats for %.1f s; "
+                        "taking its shards away", slot.index, action.silent)
+            self._mark_worker_gone(slot, action.peer)
+            if self._forwarder is not None:
+                # It may still be alive and publishing: nothing of it is forwarded any more.
+                self._forwarder.publishers.revoke(slot.index)
+        elif isinstance(action, NoAdopter):
             log.warning("supervisor: no live worker to adopt shards %s; they wait for the "
-                        "next worker to register", slot.shard_ids)
-            return
-        moved = remote.move_shards(slot, adopter)
-        for shard_id in moved:
-            self._status[shard_id].worker = adopter.index
-        log.info("supervisor: worker %d adopts shards %s of lost worker %d",
-                 adopter.index, moved, slot.index)
-        self._control.send(adopter.peer, "assign",
-                           self._assignment(adopter, same_process=True).to_body())
+                        "next worker to register", list(action.shards))
+        elif isinstance(action, Adopt):
+            for shard_id in action.shards:
+                self._status[shard_id].worker = slot.index
+            log.info("supervisor: worker %d adopts shards %s of lost worker %d",
+                     slot.index, list(action.shards), action.lost)
+        elif isinstance(action, Assign) and self._control is not None and slot.peer:
+            self._control.send(slot.peer, "assign", self._assignment(
+                slot, same_process=action.same_process, shards=action.shards).to_body())
 
-    def _assignment(self, slot: WorkerSlot, *, same_process: bool = False) -> Assignment:
-        """What ``slot``'s worker runs now, with a fresh publish key that events-in takes
-        from now on (the old one stops working; ``same_process``: not before the worker
-        has switched, since it is the same live publisher, see ipc/publishers.py)."""
+    def _assignment(self, slot: WorkerSlot, *, same_process: bool = False,
+                    shards: tuple[ShardAssignment, ...] | None = None) -> Assignment:
+        """What ``slot``'s worker runs now (``shards``: as the core planned them), with a
+        fresh publish key that events-in takes from now on (the old one stops working;
+        ``same_process``: not before the worker has switched, since it is the same live
+        publisher, see ipc/publishers.py)."""
         assert self.info is not None and self._forwarder is not None
         if slot.staged and self._reshard is not None:
             return self._reshard.assignment(slot)
-        shards = []
-        for shard_id in slot.shard_ids:
-            record = self._session_of(shard_id)
-            if record is not None:
-                shards.append(ShardAssignment(shard_id, record.session_id,
-                                              record.resume_gateway_url, record.seq))
-            else:
-                shards.append(ShardAssignment(shard_id))
+        if shards is None:
+            for shard_id in slot.shard_ids:
+                self._observe_bus(shard_id)
+            shards = self._core.resume_plan(slot)
         key = new_publish_key()
         self._forwarder.publishers.authorize(slot.index, key, slot.shard_ids,
                                              same_process=same_process)
@@ -609,7 +626,7 @@ class Supervisor:
             token=self.config.token, gateway_url=self.info.url, shard_count=self.shard_count,
             intents=int(self.config.intents), compression=self.config.compression,
             limiter=self.endpoints["limiter"], events=self.endpoints["events_in"],
-            shards=tuple(shards), large_threshold=self.config.large_threshold,
+            shards=shards, large_threshold=self.config.large_threshold,
             beat_interval=self._beat_interval,
             supervisor_timeout=max(10.0, self._liveness_timeout * 2),
             worker=slot.index, publish_key=key)
@@ -638,7 +655,7 @@ class Supervisor:
             return
         if message is None:
             return  # a part of a longer message
-        slot.last_beat = anyio.current_time()
+        self._core.handle(Beat(slot.index, anyio.current_time()))
         if message.kind == "state":
             slot.reports += 1
             if slot.staged and self._reshard is not None:
@@ -704,11 +721,12 @@ class Supervisor:
                 log.warning("supervisor: refused a registration from peer %s: %s (further "
                             "refusals for this peer are counted, not logged)", peer.hex(), why)
             return
-        if slot.remote:
-            pid = message.body.get("pid")
-            slot.pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
-        slot.peer, slot.last_beat = peer, anyio.current_time()
-        control.send(peer, "assign", self._assignment(slot).to_body())
+        pid = message.body.get("pid") if slot.remote else None
+        for shard_id in slot.shard_ids:
+            self._observe_bus(shard_id)
+        self._execute(self._core.handle(WorkerRegistered(
+            slot.index, peer, anyio.current_time(),
+            pid if isinstance(pid, int) and not isinstance(pid, bool) else None)))
 
     def _on_state(self, slot: WorkerSlot, body: dict[str, Any]) -> None:
         for item in body["shards"]:
@@ -736,6 +754,7 @@ class Supervisor:
                 status.error = str(error.get("message"))
                 # A fatal close ended the session too (the shard forgot it): never save it.
                 status.session_id = status.resume_gateway_url = None
+                self._core.handle(ShardFailed(shard_id))
                 if not resharding.on_sharding_required(self, error):
                     self._fail(_fatal_from_report(error))
         self._notify()
