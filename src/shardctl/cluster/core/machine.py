@@ -134,7 +134,7 @@ class SupervisorCore:
                 continue
             silent = now - slot.last_beat
             if silent > self.liveness_timeout and slot.remote:
-                actions += self._lost(slot, silent)
+                actions += self._lost(slot, silent, now)
             elif silent > self.liveness_timeout and (
                     slot.peer is not None or silent > self.startup_grace):
                 actions.append(Kill(slot.index, silent))  # frozen: its exit respawns it
@@ -142,11 +142,16 @@ class SupervisorCore:
                 actions.append(Send(slot.index, "beat"))
         return actions
 
-    def _lost(self, slot: WorkerSlot, silent: float) -> list[Action]:
-        """A remote worker's host is gone: its shards RESUME on a live worker (remote.py)."""
+    def _lost(self, slot: WorkerSlot, silent: float, now: float) -> list[Action]:
+        """A remote worker's host is gone: its shards RESUME on a live worker (remote.py).
+
+        Never on one as silent as the lost one: it would be lost in the same tick, after
+        being sent an assignment it may never read.
+        """
         actions: list[Action] = [Lost(slot.index, slot.peer, silent)]
         slot.peer = None
-        adopter = remote.adopter_for(self._workers(), slot)
+        heard = [s for s in self._workers() if now - s.last_beat <= self.liveness_timeout]
+        adopter = remote.adopter_for(heard, slot)
         if adopter is None or adopter.peer is None:
             actions.append(NoAdopter(slot.index, tuple(slot.shard_ids)))
             return actions
