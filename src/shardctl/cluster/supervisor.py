@@ -68,6 +68,7 @@ from shardctl.cluster.sessions import ResumeUrlCheck, SessionRecord, WorkerMark
 from shardctl.cluster.status_report import limiter_section, redacted_status_body, status_body
 from shardctl.cluster.workers import WorkerSlot, kill, spawn, worker_command
 from shardctl.gateway.sharding import shard_for
+from shardctl.ipc import control_messages as wire
 from shardctl.ipc import endpoints
 from shardctl.ipc.assignment import Assignment, ShardAssignment
 from shardctl.ipc.bus import EventForwarder
@@ -585,8 +586,8 @@ class Supervisor:
             kill(slot)
         elif isinstance(action, Send):
             if self._control is not None and slot.peer is not None:
-                body = None if action.code is None else {"code": action.code}
-                self._control.send(slot.peer, action.kind, body)
+                self._control.send(slot.peer, wire.Beat() if action.kind == "beat"
+                                   else wire.Stop(action.code))
         elif isinstance(action, Lost):
             log.warning("supervisor: remote worker %d missed its liveness beats for %.1f s; "
                         "taking its shards away", slot.index, action.silent)
@@ -603,8 +604,8 @@ class Supervisor:
             log.info("supervisor: worker %d adopts shards %s of lost worker %d",
                      slot.index, list(action.shards), action.lost)
         elif isinstance(action, Assign) and self._control is not None and slot.peer:
-            self._control.send(slot.peer, "assign", self._assignment(
-                slot, same_process=action.same_process, shards=action.shards).to_body())
+            self._control.send(slot.peer, wire.Assign(self._assignment(
+                slot, same_process=action.same_process, shards=action.shards)))
 
     def _assignment(self, slot: WorkerSlot, *, same_process: bool = False,
                     shards: tuple[ShardAssignment, ...] | None = None) -> Assignment:
@@ -638,7 +639,7 @@ class Supervisor:
             incoming = await control.receive()
             try:
                 self._handle(control, incoming)
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, errors.ProtocolError) as exc:
                 log.warning("supervisor: dropped an invalid %s message: %s",
                             incoming.message.kind, exc)
 
@@ -657,11 +658,13 @@ class Supervisor:
             return  # a part of a longer message
         self._core.handle(Beat(slot.index, anyio.current_time()))
         if message.kind == "state":
+            state = wire.parse(message.kind, message.body, sender="peer")
+            assert isinstance(state, wire.State)
             slot.reports += 1
             if slot.staged and self._reshard is not None:
-                self._reshard.on_state(slot, message.body)
+                self._reshard.on_state(slot, state)
             else:
-                self._on_state(slot, message.body)
+                self._on_state(slot, state)
         elif message.kind == "reply":
             self._commands.on_reply(message.body)
         elif message.kind == "status":
@@ -700,7 +703,7 @@ class Supervisor:
             self._answer_status(control, peer, role)
         else:
             # A remote worker we took for lost is back: its shards run elsewhere now.
-            control.send(peer, "stop", {"code": RESUMABLE_CLOSE})
+            control.send(peer, wire.Stop(RESUMABLE_CLOSE))
 
     def _answer_status(self, control: ControlServer, peer: bytes, role: Role | None) -> None:
         # In full to operators (a CURVE operator key, or this user on the private ipc
@@ -728,29 +731,29 @@ class Supervisor:
             slot.index, peer, anyio.current_time(),
             pid if isinstance(pid, int) and not isinstance(pid, bool) else None)))
 
-    def _on_state(self, slot: WorkerSlot, body: dict[str, Any]) -> None:
-        for item in body["shards"]:
-            shard_id = int(item["id"])
+    def _on_state(self, slot: WorkerSlot, state: wire.State) -> None:
+        for item in state.shards:
+            shard_id = item.id
             status = self._status.get(shard_id)
             if status is None or shard_id not in slot.shard_ids:
                 continue
-            status.state = str(item["state"])
+            status.state = item.state
             status.pid = slot.pid
-            status.seq = item.get("seq")
-            status.latency = item.get("latency")
-            status.guilds = int(item.get("guilds") or 0)
-            status.last_event = item.get("last_event")
-            self.event_totals.observe(shard_id, slot.pid, item.get("counts"))
-            if item.get("session_id"):
-                status.session_id = item["session_id"]
-                url = item.get("resume_gateway_url")
+            status.seq = item.seq
+            status.latency = item.latency
+            status.guilds = item.guilds
+            status.last_event = item.last_event
+            self.event_totals.observe(shard_id, slot.pid, item.counts)
+            if item.session_id:
+                status.session_id = item.session_id
+                url = item.resume_gateway_url
                 # Not a host the token may go to: keep the session out of any RESUME.
                 status.resume_gateway_url = (
-                    url if isinstance(url, str) and self._resume_allowed(url) else None)
+                    url if url is not None and self._resume_allowed(url) else None)
             elif status.state == "ready":
                 status.session_id = status.resume_gateway_url = None
-            error = item.get("error")
-            if isinstance(error, dict):
+            error = item.error
+            if error is not None:
                 status.error = str(error.get("message"))
                 # A fatal close ended the session too (the shard forgot it): never save it.
                 status.session_id = status.resume_gateway_url = None
@@ -835,7 +838,7 @@ class Supervisor:
 
     def _stop_worker(self, slot: WorkerSlot) -> None:
         if self._control is not None and slot.peer is not None:
-            self._control.send(slot.peer, "stop", {"code": RESUMABLE_CLOSE})
+            self._control.send(slot.peer, wire.Stop(RESUMABLE_CLOSE))
 
     def status(self) -> list[ShardStatus]:
         """Every shard's last reported state, latency, seq, worker pid and guild count."""
