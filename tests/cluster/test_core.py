@@ -19,6 +19,7 @@ from shardctl.cluster.core import (
     Kill,
     Lost,
     NoAdopter,
+    Refuse,
     SaveSessions,
     Send,
     SessionBook,
@@ -35,6 +36,7 @@ from shardctl.cluster.restarts import RestartPolicy
 from shardctl.cluster.sessions import SessionRecord
 from shardctl.cluster.workers import WorkerSlot
 from shardctl.ipc.assignment import ShardAssignment
+from shardctl.ipc.security import Role
 
 TIMEOUT = 5.0
 GRACE = 20.0
@@ -55,6 +57,19 @@ def local(index: int, shards: list[int], **policy: Any) -> WorkerSlot:
 
 def remote(index: int, shards: list[int]) -> WorkerSlot:
     return WorkerSlot(index, shards, remote=True)
+
+
+def joins(core: SupervisorCore, index: int, peer: bytes, now: float,
+          pid: int | None = None) -> list[Action]:
+    """Slot ``index``'s worker registers as a real one would: a local one with the secret
+    it was spawned with, a remote one with a worker key (it takes the first free slot)."""
+    slot = next(s for s in core._workers() if s.index == index)
+    if slot.remote:
+        body: dict[str, Any] = {"worker": None, "pid": pid}
+        return core.handle(WorkerRegistered(peer, body, Role.WORKER, now))
+    slot.secret = slot.secret or "ab" * 32
+    return core.handle(WorkerRegistered(peer, {"worker": index, "secret": slot.secret},
+                                        None, now))
 
 
 def core_of(*slots: WorkerSlot, records: tuple[SessionRecord, ...] = ()) -> SupervisorCore:
@@ -105,14 +120,14 @@ def test_no_worker_is_respawned_once_stopping_or_retired() -> None:
 def test_a_registered_worker_that_beats_in_time_is_sent_a_beat() -> None:
     slot = local(0, [0])
     core = core_of(slot)
-    core.handle(WorkerRegistered(0, b"p", 0.0))
+    joins(core, 0, b"p", 0.0)
     core.handle(Beat(0, 4.0))
     assert core.handle(Tick(8.0)) == [Send(0, "beat")]
 
 
 def test_a_silent_registered_worker_is_killed() -> None:
     core = core_of(local(0, [0]))
-    core.handle(WorkerRegistered(0, b"p", 0.0))
+    joins(core, 0, b"p", 0.0)
     assert core.handle(Tick(TIMEOUT + 0.5)) == [Kill(0, TIMEOUT + 0.5)]
 
 
@@ -135,7 +150,7 @@ def test_a_lost_remote_workers_shards_resume_on_the_live_worker_with_fewest_shar
     lost, busy, light = remote(0, [0, 1]), local(1, [2, 3, 4]), local(2, [5])
     core = core_of(lost, busy, light)
     for slot in (lost, busy, light):
-        core.handle(WorkerRegistered(slot.index, bytes([slot.index]), 0.0))
+        joins(core, slot.index, bytes([slot.index]), 0.0)
     core.handle(Watermark(0, "s0", "wss://r/", 40))
     core.handle(Beat(1, 4.0))
     core.handle(Beat(2, 4.0))
@@ -150,7 +165,7 @@ def test_a_lost_remote_workers_shards_resume_on_the_live_worker_with_fewest_shar
 def test_a_lost_remote_worker_without_a_live_adopter_keeps_its_shards_waiting() -> None:
     lost = remote(0, [0, 1])
     core = core_of(lost)
-    core.handle(WorkerRegistered(0, b"r", 0.0))
+    joins(core, 0, b"r", 0.0)
     assert core.handle(Tick(6.0)) == [Lost(0, b"r", 6.0), NoAdopter(0, (0, 1))]
     assert lost.shard_ids == [0, 1]
 
@@ -158,16 +173,36 @@ def test_a_lost_remote_worker_without_a_live_adopter_keeps_its_shards_waiting() 
 def test_lost_shards_never_go_to_a_worker_as_silent_as_the_lost_one() -> None:
     first, second = remote(0, [0]), remote(1, [1])
     core = core_of(first, second)
-    core.handle(WorkerRegistered(0, b"a", 0.0))
-    core.handle(WorkerRegistered(1, b"b", 0.0))
+    joins(core, 0, b"a", 0.0)
+    joins(core, 1, b"b", 0.0)
     assert core.handle(Tick(6.0)) == [Lost(0, b"a", 6.0), NoAdopter(0, (0,)),
                                       Lost(1, b"b", 6.0), NoAdopter(1, (1,))]
+
+
+def test_a_registration_without_proof_is_refused_and_takes_nothing() -> None:
+    slot = local(0, [0])
+    slot.secret = "ab" * 32
+    core = core_of(slot, remote(1, [1]))
+    assert core.handle(WorkerRegistered(b"x", {"worker": 0, "secret": "00" * 32}, None,
+                                        1.0)) == [
+        Refuse(b"x", "wrong or already used secret for slot 0")]
+    assert core.handle(WorkerRegistered(b"x", {"worker": None, "pid": 1}, None, 1.0)) == [
+        Refuse(b"x", "a remote worker needs a CURVE key with the worker role")]
+    assert slot.peer is None
+
+
+def test_a_used_secret_never_takes_the_slot_twice() -> None:
+    core = core_of(local(0, [0]))
+    joins(core, 0, b"real", 0.0)
+    [refused] = core.handle(WorkerRegistered(b"copy", {"worker": 0, "secret": "ab" * 32},
+                                             None, 1.0))
+    assert isinstance(refused, Refuse) and core._workers()[0].peer == b"real"
 
 
 def test_a_remote_worker_registering_reports_its_pid() -> None:
     slot = remote(0, [0])
     core = core_of(slot)
-    assert core.handle(WorkerRegistered(0, b"r", 1.0, pid=77)) == [
+    assert joins(core, 0, b"r", 1.0, pid=77) == [
         Assign(0, (ShardAssignment(0),))]
     assert slot.pid == 77 and slot.peer == b"r"
 
@@ -177,7 +212,7 @@ def test_a_remote_worker_registering_reports_its_pid() -> None:
 def test_a_registered_worker_resumes_each_shard_from_the_bus_watermark() -> None:
     core = core_of(local(0, [0, 1, 2]), records=(SessionRecord(2, "file", "wss://f/", 9),))
     core.handle(Watermark(0, "s0", "wss://r/", 12))
-    assert core.handle(WorkerRegistered(0, b"p", 0.0)) == [Assign(0, (
+    assert joins(core, 0, b"p", 0.0) == [Assign(0, (
         ShardAssignment(0, "s0", "wss://r/", 12), ShardAssignment(1),
         ShardAssignment(2, "file", "wss://f/", 9)))]
 
@@ -243,8 +278,8 @@ def test_a_stop_with_a_session_ending_code_saves_nothing() -> None:
 
 def test_a_stop_tells_each_registered_live_worker_once() -> None:
     core = core_of(local(0, [0]), local(1, [1]), remote(2, [2]))
-    core.handle(WorkerRegistered(0, b"a", 0.0))
-    core.handle(WorkerRegistered(2, b"c", 0.0))
+    joins(core, 0, b"a", 0.0)
+    joins(core, 2, b"c", 0.0)
     assert core.handle(StopRequested(4009)) == [Send(0, "stop", 4009), Send(2, "stop", 4009)]
     assert core.handle(StopRequested(4009)) == []
 
@@ -273,9 +308,10 @@ class ClusterModel(RuleBasedStateMachine):
         self.ended: set[int] = set()
         self.sessions = 0
         self.stopped = False
+        self.spawns = 0
         for slot in self.slots:
             if not slot.remote:
-                self.running[slot.process] = set()
+                self.spawn(slot)
 
     # -------------------------------------------------------------- the pump
 
@@ -284,9 +320,7 @@ class ClusterModel(RuleBasedStateMachine):
             if isinstance(action, Spawn):
                 slot = self.slot(action.worker)
                 assert not slot.alive, "a second process for a slot that still runs"
-                slot.process = FakeProcess()  # type: ignore[assignment]
-                slot.last_beat = self.now
-                self.running[slot.process] = set()
+                self.spawn(slot)
             elif isinstance(action, Kill):
                 self.exit(self.slot(action.worker), -9)
             elif isinstance(action, Lost):
@@ -296,6 +330,12 @@ class ClusterModel(RuleBasedStateMachine):
                 slot = self.slot(action.worker)
                 assert slot.alive
                 self.running[self.handle_of(slot)] = {s.id for s in action.shards}
+
+    def spawn(self, slot: WorkerSlot) -> None:
+        self.spawns += 1
+        slot.process = FakeProcess()  # type: ignore[assignment]
+        slot.secret, slot.peer, slot.last_beat = f"{self.spawns:064x}", None, self.now
+        self.running[slot.process] = set()
 
     def handle_of(self, slot: WorkerSlot) -> object:
         return ("remote", slot.index, slot.peer) if slot.remote else slot.process
@@ -323,16 +363,24 @@ class ClusterModel(RuleBasedStateMachine):
     @rule(index=st.sampled_from([0, 1]))
     def local_registers(self, index: int) -> None:
         slot = self.slot(index)
-        if slot.alive and slot.peer is None:
-            slot.secret = None
-            self.run(self.core.handle(WorkerRegistered(index, b"l%d" % index, self.now)))
+        if slot.alive and slot.secret is not None:  # its process, with its spawn secret
+            self.run(self.core.handle(WorkerRegistered(
+                b"l%d" % self.spawns, {"worker": index, "secret": slot.secret}, None,
+                self.now)))
 
-    @rule(index=st.sampled_from([2, 3]), pid=st.integers(1, 9))
-    def remote_registers(self, index: int, pid: int) -> None:
-        slot = self.slot(index)
-        if slot.peer is None:
-            self.run(self.core.handle(WorkerRegistered(index, b"r%d-%d" % (index, pid),
-                                                        self.now, pid)))
+    @rule(pid=st.integers(1, 4))
+    def remote_registers(self, pid: int) -> None:
+        self.run(self.core.handle(WorkerRegistered(
+            b"r%d" % pid, {"worker": None, "pid": pid}, Role.WORKER, self.now)))
+
+    @rule(index=st.sampled_from([0, 1, 2, 3]), secret=st.sampled_from(["", "ab" * 32]),
+          role=st.sampled_from([None, Role.OPERATOR]))
+    def a_stranger_registers(self, index: int, secret: str, role: Role | None) -> None:
+        # whatever it claims, it proves nothing: no secret of ours, no worker key
+        actions = self.core.handle(WorkerRegistered(
+            b"stranger", {"worker": index if index < 2 else None, "secret": secret}, role,
+            self.now))
+        assert [type(a) for a in actions] == [Refuse]
 
     @rule(index=st.sampled_from([0, 1]), code=st.integers(-9, 3))
     def local_exits(self, index: int, code: int) -> None:
@@ -417,7 +465,7 @@ def test_a_killed_frozen_worker_comes_back_through_its_exit() -> None:
     index = 0
     slot = local(index, [index])
     core = core_of(slot)
-    core.handle(WorkerRegistered(index, b"p", 0.0))
+    joins(core, index, b"p", 0.0)
     [kill] = core.handle(Tick(TIMEOUT + 1))
     assert kill == Kill(index, TIMEOUT + 1)
     assert core.handle(WorkerExited(index, TIMEOUT + 1, returncode=-9)) == [

@@ -26,7 +26,7 @@ import anyio
 import anyio.abc
 
 from shardctl import errors
-from shardctl.cluster import orphans, registration, remote
+from shardctl.cluster import orphans, remote
 from shardctl.cluster import reshard as resharding
 from shardctl.cluster import sessions as session_file
 from shardctl.cluster.checkpoint import Checkpointer
@@ -43,6 +43,7 @@ from shardctl.cluster.core import (
     Kill,
     Lost,
     NoAdopter,
+    Refuse,
     SaveSessions,
     Send,
     SessionBook,
@@ -185,7 +186,8 @@ class Supervisor:
         self._reshard: resharding.Reshard | None = None
         #: every decision about workers and sessions (cluster/core/): this class is its pump
         self._core = SupervisorCore(lambda: self.slots, lambda: list(self._status),
-                                    liveness_timeout=liveness_timeout)
+                                    liveness_timeout=liveness_timeout,
+                                    curve=config.curve_keys is not None)
 
     def __repr__(self) -> str:
         return (f"<Supervisor shards={self.shard_count} workers={len(self.slots)} "
@@ -573,6 +575,12 @@ class Supervisor:
                 self._fail(action.error)
             elif isinstance(action, SaveSessions):
                 continue  # written by _save_sessions, off this path
+            elif isinstance(action, Refuse):
+                self.refused_registrations += 1
+                if self._budget.first(action.peer, "register"):
+                    log.warning("supervisor: refused a registration from peer %s: %s (further "
+                                "refusals for this peer are counted, not logged)",
+                                action.peer.hex(), action.why)
             else:
                 self._execute_one(action)
         return respawn
@@ -680,7 +688,7 @@ class Supervisor:
         """
         peer, kind, role = incoming.peer, incoming.message.kind, incoming.role
         if kind == "register":
-            self._register(control, peer, incoming.message, role)
+            self._register(peer, incoming.message, role)
             return
         if kind == "request":
             # Gateway commands: operators only, answered from a task (command_requests.py).
@@ -714,22 +722,13 @@ class Supervisor:
                                  operation=self._rolling.progress())
                      if role == Role.OPERATOR else redacted_status_body(shards, self.slots))
 
-    def _register(self, control: ControlServer, peer: bytes, message: ControlMessage,
-                  role: Role | None) -> None:
-        slot, why = registration.slot_for(self.slots, message.body, peer, role,
-                                          curve=self.config.curve_keys is not None)
-        if slot is None:
-            self.refused_registrations += 1
-            if self._budget.first(peer, "register"):
-                log.warning("supervisor: refused a registration from peer %s: %s (further "
-                            "refusals for this peer are counted, not logged)", peer.hex(), why)
-            return
-        pid = message.body.get("pid") if slot.remote else None
-        for shard_id in slot.shard_ids:
-            self._observe_bus(shard_id)
-        self._execute(self._core.handle(WorkerRegistered(
-            slot.index, peer, anyio.current_time(),
-            pid if isinstance(pid, int) and not isinstance(pid, bool) else None)))
+    def _register(self, peer: bytes, message: ControlMessage, role: Role | None) -> None:
+        for slot in self.slots:  # the slot it may take resumes from the bus's latest
+            if slot.peer is None:
+                for shard_id in slot.shard_ids:
+                    self._observe_bus(shard_id)
+        self._execute(self._core.handle(
+            WorkerRegistered(peer, message.body, role, anyio.current_time())))
 
     def _on_state(self, slot: WorkerSlot, state: wire.State) -> None:
         for item in state.shards:

@@ -15,6 +15,7 @@ from shardctl.cluster.core.actions import (
     Kill,
     Lost,
     NoAdopter,
+    Refuse,
     SaveSessions,
     Send,
     Spawn,
@@ -33,6 +34,6 @@ from shardctl.cluster.core.inputs import (
 from shardctl.cluster.core.machine import WORKER_STARTUP_GRACE, SupervisorCore
 
 __all__ = ["WORKER_STARTUP_GRACE", "Action", "Adopt", "Assign", "Beat", "CrashLoopError",
-           "Fail", "Input", "Kill", "Lost", "NoAdopter", "SaveSessions", "Send",
+           "Fail", "Input", "Kill", "Lost", "NoAdopter", "Refuse", "SaveSessions", "Send",
            "SessionBook", "ShardFailed", "Spawn", "StopRequested", "SupervisorCore", "Tick",
            "Watermark", "WorkerExited", "WorkerRegistered"]

@@ -14,7 +14,7 @@ from shardctl.cluster.sessions import SessionRecord
 from shardctl.ipc.assignment import ShardAssignment
 
 __all__ = ["Action", "Adopt", "Assign", "CrashLoopError", "Fail", "Kill", "Lost",
-           "NoAdopter", "SaveSessions", "Send", "Spawn"]
+           "NoAdopter", "Refuse", "SaveSessions", "Send", "Spawn"]
 
 
 class CrashLoopError(errors.ShardctlError):
@@ -80,6 +80,14 @@ class Assign:
 
 
 @dataclass(frozen=True, slots=True)
+class Refuse:
+    """A registration from ``peer`` is refused, ``why`` (logged once per peer, counted)."""
+
+    peer: bytes
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
 class Send:
     """A control message without a decision in its body: ``beat``, or ``stop`` with
     ``code``."""
@@ -103,4 +111,5 @@ class Fail:
     error: errors.ShardctlError
 
 
-Action: TypeAlias = Spawn | Kill | Lost | Adopt | NoAdopter | Assign | Send | SaveSessions | Fail
+Action: TypeAlias = (Spawn | Kill | Lost | Adopt | NoAdopter | Assign | Refuse | Send
+                     | SaveSessions | Fail)

@@ -6,8 +6,11 @@ socket.  ``worker`` is a slot index (:attr:`WorkerSlot.index`), never a position
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TypeAlias
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from shardctl.ipc.security import Role
 
 __all__ = ["Beat", "Input", "ShardFailed", "StopRequested", "Tick", "Watermark",
            "WorkerExited", "WorkerRegistered"]
@@ -15,13 +18,13 @@ __all__ = ["Beat", "Input", "ShardFailed", "StopRequested", "Tick", "Watermark",
 
 @dataclass(frozen=True, slots=True)
 class WorkerRegistered:
-    """A peer proved its claim on slot ``worker`` (cluster/registration.py)."""
+    """A peer sent ``register`` with ``body`` (its claim: a slot and its secret, or a free
+    remote slot); ``role`` is what its credentials prove (cluster/registration.py)."""
 
-    worker: int
     peer: bytes
+    body: Mapping[str, Any] = field(repr=False)
+    role: Role | None
     now: float
-    #: what a remote worker says its pid is (None: unknown or a local slot)
-    pid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from shardctl.cluster import remote
+from shardctl.cluster import registration, remote
 from shardctl.cluster.core.actions import (
     Action,
     Adopt,
@@ -32,6 +32,7 @@ from shardctl.cluster.core.actions import (
     Kill,
     Lost,
     NoAdopter,
+    Refuse,
     SaveSessions,
     Send,
     Spawn,
@@ -68,10 +69,12 @@ class SupervisorCore:
 
     def __init__(self, workers: Callable[[], Sequence[WorkerSlot]],
                  shards: Callable[[], Sequence[int]], *, liveness_timeout: float,
-                 startup_grace: float = WORKER_STARTUP_GRACE,
+                 startup_grace: float = WORKER_STARTUP_GRACE, curve: bool = False,
                  sessions: SessionBook | None = None) -> None:
         self._workers = workers
         self._shards = shards
+        #: CURVE is on: every registration needs the worker role
+        self.curve = curve
         self.liveness_timeout = liveness_timeout
         self.startup_grace = startup_grace
         self.sessions = sessions if sessions is not None else SessionBook()
@@ -101,11 +104,15 @@ class SupervisorCore:
     # ------------------------------------------------------------------ decisions
 
     def _registered(self, event: WorkerRegistered) -> list[Action]:
-        slot = self._slot(event.worker)
+        """A slot for a peer that proves its claim (its spawn secret, or a worker key for a
+        free remote slot), never one another live peer holds."""
+        slot, why = registration.slot_for(self._workers(), event.body, event.peer,
+                                          event.role, curve=self.curve)
         if slot is None:
-            return []
+            return [Refuse(event.peer, why)]
         if slot.remote:
-            slot.pid = event.pid
+            pid = event.body.get("pid")
+            slot.pid = pid if type(pid) is int else None
         slot.peer, slot.last_beat = event.peer, event.now
         return [Assign(slot.index, self.resume_plan(slot))]
 
