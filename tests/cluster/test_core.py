@@ -265,6 +265,33 @@ def test_a_new_sessions_ready_is_not_forwarded_while_the_bus_holds_the_old_sessi
     assert not book.forwarded(0, "new", 2)
 
 
+@dataclass
+class Report:
+    id: int
+    state: str
+    session_id: str | None = None
+    seq: int | None = None
+
+
+def test_readiness_waits_for_every_ready_to_be_on_the_bus_of_its_own_session() -> None:
+    core = core_of(local(0, [0, 1]))
+    shards = [Report(0, "ready", "a", 1), Report(1, "ready", "b", 1)]
+    assert core.all_ready(shards) and not core.all_forwarded(shards)
+    core.handle(Watermark(0, "a", "wss://r/", 1))
+    core.handle(Watermark(1, "old", "wss://r/", 90))
+    assert not core.all_forwarded(shards)
+    core.handle(Watermark(1, "b", "wss://r/", 1))
+    assert core.all_forwarded(shards)
+    assert not core.all_ready([*shards, Report(2, "resuming")])
+
+
+def test_a_stop_drains_only_the_shards_that_hold_a_session() -> None:
+    core = core_of(local(0, [0, 1]))
+    core.handle(Watermark(0, "a", "wss://r/", 7))
+    assert core.drained([Report(0, "ready", "a", 7), Report(1, "worker lost", None, 3)])
+    assert not core.drained([Report(0, "ready", "a", 8)])
+
+
 def test_a_shard_that_reported_no_seq_is_forwarded() -> None:
     assert SessionBook().forwarded(0, None, None)
 

@@ -401,25 +401,31 @@ class Supervisor:
                 kill(slot)
 
     def _drained(self) -> bool:
-        return all(self._forwarded(s) for s in self._status.values() if s.session_id)
+        if self._forwarder is None:
+            return True
+        self._observe_all()
+        return self._core.drained(self._status.values())
 
     def _all_ready(self) -> bool:
-        return all(s.state == "ready" for s in self._status.values())
+        return self._core.all_ready(self._status.values())
 
     def _all_forwarded(self) -> bool:
-        return all(self._forwarded(s) for s in self._status.values())
+        if self._forwarder is None:
+            return True
+        self._observe_all()
+        return self._core.all_forwarded(self._status.values())
 
     def _forwarded(self, status: ShardStatus) -> bool:
-        """Whether the bus has forwarded everything the shard reported having received, of
-        the session it reported (cluster/core/book.py).
-
-        The control channel can run ahead of the event bus: a READY reported there may still
-        sit in the worker's ZeroMQ queue, and a worker dying then takes it along.
-        """
+        """Whether the bus has forwarded everything the shard reported, of the session it
+        reported (the core decides, cluster/core/book.py)."""
         if self._forwarder is None:
             return True
         self._observe_bus(status.id)
-        return self._core.sessions.forwarded(status.id, status.session_id, status.seq)
+        return self._core.forwarded(status)
+
+    def _observe_all(self) -> None:
+        for shard_id in self._status:
+            self._observe_bus(shard_id)
 
     def _observe_bus(self, shard_id: int) -> None:
         """Feed the core the bus's watermark of ``shard_id``: (session, last seq) as one."""
@@ -434,8 +440,7 @@ class Supervisor:
             self._notify()
 
     def _save_sessions(self, code: int) -> None:
-        for shard_id in self._status:
-            self._observe_bus(shard_id)
+        self._observe_all()
         records = {r.shard_id: r for r in self._core.save(code).records}
         try:
             session_file.save(self.state_file, self.config.token, self.shard_count, records,
@@ -488,8 +493,7 @@ class Supervisor:
 
     def _resumable_sessions(self) -> list[SessionRecord]:
         """Every shard's record as the core selects it from the bus's watermarks."""
-        for shard_id in self._status:
-            self._observe_bus(shard_id)
+        self._observe_all()
         return self._core.resumable()
 
     async def __aexit__(self, exc_type: type[BaseException] | None,

@@ -19,8 +19,8 @@ Rules of this file (after ``gateway/machine.py``):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Final
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final, Protocol
 
 from shardctl.cluster import registration, remote
 from shardctl.cluster.core.actions import (
@@ -58,6 +58,19 @@ __all__ = ["WORKER_STARTUP_GRACE", "SupervisorCore"]
 #: A worker that has not registered yet is still importing (seconds on a loaded host):
 #: judge it by this, not by the liveness timeout, or a short timeout kills every respawn.
 WORKER_STARTUP_GRACE: Final = 20.0
+
+
+class ShardView(Protocol):
+    """What a shard's latest state report said (the supervisor's ``ShardStatus``)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def session_id(self) -> str | None: ...
+    @property
+    def seq(self) -> int | None: ...
 
 
 class SupervisorCore:
@@ -200,6 +213,22 @@ class SupervisorCore:
         if code in SESSION_ENDING_CLIENT_CODES:
             return SaveSessions(())
         return SaveSessions(tuple(self.resumable()))
+
+    def forwarded(self, shard: ShardView) -> bool:
+        """Whether the bus forwarded all the shard reported having received, of the session
+        it reported: a READY on the control channel may still sit in the worker's queue."""
+        return self.sessions.forwarded(shard.id, shard.session_id, shard.seq)
+
+    def all_ready(self, shards: Iterable[ShardView]) -> bool:
+        return all(s.state == "ready" for s in shards)
+
+    def all_forwarded(self, shards: Iterable[ShardView]) -> bool:
+        """Every shard's report is on the bus (``wait_ready``'s second half)."""
+        return all(map(self.forwarded, shards))
+
+    def drained(self, shards: Iterable[ShardView]) -> bool:
+        """What a stop waits for before saving: every session's last events forwarded."""
+        return all(self.forwarded(s) for s in shards if s.session_id)
 
     def _slot(self, index: int) -> WorkerSlot | None:
         return next((s for s in self._workers() if s.index == index), None)
