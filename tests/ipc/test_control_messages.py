@@ -19,8 +19,12 @@ from shardctl.ipc.control_messages import (
     ControlKind,
     Generic,
     Message,
+    Operation,
+    OperationUpdate,
     Register,
     Reply,
+    Request,
+    Response,
     ShardReport,
     State,
     StatusQuery,
@@ -59,12 +63,22 @@ CASES: list[tuple[Message, ControlKind, str, dict[str, Any]]] = [
     (StatusQuery(), "peer", "status", {}),
     (Generic("status", {"shards": [], "workers": [], "summary": {}}), "supervisor", "status",
      {"shards": [], "workers": [], "summary": {}}),
-    (Generic("request", {"id": "r1", "name": "update_status", "args": {}}), "peer",
-     "request", {"id": "r1", "name": "update_status", "args": {}}),
-    (Generic("response", {"id": "r1", "ok": True, "error": None, "replies": []}),
-     "supervisor", "response", {"id": "r1", "ok": True, "error": None, "replies": []}),
-    (Generic("operation", {"id": "o1", "name": "drain", "args": {"worker": 0}}), "peer",
-     "operation", {"id": "o1", "name": "drain", "args": {"worker": 0}}),
+    (Request("r1", "update_status", {"presence": {}}), "peer", "request",
+     {"id": "r1", "name": "update_status", "args": {"presence": {}}}),
+    (Response("r1", False, "refused: no"), "supervisor", "response",
+     {"id": "r1", "ok": False, "error": "refused: no", "replies": []}),
+    (Response("r1", True, None, ({"shard": 0, "ok": True},)), "supervisor", "response",
+     {"id": "r1", "ok": True, "error": None, "replies": [{"shard": 0, "ok": True}]}),
+    (Response("r1", True, None, result={"shards": 8}), "supervisor", "response",
+     {"id": "r1", "ok": True, "error": None, "replies": [], "result": {"shards": 8}}),
+    (Operation("o1", "drain", {"worker": 0}), "peer", "operation",
+     {"id": "o1", "name": "drain", "args": {"worker": 0}}),
+    (OperationUpdate("o1", False, {"phase": "spawn"}), "supervisor", "operation",
+     {"id": "o1", "done": False, "progress": {"phase": "spawn"}}),
+    (OperationUpdate("o1", True, {"phase": "done"}), "supervisor", "operation",
+     {"id": "o1", "done": True, "ok": True, "error": None, "progress": {"phase": "done"}}),
+    (OperationUpdate("o1", True, None, False, "refused"), "supervisor", "operation",
+     {"id": "o1", "done": True, "ok": False, "error": "refused", "progress": None}),
 ]
 
 
@@ -78,7 +92,9 @@ def test_a_typed_message_has_the_bytes_of_its_dict_body(
 def test_a_received_message_parses_back_to_its_typed_value(
         message: Message, receiver: ControlKind, kind: str, body: dict[str, Any]) -> None:
     received = decode(encode(kind, body))
-    assert parse(received.kind, received.body, sender=receiver) == message
+    # the operator tools' kinds are judged where they are served: handed over as bodies
+    expected = Generic(kind, body) if kind in {"request", "response", "operation"} else message
+    assert parse(received.kind, received.body, sender=receiver) == expected
 
 
 def test_every_kind_of_the_channel_has_a_byte_identity_case() -> None:

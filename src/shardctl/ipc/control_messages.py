@@ -13,22 +13,25 @@ are ignored, so a newer peer may add fields.  The two directions share two kinds
 (both ways, ``{}``) and ``status`` (a query ``{}`` in, the answer out): ``parse`` reads
 the direction from ``sender``.
 
-Still dicts on purpose: the ``status`` answer, a command's ``args`` and ``value``, and the
-``request``/``response``/``operation`` bodies of operator tools, which are documented and
-validated where they are served (cluster/command_requests.py, cluster/rolling_requests.py).
+Typed on the way out only: ``request``, ``response`` and ``operation``.  What an operator
+tool sends is judged where it is served, each flaw answered with its own refusal
+(cluster/command_requests.py, cluster/rolling_requests.py), and the tools read the answers
+as documented bodies; ``parse`` hands these kinds, and the ``status`` answer, over as
+:class:`Generic`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, ClassVar, Literal, TypeAlias
 
 from shardctl.errors import ProtocolError
 from shardctl.ipc.assignment import Assignment
 
-__all__ = ["Assign", "Beat", "Command", "ControlKind", "Generic", "Message", "Register",
-           "Reply", "ShardReport", "State", "StatusQuery", "Stop", "parse", "to_wire"]
+__all__ = ["Assign", "Beat", "Command", "ControlKind", "Generic", "Message", "Operation",
+           "OperationUpdate", "Register", "Reply", "Request", "Response", "ShardReport",
+           "State", "StatusQuery", "Stop", "parse", "to_wire"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,14 +39,25 @@ class Register:
     """Worker → supervisor: take slot ``worker`` with its per-spawn ``secret``, or (worker
     None) a free remote slot, proven by the CURVE key; ``pid`` for the status."""
 
+    KIND: ClassVar = "register"
     worker: int | None
     secret: str | None = field(default=None, repr=False)
     pid: int | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        if self.worker is None:
+            return {"worker": None, "pid": self.pid}
+        return {"worker": self.worker, "secret": self.secret}
 
 
 @dataclass(frozen=True, slots=True)
 class Beat:
     """Either way: I am alive."""
+
+    KIND: ClassVar = "beat"
+
+    def to_body(self) -> dict[str, Any]:
+        return {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,44 +81,60 @@ class ShardReport:
         return {"id": self.id, "state": self.state, "session_id": self.session_id,
                 "resume_gateway_url": self.resume_gateway_url, "seq": self.seq,
                 "latency": self.latency, "guilds": self.guilds, "last_event": self.last_event,
-                "error": None if self.error is None else dict(self.error),
-                "counts": dict(self.counts)}
+                "error": _plain(self.error), "counts": dict(self.counts)}
 
 
 @dataclass(frozen=True, slots=True)
 class State:
     """Worker → supervisor: every shard of this process."""
 
+    KIND: ClassVar = "state"
     shards: tuple[ShardReport, ...]
     pid: int | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        return {"pid": self.pid, "shards": [s.to_body() for s in self.shards]}
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
     """Worker → supervisor: the outcome of command ``id``."""
 
+    KIND: ClassVar = "reply"
     id: object
     ok: bool
     error: str | None = None
     retry_after: float | None = None
     value: Any = None
 
+    def to_body(self) -> dict[str, Any]:
+        return {"id": self.id, "ok": self.ok, "error": self.error,
+                "retry_after": self.retry_after, "value": self.value}
+
 
 @dataclass(frozen=True, slots=True)
 class Assign:
     """Supervisor → worker: what to run (ipc/assignment.py)."""
 
+    KIND: ClassVar = "assign"
     assignment: Assignment
+
+    def to_body(self) -> dict[str, Any]:
+        return self.assignment.to_body()
 
 
 @dataclass(frozen=True, slots=True)
 class Command:
     """Supervisor → worker: run gateway command ``name`` on ``shard``."""
 
+    KIND: ClassVar = "command"
     id: str
     shard: int | None
     name: str
     args: Mapping[str, Any]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"id": self.id, "shard": self.shard, "name": self.name, "args": dict(self.args)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,52 +142,110 @@ class Stop:
     """Supervisor → worker: close every shard with ``code`` and exit (None: a code the
     worker could not read; it stops anyway, resumably)."""
 
+    KIND: ClassVar = "stop"
     code: int | None
+
+    def to_body(self) -> dict[str, Any]:
+        return {"code": self.code}
 
 
 @dataclass(frozen=True, slots=True)
 class StatusQuery:
     """Any peer → supervisor: the cluster's status, please."""
 
+    KIND: ClassVar = "status"
+
+    def to_body(self) -> dict[str, Any]:
+        return {}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Operator → supervisor: gateway command ``name`` (ipc/commands_client.py)."""
+
+    KIND: ClassVar = "request"
+    id: str
+    name: str
+    args: Mapping[str, Any]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "args": dict(self.args)}
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """Supervisor → operator: the answer to request ``id``; ``result`` for a cluster
+    operation's outcome (absent from the body when None), else one reply per shard."""
+
+    KIND: ClassVar = "response"
+    id: str
+    ok: bool
+    error: str | None
+    replies: tuple[Mapping[str, Any], ...] = ()
+    result: Mapping[str, Any] | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        body = {"id": self.id, "ok": self.ok, "error": self.error,
+                "replies": [dict(r) for r in self.replies]}
+        if self.result is not None:
+            body["result"] = dict(self.result)
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """Operator → supervisor: start drain or restart_workers (ipc/operations.py)."""
+
+    KIND: ClassVar = "operation"
+    id: str
+    name: str
+    args: Mapping[str, Any]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "args": dict(self.args)}
+
+
+@dataclass(frozen=True, slots=True)
+class OperationUpdate:
+    """Supervisor → operator: operation ``id``'s progress; once ``done``, ``ok`` and
+    ``error`` too."""
+
+    KIND: ClassVar = "operation"
+    id: str
+    done: bool
+    progress: Mapping[str, Any] | None
+    ok: bool = True
+    error: str | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        if not self.done:
+            return {"id": self.id, "done": False, "progress": _plain(self.progress)}
+        return {"id": self.id, "done": True, "ok": self.ok, "error": self.error,
+                "progress": _plain(self.progress)}
+
 
 @dataclass(frozen=True, slots=True)
 class Generic:
-    """A kind still carried as a plain body (module docstring)."""
+    """A kind handed over as a plain body (module docstring)."""
 
     kind: str
     body: Mapping[str, Any]
 
 
 Message: TypeAlias = (Register | Beat | State | Reply | Assign | Command | Stop | StatusQuery
-                      | Generic)
+                      | Request | Response | Operation | OperationUpdate | Generic)
 ControlKind: TypeAlias = Literal["supervisor", "peer"]
 
 
 def to_wire(message: Message) -> tuple[str, dict[str, Any]]:
     """``message``'s kind and body, exactly as the channel carries them."""
-    match message:
-        case Register(None, _, pid):
-            return "register", {"worker": None, "pid": pid}
-        case Register(worker, secret, _):
-            return "register", {"worker": worker, "secret": secret}
-        case Beat():
-            return "beat", {}
-        case State(shards, pid):
-            return "state", {"pid": pid, "shards": [s.to_body() for s in shards]}
-        case Reply(id_, ok, error, retry_after, value):
-            return "reply", {"id": id_, "ok": ok, "error": error, "retry_after": retry_after,
-                             "value": value}
-        case Assign(assignment):
-            return "assign", assignment.to_body()
-        case Command(id_, shard, name, args):
-            return "command", {"id": id_, "shard": shard, "name": name, "args": dict(args)}
-        case Stop(code):
-            return "stop", {"code": code}
-        case StatusQuery():
-            return "status", {}
-        case Generic(kind, body):
-            return kind, dict(body)
-    raise TypeError(f"not a control message: {type(message).__name__}")  # pragma: no cover
+    if isinstance(message, Generic):
+        return message.kind, dict(message.body)
+    return message.KIND, message.to_body()
+
+
+def _plain(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if value is None else dict(value)
 
 
 def parse(kind: str, body: Mapping[str, Any], *, sender: ControlKind) -> Message:
