@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -31,6 +31,7 @@ from shardctl.cluster.core import (
     Watermark,
     WorkerExited,
     WorkerRegistered,
+    settle,
 )
 from shardctl.cluster.restarts import RestartPolicy
 from shardctl.cluster.sessions import SessionRecord
@@ -294,6 +295,29 @@ def test_a_stop_drains_only_the_shards_that_hold_a_session() -> None:
 
 def test_a_shard_that_reported_no_seq_is_forwarded() -> None:
     assert SessionBook().forwarded(0, None, None)
+
+
+def test_a_checkpoint_saves_each_session_one_snapshot_old() -> None:
+    before = {0: SessionRecord(0, "s", "wss://r/", 10), 1: SessionRecord(1, "old", "wss://r/", 90)}
+    now = [SessionRecord(0, "s", "wss://r/", 25), SessionRecord(1, "new", "wss://n/", 4),
+           SessionRecord(2, "t", "wss://r/", 7)]
+    assert settle(now, before) == (SessionRecord(0, "s", "wss://r/", 10),
+                                   SessionRecord(1, "new", "wss://n/", 1),
+                                   SessionRecord(2, "t", "wss://r/", 1))
+
+
+@given(st.lists(st.tuples(st.sampled_from("ab"), st.integers(0, 50)), min_size=1, max_size=12))
+def test_a_checkpoint_never_saves_a_seq_of_another_session_nor_ahead_of_the_bus(
+        marks: list[tuple[str, int]]) -> None:
+    seen: dict[int, SessionRecord] = {}
+    for session, seq in marks:
+        now = [SessionRecord(0, session, "wss://r/", seq)]
+        [saved] = settle(now, seen)
+        assert saved.session_id == session and saved.seq <= seq
+        earlier = seen.get(0)
+        if earlier is not None and earlier.session_id == session:
+            assert saved.seq == min(earlier.seq, seq)
+        seen = {0: now[0]}
 
 
 def test_a_stop_with_a_session_ending_code_saves_nothing() -> None:

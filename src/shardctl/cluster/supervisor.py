@@ -9,6 +9,11 @@ event exactly once.  A graceful stop closes every shard resumably and writes the
 the state file, so the next start RESUMEs instead of spending identifies; while running, the
 same record is checkpointed about once a second (cluster/checkpoint.py), so a start after a
 crash RESUMEs too, once the crashed run's workers are gone (cluster/orphans.py).
+
+What to do about workers and sessions is decided in :mod:`shardctl.cluster.core` (respawn,
+crash loops, liveness, adoption, registration, which session a worker resumes, readiness):
+this class observes processes, sockets and the bus, feeds the core, and executes its
+actions (``_execute``).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from shardctl.cluster.core import (
     Watermark,
     WorkerExited,
     WorkerRegistered,
+    settle,
 )
 from shardctl.cluster.counters import EventTotals
 from shardctl.cluster.discovery import GatewayInfo, fetch_gateway_bot
@@ -450,24 +456,13 @@ class Supervisor:
             log.error("supervisor: could not write the state file %s: %s", self.state_file, exc)
 
     def _checkpoint_snapshot(self) -> _Checkpoint:
-        """Each shard's record as the *previous* snapshot saw it (one interval old).
-
-        PUB/SUB has no receipts: what the events-out socket still queues for a consumer dies
-        with a SIGKILLed supervisor.  A seq forwarded an interval ago has left that queue
-        unless the consumer is that far behind, so a crash costs a replay (marked, README
-        "Replays after a crash") rather than a gap.  A session new since then is saved
-        from its start (seq 1): its whole stream is replayed, none of it is skipped.
-        """
-        now = {r.shard_id: r for r in self._resumable_sessions()}
-        settled = []
-        for shard_id, record in now.items():
-            before = self._seen.get(shard_id)
-            if before is not None and before.session_id == record.session_id:
-                settled.append(before if before.seq <= record.seq else record)
-            else:
-                settled.append(replace(record, seq=min(record.seq, 1)))
-        self._seen = now
-        return tuple(settled), self._worker_marks()
+        """Each shard's record as the *previous* snapshot saw it (cluster/core/book.py
+        ``settle``: a crash costs a replay, marked, README "Replays after a crash", rather
+        than a gap)."""
+        now = self._resumable_sessions()
+        settled = settle(now, self._seen)
+        self._seen = {r.shard_id: r for r in now}
+        return settled, self._worker_marks()
 
     def _write_checkpoint(self, snapshot: _Checkpoint) -> None:
         """In a worker thread: reads nothing of ours but ``snapshot``."""

@@ -20,7 +20,7 @@ from shardctl.cluster.core.actions import (
     Send,
     Spawn,
 )
-from shardctl.cluster.core.book import SessionBook
+from shardctl.cluster.core.book import SessionBook, settle
 from shardctl.cluster.core.inputs import (
     Beat,
     Input,
@@ -36,4 +36,4 @@ from shardctl.cluster.core.machine import WORKER_STARTUP_GRACE, SupervisorCore
 __all__ = ["WORKER_STARTUP_GRACE", "Action", "Adopt", "Assign", "Beat", "CrashLoopError",
            "Fail", "Input", "Kill", "Lost", "NoAdopter", "Refuse", "SaveSessions", "Send",
            "SessionBook", "ShardFailed", "Spawn", "StopRequested", "SupervisorCore", "Tick",
-           "Watermark", "WorkerExited", "WorkerRegistered"]
+           "Watermark", "WorkerExited", "WorkerRegistered", "settle"]

@@ -7,7 +7,7 @@ logs them, since a decision is what an operator wants explained.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 from shardctl import errors
 from shardctl.cluster.sessions import SessionRecord
@@ -93,7 +93,7 @@ class Send:
     ``code``."""
 
     worker: int
-    kind: str
+    kind: Literal["beat", "stop"]
     code: int | None = None
 
 

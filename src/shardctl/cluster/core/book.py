@@ -11,12 +11,13 @@ older than one already forwarded.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 from shardctl.cluster.core.inputs import Watermark
 from shardctl.cluster.sessions import SessionRecord
 
-__all__ = ["SessionBook"]
+__all__ = ["SessionBook", "settle"]
 
 
 class SessionBook:
@@ -73,3 +74,23 @@ class SessionBook:
                 and mark.session_id != session_id:
             return False
         return mark.seq >= seq
+
+
+def settle(now: Iterable[SessionRecord], before: Mapping[int, SessionRecord]
+           ) -> tuple[SessionRecord, ...]:
+    """What a checkpoint saves: each record as the *previous* snapshot (``before``) saw it.
+
+    PUB/SUB has no receipts: what the events-out socket still queues for a consumer dies
+    with a SIGKILLed supervisor.  A seq forwarded an interval ago has left that queue unless
+    the consumer is that far behind, so a crash costs a replay rather than a gap.  A session
+    new since then is saved from its start (seq 1): its whole stream is replayed, none of it
+    skipped.  Either way the seq is one of the record's own session.
+    """
+    settled = []
+    for record in now:
+        earlier = before.get(record.shard_id)
+        if earlier is not None and earlier.session_id == record.session_id:
+            settled.append(earlier if earlier.seq <= record.seq else record)
+        else:
+            settled.append(replace(record, seq=min(record.seq, 1)))
+    return tuple(settled)
