@@ -91,10 +91,11 @@ class SupervisorCore:
         self.liveness_timeout = liveness_timeout
         self.startup_grace = startup_grace
         self.sessions = sessions if sessions is not None else SessionBook()
+        #: a stop began: no worker is respawned any more
         self.stopping = False
-        self.stop_code: int | None = None
 
     def handle(self, event: Input) -> list[Action]:
+        """What to do about ``event``, in order (the pump executes them as listed)."""
         if isinstance(event, Watermark):
             self.sessions.observe(event)
             return []
@@ -182,7 +183,7 @@ class SupervisorCore:
 
     def _stop(self, event: StopRequested) -> list[Action]:
         first = not self.stopping
-        self.stopping, self.stop_code = True, event.code
+        self.stopping = True
         if not first:
             return []
         return [Send(s.index, "stop", event.code) for s in self._workers()
