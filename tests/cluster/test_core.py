@@ -391,10 +391,10 @@ class ClusterModel(RuleBasedStateMachine):
     def handle_of(self, slot: WorkerSlot) -> object:
         return ("remote", slot.index, slot.peer) if slot.remote else slot.process
 
-    def exit(self, slot: WorkerSlot, code: int) -> None:
+    def exit(self, slot: WorkerSlot, code: int, *, planned: bool = False) -> None:
         self.running.pop(slot.process, None)
         slot.process = FakeProcess(returncode=code)  # type: ignore[assignment]
-        self.run(self.core.handle(WorkerExited(slot.index, self.now, code)))
+        self.run(self.core.handle(WorkerExited(slot.index, self.now, code, planned)))
 
     def slot(self, index: int) -> WorkerSlot:
         return next(s for s in self.slots if s.index == index)
@@ -438,6 +438,12 @@ class ClusterModel(RuleBasedStateMachine):
         slot = self.slot(index)
         if slot.alive:
             self.exit(slot, code)
+
+    @rule(index=st.sampled_from([0, 1]))
+    def a_drain_replaces_a_worker(self, index: int) -> None:
+        slot = self.slot(index)
+        if slot.alive:
+            self.exit(slot, 0, planned=True)
 
     @rule(index=st.sampled_from([0, 1, 2, 3]))
     def beats(self, index: int) -> None:
