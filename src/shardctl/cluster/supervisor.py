@@ -439,7 +439,12 @@ class Supervisor:
         if forwarder is None:
             return
         session, url = forwarder.last_session.get(shard_id) or (None, None)
-        self._core.handle(Watermark(shard_id, session, url, forwarder.last_seq.get(shard_id)))
+        seq = forwarder.last_seq.get(shard_id)
+        known = self._core.sessions.watermark(shard_id)
+        if known is not None and known.seq == seq and known.session_id == session \
+                and known.resume_url == url:
+            return  # nothing new: the waits re-check every shard after every bus batch
+        self._core.handle(Watermark(shard_id, session, url, seq))
 
     def _on_bus_progress(self) -> None:
         if self._bus_waiters:
