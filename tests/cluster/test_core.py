@@ -25,7 +25,9 @@ from shardctl.cluster.core import (
     SessionBook,
     ShardFailed,
     Spawn,
+    StopPeer,
     StopRequested,
+    Stray,
     SupervisorCore,
     Tick,
     Watermark,
@@ -198,6 +200,20 @@ def test_a_used_secret_never_takes_the_slot_twice() -> None:
     [refused] = core.handle(WorkerRegistered(b"copy", {"worker": 0, "secret": "ab" * 32},
                                              None, 1.0))
     assert isinstance(refused, Refuse) and core._workers()[0].peer == b"real"
+
+
+def test_a_worker_taken_for_lost_that_is_back_is_told_to_stop() -> None:
+    core = core_of(local(0, [0]), remote(1, [1]))
+    assert core.handle(Stray(b"old", "beat", Role.WORKER)) == [StopPeer(b"old")]
+    assert core.handle(Stray(b"old", "state", Role.WORKER)) == [StopPeer(b"old")]
+
+
+def test_a_stranger_without_a_worker_key_is_not_answered() -> None:
+    core = core_of(local(0, [0]), remote(1, [1]))
+    assert core.handle(Stray(b"x", "beat", None)) == []
+    assert core.handle(Stray(b"x", "beat", Role.OPERATOR)) == []
+    assert core.handle(Stray(b"x", "reply", Role.WORKER)) == []
+    assert core_of(local(0, [0])).handle(Stray(b"x", "beat", Role.WORKER)) == []
 
 
 def test_a_remote_worker_registering_reports_its_pid() -> None:

@@ -54,7 +54,9 @@ from shardctl.cluster.core import (
     SessionBook,
     ShardFailed,
     Spawn,
+    StopPeer,
     StopRequested,
+    Stray,
     SupervisorCore,
     Tick,
     Watermark,
@@ -579,6 +581,10 @@ class Supervisor:
                 self._fail(action.error)
             elif isinstance(action, SaveSessions):
                 continue  # written by _save_sessions, off this path
+            elif isinstance(action, StopPeer):
+                if self._control is not None and self._budget.allow(
+                        action.peer, anyio.current_time(), anonymous=False):
+                    self._control.send(action.peer, wire.Stop(RESUMABLE_CLOSE))
             elif isinstance(action, Refuse):
                 self.refused_registrations += 1
                 if self._budget.first(action.peer, "register"):
@@ -706,16 +712,11 @@ class Supervisor:
                     peer, anyio.current_time(), anonymous=role is None):
                 self._operations.handle(control, self._tg, incoming)
             return
-        stale = kind in {"beat", "state"} and role == Role.WORKER and any(
-            s.remote for s in self.slots)
-        if (kind != "status" and not stale) or not self._budget.allow(
-                peer, anyio.current_time(), anonymous=role is None):
-            return  # a worker we already replaced, a stranger, or over its budget
-        if kind == "status":
+        if kind != "status":
+            # a worker we already replaced (told to stop), or a stranger (ignored)
+            self._execute(self._core.handle(Stray(peer, kind, role)))
+        elif self._budget.allow(peer, anyio.current_time(), anonymous=role is None):
             self._answer_status(control, peer, role)
-        else:
-            # A remote worker we took for lost is back: its shards run elsewhere now.
-            control.send(peer, wire.Stop(RESUMABLE_CLOSE))
 
     def _answer_status(self, control: ControlServer, peer: bytes, role: Role | None) -> None:
         # In full to operators (a CURVE operator key, or this user on the private ipc

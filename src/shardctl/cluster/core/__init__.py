@@ -19,6 +19,7 @@ from shardctl.cluster.core.actions import (
     SaveSessions,
     Send,
     Spawn,
+    StopPeer,
 )
 from shardctl.cluster.core.book import SessionBook, settle
 from shardctl.cluster.core.inputs import (
@@ -26,6 +27,7 @@ from shardctl.cluster.core.inputs import (
     Input,
     ShardFailed,
     StopRequested,
+    Stray,
     Tick,
     Watermark,
     WorkerExited,
@@ -35,5 +37,6 @@ from shardctl.cluster.core.machine import WORKER_STARTUP_GRACE, SupervisorCore
 
 __all__ = ["WORKER_STARTUP_GRACE", "Action", "Adopt", "Assign", "Beat", "CrashLoopError",
            "Fail", "Input", "Kill", "Lost", "NoAdopter", "Refuse", "SaveSessions", "Send",
-           "SessionBook", "ShardFailed", "Spawn", "StopRequested", "SupervisorCore", "Tick",
-           "Watermark", "WorkerExited", "WorkerRegistered", "settle"]
+           "SessionBook", "ShardFailed", "Spawn", "StopPeer", "StopRequested", "Stray",
+           "SupervisorCore", "Tick", "Watermark", "WorkerExited", "WorkerRegistered",
+           "settle"]

@@ -14,7 +14,7 @@ from shardctl.cluster.sessions import SessionRecord
 from shardctl.ipc.assignment import ShardAssignment
 
 __all__ = ["Action", "Adopt", "Assign", "CrashLoopError", "Fail", "Kill", "Lost",
-           "NoAdopter", "Refuse", "SaveSessions", "Send", "Spawn"]
+           "NoAdopter", "Refuse", "SaveSessions", "Send", "Spawn", "StopPeer"]
 
 
 class CrashLoopError(errors.ShardctlError):
@@ -98,6 +98,14 @@ class Send:
 
 
 @dataclass(frozen=True, slots=True)
+class StopPeer:
+    """Tell ``peer``, which holds no slot, to close its shards resumably: a remote worker
+    taken for lost is back, and its shards run elsewhere now."""
+
+    peer: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class SaveSessions:
     """Write these records (one per shard) to the state file."""
 
@@ -112,4 +120,4 @@ class Fail:
 
 
 Action: TypeAlias = (Spawn | Kill | Lost | Adopt | NoAdopter | Assign | Refuse | Send
-                     | SaveSessions | Fail)
+                     | StopPeer | SaveSessions | Fail)

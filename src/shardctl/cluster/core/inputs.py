@@ -12,7 +12,7 @@ from typing import Any, TypeAlias
 
 from shardctl.ipc.security import Role
 
-__all__ = ["Beat", "Input", "ShardFailed", "StopRequested", "Tick", "Watermark",
+__all__ = ["Beat", "Input", "ShardFailed", "StopRequested", "Stray", "Tick", "Watermark",
            "WorkerExited", "WorkerRegistered"]
 
 
@@ -25,6 +25,16 @@ class WorkerRegistered:
     body: Mapping[str, Any] = field(repr=False)
     role: Role | None
     now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Stray:
+    """A ``kind`` message from a peer that holds no slot (and is not registering or asking
+    as an operator); ``role`` is what its credentials prove."""
+
+    peer: bytes
+    kind: str
+    role: Role | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,4 +92,4 @@ class StopRequested:
 
 
 Input: TypeAlias = (WorkerRegistered | WorkerExited | Beat | Tick | Watermark | ShardFailed
-                    | StopRequested)
+                    | StopRequested | Stray)

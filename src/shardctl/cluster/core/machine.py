@@ -36,6 +36,7 @@ from shardctl.cluster.core.actions import (
     SaveSessions,
     Send,
     Spawn,
+    StopPeer,
 )
 from shardctl.cluster.core.book import SessionBook
 from shardctl.cluster.core.inputs import (
@@ -43,6 +44,7 @@ from shardctl.cluster.core.inputs import (
     Input,
     ShardFailed,
     StopRequested,
+    Stray,
     Tick,
     Watermark,
     WorkerExited,
@@ -52,6 +54,7 @@ from shardctl.cluster.sessions import SessionRecord
 from shardctl.cluster.workers import WorkerSlot
 from shardctl.gateway.closecodes import SESSION_ENDING_CLIENT_CODES
 from shardctl.ipc.assignment import ShardAssignment
+from shardctl.ipc.security import Role
 
 __all__ = ["WORKER_STARTUP_GRACE", "SupervisorCore"]
 
@@ -113,6 +116,8 @@ class SupervisorCore:
             return self._registered(event)
         if isinstance(event, WorkerExited):
             return self._exited(event)
+        if isinstance(event, Stray):
+            return self._stray(event)
         return self._stop(event)
 
     # ------------------------------------------------------------------ decisions
@@ -180,6 +185,14 @@ class SupervisorCore:
         actions.append(Adopt(adopter.index, slot.index, tuple(moved)))
         actions.append(Assign(adopter.index, self.resume_plan(adopter), same_process=True))
         return actions
+
+    def _stray(self, event: Stray) -> list[Action]:
+        """A worker (by its key) beating or reporting without a slot was taken for lost and
+        replaced: it must let go of sessions that now run elsewhere."""
+        if event.kind in {"beat", "state"} and event.role == Role.WORKER and any(
+                s.remote for s in self._workers()):
+            return [StopPeer(event.peer)]
+        return []
 
     def _stop(self, event: StopRequested) -> list[Action]:
         first = not self.stopping
