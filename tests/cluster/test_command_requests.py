@@ -22,6 +22,7 @@ from shardctl.cluster.command_requests import CommandRequests
 from shardctl.errors import ConfigurationError
 from shardctl.ipc.commands_client import NAMES, CommandReply
 from shardctl.ipc.control import ControlClient, ControlMessage, ControlServer, Incoming
+from shardctl.ipc.control_messages import Message, to_wire
 from shardctl.ipc.security import Role
 
 pytestmark = pytest.mark.anyio
@@ -194,7 +195,11 @@ class _Sent:
         self.bodies: list[dict[str, Any]] = []
         self.started: list[Any] = []
 
-    def send(self, peer: bytes, kind: str, body: dict[str, Any]) -> bool:
+    def send(self, peer: bytes, kind: str | Message, body: dict[str, Any] | None = None
+             ) -> bool:
+        if not isinstance(kind, str):  # a typed message, as ControlServer.send takes
+            kind, body = to_wire(kind)
+        assert body is not None
         assert kind == "response"
         self.bodies.append(body)
         return True

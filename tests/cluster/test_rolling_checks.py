@@ -20,6 +20,7 @@ from shardctl.cluster.rolling_requests import OperationRequests
 from shardctl.cluster.status_report import status_body
 from shardctl.cluster.workers import WorkerSlot
 from shardctl.ipc.control import ControlMessage, Incoming
+from shardctl.ipc.control_messages import Message, to_wire
 from shardctl.ipc.security import Role
 
 pytestmark = pytest.mark.anyio
@@ -99,7 +100,11 @@ class FakeControl:
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, str, dict[str, Any]]] = []
 
-    def send(self, peer: bytes, kind: str, body: dict[str, Any]) -> bool:
+    def send(self, peer: bytes, kind: str | Message, body: dict[str, Any] | None = None
+             ) -> bool:
+        if not isinstance(kind, str):  # a typed message, as ControlServer.send takes
+            kind, body = to_wire(kind)
+        assert body is not None
         self.sent.append((peer, kind, body))
         return True
 

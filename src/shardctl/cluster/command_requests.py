@@ -22,6 +22,7 @@ from shardctl import errors
 from shardctl.cluster.planner import MAX_SHARDS
 from shardctl.ipc.commands_client import NAMES, OPERATIONS, CommandReply
 from shardctl.ipc.control import ControlServer, Incoming, MessageTooLargeError
+from shardctl.ipc.control_messages import Response
 from shardctl.ipc.security import Role
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,7 @@ class CommandRequests:
                                "running; retry when one has been answered")
         except _Refused as exc:
             self.refused += 1
-            control.send(peer, "response", {"id": request_id, "ok": False,
-                                            "error": str(exc), "replies": []})
+            control.send(peer, Response(request_id, False, str(exc)))
             return
         self._running[peer] = self._running.get(peer, 0) + 1
         tg.start_soon(self._run, control, peer, request_id, call)
@@ -96,23 +96,19 @@ class CommandRequests:
             try:
                 result = await call()
             except errors.ShardctlError as exc:  # a guild id that is no snowflake, say
-                control.send(peer, "response", {"id": request_id, "ok": False,
-                                                "error": str(exc), "replies": []})
+                control.send(peer, Response(request_id, False, str(exc)))
                 return
             if hasattr(result, "to_body") and not isinstance(result, CommandReply):
                 # a cluster operation's outcome (OPERATIONS): one object, no shard replies
-                body = {"id": request_id, "ok": True, "error": None, "replies": [],
-                        "result": result.to_body()}
+                answer = Response(request_id, True, None, result=result.to_body())
             else:
                 replies = result if isinstance(result, list) else [result]
-                body = {"id": request_id, "ok": True, "error": None,
-                        "replies": [r.to_body() for r in replies]}
+                answer = Response(request_id, True, None, tuple(r.to_body() for r in replies))
             try:
-                control.send(peer, "response", body)
+                control.send(peer, answer)
             except MessageTooLargeError as exc:
-                control.send(peer, "response", {"id": request_id, "ok": False,
-                                                "error": f"the reply is too large: {exc}",
-                                                "replies": []})
+                control.send(peer, Response(request_id, False,
+                                            f"the reply is too large: {exc}"))
         finally:
             left = self._running.pop(peer, 1) - 1
             if left:

@@ -9,6 +9,7 @@ import anyio
 
 from shardctl.ipc.commands_client import CommandReply
 from shardctl.ipc.control import ControlServer
+from shardctl.ipc.control_messages import Command
 
 # CommandReply lives with the client of other processes (ipc/), which cannot import cluster/.
 __all__ = ["COMMAND_TIMEOUT", "CommandReply", "CommandRouter"]
@@ -38,8 +39,7 @@ class CommandRouter:
         done, box = anyio.Event(), list[dict[str, Any]]()
         self._waiting[command_id] = (done, box)
         try:
-            sent = control.send(peer, "command", {
-                "id": command_id, "shard": shard_id, "name": name, "args": args})
+            sent = control.send(peer, Command(command_id, shard_id, name, args))
             if not sent:
                 return CommandReply(shard_id, False, f"the worker of shard {shard_id} is gone "
                                     "or not reading its control channel")

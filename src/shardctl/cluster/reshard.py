@@ -50,6 +50,7 @@ from shardctl.cluster.planner import plan
 from shardctl.cluster.reshard_progress import ReshardProgress
 from shardctl.cluster.workers import WorkerSlot, kill, spawn, worker_command
 from shardctl.gateway.lifecycle import RESHARD
+from shardctl.ipc import control_messages as wire
 from shardctl.ipc.assignment import Assignment, ShardAssignment
 from shardctl.ipc.events import (
     HAS_SEQ,
@@ -221,26 +222,26 @@ class Reshard:
             supervisor_timeout=max(10.0, sup._liveness_timeout * 2), worker=slot.index,
             publish_key=key)
 
-    def on_state(self, slot: WorkerSlot, body: Mapping[str, Any]) -> None:
+    def on_state(self, slot: WorkerSlot, state: wire.State) -> None:
         """A new-set worker's state report: its shards' progress, or why it failed."""
-        for item in body["shards"]:
-            shard_id = int(item["id"])
+        for item in state.shards:
+            shard_id = item.id
             status = self.status.get(shard_id)
             if status is None or shard_id not in slot.shard_ids:
                 continue
-            status.state = str(item["state"])
+            status.state = item.state
             status.pid = slot.pid
-            status.seq = item.get("seq")
-            status.latency = item.get("latency")
-            status.guilds = int(item.get("guilds") or 0)
-            status.last_event = item.get("last_event")
-            if item.get("session_id"):
-                url = item.get("resume_gateway_url")
-                status.session_id = item["session_id"]
+            status.seq = item.seq
+            status.latency = item.latency
+            status.guilds = item.guilds
+            status.last_event = item.last_event
+            if item.session_id:
+                url = item.resume_gateway_url
+                status.session_id = item.session_id
                 status.resume_gateway_url = (
-                    url if isinstance(url, str) and self.sup._resume_allowed(url) else None)
-            error = item.get("error")
-            if isinstance(error, dict) and self.failure is None:
+                    url if url is not None and self.sup._resume_allowed(url) else None)
+            error = item.error
+            if error is not None and self.failure is None:
                 self.failure = ReshardError(
                     f"shard {shard_id} of the new set failed: {error.get('message')}; "
                     "reshard abandoned, the old set keeps serving")
@@ -361,7 +362,7 @@ class Reshard:
         marks = {slot.index: slot.reports for slot in old_slots}
         for slot in old_slots:  # at once, not at the next beat: the new set's events wait
             if sup._control is not None and slot.peer is not None and slot.alive:
-                sup._control.send(slot.peer, "report", {})
+                sup._control.send(slot.peer, wire.ReportNow())
         with anyio.move_on_after(CATCH_UP_TIMEOUT) as scope:
             await sup._wait_for(lambda: self._failed() or all(
                 slot.reports > marks[slot.index] or not slot.alive for slot in old_slots),
@@ -471,7 +472,7 @@ class Reshard:
         sup = self.sup
         for slot in old_slots:
             if sup._control is not None and slot.peer is not None and slot.alive:
-                sup._control.send(slot.peer, "stop", {"code": RESHARD_CLOSE})
+                sup._control.send(slot.peer, wire.Stop(RESHARD_CLOSE))
         with anyio.move_on_after(RETIRE_TIMEOUT):
             for slot in old_slots:
                 if slot.process is not None:
@@ -500,7 +501,7 @@ class Reshard:
         for slot in self.slots:
             slot.retired = True
             if sup._control is not None and slot.peer is not None and slot.alive:
-                sup._control.send(slot.peer, "stop", {"code": RESHARD_CLOSE})
+                sup._control.send(slot.peer, wire.Stop(RESHARD_CLOSE))
         with anyio.move_on_after(RETIRE_TIMEOUT):
             for slot in self.slots:
                 if slot.process is not None:

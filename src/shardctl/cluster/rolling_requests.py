@@ -22,6 +22,7 @@ import anyio.abc
 from shardctl.cluster.rolling import OperationRefusedError
 from shardctl.errors import ShardctlError
 from shardctl.ipc.control import ControlServer, Incoming
+from shardctl.ipc.control_messages import OperationUpdate
 from shardctl.ipc.security import Role
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,7 @@ class OperationRequests:
             call = self._call(body.get("name"), body.get("args"))
         except OperationRefusedError as exc:
             self.refused += 1
-            control.send(peer, "operation", {"id": request_id, "done": True, "ok": False,
-                                             "error": str(exc), "progress": None})
+            control.send(peer, OperationUpdate(request_id, True, None, False, str(exc)))
             return
         tg.start_soon(self._run, control, peer, request_id, call)
 
@@ -108,21 +108,20 @@ class OperationRequests:
 
     async def _run(self, control: ControlServer, peer: bytes, request_id: str, call: Call
                    ) -> None:
-        outcome: dict[str, Any] = {"id": request_id, "done": True, "ok": True, "error": None}
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._report, control, peer, request_id)
             try:
-                outcome["progress"] = await call()
+                outcome = OperationUpdate(request_id, True, await call())
             except ShardctlError as exc:  # refused meanwhile, failed, or the cluster failed
-                outcome.update(ok=False, error=str(exc), progress=self._api.operation)
+                outcome = OperationUpdate(request_id, True, self._api.operation, False,
+                                          str(exc))
             finally:
                 tg.cancel_scope.cancel()
-        control.send(peer, "operation", outcome)
+        control.send(peer, outcome)
 
     async def _report(self, control: ControlServer, peer: bytes, request_id: str) -> None:
         while True:
-            control.send(peer, "operation", {"id": request_id, "done": False,
-                                             "progress": self._api.operation})
+            control.send(peer, OperationUpdate(request_id, False, self._api.operation))
             await self._api.wait_operation_changed()
 
 

@@ -9,6 +9,11 @@ event exactly once.  A graceful stop closes every shard resumably and writes the
 the state file, so the next start RESUMEs instead of spending identifies; while running, the
 same record is checkpointed about once a second (cluster/checkpoint.py), so a start after a
 crash RESUMEs too, once the crashed run's workers are gone (cluster/orphans.py).
+
+What to do about workers and sessions is decided in :mod:`shardctl.cluster.core` (respawn,
+crash loops, liveness, adoption, registration, which session a worker resumes, readiness):
+this class observes processes, sockets and the bus, feeds the core, and executes its
+actions (``_execute``).
 """
 
 from __future__ import annotations
@@ -26,13 +31,39 @@ import anyio
 import anyio.abc
 
 from shardctl import errors
-from shardctl.cluster import orphans, registration, remote
+from shardctl.cluster import orphans, remote
 from shardctl.cluster import reshard as resharding
 from shardctl.cluster import sessions as session_file
 from shardctl.cluster.checkpoint import Checkpointer
 from shardctl.cluster.command_requests import CommandRequests
 from shardctl.cluster.commands import COMMAND_TIMEOUT, CommandReply, CommandRouter
 from shardctl.cluster.config import RunConfig
+from shardctl.cluster.core import (
+    Action,
+    Adopt,
+    Assign,
+    Beat,
+    CrashLoopError,
+    Fail,
+    Kill,
+    Lost,
+    NoAdopter,
+    Refuse,
+    SaveSessions,
+    Send,
+    SessionBook,
+    ShardFailed,
+    Spawn,
+    StopPeer,
+    StopRequested,
+    Stray,
+    SupervisorCore,
+    Tick,
+    Watermark,
+    WorkerExited,
+    WorkerRegistered,
+    settle,
+)
 from shardctl.cluster.counters import EventTotals
 from shardctl.cluster.discovery import GatewayInfo, fetch_gateway_bot
 from shardctl.cluster.fanout import BatchHook, EventFanout, Output
@@ -45,8 +76,8 @@ from shardctl.cluster.rolling_requests import OperationRequests
 from shardctl.cluster.sessions import ResumeUrlCheck, SessionRecord, WorkerMark
 from shardctl.cluster.status_report import limiter_section, redacted_status_body, status_body
 from shardctl.cluster.workers import WorkerSlot, kill, spawn, worker_command
-from shardctl.gateway.closecodes import SESSION_ENDING_CLIENT_CODES
 from shardctl.gateway.sharding import shard_for
+from shardctl.ipc import control_messages as wire
 from shardctl.ipc import endpoints
 from shardctl.ipc.assignment import Assignment, ShardAssignment
 from shardctl.ipc.bus import EventForwarder
@@ -60,15 +91,14 @@ if TYPE_CHECKING:
     from shardctl.cluster.reshard_progress import ReshardProgress
     from shardctl.stream.publisher import StreamPublisher
 
+__all__ = ["RESUMABLE_CLOSE", "STOP_TIMEOUT", "CrashLoopError", "ShardStatus", "Supervisor"]
+
 log = logging.getLogger(__name__)
 
 #: Close code for a graceful stop: not 1000/1001, so sessions stay resumable (protocol §7).
 RESUMABLE_CLOSE: Final = 4009
 #: How long workers get to close their shards and report before they are killed.
 STOP_TIMEOUT: Final = 15.0
-#: A worker that has not registered yet is still importing (seconds on a loaded host):
-#: judge it by this, not by the liveness timeout, or a short timeout kills every respawn.
-WORKER_STARTUP_GRACE: Final = 20.0
 #: The first IDENTIFYs wait for every shard that must identify to ask for a slot, unless no
 #: shard has asked for this long (a worker that died while starting) ...
 START_GATE_QUIET: Final = 5.0
@@ -78,10 +108,6 @@ START_GATE_MAX: Final = 60.0
 
 #: What the checkpoint keeps: the resumable sessions and the local workers holding them.
 _Checkpoint = tuple[tuple[SessionRecord, ...], tuple[WorkerMark, ...]]
-
-
-class CrashLoopError(errors.ShardctlError):
-    """A worker died too often in too short a time; respawning it would burn identifies."""
 
 
 @dataclass(slots=True)
@@ -174,6 +200,10 @@ class Supervisor:
         self._reshard: resharding.Reshard | None = None
         #: the running or last reshard's progress (status, live view)
         self._reshard_progress: ReshardProgress | None = None
+        #: every decision about workers and sessions (cluster/core/): this class is its pump
+        self._core = SupervisorCore(lambda: self.slots, lambda: list(self._status),
+                                    liveness_timeout=liveness_timeout,
+                                    curve=config.curve_keys is not None)
 
     def __repr__(self) -> str:
         return (f"<Supervisor shards={self.shard_count} workers={len(self.slots)} "
@@ -192,6 +222,7 @@ class Supervisor:
         saved = self._load_sessions()
         resumable = {i: saved[i] for i in ids if i in saved}
         self._seen = dict(resumable)
+        self._core.sessions = SessionBook(resumable.values())
         self._check_budget(info, len(ids) - len(resumable))
         local = self.config.processes
         self.slots = [WorkerSlot(i, shard_ids, policy=self._restart_policy(), remote=i >= local)
@@ -292,6 +323,9 @@ class Supervisor:
             nodrop=False, on_batch=self._batch_hook, on_progress=self._on_bus_progress,
             curve=curve, resume_url_allowed=self._resume_allowed)
         forwarder.last_seq.update({r.shard_id: r.seq for r in resumable.values()})
+        # the pair the bus resumes from, as one record, even before the session's READY
+        forwarder.last_session.update(
+            {r.shard_id: (r.session_id, r.resume_gateway_url) for r in resumable.values()})
         if self.config.stream is not None:
             await tg.start(self._start_stream, forwarder, resumable)
         await tg.start(forwarder.run)
@@ -390,10 +424,7 @@ class Supervisor:
             self._stopped.set()
 
     async def _stop_workers(self, code: int) -> None:
-        control = self._control
-        for slot in self.slots:
-            if control is not None and slot.peer is not None and slot.alive:
-                control.send(slot.peer, "stop", {"code": code})
+        self._execute(self._core.handle(StopRequested(code)))
         with anyio.move_on_after(STOP_TIMEOUT):
             for slot in self.slots:
                 if slot.process is not None:
@@ -406,37 +437,62 @@ class Supervisor:
                 kill(slot)
 
     def _drained(self) -> bool:
-        return all(self._forwarded(s) for s in self._status.values() if s.session_id)
+        if self._forwarder is None:
+            return True
+        self._observe_all()
+        return self._core.drained(self._status.values())
 
     def _all_ready(self) -> bool:
-        return all(s.state == "ready" for s in self._status.values())
+        return self._core.all_ready(self._status.values())
 
     def _all_forwarded(self) -> bool:
-        return all(self._forwarded(s) for s in self._status.values())
+        if self._forwarder is None:
+            return True
+        self._observe_all()
+        return self._core.all_forwarded(self._status.values())
 
     def _forwarded(self, status: ShardStatus) -> bool:
-        """Whether the bus has forwarded everything the shard reported having received.
+        """Whether the bus has forwarded everything the shard reported, of the session it
+        reported (the core decides, cluster/core/book.py)."""
+        if self._forwarder is None:
+            return True
+        self._observe_bus(status.id)
+        return self._core.forwarded(status)
 
-        The control channel can run ahead of the event bus: a READY reported there may still
-        sit in the worker's ZeroMQ queue, and a worker dying then takes it along.
+    def _observe_all(self) -> None:
+        for shard_id in self._status:
+            self._observe_bus(shard_id)
+
+    def _observe_bus(self, shard_id: int) -> None:
+        """Feed the core the bus's watermark of ``shard_id``: (session, last seq) as one.
+
+        With ``--stream``, forwarded means stored: the watermark is what the stream
+        acknowledged (stream/publisher.py ``durable``), never what merely left the bus.
         """
         forwarder = self._forwarder
-        if forwarder is None or status.seq is None:
-            return True
-        if self._stream is not None:  # forwarded = stored by the stream
-            stored = self._stream.durable(status.id)
-            return stored is not None and stored[2] >= status.seq
-        return forwarder.last_seq.get(status.id, 0) >= status.seq
+        if forwarder is None:
+            return
+        session: str | None
+        url: str | None
+        seq: int | None
+        if self._stream is not None:
+            session, url, seq = self._stream.durable(shard_id) or (None, None, None)
+        else:
+            session, url = forwarder.last_session.get(shard_id) or (None, None)
+            seq = forwarder.last_seq.get(shard_id)
+        known = self._core.sessions.watermark(shard_id)
+        if known is not None and known.seq == seq and known.session_id == session \
+                and known.resume_url == url:
+            return  # nothing new: the waits re-check every shard after every bus batch
+        self._core.handle(Watermark(shard_id, session, url, seq))
 
     def _on_bus_progress(self) -> None:
         if self._bus_waiters:
             self._notify()
 
     def _save_sessions(self, code: int) -> None:
-        if code in SESSION_ENDING_CLIENT_CODES:
-            records: dict[int, SessionRecord] = {}  # those codes end the sessions
-        else:
-            records = {r.shard_id: r for r in self._resumable_sessions()}
+        self._observe_all()
+        records = {r.shard_id: r for r in self._core.save(code).records}
         try:
             session_file.save(self.state_file, self.config.token, self.shard_count, records,
                               shard_ids=self._shard_ids, workers=self._worker_marks())
@@ -445,27 +501,13 @@ class Supervisor:
             log.error("supervisor: could not write the state file %s: %s", self.state_file, exc)
 
     def _checkpoint_snapshot(self) -> _Checkpoint:
-        """Each shard's record as the *previous* snapshot saw it (one interval old).
-
-        PUB/SUB has no receipts: what the events-out socket still queues for a consumer dies
-        with a SIGKILLed supervisor.  A seq forwarded an interval ago has left that queue
-        unless the consumer is that far behind, so a crash costs a replay (marked, README
-        "Replays after a crash") rather than a gap.  A session new since then is saved
-        from its start (seq 1): its whole stream is replayed, none of it is skipped.
-        """
-        now = {r.shard_id: r for r in self._resumable_sessions()}
-        if self._stream is not None:  # the stream's acknowledgements are receipts: exact
-            self._seen = now
-            return tuple(now.values()), self._worker_marks()
-        settled = []
-        for shard_id, record in now.items():
-            before = self._seen.get(shard_id)
-            if before is not None and before.session_id == record.session_id:
-                settled.append(before if before.seq <= record.seq else record)
-            else:
-                settled.append(replace(record, seq=min(record.seq, 1)))
-        self._seen = now
-        return tuple(settled), self._worker_marks()
+        """Each shard's record as the *previous* snapshot saw it (cluster/core/book.py
+        ``settle``: a crash costs a replay, marked, README "Replays after a crash", rather
+        than a gap).  With ``--stream`` the stream's acknowledgements are receipts: exact."""
+        now = self._resumable_sessions()
+        settled = tuple(now) if self._stream is not None else settle(now, self._seen)
+        self._seen = {r.shard_id: r for r in now}
+        return settled, self._worker_marks()
 
     def _write_checkpoint(self, snapshot: _Checkpoint) -> None:
         """In a worker thread: reads nothing of ours but ``snapshot``."""
@@ -490,31 +532,9 @@ class Supervisor:
         return tuple(marks)
 
     def _resumable_sessions(self) -> list[SessionRecord]:
-        return [r for r in map(self._session_of, sorted(self._status)) if r is not None]
-
-    def _session_of(self, shard_id: int) -> SessionRecord | None:
-        """Where a RESUME of this shard starts: its session and the last seq forwarded.
-
-        Both come from the bus when it has seen the session's READY (the forwarder notes
-        it), so they always belong together even if a worker died before reporting a new
-        session on the control channel; a session resumed from the state file, with no
-        READY since, comes from the shard's status.  A fatal close ended it: none.
-        """
-        status, forwarder = self._status[shard_id], self._forwarder
-        if self._stream is not None:  # with --stream, what the stream stored
-            stored = self._stream.durable(shard_id)
-            if stored is None or status.error:
-                return None
-            return SessionRecord(shard_id, *stored)
-        seq = forwarder.last_seq.get(shard_id) if forwarder is not None else None
-        if seq is None or status.error:
-            return None
-        session = forwarder.last_session.get(shard_id) if forwarder is not None else None
-        if session is None and status.session_id and status.resume_gateway_url:
-            session = (status.session_id, status.resume_gateway_url)
-        if session is None:
-            return None
-        return SessionRecord(shard_id, session[0], session[1], seq)
+        """Every shard's record as the core selects it from the bus's watermarks."""
+        self._observe_all()
+        return self._core.resumable()
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -560,26 +580,22 @@ class Supervisor:
                 # it unknown to the next start (cluster/orphans.py)
                 self._tg.start_soon(self._checkpoint.flush)
             returncode = await slot.process.wait()
-            self._mark_worker_gone(slot)
+            self._mark_worker_gone(slot, slot.peer)
             if self._stopping or slot.retired:
                 return
-            if await self._rolling.planned_exit(slot):
-                continue  # a drain or roll: respawn now, no restart counted
-            delay = slot.policy.record(anyio.current_time())
-            if delay is None:
-                self._fail(CrashLoopError(
-                    f"worker {slot.index} exited {slot.policy.max_restarts + 1} times within "
-                    f"{slot.policy.window:g} s (last exit code {returncode}); stopping instead "
-                    "of respawning it again"))
+            planned = await self._rolling.planned_exit(slot)  # a drain or roll: not counted
+            respawn = self._execute(self._core.handle(
+                WorkerExited(slot.index, anyio.current_time(), returncode, planned)))
+            if respawn is None:
                 return
-            slot.restarts += 1
-            log.warning("supervisor: worker %d (pid %s) exited with %s; respawning (restart %d)",
-                        slot.index, slot.pid, returncode, slot.restarts)
-            await anyio.sleep(delay)
+            if respawn.restart:
+                log.warning("supervisor: worker %d (pid %s) exited with %s; respawning "
+                            "(restart %d)", slot.index, slot.pid, returncode, respawn.restart)
+                await anyio.sleep(respawn.delay)
 
-    def _mark_worker_gone(self, slot: WorkerSlot) -> None:
-        if slot.peer is not None:
-            self._parts.forget(slot.peer)
+    def _mark_worker_gone(self, slot: WorkerSlot, peer: bytes | None) -> None:
+        if peer is not None:
+            self._parts.forget(peer)
         slot.peer = None
         for shard_id in slot.shard_ids:
             status = self._status[shard_id]
@@ -590,57 +606,76 @@ class Supervisor:
     async def _beat_loop(self) -> None:
         while True:
             await anyio.sleep(self._beat_interval)
-            now = anyio.current_time()
-            for slot in self.slots:
-                if not slot.alive:
-                    continue
-                if now - slot.last_beat > self._liveness_timeout and slot.remote:
-                    await self._remote_lost(slot, now - slot.last_beat)
-                elif now - slot.last_beat > self._liveness_timeout and (
-                        slot.peer is not None or now - slot.last_beat > WORKER_STARTUP_GRACE):
-                    # Frozen (SIGSTOP, deadlock): SIGKILL it; _watch respawns it.
-                    log.warning("supervisor: worker %d (pid %s) missed its liveness beats for "
-                                "%.1f s; killing it", slot.index, slot.pid, now - slot.last_beat)
-                    kill(slot)
-                elif slot.peer is not None and self._control is not None:
-                    self._control.send(slot.peer, "beat")
+            self._execute(self._core.handle(Tick(anyio.current_time())))
 
-    async def _remote_lost(self, slot: WorkerSlot, silent: float) -> None:
-        """A remote worker's host is gone: its shards RESUME on a live worker (remote.py)."""
-        log.warning("supervisor: remote worker %d missed its liveness beats for %.1f s; "
-                    "taking its shards away", slot.index, silent)
-        self._mark_worker_gone(slot)
-        if self._forwarder is not None:
-            # It may still be alive and publishing: nothing of it is forwarded any more.
-            self._forwarder.publishers.revoke(slot.index)
-        adopter = remote.adopter_for(self.slots, slot)
-        if adopter is None or adopter.peer is None or self._control is None:
+    def _execute(self, actions: list[Action]) -> Spawn | None:
+        """Carry out the core's decisions, in order; the respawn among them, if any (its
+        slot's ``_watch`` task performs it)."""
+        respawn = None
+        for action in actions:
+            if isinstance(action, Spawn):
+                respawn = action
+            elif isinstance(action, Fail):
+                self._fail(action.error)
+            elif isinstance(action, SaveSessions):
+                continue  # written by _save_sessions, off this path
+            elif isinstance(action, StopPeer):
+                if self._control is not None and self._budget.allow(
+                        action.peer, anyio.current_time(), anonymous=False):
+                    self._control.send(action.peer, wire.Stop(RESUMABLE_CLOSE))
+            elif isinstance(action, Refuse):
+                self.refused_registrations += 1
+                if self._budget.first(action.peer, "register"):
+                    log.warning("supervisor: refused a registration from peer %s: %s (further "
+                                "refusals for this peer are counted, not logged)",
+                                action.peer.hex(), action.why)
+            else:
+                self._execute_one(action)
+        return respawn
+
+    def _execute_one(self, action: Kill | Send | Lost | NoAdopter | Adopt | Assign) -> None:
+        slot = next(s for s in self.slots if s.index == action.worker)
+        if isinstance(action, Kill):
+            # Frozen (SIGSTOP, deadlock): SIGKILL it; _watch respawns it.
+            log.warning("supervisor: worker %d (pid %s) missed its liveness beats for "
+                        "%.1f s; killing it", slot.index, slot.pid, action.silent)
+            kill(slot)
+        elif isinstance(action, Send):
+            if self._control is not None and slot.peer is not None:
+                self._control.send(slot.peer, wire.Beat() if action.kind == "beat"
+                                   else wire.Stop(action.code))
+        elif isinstance(action, Lost):
+            log.warning("supervisor: remote worker %d missed its liveness beats for %.1f s; "
+                        "taking its shards away", slot.index, action.silent)
+            self._mark_worker_gone(slot, action.peer)
+            if self._forwarder is not None:
+                # It may still be alive and publishing: nothing of it is forwarded any more.
+                self._forwarder.publishers.revoke(slot.index)
+        elif isinstance(action, NoAdopter):
             log.warning("supervisor: no live worker to adopt shards %s; they wait for the "
-                        "next worker to register", slot.shard_ids)
-            return
-        moved = remote.move_shards(slot, adopter)
-        for shard_id in moved:
-            self._status[shard_id].worker = adopter.index
-        log.info("supervisor: worker %d adopts shards %s of lost worker %d",
-                 adopter.index, moved, slot.index)
-        self._control.send(adopter.peer, "assign",
-                           self._assignment(adopter, same_process=True).to_body())
+                        "next worker to register", list(action.shards))
+        elif isinstance(action, Adopt):
+            for shard_id in action.shards:
+                self._status[shard_id].worker = slot.index
+            log.info("supervisor: worker %d adopts shards %s of lost worker %d",
+                     slot.index, list(action.shards), action.lost)
+        elif isinstance(action, Assign) and self._control is not None and slot.peer:
+            self._control.send(slot.peer, wire.Assign(self._assignment(
+                slot, same_process=action.same_process, shards=action.shards)))
 
-    def _assignment(self, slot: WorkerSlot, *, same_process: bool = False) -> Assignment:
-        """What ``slot``'s worker runs now, with a fresh publish key that events-in takes
-        from now on (the old one stops working; ``same_process``: not before the worker
-        has switched, since it is the same live publisher, see ipc/publishers.py)."""
+    def _assignment(self, slot: WorkerSlot, *, same_process: bool = False,
+                    shards: tuple[ShardAssignment, ...] | None = None) -> Assignment:
+        """What ``slot``'s worker runs now (``shards``: as the core planned them), with a
+        fresh publish key that events-in takes from now on (the old one stops working;
+        ``same_process``: not before the worker has switched, since it is the same live
+        publisher, see ipc/publishers.py)."""
         assert self.info is not None and self._forwarder is not None
         if slot.staged and self._reshard is not None:
             return self._reshard.assignment(slot)
-        shards = []
-        for shard_id in slot.shard_ids:
-            record = self._session_of(shard_id)
-            if record is not None:
-                shards.append(ShardAssignment(shard_id, record.session_id,
-                                              record.resume_gateway_url, record.seq))
-            else:
-                shards.append(ShardAssignment(shard_id))
+        if shards is None:
+            for shard_id in slot.shard_ids:
+                self._observe_bus(shard_id)
+            shards = self._core.resume_plan(slot)
         key = new_publish_key()
         self._forwarder.publishers.authorize(slot.index, key, slot.shard_ids,
                                              same_process=same_process)
@@ -648,7 +683,7 @@ class Supervisor:
             token=self.config.token, gateway_url=self.info.url, shard_count=self.shard_count,
             intents=int(self.config.intents), compression=self.config.compression,
             limiter=self.endpoints["limiter"], events=self.endpoints["events_in"],
-            shards=tuple(shards), large_threshold=self.config.large_threshold,
+            shards=shards, large_threshold=self.config.large_threshold,
             beat_interval=self._beat_interval,
             supervisor_timeout=max(10.0, self._liveness_timeout * 2),
             worker=slot.index, publish_key=key)
@@ -660,7 +695,7 @@ class Supervisor:
             incoming = await control.receive()
             try:
                 self._handle(control, incoming)
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, errors.ProtocolError) as exc:
                 log.warning("supervisor: dropped an invalid %s message: %s",
                             incoming.message.kind, exc)
 
@@ -677,13 +712,15 @@ class Supervisor:
             return
         if message is None:
             return  # a part of a longer message
-        slot.last_beat = anyio.current_time()
+        self._core.handle(Beat(slot.index, anyio.current_time()))
         if message.kind == "state":
+            state = wire.parse(message.kind, message.body, sender="peer")
+            assert isinstance(state, wire.State)
             slot.reports += 1
             if slot.staged and self._reshard is not None:
-                self._reshard.on_state(slot, message.body)
+                self._reshard.on_state(slot, state)
             else:
-                self._on_state(slot, message.body)
+                self._on_state(slot, state)
         elif message.kind == "reply":
             self._commands.on_reply(message.body)
         elif message.kind == "status":
@@ -699,7 +736,7 @@ class Supervisor:
         """
         peer, kind, role = incoming.peer, incoming.message.kind, incoming.role
         if kind == "register":
-            self._register(control, peer, incoming.message, role)
+            self._register(peer, incoming.message, role)
             return
         if kind == "request":
             # Gateway commands: operators only, answered from a task (command_requests.py).
@@ -713,16 +750,11 @@ class Supervisor:
                     peer, anyio.current_time(), anonymous=role is None):
                 self._operations.handle(control, self._tg, incoming)
             return
-        stale = kind in {"beat", "state"} and role == Role.WORKER and any(
-            s.remote for s in self.slots)
-        if (kind != "status" and not stale) or not self._budget.allow(
-                peer, anyio.current_time(), anonymous=role is None):
-            return  # a worker we already replaced, a stranger, or over its budget
-        if kind == "status":
+        if kind != "status":
+            # a worker we already replaced (told to stop), or a stranger (ignored)
+            self._execute(self._core.handle(Stray(peer, kind, role)))
+        elif self._budget.allow(peer, anyio.current_time(), anonymous=role is None):
             self._answer_status(control, peer, role)
-        else:
-            # A remote worker we took for lost is back: its shards run elsewhere now.
-            control.send(peer, "stop", {"code": RESUMABLE_CLOSE})
 
     def _answer_status(self, control: ControlServer, peer: bytes, role: Role | None) -> None:
         # In full to operators (a CURVE operator key, or this user on the private ipc
@@ -733,48 +765,41 @@ class Supervisor:
                                  operation=self.operation)
                      if role == Role.OPERATOR else redacted_status_body(shards, self.slots))
 
-    def _register(self, control: ControlServer, peer: bytes, message: ControlMessage,
-                  role: Role | None) -> None:
-        slot, why = registration.slot_for(self.slots, message.body, peer, role,
-                                          curve=self.config.curve_keys is not None)
-        if slot is None:
-            self.refused_registrations += 1
-            if self._budget.first(peer, "register"):
-                log.warning("supervisor: refused a registration from peer %s: %s (further "
-                            "refusals for this peer are counted, not logged)", peer.hex(), why)
-            return
-        if slot.remote:
-            pid = message.body.get("pid")
-            slot.pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
-        slot.peer, slot.last_beat = peer, anyio.current_time()
-        control.send(peer, "assign", self._assignment(slot).to_body())
+    def _register(self, peer: bytes, message: ControlMessage, role: Role | None) -> None:
+        for slot in self.slots:  # the slot it may take resumes from the bus's latest
+            if slot.peer is None:
+                for shard_id in slot.shard_ids:
+                    self._observe_bus(shard_id)
+        self._execute(self._core.handle(
+            WorkerRegistered(peer, message.body, role, anyio.current_time())))
 
-    def _on_state(self, slot: WorkerSlot, body: dict[str, Any]) -> None:
-        for item in body["shards"]:
-            shard_id = int(item["id"])
+    def _on_state(self, slot: WorkerSlot, state: wire.State) -> None:
+        for item in state.shards:
+            shard_id = item.id
             status = self._status.get(shard_id)
             if status is None or shard_id not in slot.shard_ids:
                 continue
-            status.state = str(item["state"])
+            status.state = item.state
             status.pid = slot.pid
-            status.seq = item.get("seq")
-            status.latency = item.get("latency")
-            status.guilds = int(item.get("guilds") or 0)
-            status.last_event = item.get("last_event")
-            self.event_totals.observe(shard_id, slot.pid, item.get("counts"))
-            if item.get("session_id"):
-                status.session_id = item["session_id"]
-                url = item.get("resume_gateway_url")
+            status.seq = item.seq
+            status.latency = item.latency
+            status.guilds = item.guilds
+            status.last_event = item.last_event
+            self.event_totals.observe(shard_id, slot.pid, item.counts)
+            if item.session_id:
+                status.session_id = item.session_id
+                url = item.resume_gateway_url
                 # Not a host the token may go to: keep the session out of any RESUME.
                 status.resume_gateway_url = (
-                    url if isinstance(url, str) and self._resume_allowed(url) else None)
+                    url if url is not None and self._resume_allowed(url) else None)
             elif status.state == "ready":
                 status.session_id = status.resume_gateway_url = None
-            error = item.get("error")
-            if isinstance(error, dict):
+            error = item.error
+            if error is not None:
                 status.error = str(error.get("message"))
                 # A fatal close ended the session too (the shard forgot it): never save it.
                 status.session_id = status.resume_gateway_url = None
+                self._core.handle(ShardFailed(shard_id))
                 if not resharding.on_sharding_required(self, error):
                     self._fail(_fatal_from_report(error))
         self._notify()
@@ -855,7 +880,7 @@ class Supervisor:
 
     def _stop_worker(self, slot: WorkerSlot) -> None:
         if self._control is not None and slot.peer is not None:
-            self._control.send(slot.peer, "stop", {"code": RESUMABLE_CLOSE})
+            self._control.send(slot.peer, wire.Stop(RESUMABLE_CLOSE))
 
     def status(self) -> list[ShardStatus]:
         """Every shard's last reported state, latency, seq, worker pid and guild count."""

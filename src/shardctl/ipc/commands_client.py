@@ -27,6 +27,7 @@ import anyio.abc
 
 from shardctl.errors import ProtocolError, ShardctlError
 from shardctl.ipc.control import ControlClient
+from shardctl.ipc.control_messages import Request
 from shardctl.ipc.security import CurveClient, load_client
 
 #: What the supervisor waits for a shard's reply, and a margin for the round trip.
@@ -173,8 +174,7 @@ class Commands:
         try:
             with anyio.move_on_after(wait):
                 # Inside the wait: with no supervisor connected a DEALER's send waits too.
-                await self._client.send("request",
-                                        {"id": request_id, "name": name, "args": args})
+                await self._client.send(Request(request_id, name, args))
                 await done.wait()
         finally:
             del self._waiting[request_id]

@@ -44,6 +44,10 @@ order, or a message over :data:`MAX_MESSAGE_BYTES`, is dropped whole.  Every soc
 channel sets ``ZMQ_MAXMSGSIZE`` to :data:`MAX_FRAME_BYTES`, so libzmq drops a peer that
 sends a larger frame before allocating it.
 
+Typed.  :mod:`shardctl.ipc.control_messages` holds each kind as a dataclass with one codec:
+``send`` takes one (or a kind and a body), and receivers turn what they got into one with
+:func:`~shardctl.ipc.control_messages.parse`.
+
 Anything else -- wrong frame count, unknown version or kind, a body that is not a JSON object
 -- raises :class:`~shardctl.errors.ProtocolError`; receivers log it and drop the message, so a
 stray or hostile peer can never crash the supervisor.  Nor can one that never reads: the
@@ -68,6 +72,7 @@ import zmq.asyncio
 
 from shardctl.errors import ConfigurationError, ProtocolError
 from shardctl.ipc import endpoints
+from shardctl.ipc.control_messages import Message, to_wire
 from shardctl.ipc.security import CurveClient, CurveServer, Role, for_socket, peer_role
 
 log = logging.getLogger(__name__)
@@ -320,13 +325,17 @@ class ControlServer:
             return peer_role(frame)
         return Role.OPERATOR if self._private else None
 
-    def send(self, peer: bytes, kind: str, body: dict[str, Any] | None = None) -> bool:
-        """Queue a message for ``peer`` without ever blocking; False if it was dropped.
+    def send(self, peer: bytes, kind: str | Message, body: dict[str, Any] | None = None
+             ) -> bool:
+        """Queue a message (typed, or a kind and body) for ``peer`` without ever blocking;
+        False if it was dropped.
 
         Dropped when the peer is gone, or has not read what it was sent up to the high-water
         mark (a peer that never reads must not stall or crash the supervisor): counted in
         :attr:`drops`, logged once per peer.
         """
+        if not isinstance(kind, str):
+            kind, body = to_wire(kind)
         for frames in encode_parts(kind, body):
             # A non-blocking send resolves its future at once (pyzmq short-circuits it).
             future = cast("asyncio.Future[object]", self._socket.send_multipart(
@@ -385,8 +394,11 @@ class ControlClient:
             if message is not None:
                 return message
 
-    async def send(self, kind: str, body: dict[str, Any] | None = None) -> None:
-        """Send ``body``, in parts if long; :class:`MessageTooLargeError` if too long."""
+    async def send(self, kind: str | Message, body: dict[str, Any] | None = None) -> None:
+        """Send a typed message (or ``kind`` and ``body``), in parts if long;
+        :class:`MessageTooLargeError` if too long."""
+        if not isinstance(kind, str):
+            kind, body = to_wire(kind)
         for frames in encode_parts(kind, body):
             await self._socket.send_multipart(frames)
 

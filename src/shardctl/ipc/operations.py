@@ -16,6 +16,7 @@ import anyio
 
 from shardctl.errors import ProtocolError, ShardctlError
 from shardctl.ipc.control import ControlClient
+from shardctl.ipc.control_messages import Operation
 from shardctl.ipc.security import CurveClient
 
 
@@ -46,8 +47,7 @@ async def request_operation(endpoint: str, name: str, args: Mapping[str, Any], *
     try:
         with anyio.fail_after(bound):
             # Inside the bound: with no supervisor connected a DEALER's send waits too.
-            await client.send("operation", {"id": request_id, "name": name,
-                                            "args": dict(args)})
+            await client.send(Operation(request_id, name, args))
         while True:
             with anyio.fail_after(bound):
                 message = await client.receive()

@@ -13,6 +13,7 @@ from typing import Any
 
 from shardctl.errors import ProtocolError
 from shardctl.ipc.control import ControlClient
+from shardctl.ipc.control_messages import StatusQuery
 from shardctl.ipc.security import CurveClient
 
 
@@ -21,7 +22,7 @@ async def request_status(endpoint: str, *, curve: CurveClient | None = None) -> 
     ``anyio.fail_after`` (a missing supervisor never answers)."""
     client = ControlClient(endpoint, curve=curve)
     try:
-        await client.send("status")
+        await client.send(StatusQuery())
         while True:
             message = await client.receive()
             if message.kind == "status":

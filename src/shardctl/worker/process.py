@@ -26,6 +26,17 @@ from shardctl.gateway.sharding import shard_for
 from shardctl.ipc.assignment import Assignment
 from shardctl.ipc.bus import EventPublisher
 from shardctl.ipc.control import ControlClient, ControlMessage, MessageTooLargeError
+from shardctl.ipc.control_messages import (
+    Assign,
+    Beat,
+    Register,
+    Reply,
+    ReportNow,
+    ShardReport,
+    State,
+    Stop,
+    parse,
+)
 from shardctl.ipc.events import lifecycle_payload
 from shardctl.ipc.limiter import LimiterClient
 from shardctl.ipc.security import CurveClient
@@ -84,7 +95,7 @@ class Worker:
 
     async def run(self) -> int:
         try:
-            await self._control.send("register", self._registration())
+            await self._control.send(self._registration())
             try:
                 assignment = await self._await_assignment()
             except (TimeoutError, ProtocolError) as exc:
@@ -95,17 +106,19 @@ class Worker:
         finally:
             self._control.close()
 
-    def _registration(self) -> dict[str, Any]:
+    def _registration(self) -> Register:
         if self._index is None:  # a remote worker: its CURVE key is its proof
-            return {"worker": None, "pid": os.getpid()}
-        return {"worker": self._index, "secret": self._secret}
+            return Register(None, pid=os.getpid())
+        return Register(self._index, self._secret)
 
     async def _await_assignment(self) -> Assignment:
         with anyio.fail_after(ASSIGN_TIMEOUT):
             while True:
                 message = await self._control.receive()
                 if message.kind == "assign":
-                    return Assignment.from_body(message.body)
+                    typed = parse(message.kind, message.body, sender="supervisor")
+                    assert isinstance(typed, Assign)
+                    return typed.assignment
 
     async def _serve(self, assignment: Assignment) -> None:
         publisher = self._publisher = EventPublisher(
@@ -224,20 +237,23 @@ class Worker:
                 self._exit_code = EXIT_SUPERVISOR_LOST
                 return RESUMABLE_CLOSE
             self._last_heard = self._clock()
-            if message.kind == "stop":
-                code = message.body.get("code", RESUMABLE_CLOSE)
-                return code if isinstance(code, int) else RESUMABLE_CLOSE
             if message.kind == "command":
+                # its body is validated where it runs: a bad one is answered, not dropped
                 shards_tg.start_soon(self._command, message)
-            elif message.kind == "report":
+                continue
+            try:
+                typed = parse(message.kind, message.body, sender="supervisor")
+            except ProtocolError as exc:
+                log.error("worker %s: ignored a malformed message: %s", self._index, exc)
+                continue
+            if isinstance(typed, ReportNow):
                 self._report_now.set()
-            elif message.kind == "assign":
+                continue
+            if isinstance(typed, Stop):
+                return RESUMABLE_CLOSE if typed.code is None else typed.code
+            if isinstance(typed, Assign):
                 # More shards: a lost remote worker's, to RESUME here (cluster/remote.py).
-                try:
-                    more = Assignment.from_body(message.body)
-                except ProtocolError as exc:
-                    log.error("worker %s: ignored a malformed assignment: %s", self._index, exc)
-                    continue
+                more = typed.assignment
                 # Its key before its shards: their first events must carry it.
                 if self._publisher is not None:
                     self._publisher.set_credential(more.worker, more.publish_key)
@@ -251,7 +267,7 @@ class Worker:
 
     async def _beat(self, assignment: Assignment) -> None:
         while True:
-            await self._control.send("beat")
+            await self._control.send(Beat())
             await anyio.sleep(assignment.beat_interval)
 
     async def _report_loop(self, interval: float) -> None:
@@ -262,26 +278,24 @@ class Worker:
             await self._report()
 
     async def _report(self) -> None:
-        await self._control.send("state", {"pid": os.getpid(), "shards": [
-            self._shard_state(shard) for shard in self._shards.values()]})
+        await self._control.send(State(tuple(
+            self._shard_state(shard) for shard in self._shards.values()), os.getpid()))
 
-    def _shard_state(self, shard: Shard) -> dict[str, Any]:
+    def _shard_state(self, shard: Shard) -> ShardReport:
         info = self._info[shard.id]
-        return {
-            "id": shard.id, "state": "failed" if info.error else shard.state,
-            "session_id": shard.session_id, "resume_gateway_url": shard.resume_gateway_url,
-            "seq": shard.seq, "latency": shard.latency, "guilds": len(info.guilds),
-            "last_event": None if info.last_event_ns is None else info.last_event_ns / 1e9,
-            "error": info.error, "counts": info.counts,
-        }
+        return ShardReport(
+            shard.id, "failed" if info.error else shard.state, shard.session_id,
+            shard.resume_gateway_url, shard.seq, shard.latency, len(info.guilds),
+            None if info.last_event_ns is None else info.last_event_ns / 1e9, info.error,
+            info.counts)
 
     async def _command(self, message: ControlMessage) -> None:
         body = message.body
         result = await self._execute(body)
-        reply = {"id": body.get("id"), "ok": result.ok, "error": result.error,
-                 "retry_after": result.retry_after, "value": result.value}
+        reply = Reply(body.get("id"), result.ok, result.error, result.retry_after,
+                      result.value)
         try:
-            await self._control.send("reply", reply)
+            await self._control.send(reply)
         except MessageTooLargeError as exc:
             await self._control.send("reply", {"id": body.get("id"), "ok": False,
                                                "error": f"the reply is too large: {exc}"})
