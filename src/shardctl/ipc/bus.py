@@ -54,6 +54,7 @@ from typing import Any, Final, cast
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import orjson
 import zmq
 import zmq.asyncio
@@ -84,6 +85,7 @@ from shardctl.ipc.events import (
 from shardctl.ipc.publishers import PublishGrants
 from shardctl.ipc.readable import Readable
 from shardctl.ipc.security import CurveClient, CurveServer, for_socket
+from shardctl.ipc.unsent import ENGINE_MARGIN, SentMarks, shard_of_key
 
 log = logging.getLogger(__name__)
 
@@ -514,14 +516,26 @@ class EventForwarder:
         self.publishers = PublishGrants()
         self._max_batch_bytes = max_batch_bytes
         self._resume_url_allowed = resume_url_allowed
+        #: where each (type, shard)'s seq stood a known number of messages ago (drain())
+        self.sent_marks = SentMarks(out_hwm + ENGINE_MARGIN)
+        #: whether the last drain() handed consumers everything events-out held
+        self.drained = False
+        self._halt: anyio.CancelScope | None = None
+        self._done: anyio.Event | None = None
+        self._drain_for = 0.0
+        self._clock: Callable[[], float] = time.monotonic
         #: claimed workers already logged as refused / foreign (None: not a known worker)
         self._logged: set[tuple[str, int | None]] = set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Bind both sockets, signal started, forward until cancelled."""
+        """Bind both sockets, signal started, forward until cancelled or :meth:`drain`."""
         ctx = _sync_context(self._context)
+        # Events-out alone in its own context: when term() returns before the close's
+        # LINGER ran out, everything the socket held has left this process (drain()).
+        out_ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         sin = ctx.socket(zmq.SUB)
-        sout = ctx.socket(zmq.XPUB)
+        sout = out_ctx.socket(zmq.XPUB)
+        self._done = anyio.Event()
         try:
             sin.setsockopt(zmq.RCVHWM, self._in_hwm)
             sin.setsockopt(zmq.MAXMSGSIZE, self._max_batch_bytes)
@@ -533,6 +547,8 @@ class EventForwarder:
             sout.setsockopt(zmq.MAXMSGSIZE, SUBSCRIPTION_MAX_BYTES)
             if self._nodrop:
                 sout.setsockopt(zmq.XPUB_NODROP, 1)
+            for shard, seq in self.last_seq.items():
+                self.sent_marks.seed(shard, seq)  # sessions this run RESUMEs
             with contextlib.ExitStack() as binds:
                 # endpoints.bind: ipc:// binds are locked (no silent takeover), tcp:// must be
                 # loopback; ``tcp://127.0.0.1:*`` picks a port, so record what we got.
@@ -542,14 +558,60 @@ class EventForwarder:
                     sout, self.outbound, curve=for_socket(self._curve, "events_out")))
                 self._out = sout
                 aout = zmq.asyncio.Socket.from_socket(sout)
-                async with Readable(sin) as readable, anyio.create_task_group() as tg:
-                    tg.start_soon(self._read_subscriptions, sout, aout)
-                    task_status.started()
-                    await self._pump(sin, readable)
+                with anyio.CancelScope() as self._halt:
+                    async with Readable(sin) as readable, anyio.create_task_group() as tg:
+                        tg.start_soon(self._read_subscriptions, sout, aout)
+                        task_status.started()
+                        await self._pump(sin, readable)
+                # Only drain() ends the pump: nothing is forwarded from here on.
+                self._out = None
+                sin.close()
+                self.drained = await self._linger_out(sout, out_ctx)
         finally:
             self._out = None
             sin.close()
-            sout.close()
+            sout.close(linger=0)
+            if not out_ctx.closed:
+                out_ctx.term()
+            self._done.set()
+
+    async def drain(self, bound: float, *,
+                    clock: Callable[[], float] = time.monotonic) -> bool:
+        """Stop forwarding, then give events-out up to ``bound`` seconds to hand its
+        consumers what it still holds for them; the forwarder is done afterwards.
+
+        True when everything left this process in time: the socket was closed with
+        LINGER = ``bound`` in a context of its own, and the context's term() returned
+        before the linger ran out.  False when it ran out (or the forwarder was not
+        running): what each consumer got is unknown, PUB/SUB has no receipts --
+        :meth:`unsent_bound` says which seqs are safe to save then.
+        """
+        if self._halt is None or self._done is None:
+            return False
+        self._drain_for, self._clock = max(0.0, bound), clock
+        self._halt.cancel()
+        await self._done.wait()
+        return self.drained
+
+    def unsent_bound(self) -> dict[int, int]:
+        """Per shard, a seq that no message events-out may still hold is at or below
+        (:mod:`shardctl.ipc.unsent`): what to save when a drain ran out of time."""
+        return self.sent_marks.safe_seqs(self._counters)
+
+    async def _linger_out(self, sout: zmq.Socket[bytes],
+                          out_ctx: zmq.Context[zmq.Socket[bytes]]) -> bool:
+        timeout, clock = self._drain_for, self._clock
+
+        def close() -> float:
+            started = clock()
+            sout.close(linger=int(timeout * 1000))
+            out_ctx.term()  # returns once all is sent, or at the linger's end
+            return clock() - started
+
+        took = await anyio.to_thread.run_sync(close)
+        # libzmq's linger timer has millisecond ticks: a close that took (nearly) the whole
+        # timeout may have been cut short, so only one clearly early counts as complete.
+        return took < timeout - min(0.1, timeout / 10)
 
     async def wait_subscribed(self, prefix: bytes) -> None:
         """Return once some consumer holds exactly this subscription prefix."""
@@ -671,7 +733,7 @@ class EventForwarder:
         epoch = self.epoch
         mv = memoryview(buf)
         n = len(batch)
-        record_size, header_size = RECORD.size, HEADER_SIZE
+        record_size, header_size, mask = RECORD.size, HEADER_SIZE, self.sent_marks.mask
         while remaining:
             mlen, tlen = RECORD.unpack_from(batch, off)
             start = off + record_size
@@ -708,13 +770,23 @@ class EventForwarder:
                 if jump:
                     self._upstream_gap(shard, last_seq[shard], seq)
                 last_seq[shard] = seq
-                if ready:
-                    self._note_session(shard, bytes(mv[h + header_size:end]))
+                if ready or not (bus_seq - 1) & mask:  # 1 in sent_marks.every, or a READY
+                    self._mark(key, bus_seq, seq, mv[h + header_size:end] if ready else None)
             stats.events += 1
             if events is not None:
                 events.append(decode_event(bytes(mv[start:end])))
             off, remaining = end, remaining - 1
         return off, 0
+
+    def _mark(self, key: bytes, bus_seq: int, seq: int, ready: memoryview | None) -> None:
+        """Off the hot path: note where the seq stood (drain()), and a READY's session."""
+        marks = self.sent_marks
+        if not (bus_seq - 1) & marks.mask:
+            marks.note(key, bus_seq, seq)
+        if ready is not None:
+            shard = shard_of_key(key)
+            marks.session_started(shard, seq, self._counters)
+            self._note_session(shard, bytes(ready))
 
     def _odd_record(self, batch: bytes, off: int, allowed: frozenset[int], worker: int) -> None:
         """Off the hot path: ProtocolError for a malformed record; else it is well formed

@@ -1,0 +1,199 @@
+"""A graceful stop loses nothing a consumer can still read (issue 15, part 1).
+
+Real processes against the sandbox: ``shardctl run`` gets SIGTERM while a consumer with
+ZeroMQ's default 1,000-message receive queue (a plain pyzmq SUB, as any language's client)
+is far behind; the supervisor starts again and RESUMEs.  The consumer stays connected across
+the restart (ZeroMQ reconnects it) and must see every (shard, seq): exactly once when the
+drain finished within its bound, at least once (replays) when it did not.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+import anyio.to_thread
+import pytest
+import zmq
+from clusterkit import TOKEN, env_with_runtime, push_messages, resumes, short_dir, terminate
+
+from shardctl.ipc.consumer import Consumer
+from shardctl.ipc.events import HEADER
+from shardctl.sandbox import Sandbox, SandboxConfig
+from shardctl.sandbox.blast import Blast
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+SHARDS = [0, 1, 2, 3]
+TOPIC = b"MESSAGE_CREATE\0"
+
+
+def sandbox_config() -> SandboxConfig:
+    # Heartbeats far apart: a blast holds each socket's send lock while it is prepared.
+    return SandboxConfig(shard_count=4, max_concurrency=4, identify_interval=0.2,
+                         heartbeat_interval_ms=20_000, guilds_per_shard=2, session_ttl=120.0,
+                         replay_buffer=20_000)
+
+
+def run_args(sb: Sandbox, events: str, state: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "shardctl.cli", "run", "--token", TOKEN,
+            "--api-url", sb.api_url, "--processes", "2", "--identify-interval", "0.2",
+            "--events-endpoint", events, "--state-file", str(state), *extra]
+
+
+class PlainSub:
+    """A pyzmq SUB socket with every option at ZeroMQ's default (RCVHWM 1,000), reading at
+    most ``rate`` MESSAGE_CREATE a second while ``reading`` is set, in its own thread."""
+
+    def __init__(self, endpoint: str, rate: float) -> None:
+        self.endpoint = endpoint
+        self.rate = rate
+        self.seen: Counter[tuple[int, int]] = Counter()
+        self.reading = threading.Event()
+        self.reading.set()
+        self._done = threading.Event()
+        self._changed = anyio.Event()
+
+    def close(self) -> None:
+        self._done.set()
+
+    def run(self) -> None:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.SUB)
+        try:
+            sock.setsockopt(zmq.SUBSCRIBE, TOPIC)
+            sock.connect(self.endpoint)
+            self._read(sock)
+        finally:
+            sock.close(0)
+            ctx.term()
+
+    def _read(self, sock: zmq.Socket[bytes]) -> None:
+        budget_from, read = time.monotonic(), 0
+        while not self._done.is_set():
+            if not self.reading.wait(0.1) or not sock.poll(100):
+                budget_from, read = time.monotonic(), 0
+                continue
+            got = []
+            while len(got) < 100:
+                try:
+                    message = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                _, shard, _, _, seq, *_ = HEADER.unpack_from(message, len(TOPIC))
+                got.append((shard, seq))
+            read += len(got)
+            anyio.from_thread.run_sync(self._note, got)
+            # the reading pace, not a synchronisation: a consumer slower than the stream
+            ahead = budget_from + read / self.rate - time.monotonic()
+            if ahead > 0:
+                self._done.wait(ahead)
+
+    def _note(self, got: list[tuple[int, int]]) -> None:
+        self.seen.update(got)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    @property
+    def count(self) -> int:
+        return sum(self.seen.values())
+
+    async def wait_for_all(self, expected: set[tuple[int, int]]) -> None:
+        while not expected <= self.seen.keys():
+            await self._changed.wait()
+
+
+class FastSeen:
+    """What a ``shardctl.Consumer`` (a large queue, reading at once) got: proof that the
+    supervisor forwarded an event, and the ``replayed`` flags."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[int, int, bool]] = []
+        self._changed = anyio.Event()
+
+    async def read(self, bus: Consumer) -> None:
+        async for event in bus:
+            if event.type == "MESSAGE_CREATE" and event.seq is not None:
+                self.events.append((event.shard, event.seq, event.replayed))
+                self._changed.set()
+                self._changed = anyio.Event()
+
+    async def wait_for_all(self, expected: set[tuple[int, int]]) -> None:
+        while not expected <= {(shard, seq) for shard, seq, _ in self.events}:
+            await self._changed.wait()
+
+
+def flat(sent: dict[int, list[int]]) -> set[tuple[int, int]]:
+    return {(shard, seq) for shard, seqs in sent.items() for seq in seqs}
+
+
+async def blast(sb: Sandbox, count: int) -> set[tuple[int, int]]:
+    """``count`` MESSAGE_CREATE per shard, as fast as the sockets take them."""
+    run = Blast(sb, count)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run.run)
+        await run.prepared.wait()
+        run.go()
+    return {(shard, seq) for shard, (first, last) in run.sent.items()
+            for seq in range(first, last + 1)}
+
+
+async def start_run(args: list[str], env: dict[str, str], log: Path) -> anyio.abc.Process:
+    """Logs to a file: an unread pipe fills up and blocks the process's logging."""
+    with log.open("ab") as err:
+        return await anyio.open_process(args, env=env, stdout=subprocess.DEVNULL, stderr=err)
+
+
+async def test_a_consumer_20000_behind_at_sigterm_gets_every_event_exactly_once() -> None:
+    with short_dir() as run_dir:
+        events = f"ipc://{run_dir}/ev.sock"
+        state, log = run_dir / "state.json", run_dir / "run.log"
+        slow = PlainSub(events, rate=2500)
+        async with Sandbox(sandbox_config()) as sb, Consumer(events, types=None) as bus, \
+                anyio.create_task_group() as tg:
+            fast = FastSeen()
+            tg.start_soon(fast.read, bus)
+            tg.start_soon(anyio.to_thread.run_sync, slow.run)
+            args = run_args(sb, events, state)
+            env = env_with_runtime(run_dir)
+            first = await start_run(args, env, log)
+            second: anyio.abc.Process | None = None
+            try:
+                with anyio.fail_after(60):
+                    await sb.wait_for(lambda: len(sb.records("ready")) == 4, timeout=60)
+                    expected = flat(await push_messages(sb, SHARDS, 1))
+                    await slow.wait_for_all(expected)  # subscribed
+                    expected |= await blast(sb, 7_500)
+                    await fast.wait_for_all(expected)  # all of it forwarded
+                behind = len(expected) - slow.count
+                assert behind >= 20_000, f"the consumer is only {behind} behind"
+                first.send_signal(signal.SIGTERM)
+                # dispatched while the shards close: forwarded now, or replayed after RESUME
+                expected |= flat(await push_messages(sb, SHARDS, 25))
+                with anyio.fail_after(90):
+                    assert await first.wait() == 0
+                assert "events-out handed its consumers everything" in log.read_text()
+                second = await start_run(args, env, log)
+                with anyio.fail_after(60):
+                    await sb.wait_for(lambda: resumes(sb) == 4, timeout=60)
+                    expected |= flat(await push_messages(sb, SHARDS, 25))
+                    await slow.wait_for_all(expected)
+            finally:
+                slow.close()
+                await terminate(first)
+                if second is not None:
+                    await terminate(second)
+                tg.cancel_scope.cancel()
+        twice = {key: n for key, n in slow.seen.items() if n > 1}
+        assert not twice, f"{len(twice)} events arrived more than once"
+        assert set(slow.seen) == expected
+        assert len(sb.records("identify")) == 4, "the restart identified instead of resuming"
+        assert not sb.violations
