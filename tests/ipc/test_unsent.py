@@ -67,7 +67,8 @@ def test_no_event_a_pipe_may_hold_is_at_or_below_the_safe_seq(
     safe = marks.safe_seqs(stream.counters)
     for (t, shard), depth in held.items():
         # a pipe holds at most ``window`` of each (type, shard): the last ones sent
-        for seq in stream.sent.get(key(t, shard), [])[-min(depth, window):]:
+        sent = stream.sent.get(key(t, shard), [])
+        for seq in sent[len(sent) - min(depth, window):]:
             assert safe[shard] < seq, (t, shard, seq, safe)
     assert all(safe[shard] >= base for shard in safe)
 
