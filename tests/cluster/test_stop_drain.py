@@ -15,18 +15,23 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.from_thread
 import anyio.to_thread
+import orjson
 import pytest
 import zmq
 from clusterkit import TOKEN, env_with_runtime, push_messages, resumes, short_dir, terminate
 
+from shardctl.cluster.supervisor import Supervisor
 from shardctl.ipc.consumer import Consumer
-from shardctl.ipc.events import HEADER
+from shardctl.ipc.events import HEADER, Event
 from shardctl.sandbox import Sandbox, SandboxConfig
 from shardctl.sandbox.blast import Blast
 
@@ -196,4 +201,128 @@ async def test_a_consumer_20000_behind_at_sigterm_gets_every_event_exactly_once(
         assert not twice, f"{len(twice)} events arrived more than once"
         assert set(slow.seen) == expected
         assert len(sb.records("identify")) == 4, "the restart identified instead of resuming"
+        assert not sb.violations
+
+
+def log_time(log: Path, text: str) -> datetime:
+    """When the first log line containing ``text`` was written (text log format)."""
+    line = next(line for line in log.read_text().splitlines() if text in line)
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+
+
+async def test_a_drain_that_runs_out_ends_the_stop_and_the_restart_replays_the_rest() -> None:
+    bound = 1.0
+    with short_dir() as run_dir:
+        events = f"ipc://{run_dir}/ev.sock"
+        state, log = run_dir / "state.json", run_dir / "run.log"
+        stuck = PlainSub(events, rate=100_000)
+        async with Sandbox(sandbox_config()) as sb, Consumer(events, types=None) as bus, \
+                anyio.create_task_group() as tg:
+            fast = FastSeen()
+            tg.start_soon(fast.read, bus)
+            tg.start_soon(anyio.to_thread.run_sync, stuck.run)
+            args = run_args(sb, events, state, "--drain-timeout", str(bound))
+            env = env_with_runtime(run_dir)
+            first = await start_run(args, env, log)
+            second: anyio.abc.Process | None = None
+            try:
+                with anyio.fail_after(60):
+                    await sb.wait_for(lambda: len(sb.records("ready")) == 4, timeout=60)
+                    expected = flat(await push_messages(sb, SHARDS, 1))
+                    await stuck.wait_for_all(expected)  # subscribed ...
+                    stuck.reading.clear()  # ... and from now on it reads nothing
+                    expected |= await blast(sb, 5_000)
+                    await fast.wait_for_all(expected)
+                first.send_signal(signal.SIGTERM)
+                with anyio.fail_after(60):
+                    assert await first.wait() == 0
+                drain = (log_time(log, "sessions saved")
+                         - log_time(log, "consumers get up to")).total_seconds()
+                assert drain < bound + 2.0, f"the drain took {drain:.1f} s"
+                assert f"--drain-timeout {bound:g} s ran out" in log.read_text()
+                # Reading again before the restart: a SUB whose queue is full does not read
+                # its socket, so it notices the old supervisor is gone (and reconnects) only
+                # once it reads -- and PUB/SUB drops what is sent before it subscribes.
+                stuck.reading.set()
+                second = await start_run(args, env, log)
+                with anyio.fail_after(60):
+                    await sb.wait_for(lambda: resumes(sb) == 4, timeout=60)
+                    await stuck.wait_for_all(expected)
+                    await fast.wait_for_all(expected)
+            finally:
+                stuck.close()
+                await terminate(first)
+                if second is not None:
+                    await terminate(second)
+                tg.cancel_scope.cancel()
+        assert set(stuck.seen) == expected  # at least once: nothing lost ...
+        assert max(stuck.seen.values()) > 1  # ... by replaying what may have been lost
+        firsts: set[tuple[int, int]] = set()
+        for shard, seq, replayed in fast.events:
+            assert replayed == ((shard, seq) in firsts), (shard, seq, replayed)
+            firsts.add((shard, seq))
+        assert len(sb.records("identify")) == 4, "the restart identified instead of resuming"
+        assert not sb.violations
+
+
+async def test_output_gets_what_it_received_and_the_next_start_replays_the_rest() -> None:
+    got: Counter[tuple[int, int]] = Counter()
+    last: dict[int, int] = {}  # shard → seq of the last event of any type output got
+    more = anyio.Event()
+
+    def output(event: Event) -> None:
+        nonlocal more
+        if event.seq is not None:
+            last[event.shard] = event.seq
+        if event.type == "MESSAGE_CREATE" and event.seq is not None:
+            got[(event.shard, event.seq)] += 1
+            more.set()
+            more = anyio.Event()
+
+    async def slow_output(event: Event) -> None:
+        output(event)
+        await anyio.sleep(0.001)  # the pace of a callback slower than the stream
+
+    with short_dir() as run_dir:
+        state = run_dir / "state.json"
+
+        def supervisor(sb: Sandbox, out: Callable[[Event], Any]) -> Supervisor:
+            return Supervisor(token=TOKEN, api_url=sb.api_url, processes=1,
+                              identify_interval=0.2, runtime_dir=run_dir, state_file=state,
+                              output=out, drain_timeout=0.5)
+
+        async with Sandbox(sandbox_config()) as sb:
+            async with supervisor(sb, slow_output) as sup, anyio.create_task_group() as tg:
+                with anyio.fail_after(60):
+                    await sup.wait_ready()
+                forwarded: set[tuple[int, int]] = set()
+                changed = anyio.Event()
+
+                async def listen(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+                    nonlocal changed
+                    stream = sup.events("MESSAGE_CREATE")
+                    task_status.started()
+                    async for event in stream:
+                        forwarded.add((event.shard, event.seq or 0))
+                        changed.set()
+                        changed = anyio.Event()
+
+                await tg.start(listen)
+                await anyio.wait_all_tasks_blocked()
+                expected = await blast(sb, 2_000)  # within output's 10,000-event queue
+                with anyio.fail_after(30):
+                    while not expected <= forwarded:
+                        await changed.wait()
+                tg.cancel_scope.cancel()
+            # the stop gave output 0.5 s: far too little for 8,000 events at ~1,000/s
+            assert 0 < len(got) < len(expected)
+            saved = {r["shard_id"]: r["seq"] for r in orjson.loads(state.read_bytes())["sessions"]}
+            assert saved == last, "the saved seq is not the last one output got"
+            async with supervisor(sb, output) as sup:
+                with anyio.fail_after(60):
+                    await sb.wait_for(lambda: resumes(sb) == 4, timeout=60)
+                    while not expected <= got.keys():
+                        await more.wait()
+        assert set(got) == expected
+        assert max(got.values()) == 1, "output got an event twice"
         assert not sb.violations

@@ -35,6 +35,8 @@ async def drain(forwarder: EventForwarder, fanout: EventFanout, bound: float,
     """Drain events-out and ``output`` (at most ``bound`` s in all); the cap per shard."""
     started = anyio.current_time()
     subscriptions = len(forwarder.subscriptions)
+    log.info("supervisor: shards closed; consumers get up to %g s (--drain-timeout) to read "
+             "what they are behind by", bound)
     sent = False
     undelivered: list[Event] = []
 
