@@ -459,8 +459,9 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
                 identify_margin_ms: float = 0.0, identify_margin_percent: float = 0.0) -> None:
     """Run a shard cluster: discover, plan, spawn workers, forward events until stopped.
 
-    SIGINT/SIGTERM stop gracefully: every shard closes resumably and the sessions are saved
-    to the state file, so the next start within a few minutes RESUMEs them.
+    SIGINT/SIGTERM stop gracefully: every shard closes resumably, consumers get up to
+    --drain-timeout to read what they are behind by, and the sessions are saved to the state
+    file at what was sent, so the next start within a few minutes RESUMEs them.
     """
     import logging
 
