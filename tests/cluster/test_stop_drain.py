@@ -190,7 +190,10 @@ async def test_a_consumer_20000_behind_at_sigterm_gets_every_event_exactly_once(
                 with anyio.fail_after(60):
                     await sb.wait_for(lambda: resumes(sb) == 4, timeout=60)
                     expected |= flat(await push_messages(sb, SHARDS, 25))
+                with anyio.move_on_after(60):
                     await slow.wait_for_all(expected)
+                missing = expected - slow.seen.keys()
+                assert not missing, f"{len(missing)} of {len(expected)} events never arrived"
             finally:
                 slow.close()
                 await terminate(first)
@@ -247,7 +250,11 @@ async def test_a_drain_that_runs_out_ends_the_stop_and_the_restart_replays_the_r
                 second = await start_run(args, env, log)
                 with anyio.fail_after(60):
                     await sb.wait_for(lambda: resumes(sb) == 4, timeout=60)
+                with anyio.move_on_after(60):
                     await stuck.wait_for_all(expected)
+                missing = expected - stuck.seen.keys()
+                assert not missing, f"{len(missing)} of {len(expected)} events never arrived"
+                with anyio.fail_after(60):
                     await fast.wait_for_all(expected)
             finally:
                 stuck.close()
