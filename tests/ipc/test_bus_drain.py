@@ -20,7 +20,8 @@ import pytest
 import zmq
 
 from shardctl.ipc.bus import EventForwarder, EventPublisher
-from shardctl.ipc.events import HEADER
+from shardctl.ipc.consumer import Consumer
+from shardctl.ipc.events import BUS_CLOSING_TYPE, HEADER
 from shardctl.ipc.publishers import new_publish_key
 
 pytestmark = pytest.mark.anyio
@@ -164,3 +165,59 @@ async def test_the_bound_moves_up_with_what_has_surely_left(ipc_dir: Path) -> No
     bound = fwd.unsent_bound()[0]
     window = 1000 + 256
     assert 10_000 - window - fwd.sent_marks.every <= bound <= 10_000 - window
+
+
+async def test_the_closing_padding_reaches_no_consumer_as_an_event(ipc_dir: Path) -> None:
+    async with forwarding(ipc_dir) as (fwd, pub):
+        raw = zmq.Context.instance().socket(zmq.SUB)
+        try:
+            raw.setsockopt(zmq.SUBSCRIBE, b"")  # a raw subscriber to everything sees it
+            raw.connect(fwd.outbound)
+            async with Consumer(fwd.outbound) as everything:
+                with anyio.fail_after(5):
+                    await fwd.wait_subscribed(b"")
+                await publish(fwd, pub, 0, range(1, 101))
+                assert await fwd.drain(5)
+                got = []
+                with anyio.fail_after(5):
+                    async for event in everything:
+                        got.append(event)
+                        if len(got) == 100:
+                            break
+                assert [e.seq for e in got] == list(range(1, 101))
+                with anyio.move_on_after(0.5):  # what else arrives: nothing, the padding
+                    extra = await everything.__anext__()  # is skipped
+                    pytest.fail(f"the consumer handed out {extra.type}")
+            types = set()
+            while raw.poll(500):
+                message = raw.recv()
+                types.add(message[:message.index(b"\0")])
+            assert types == {b"MESSAGE_CREATE", BUS_CLOSING_TYPE.encode()}
+        finally:
+            raw.close(linger=0)
+
+
+class Options:
+    """A stand-in for the XPUB's setsockopt: what the forwarder applied, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, bytes]] = []
+
+    def setsockopt(self, option: int, value: bytes) -> None:
+        self.calls.append((option, value))
+
+
+def test_a_prefix_stays_subscribed_while_any_consumer_holds_it() -> None:
+    fwd = EventForwarder("ipc:///unused/in", "ipc:///unused/out")
+    sock = Options()
+    apply = fwd._subscription
+    assert apply(sock, b"\x01" + TOPIC)  # type: ignore[arg-type]
+    assert not apply(sock, b"\x01" + TOPIC)  # type: ignore[arg-type]  # a second consumer
+    assert not apply(sock, b"\x00" + TOPIC)  # type: ignore[arg-type]  # one leaves
+    assert fwd.subscriptions == {TOPIC}
+    assert apply(sock, b"\x00" + TOPIC)  # type: ignore[arg-type]  # the last one leaves
+    assert fwd.subscriptions == set()
+    assert not apply(sock, b"\x00" + TOPIC)  # type: ignore[arg-type]  # nothing to drop
+    # each subscriber's pipe also takes the closing padding
+    assert sock.calls.count((zmq.SUBSCRIBE, b"BUS_CLOSING\0")) == 2
+    assert sock.calls.count((zmq.UNSUBSCRIBE, TOPIC)) == 2

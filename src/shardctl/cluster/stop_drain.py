@@ -5,8 +5,9 @@ now events-out and the in-process ``output`` get up to ``--drain-timeout`` secon
 to hand over what they hold; then the sessions are saved with each shard's seq capped at what
 was actually sent, so the next start RESUMEs and Discord replays the rest.
 
-- events-out: PUB/SUB has no receipts.  The forwarder closes the socket with that LINGER in a
-  context of its own; term() returning early means everything left the process.  Otherwise
+- events-out: PUB/SUB has no receipts.  The forwarder sends padding last, then closes the
+  socket with that LINGER in a context of its own; term() returning early means everything
+  before the padding left the process (ipc/bus.py ``_send_closing``).  Otherwise
   the saved seqs fall back to :meth:`~shardctl.ipc.bus.EventForwarder.unsent_bound`: below
   anything libzmq may still have held, so consumers get replays (``replayed`` for
   ``shardctl.Consumer``, the same (session, seq)) instead of a gap.
@@ -55,7 +56,7 @@ async def drain(forwarder: EventForwarder, fanout: EventFanout, bound: float,
     if sent:
         log.info("supervisor: events-out handed its consumers everything in %.1f s",
                  anyio.current_time() - started)
-    else:
+    elif forwarder.stats.events:
         caps = forwarder.unsent_bound()
         back = {s: last_seq[s] - cap for s, cap in caps.items()
                 if s in last_seq and last_seq[s] > cap}

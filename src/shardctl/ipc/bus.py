@@ -47,7 +47,7 @@ import math
 import random
 import struct
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
@@ -67,6 +67,7 @@ from shardctl.ipc.events import (
     BATCH_KEY_SIZE,
     BATCH_VERSION,
     BUS,
+    BUS_CLOSING_TYPE,
     BUS_OFFSET,
     HAS_SEQ,
     HEADER,
@@ -74,17 +75,20 @@ from shardctl.ipc.events import (
     LIFECYCLE_TYPES,
     MAX_BATCH_BYTES,
     MAX_TYPE_LEN,
+    PREFIX,
     RECORD,
     VERSION,
     Event,
     batch_header,
     decode_event,
+    encode_event,
     encode_record,
+    lifecycle_payload,
     type_bytes,
 )
 from shardctl.ipc.publishers import PublishGrants
 from shardctl.ipc.readable import Readable
-from shardctl.ipc.security import CurveClient, CurveServer, for_socket
+from shardctl.ipc.security import CurveClient, CurveServer, for_socket, stop_authenticator
 from shardctl.ipc.unsent import ENGINE_MARGIN, SentMarks, shard_of_key
 
 log = logging.getLogger(__name__)
@@ -107,6 +111,11 @@ _RETRY_MAX: Final = 0.02
 DEFAULT_HIGH_WATER: Final = 10_000
 #: ZMQ_MAXMSGSIZE of events out: what a consumer sends is a subscription, a few bytes.
 SUBSCRIPTION_MAX_BYTES: Final = 64 << 10
+#: BUS_CLOSING padding: frames x bytes, well above a socket's kernel buffers (~200 KB for
+#: ipc://) and libzmq's 8 KB batches.
+_CLOSING_FRAMES: Final = 16
+_CLOSING_FRAME: Final = 64 << 10
+_CLOSING_TOPIC: Final = BUS_CLOSING_TYPE.encode() + b"\0"
 
 
 def wait_socket(shadow: zmq.asyncio.Socket, timeout_ms: int, flags: int) -> Awaitable[int]:
@@ -509,6 +518,8 @@ class EventForwarder:
         self.stats = ForwarderStats()
         #: subscription prefixes consumers hold right now (b"" = everything)
         self.subscriptions: set[bytes] = set()
+        #: how many consumers hold each (XPUB_MANUAL passes every one, not just the first)
+        self._holders: Counter[bytes] = Counter()
         self._counters: dict[bytes, int] = {}
         self._out: zmq.Socket[bytes] | None = None
         self._changed: anyio.Event | None = None
@@ -543,6 +554,9 @@ class EventForwarder:
             sin.setsockopt(zmq.SUBSCRIBE, b"")
             sout.setsockopt(zmq.SNDHWM, self._out_hwm)
             sout.setsockopt(zmq.LINGER, 0)
+            # Subscriptions are applied by _read_subscriptions, which adds BUS_CLOSING for
+            # every consumer: the padding a drain sends last must reach each pipe.
+            sout.setsockopt(zmq.XPUB_MANUAL, 1)
             # Consumers send only subscriptions (event type prefixes) upstream.
             sout.setsockopt(zmq.MAXMSGSIZE, SUBSCRIPTION_MAX_BYTES)
             if self._nodrop:
@@ -566,12 +580,14 @@ class EventForwarder:
                 # Only drain() ends the pump: nothing is forwarded from here on.
                 self._out = None
                 sin.close()
-                self.drained = await self._linger_out(sout, out_ctx)
+                padded = self._send_closing(sout)
+                self.drained = await self._linger_out(sout, out_ctx) and padded
         finally:
             self._out = None
             sin.close()
             sout.close(linger=0)
             if not out_ctx.closed:
+                stop_authenticator(out_ctx)
                 out_ctx.term()
             self._done.set()
 
@@ -598,11 +614,38 @@ class EventForwarder:
         (:mod:`shardctl.ipc.unsent`): what to save when a drain ran out of time."""
         return self.sent_marks.safe_seqs(self._counters)
 
+    def _send_closing(self, sout: zmq.Socket[bytes]) -> bool:
+        """Padding frames, last on every consumer's pipe; False if a pipe was full.
+
+        Two libzmq behaviours drop the last bytes of a connection that closes while its
+        reader lags, although the close ends "in time": the closing engine's unflushed
+        write batch (8 KB) is dropped with it, and a SUB whose queue is full when it sees
+        the connection end drops what it had not yet read from its socket.  Padding larger
+        than both, last, leaves only padding to lose.  A full pipe (a consumer SNDHWM
+        behind) would drop it: then nothing is vouched for (NODROP turns that into an
+        EAGAIN here instead of a silent drop).
+        """
+        sout.setsockopt(zmq.XPUB_NODROP, 1)
+        tb = type_bytes(BUS_CLOSING_TYPE)
+        key = tb + b"\0" + PREFIX.pack(VERSION, 0)
+        payload = lifecycle_payload({"padding": "." * _CLOSING_FRAME})
+        for _ in range(_CLOSING_FRAMES):
+            bus_seq = self._counters.get(key, 0) + 1
+            frame = encode_event(BUS_CLOSING_TYPE, 0, None, time.time_ns(), payload,
+                                 bus_seq=bus_seq, epoch=self.epoch)
+            try:
+                sout.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            self._counters[key] = bus_seq
+        return True
+
     async def _linger_out(self, sout: zmq.Socket[bytes],
                           out_ctx: zmq.Context[zmq.Socket[bytes]]) -> bool:
         timeout, clock = self._drain_for, self._clock
 
         def close() -> float:
+            stop_authenticator(out_ctx)  # its thread's socket would hold term() forever
             started = clock()
             sout.close(linger=int(timeout * 1000))
             out_ctx.term()  # returns once all is sent, or at the linger's end
@@ -825,6 +868,27 @@ class EventForwarder:
         else:
             self.last_session.pop(shard, None)  # no RESUME of this one: the shard IDENTIFYs
 
+    def _subscription(self, sout: zmq.Socket[bytes], msg: bytes) -> bool:
+        """Apply one consumer's (un)subscription to its pipe (XPUB_MANUAL: the pipe that
+        sent the message just received); whether :attr:`subscriptions` changed."""
+        topic = msg[1:]
+        if msg[:1] == b"\x01":
+            sout.setsockopt(zmq.SUBSCRIBE, topic)
+            sout.setsockopt(zmq.SUBSCRIBE, _CLOSING_TOPIC)  # its SUB drops it unless it
+            self._holders[topic] += 1                        # takes every type
+        elif msg[:1] == b"\x00" and self._holders[topic] > 0:
+            sout.setsockopt(zmq.UNSUBSCRIBE, topic)  # no-op for a pipe already gone
+            self._holders[topic] -= 1
+        else:
+            return False
+        before = len(self.subscriptions)
+        if self._holders[topic] > 0:
+            self.subscriptions.add(topic)
+        else:
+            self.subscriptions.discard(topic)
+            del self._holders[topic]
+        return len(self.subscriptions) != before
+
     async def _read_subscriptions(self, sout: zmq.Socket[bytes],
                                   aout: zmq.asyncio.Socket) -> None:
         while True:
@@ -835,11 +899,7 @@ class EventForwarder:
                     msg = sout.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                if msg[:1] == b"\x01":
-                    self.subscriptions.add(msg[1:])
-                elif msg[:1] == b"\x00":
-                    self.subscriptions.discard(msg[1:])
-                changed = True
+                changed = self._subscription(sout, msg) or changed
             if changed:
                 log.debug("event forwarder: %d consumer subscriptions", len(self.subscriptions))
                 if self._changed is not None:
