@@ -302,8 +302,8 @@ async def test_output_gets_what_it_received_and_the_next_start_replays_the_rest(
             more = anyio.Event()
 
     async def slow_output(event: Event) -> None:
-        output(event)
         await anyio.sleep(0.001)  # the pace of a callback slower than the stream
+        output(event)  # delivered once it returns: a call cut off by the stop is not
 
     with short_dir() as run_dir:
         state = run_dir / "state.json"
