@@ -352,7 +352,8 @@ class Supervisor:
     async def _drain_and_save(self, code: int) -> None:
         """Consumers and ``output`` take what they still can, then the sessions are saved
         at what was sent (cluster/stop_drain.py).  First the bound a drain that runs out
-        would save: a SIGKILL during the drain (a container's stop timeout) replays."""
+        would save: a SIGKILL during the drain (a container's stop timeout) replays.  It
+        covers ``output`` too: its queue (10,000 events) is shorter than that window."""
         forwarder = self._forwarder
         if forwarder is None:
             self._save_sessions(code)

@@ -36,6 +36,10 @@ Loss policy, end to end:
   rather than silently losing 25-60 % of a burst.  Operators who would rather lose events to
   a stuck consumer than stall the cluster pass ``nodrop=False``; consumers then see the loss
   as ``bus_seq`` gaps.
+- at a graceful stop: :meth:`EventForwarder.drain` gives consumers a bounded time to read
+  what events-out still holds for them (padding last, LINGER, a context of its own) and
+  says whether everything left; when not, :meth:`EventForwarder.unsent_bound` says which
+  seqs may be saved (:mod:`shardctl.ipc.unsent`), so the next RESUME replays the rest.
 """
 
 from __future__ import annotations
