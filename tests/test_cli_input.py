@@ -325,6 +325,7 @@ _CASES: dict[str, tuple[list[str], str, st.SearchStrategy[str]]] = {
     "reshard --control-endpoint": _case(["reshard", "--timeout", "0.5"], "--control-endpoint",
                                         _endpoints(bind=False)),
     "reshard --timeout": _case(["reshard"], "--timeout", _floats_not_in(0.0, None)),
+    "run --drain-timeout": _case(_RUN, "--drain-timeout", _floats_not_in(-1e-9, 3600.0)),
     "config --identify-interval": _case(["config"], "--identify-interval", _INTERVAL),
     "config --control-endpoint": _case(["config"], "--control-endpoint",
                                        _endpoints(bind=True)),
@@ -457,6 +458,8 @@ def test_every_wrong_value_is_one_usage_line_naming_the_option(
     ('shard-ids = "3-1"', "shard-ids"),
     ("shards = 10000000", "shards"),
     ("metrics-port = 70000", "metrics-port"),
+    ("drain-timeout = -1", "drain-timeout"),
+    ('drain-timeout = "long"', "drain-timeout"),
     ('token-file = "/nonexistent/token"', "token-file"),
 ])
 def test_a_wrong_value_in_the_config_file_names_the_key_and_the_file(

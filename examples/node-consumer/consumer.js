@@ -15,6 +15,7 @@ async function main() {
     const shard = msg.readUInt32BE(h + 1);
     const seq = msg[h + 5] & 1 ? Number(msg.readBigUInt64BE(h + 8)) : null;
     const t = msg.toString("ascii", 0, nul);
+    if (t === "BUS_CLOSING") continue; // padding at a supervisor's stop, not an event
     const d = JSON.parse(msg.toString("utf8", h + 36)).d ?? null; // payload: gateway JSON
     process.stdout.write(JSON.stringify({ shard, seq, t, d }) + "\n");
   }

@@ -5,6 +5,7 @@ import math
 import pytest
 
 from shardctl.cluster.config import (
+    MAX_DRAIN_TIMEOUT,
     MAX_IDENTIFY_INTERVAL,
     RunConfig,
     check_api_url_for_token,
@@ -42,6 +43,13 @@ def test_an_identify_interval_that_is_not_a_sane_number_is_refused(interval: flo
         check_identify_interval(interval, "http://127.0.0.1/api/v10")
     with pytest.raises(ConfigurationError, match="--identify-interval"):
         RunConfig(token="t", identify_interval=interval)
+
+
+@pytest.mark.parametrize("bound", [math.nan, math.inf, -0.5, MAX_DRAIN_TIMEOUT + 1])
+def test_a_drain_timeout_outside_zero_to_an_hour_is_refused(bound: float) -> None:
+    with pytest.raises(ConfigurationError, match="--drain-timeout"):
+        RunConfig(token="t", drain_timeout=bound)
+    assert RunConfig(token="t", drain_timeout=0).drain_timeout == 0
 
 
 @pytest.mark.parametrize("url", ["http://example.com/api/v10", "http://10.0.0.5/api",

@@ -16,7 +16,11 @@ from shardctl._version import __version__
 from shardctl.cli import settings
 from shardctl.cli.params import ApiUrl, Endpoint, FiniteFloat, ShardIds
 from shardctl.cli.token import check_token_option, token_file_option, with_token_file
-from shardctl.cluster.config import MAX_IDENTIFY_INTERVAL
+from shardctl.cluster.config import (
+    DEFAULT_DRAIN_TIMEOUT,
+    MAX_DRAIN_TIMEOUT,
+    MAX_IDENTIFY_INTERVAL,
+)
 from shardctl.heap import freeze_startup_heap
 
 if TYPE_CHECKING:
@@ -555,6 +559,10 @@ def _leaf(error: BaseException) -> BaseException:
 @click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="sessions checkpointed each second and on stop, resumed on start "
                    "[default: $XDG_STATE_HOME/shardctl/state-BOT-COUNT-SHARDS.json]")
+@click.option("--drain-timeout", type=FiniteFloat(min=0, max=MAX_DRAIN_TIMEOUT),
+              default=DEFAULT_DRAIN_TIMEOUT, show_default=True, metavar="SECONDS",
+              help="on stop, how long consumers get to read what they are behind by; "
+                   "what they miss is replayed after the next start")
 @click.option("--ignore-session-start-limit", is_flag=True,
               help="start even if the daily session budget cannot cover every IDENTIFY")
 @click.option("--keys", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -588,7 +596,8 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
                 shard_ids: str | None, intents: str, compression: str,
                 identify_interval: float, events_endpoint: str | None,
                 control_endpoint: str | None, limiter: str | None, state_file: Path | None,
-                limiter_timeout: float = 5.0, keys: Path | None = None,
+                limiter_timeout: float = 5.0, drain_timeout: float = 30.0,
+                keys: Path | None = None,
                 remote_workers: int = 0, insecure_loopback: bool = False,
                 ignore_session_start_limit: bool, log_level: str, log_format: str = "text",
                 metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
@@ -597,8 +606,9 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
                 **stream_options: Any) -> None:
     """Run a shard cluster: discover, plan, spawn workers, forward events until stopped.
 
-    SIGINT/SIGTERM stop gracefully: every shard closes resumably and the sessions are saved
-    to the state file, so the next start within a few minutes RESUMEs them.
+    SIGINT/SIGTERM stop gracefully: every shard closes resumably, consumers get up to
+    --drain-timeout to read what they are behind by, and the sessions are saved to the state
+    file at what was sent, so the next start within a few minutes RESUMEs them.
     """
     import logging
 
@@ -632,7 +642,7 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
             "identify_margin_percent": identify_margin_percent,
             "events_endpoint": events_endpoint,
             "control_endpoint": control_endpoint, "limiter": limiter, "state_file": state_file,
-            "limiter_timeout": limiter_timeout,
+            "limiter_timeout": limiter_timeout, "drain_timeout": drain_timeout,
             "ignore_session_start_limit": ignore_session_start_limit,
             "curve_keys": keys, "remote_workers": remote_workers,
             "insecure_loopback": insecure_loopback,

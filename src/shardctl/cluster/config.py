@@ -29,6 +29,11 @@ DEFAULT_MARGIN_PERCENT: Final = DEFAULT_MARGIN.relative * 100
 #: Slower than this and a bot would take days to start; near float's limit the limiter's
 #: arithmetic overflows to inf.
 MAX_IDENTIFY_INTERVAL: Final = 3600.0
+#: A graceful stop's drain: long enough for a consumer a few seconds behind, short enough
+#: for a service manager's stop timeout.
+DEFAULT_DRAIN_TIMEOUT: Final = 30.0
+#: A stop must end: libzmq's LINGER is a 32-bit count of milliseconds, and an hour is plenty.
+MAX_DRAIN_TIMEOUT: Final = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,9 @@ class RunConfig:
     #: Seconds between session checkpoints while running (cluster/checkpoint.py): the most
     #: of the seq record a crash loses (Discord replays it; consumers see it as replays).
     checkpoint_interval: float = 1.0
+    #: Seconds a graceful stop gives consumers and ``output`` to take what they can still
+    #: read before the sessions are saved at what was sent (cluster/stop_drain.py).
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     ignore_session_start_limit: bool = False
     #: CURVE key directory (``shardctl keys generate``): every endpoint runs CURVE, and
     #: binds other hosts can reach are allowed.  None: private ipc:// or loopback only.
@@ -109,6 +117,10 @@ class RunConfig:
                 f"--reshard-check-interval must be a positive number of seconds "
                 f"(got {self.reshard_check_interval})")
         check_identify_interval(self.identify_interval, self.api_url)
+        if not 0 <= self.drain_timeout <= MAX_DRAIN_TIMEOUT:  # nan fails this too
+            raise ConfigurationError(
+                f"--drain-timeout must be a number of seconds from 0 to "
+                f"{MAX_DRAIN_TIMEOUT:g} (got {self.drain_timeout})")
         if self.control_endpoint is not None:
             check_control_endpoint(self.control_endpoint, curve=self.curve_keys is not None,
                                    insecure_loopback=self.insecure_loopback)

@@ -5,8 +5,10 @@
 cannot pay for, binds every ZeroMQ endpoint, and spawns the workers.  While running it keeps,
 per shard, the session and the last sequence number it forwarded (DESIGN.md §7): a dead or
 frozen worker is respawned with those sessions and its shards RESUME, so consumers see every
-event exactly once.  A graceful stop closes every shard resumably and writes the sessions to
-the state file, so the next start RESUMEs instead of spending identifies; while running, the
+event exactly once.  A graceful stop closes every shard resumably, gives consumers and
+``output`` up to ``drain_timeout`` to take what they can still read (cluster/stop_drain.py)
+and writes the sessions, each at the seq actually sent, to the state file, so the next start
+RESUMEs instead of spending identifies and replays what nobody got; while running, the
 same record is checkpointed about once a second (cluster/checkpoint.py), so a start after a
 crash RESUMEs too, once the crashed run's workers are gone (cluster/orphans.py).
 
@@ -31,7 +33,7 @@ import anyio
 import anyio.abc
 
 from shardctl import errors
-from shardctl.cluster import orphans, remote
+from shardctl.cluster import orphans, remote, stop_drain
 from shardctl.cluster import reshard as resharding
 from shardctl.cluster import sessions as session_file
 from shardctl.cluster.checkpoint import Checkpointer
@@ -409,7 +411,7 @@ class Supervisor:
             raise self._failure
 
     async def stop(self, code: int = RESUMABLE_CLOSE) -> None:
-        """Close every shard with ``code`` (resumable by default), save sessions, stop."""
+        """Close every shard with ``code`` (resumable by default), drain, save sessions."""
         if self._stopping:
             await self._stopped.wait()
             return
@@ -419,9 +421,23 @@ class Supervisor:
                 await self._stop_workers(code)
                 if self._checkpoint is not None:
                     await self._checkpoint.close()
-                self._save_sessions(code)
+                await self._drain_and_save(code)
         finally:
             self._stopped.set()
+
+    async def _drain_and_save(self, code: int) -> None:
+        """Consumers and ``output`` take what they still can, then the sessions are saved
+        at what was sent (cluster/stop_drain.py).  First the bound a drain that runs out
+        would save: a SIGKILL during the drain (a container's stop timeout) replays.  It
+        covers ``output`` too: its queue (10,000 events) is shorter than that window."""
+        forwarder = self._forwarder
+        if forwarder is None:
+            self._save_sessions(code)
+            return
+        self._save_sessions(code, forwarder.unsent_bound(), final=False)
+        caps = await stop_drain.drain(forwarder, self._fanout, self.config.drain_timeout,
+                                      forwarder.last_seq)
+        self._save_sessions(code, caps)
 
     async def _stop_workers(self, code: int) -> None:
         self._execute(self._core.handle(StopRequested(code)))
@@ -490,13 +506,17 @@ class Supervisor:
         if self._bus_waiters:
             self._notify()
 
-    def _save_sessions(self, code: int) -> None:
+    def _save_sessions(self, code: int, caps: Mapping[int, int] | None = None, *,
+                       final: bool = True) -> None:
+        """``caps``: per shard, the highest seq that was sent (stop_drain.py)."""
         self._observe_all()
-        records = {r.shard_id: r for r in self._core.save(code).records}
+        records = {r.shard_id: r for r in stop_drain.lowered(self._core.save(code).records,
+                                                             caps or {})}
         try:
             session_file.save(self.state_file, self.config.token, self.shard_count, records,
                               shard_ids=self._shard_ids, workers=self._worker_marks())
-            log.info("supervisor: %d sessions saved to %s", len(records), self.state_file)
+            if final:
+                log.info("supervisor: %d sessions saved to %s", len(records), self.state_file)
         except OSError as exc:
             log.error("supervisor: could not write the state file %s: %s", self.state_file, exc)
 

@@ -36,6 +36,10 @@ Loss policy, end to end:
   rather than silently losing 25-60 % of a burst.  Operators who would rather lose events to
   a stuck consumer than stall the cluster pass ``nodrop=False``; consumers then see the loss
   as ``bus_seq`` gaps.
+- at a graceful stop: :meth:`EventForwarder.drain` gives consumers a bounded time to read
+  what events-out still holds for them (padding last, LINGER, a context of its own) and
+  says whether everything left; when not, :meth:`EventForwarder.unsent_bound` says which
+  seqs may be saved (:mod:`shardctl.ipc.unsent`), so the next RESUME replays the rest.
 """
 
 from __future__ import annotations
@@ -47,13 +51,14 @@ import math
 import random
 import struct
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import zmq
 import zmq.asyncio
 from anyio.abc import TaskStatus
@@ -65,6 +70,7 @@ from shardctl.ipc.events import (
     BATCH_KEY_SIZE,
     BATCH_VERSION,
     BUS,
+    BUS_CLOSING_TYPE,
     BUS_OFFSET,
     HAS_SEQ,
     HEADER,
@@ -72,6 +78,7 @@ from shardctl.ipc.events import (
     LIFECYCLE_TYPES,
     MAX_BATCH_BYTES,
     MAX_TYPE_LEN,
+    PREFIX,
     RECORD,
     VERSION,
     Event,
@@ -79,12 +86,14 @@ from shardctl.ipc.events import (
     decode_event,
     encode_event,
     encode_record,
+    lifecycle_payload,
     ready_session,
     type_bytes,
 )
 from shardctl.ipc.publishers import PublishGrants
 from shardctl.ipc.readable import Readable
-from shardctl.ipc.security import CurveClient, CurveServer, for_socket
+from shardctl.ipc.security import CurveClient, CurveServer, for_socket, stop_authenticator
+from shardctl.ipc.unsent import ENGINE_MARGIN, SentMarks, shard_of_key
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +115,11 @@ _RETRY_MAX: Final = 0.02
 DEFAULT_HIGH_WATER: Final = 10_000
 #: ZMQ_MAXMSGSIZE of events out: what a consumer sends is a subscription, a few bytes.
 SUBSCRIPTION_MAX_BYTES: Final = 64 << 10
+#: BUS_CLOSING padding: frames x bytes, well above a socket's kernel buffers (~200 KB for
+#: ipc://) and libzmq's 8 KB batches.
+_CLOSING_FRAMES: Final = 16
+_CLOSING_FRAME: Final = 64 << 10
+_CLOSING_TOPIC: Final = BUS_CLOSING_TYPE.encode() + b"\0"
 
 
 def wait_socket(shadow: zmq.asyncio.Socket, timeout_ms: int, flags: int) -> Awaitable[int]:
@@ -522,6 +536,8 @@ class EventForwarder:
         self.stats = ForwarderStats()
         #: subscription prefixes consumers hold right now (b"" = everything)
         self.subscriptions: set[bytes] = set()
+        #: how many consumers hold each (XPUB_MANUAL passes every one, not just the first)
+        self._holders: Counter[bytes] = Counter()
         self._counters: dict[bytes, int] = {}
         self._out: zmq.Socket[bytes] | None = None
         self._changed: anyio.Event | None = None
@@ -529,6 +545,14 @@ class EventForwarder:
         self.publishers = PublishGrants()
         self._max_batch_bytes = max_batch_bytes
         self._resume_url_allowed = resume_url_allowed
+        #: where each (type, shard)'s seq stood a known number of messages ago (drain())
+        self.sent_marks = SentMarks(out_hwm + ENGINE_MARGIN)
+        #: whether the last drain() handed consumers everything events-out held
+        self.drained = False
+        self._halt: anyio.CancelScope | None = None
+        self._done: anyio.Event | None = None
+        self._drain_for = 0.0
+        self._clock: Callable[[], float] = time.monotonic
         #: claimed workers already logged as refused / foreign (None: not a known worker)
         self._logged: set[tuple[str, int | None]] = set()
         #: worker → what its authenticated batches pass through first (a reshard's new set,
@@ -543,10 +567,14 @@ class EventForwarder:
         self.sink: FrameSink | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Bind both sockets, signal started, forward until cancelled."""
+        """Bind both sockets, signal started, forward until cancelled or :meth:`drain`."""
         ctx = _sync_context(self._context)
+        # Events-out alone in its own context: when term() returns before the close's
+        # LINGER ran out, everything the socket held has left this process (drain()).
+        out_ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         sin = ctx.socket(zmq.SUB)
-        sout = ctx.socket(zmq.XPUB)
+        sout = out_ctx.socket(zmq.XPUB)
+        self._done = anyio.Event()
         try:
             sin.setsockopt(zmq.RCVHWM, self._in_hwm)
             sin.setsockopt(zmq.MAXMSGSIZE, self._max_batch_bytes)
@@ -554,10 +582,15 @@ class EventForwarder:
             sin.setsockopt(zmq.SUBSCRIBE, b"")
             sout.setsockopt(zmq.SNDHWM, self._out_hwm)
             sout.setsockopt(zmq.LINGER, 0)
+            # Subscriptions are applied by _read_subscriptions, which adds BUS_CLOSING for
+            # every consumer: the padding a drain sends last must reach each pipe.
+            sout.setsockopt(zmq.XPUB_MANUAL, 1)
             # Consumers send only subscriptions (event type prefixes) upstream.
             sout.setsockopt(zmq.MAXMSGSIZE, SUBSCRIPTION_MAX_BYTES)
             if self._nodrop:
                 sout.setsockopt(zmq.XPUB_NODROP, 1)
+            for shard, seq in self.last_seq.items():
+                self.sent_marks.seed(shard, seq)  # sessions this run RESUMEs
             with contextlib.ExitStack() as binds:
                 # endpoints.bind: ipc:// binds are locked (no silent takeover), tcp:// must be
                 # loopback; ``tcp://127.0.0.1:*`` picks a port, so record what we got.
@@ -567,14 +600,89 @@ class EventForwarder:
                     sout, self.outbound, curve=for_socket(self._curve, "events_out")))
                 self._out = sout
                 aout = zmq.asyncio.Socket.from_socket(sout)
-                async with Readable(sin) as readable, anyio.create_task_group() as tg:
-                    tg.start_soon(self._read_subscriptions, sout, aout)
-                    task_status.started()
-                    await self._pump(sin, readable)
+                with anyio.CancelScope() as self._halt:
+                    async with Readable(sin) as readable, anyio.create_task_group() as tg:
+                        tg.start_soon(self._read_subscriptions, sout, aout)
+                        task_status.started()
+                        await self._pump(sin, readable)
+                # Only drain() ends the pump: nothing is forwarded from here on.
+                self._out = None
+                sin.close()
+                padded = self._send_closing(sout)
+                self.drained = await self._linger_out(sout, out_ctx) and padded
         finally:
             self._out = None
             sin.close()
-            sout.close()
+            sout.close(linger=0)
+            if not out_ctx.closed:
+                stop_authenticator(out_ctx)
+                out_ctx.term()
+            self._done.set()
+
+    async def drain(self, bound: float, *,
+                    clock: Callable[[], float] = time.monotonic) -> bool:
+        """Stop forwarding, then give events-out up to ``bound`` seconds to hand its
+        consumers what it still holds for them; the forwarder is done afterwards.
+
+        True when everything left this process in time: the socket was closed with
+        LINGER = ``bound`` in a context of its own, and the context's term() returned
+        before the linger ran out.  False when it ran out (or the forwarder was not
+        running): what each consumer got is unknown, PUB/SUB has no receipts --
+        :meth:`unsent_bound` says which seqs are safe to save then.
+        """
+        if self._halt is None or self._done is None:
+            return False
+        self._drain_for, self._clock = max(0.0, bound), clock
+        self._halt.cancel()
+        await self._done.wait()
+        return self.drained
+
+    def unsent_bound(self) -> dict[int, int]:
+        """Per shard, a seq that no message events-out may still hold is at or below
+        (:mod:`shardctl.ipc.unsent`): what to save when a drain ran out of time."""
+        return self.sent_marks.safe_seqs(self._counters)
+
+    def _send_closing(self, sout: zmq.Socket[bytes]) -> bool:
+        """Padding frames, last on every consumer's pipe; False if a pipe was full.
+
+        Two libzmq behaviours drop the last bytes of a connection that closes while its
+        reader lags, although the close ends "in time": the closing engine's unflushed
+        write batch (8 KB) is dropped with it, and a SUB whose queue is full when it sees
+        the connection end drops what it had not yet read from its socket.  Padding larger
+        than both, last, leaves only padding to lose.  A full pipe (a consumer SNDHWM
+        behind) would drop it: then nothing is vouched for (NODROP turns that into an
+        EAGAIN here instead of a silent drop).
+        """
+        sout.setsockopt(zmq.XPUB_NODROP, 1)
+        tb = type_bytes(BUS_CLOSING_TYPE)
+        key = tb + b"\0" + PREFIX.pack(VERSION, 0)
+        payload = lifecycle_payload({"padding": "." * _CLOSING_FRAME})
+        for _ in range(_CLOSING_FRAMES):
+            bus_seq = self._counters.get(key, 0) + 1
+            frame = encode_event(BUS_CLOSING_TYPE, 0, None, time.time_ns(), payload,
+                                 bus_seq=bus_seq, epoch=self.epoch)
+            try:
+                sout.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            self._counters[key] = bus_seq
+        return True
+
+    async def _linger_out(self, sout: zmq.Socket[bytes],
+                          out_ctx: zmq.Context[zmq.Socket[bytes]]) -> bool:
+        timeout, clock = self._drain_for, self._clock
+
+        def close() -> float:
+            stop_authenticator(out_ctx)  # its thread's socket would hold term() forever
+            started = clock()
+            sout.close(linger=int(timeout * 1000))
+            out_ctx.term()  # returns once all is sent, or at the linger's end
+            return clock() - started
+
+        took = await anyio.to_thread.run_sync(close)
+        # libzmq's linger timer has millisecond ticks: a close that took (nearly) the whole
+        # timeout may have been cut short, so only one clearly early counts as complete.
+        return took < timeout - min(0.1, timeout / 10)
 
     async def wait_subscribed(self, prefix: bytes) -> None:
         """Return once some consumer holds exactly this subscription prefix."""
@@ -716,21 +824,22 @@ class EventForwarder:
                 retry = min(retry * 2, _RETRY_MAX)
             if off != len(batch):
                 raise ProtocolError("trailing bytes after the last event of a batch")
+            events = ([decode_event(frame) for frame in frames]
+                      if frames and self.on_batch is not None else None)
         except (ProtocolError, struct.error) as exc:
             # A broken worker must never take the supervisor down: drop the rest of the batch.
             self._malformed(exc)
             if frames and self.sink is not None:
                 self.sink.put(frames)  # what went out on the bus goes into the stream too
             return
-        self._delivered(frames)
+        self._delivered(frames, events)
 
-    def _delivered(self, frames: list[bytes] | None) -> None:
+    def _delivered(self, frames: list[bytes] | None, events: list[Event] | None) -> None:
         """A batch is out on the bus: the stream, the in-process hook, the waiters."""
-        if frames:
-            if self.sink is not None:
-                self.sink.put(frames)
-            if self.on_batch is not None:
-                self.on_batch([decode_event(frame) for frame in frames])
+        if frames and self.sink is not None:
+            self.sink.put(frames)
+        if events and self.on_batch is not None:
+            self.on_batch(events)
         if self.on_progress is not None:
             self.on_progress()
 
@@ -786,7 +895,7 @@ class EventForwarder:
         epoch = self.epoch
         mv = memoryview(buf)
         n = len(batch)
-        record_size, header_size = RECORD.size, HEADER_SIZE
+        record_size, header_size, mask = RECORD.size, HEADER_SIZE, self.sent_marks.mask
         while remaining:
             mlen, tlen = RECORD.unpack_from(batch, off)
             start = off + record_size
@@ -823,13 +932,23 @@ class EventForwarder:
                 if jump:
                     self._upstream_gap(shard, last_seq[shard], seq)
                 last_seq[shard] = seq
-                if ready:
-                    self._note_session(shard, bytes(mv[h + header_size:end]))
+                if ready or not (bus_seq - 1) & mask:  # 1 in sent_marks.every, or a READY
+                    self._mark(key, bus_seq, seq, mv[h + header_size:end] if ready else None)
             stats.events += 1
             if frames is not None:
                 frames.append(bytes(mv[start:end]))
             off, remaining = end, remaining - 1
         return off, 0
+
+    def _mark(self, key: bytes, bus_seq: int, seq: int, ready: memoryview | None) -> None:
+        """Off the hot path: note where the seq stood (drain()), and a READY's session."""
+        marks = self.sent_marks
+        if not (bus_seq - 1) & marks.mask:
+            marks.note(key, bus_seq, seq)
+        if ready is not None:
+            shard = shard_of_key(key)
+            marks.session_started(shard, seq, self._counters)
+            self._note_session(shard, bytes(ready))
 
     def _odd_record(self, batch: bytes, off: int, allowed: frozenset[int], worker: int) -> None:
         """Off the hot path: ProtocolError for a malformed record; else it is well formed
@@ -862,6 +981,27 @@ class EventForwarder:
         else:
             self.last_session.pop(shard, None)  # no RESUME of this one: the shard IDENTIFYs
 
+    def _subscription(self, sout: zmq.Socket[bytes], msg: bytes) -> bool:
+        """Apply one consumer's (un)subscription to its pipe (XPUB_MANUAL: the pipe that
+        sent the message just received); whether :attr:`subscriptions` changed."""
+        topic = msg[1:]
+        if msg[:1] == b"\x01":
+            sout.setsockopt(zmq.SUBSCRIBE, topic)
+            sout.setsockopt(zmq.SUBSCRIBE, _CLOSING_TOPIC)  # its SUB drops it unless it
+            self._holders[topic] += 1                        # takes every type
+        elif msg[:1] == b"\x00" and self._holders[topic] > 0:
+            sout.setsockopt(zmq.UNSUBSCRIBE, topic)  # no-op for a pipe already gone
+            self._holders[topic] -= 1
+        else:
+            return False
+        before = len(self.subscriptions)
+        if self._holders[topic] > 0:
+            self.subscriptions.add(topic)
+        else:
+            self.subscriptions.discard(topic)
+            del self._holders[topic]
+        return len(self.subscriptions) != before
+
     async def _read_subscriptions(self, sout: zmq.Socket[bytes],
                                   aout: zmq.asyncio.Socket) -> None:
         while True:
@@ -872,11 +1012,7 @@ class EventForwarder:
                     msg = sout.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                if msg[:1] == b"\x01":
-                    self.subscriptions.add(msg[1:])
-                elif msg[:1] == b"\x00":
-                    self.subscriptions.discard(msg[1:])
-                changed = True
+                changed = self._subscription(sout, msg) or changed
             if changed:
                 log.debug("event forwarder: %d consumer subscriptions", len(self.subscriptions))
                 if self._changed is not None:

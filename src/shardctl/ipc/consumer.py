@@ -50,7 +50,13 @@ import zmq
 import zmq.asyncio
 
 from shardctl.errors import ProtocolError
-from shardctl.ipc.events import NEW_SESSION_TYPE, Event, decode_event, subscription_prefix
+from shardctl.ipc.events import (
+    BUS_CLOSING_TYPE,
+    NEW_SESSION_TYPE,
+    Event,
+    decode_event,
+    subscription_prefix,
+)
 from shardctl.ipc.readable import Readable
 from shardctl.ipc.security import CurveClient
 
@@ -218,7 +224,8 @@ class Consumer:
                 self.malformed += 1
                 log.warning("consumer %s: skipped a malformed event: %s", self.endpoint, exc)
                 continue
-            if shards is not None and event.shard not in shards:
+            if (shards is not None and event.shard not in shards) or \
+                    event.type == BUS_CLOSING_TYPE:  # padding at a stop, not an event
                 continue
             self._check(event)
             append(event)

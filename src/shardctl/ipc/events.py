@@ -87,6 +87,10 @@ MAX_TYPE_LEN: Final = 64
 LIFECYCLE_TYPES: Final = BUS_TYPES
 #: The dispatch that starts a new session: its ``s`` is 1 and resets the expected sequence.
 NEW_SESSION_TYPE: Final = "READY"
+#: The last frame on events-out when a graceful stop closes it: padding, not an event (README
+#: "Event types").  libzmq drops the last write batch a closing socket has not flushed, so a
+#: frame larger than that batch goes last; a SUB filtering by type never receives it.
+BUS_CLOSING_TYPE: Final = "BUS_CLOSING"
 
 #: header after the type terminator: version, shard, flags, reserved, seq, received_at,
 #: bus_seq, epoch

@@ -408,6 +408,16 @@ def _authenticator_for(context: zmq.Context[Any]) -> _Zap:
         return zap
 
 
+def stop_authenticator(context: zmq.Context[Any]) -> None:
+    """Stop the ZAP handler of ``context``, if it has one, before it is terminated (its
+    socket would hold ``term()`` forever; a later context at the same address must not
+    find it)."""
+    with _zaps_lock:
+        zap = _zaps.pop(context.underlying, None)
+    if zap is not None:
+        zap.auth.stop()
+
+
 def stop_authenticators() -> None:
     """Stop every ZAP handler (tests that ``term()`` their own contexts need this)."""
     with _zaps_lock:
