@@ -174,8 +174,8 @@ async def test_the_closing_padding_reaches_no_consumer_as_an_event(ipc_dir: Path
             raw.setsockopt(zmq.SUBSCRIBE, b"")  # a raw subscriber to everything sees it
             raw.connect(fwd.outbound)
             async with Consumer(fwd.outbound) as everything:
-                with anyio.fail_after(5):
-                    await fwd.wait_subscribed(b"")
+                with anyio.fail_after(5):  # both: the raw SUB's and the Consumer's
+                    await fwd.wait_subscribed(b"", consumers=2)
                 await publish(fwd, pub, 0, range(1, 101))
                 assert await fwd.drain(5)
                 got = []

@@ -684,9 +684,9 @@ class EventForwarder:
         # timeout may have been cut short, so only one clearly early counts as complete.
         return took < timeout - min(0.1, timeout / 10)
 
-    async def wait_subscribed(self, prefix: bytes) -> None:
-        """Return once some consumer holds exactly this subscription prefix."""
-        while prefix not in self.subscriptions:
+    async def wait_subscribed(self, prefix: bytes, consumers: int = 1) -> None:
+        """Return once ``consumers`` consumers hold exactly this subscription prefix."""
+        while self._holders.get(prefix, 0) < consumers:
             if self._changed is None or self._changed.is_set():
                 self._changed = anyio.Event()
             await self._changed.wait()
@@ -1013,7 +1013,7 @@ class EventForwarder:
                 except zmq.Again:
                     break
                 changed = self._subscription(sout, msg) or changed
+                if self._changed is not None:  # a waiter may count holders of one prefix
+                    self._changed.set()
             if changed:
                 log.debug("event forwarder: %d consumer subscriptions", len(self.subscriptions))
-                if self._changed is not None:
-                    self._changed.set()
