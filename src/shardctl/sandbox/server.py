@@ -38,9 +38,15 @@ class Sandbox:
     """A local Discord gateway + REST emulator (see gateway-protocol.md §16)."""
 
     def __init__(self, config: SandboxConfig | None = None, *, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+                 port: int = 0, also_listen: tuple[str, ...] = (),
+                 reuse_port: bool = False) -> None:
+        """``also_listen``: more addresses on the same port (a fleet member's own resume
+        address); ``reuse_port``: share the port with other processes (``SO_REUSEPORT``, the
+        kernel spreads new connections over them, see :mod:`shardctl.sandbox.fleet`)."""
         self.config = cfg = config or SandboxConfig()
         self.host, self.port = host, port
+        self._listen = (host, *also_listen) if also_listen else host
+        self._reuse_port = reuse_port
         self.rng = random.Random(cfg.seed)
         #: Draws each client frame's arrival jitter (its own stream: session ids stay put).
         self.arrival_rng = random.Random(cfg.seed)
@@ -127,7 +133,8 @@ class Sandbox:
         async with AsyncExitStack() as stack:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._server = await serve(
-                self._handle, self.host, self.port, process_request=self._rest,
+                self._handle, self._listen, self.port, process_request=self._rest,
+                reuse_port=self._reuse_port,
                 compression=None, ping_interval=None, close_timeout=2.0,
                 max_size=1 << 20, server_header="shardctl-sandbox",
                 create_connection=(StampedServerConnection
