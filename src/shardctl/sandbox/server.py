@@ -133,7 +133,9 @@ class Sandbox:
         async with AsyncExitStack() as stack:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._server = await serve(
-                self._handle, self._listen, self.port, process_request=self._rest,
+                # loop.create_server binds every host of a sequence; serve() types only one.
+                self._handle, self._listen, self.port,  # type: ignore[arg-type]
+                process_request=self._rest,
                 reuse_port=self._reuse_port,
                 compression=None, ping_interval=None, close_timeout=2.0,
                 max_size=1 << 20, server_header="shardctl-sandbox",
