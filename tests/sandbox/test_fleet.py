@@ -7,7 +7,7 @@ import pytest
 from sandbox_client import RawClient
 
 from shardctl.sandbox import SandboxConfig
-from shardctl.sandbox.fleet import Fleet, fleet, member_host, pace_violations
+from shardctl.sandbox.fleet import Fleet, fleet, member_host, order_warnings, pace_violations
 
 SHARDS = 32
 
@@ -71,3 +71,11 @@ def test_two_identifies_of_one_bucket_seen_by_two_members_break_the_fleets_pace(
     assert pace_violations(cfg, [(0, 100.0), (2, 105.0), (1, 100.5)]) == []
     assert pace_violations(cfg, [(0, 0.0), (1, 0.0), (2, 5.0), (3, 5.0)]) == [
         "4 IDENTIFYs > session_start_limit.total 3"]
+
+
+def test_order_warnings_count_shards_identified_before_an_earlier_round_over_all_members() -> None:
+    cfg = SandboxConfig(shard_count=6, max_concurrency=2)
+    # Rounds: {0, 1}, {2, 3}, {4, 5}.  Shard 4 came before shard 1 (an earlier round).
+    got = [(0, 1.0), (4, 2.0), (1, 3.0), (2, 6.0), (3, 6.0), (5, 11.0)]
+    assert order_warnings(cfg, got) == 1
+    assert order_warnings(cfg, [(s, float(s // 2)) for s in range(6)]) == 0

@@ -124,6 +124,7 @@ async def serve_member(config: SandboxConfig, index: int, port: int,
         async with Sandbox(config, host=HOST, port=claimed, also_listen=(own,),
                            reuse_port=True) as sb:
             sb.recorder.sink = tally
+            sb.order_checked_elsewhere = True
             print(json.dumps({"port": sb.port, "pid": os.getpid()}), flush=True)
             while True:
                 await anyio.sleep(report_every)
@@ -202,7 +203,11 @@ class Fleet:
 
     def pace_violations(self) -> list[str]:
         """Bot-wide rules no single member can see (:func:`pace_violations`)."""
-        return pace_violations(self.config, [x for m in self.members for x in m.identifies])
+        return pace_violations(self.config, self.identifies)
+
+    @property
+    def identifies(self) -> list[tuple[int, float]]:
+        return [x for m in self.members for x in m.identifies]
 
 
 def pace_violations(config: SandboxConfig, identifies: list[tuple[int, float]]) -> list[str]:
@@ -216,6 +221,26 @@ def pace_violations(config: SandboxConfig, identifies: list[tuple[int, float]]) 
         problems.append(f"{len(stamps)} IDENTIFYs > session_start_limit.total "
                         f"{config.session_start_total}")
     return problems
+
+
+def order_warnings(config: SandboxConfig, identifies: list[tuple[int, float]]) -> int:
+    """Shards whose first IDENTIFY came before some shard of an earlier round (§9, only ever
+    logged), over all members: the check one sandbox does as IDENTIFYs arrive."""
+    mc = config.max_concurrency
+    first: dict[int, float] = {}
+    for shard, at in sorted(identifies, key=lambda x: x[1]):
+        first.setdefault(shard, at)
+    latest = -math.inf  # the latest first IDENTIFY among shards of earlier rounds
+    out = 0
+    ordered = sorted(first)
+    i = 0
+    for shard in ordered:
+        start = shard - shard % mc
+        while ordered[i] < start:
+            latest = max(latest, first[ordered[i]])
+            i += 1
+        out += latest > first[shard]
+    return out
 
 
 def config_json(config: SandboxConfig) -> str:

@@ -67,6 +67,9 @@ class Sandbox:
         self.last_op9: dict[int, float] = {}
         #: Shards that ever started a session, per shard count (bucket-order warnings).
         self.identified_shards: dict[int, set[int]] = {}
+        #: A fleet member sees only its share of the IDENTIFYs: the fleet checks their order
+        #: over all members (:func:`shardctl.sandbox.fleet.order_warnings`).
+        self.order_checked_elsewhere = False
         #: IDENTIFY/RESUME attempts since the last fatal close (None: none yet).
         self.attempts_after_fatal: int | None = None
         self.stopping = False
