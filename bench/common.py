@@ -152,8 +152,10 @@ class Child:
 @asynccontextmanager
 async def child(module: str, *args: str) -> AsyncIterator[Child]:
     """``python -m bench.<module> args``; SIGTERM (then SIGKILL) on the way out."""
+    prof = os.environ.get("BENCH_PROFILE_" + module.upper())
+    profile = ["-m", "cProfile", "-o", prof] if prof else []
     process = await anyio.open_process(
-        [sys.executable, "-m", f"bench.{module}", *args], stderr=None,
+        [sys.executable, *profile, "-m", f"bench.{module}", *args], stderr=None,
         stdin=subprocess.DEVNULL, cwd=str(ROOT))
     proc = Child(process)
     try:
