@@ -7,7 +7,7 @@ import pytest
 from sandbox_client import RawClient
 
 from shardctl.sandbox import SandboxConfig
-from shardctl.sandbox.fleet import Fleet, fleet, member_host, order_warnings, pace_violations
+from shardctl.sandbox.fleet import Fleet, fleet, order_warnings, pace_violations
 
 SHARDS = 32
 
@@ -18,12 +18,12 @@ def config() -> SandboxConfig:
 
 
 async def ready_clients(f: Fleet) -> dict[str, tuple[RawClient, dict[str, object]]]:
-    """Identify shards one by one until sessions sit on both members; by resume host."""
+    """Identify shards one by one until sessions sit on both members; by resume URL."""
     by_host: dict[str, tuple[RawClient, dict[str, object]]] = {}
     for shard in range(SHARDS):
         c = await RawClient.open(f.gateway_url)
         d = (await c.ready(shard=[shard, SHARDS]))["d"]
-        host = str(d["resume_gateway_url"]).split("//")[1].split(":")[0]
+        host = str(d["resume_gateway_url"])
         if host in by_host:
             await c.close()
         else:
@@ -39,13 +39,16 @@ async def test_sessions_spread_over_members_and_a_resume_reaches_the_one_holding
     async with fleet(config(), 2) as f:
         with anyio.fail_after(60):
             by_host = await ready_clients(f)
-            # The kernel spread the sockets: each member named itself in resume_gateway_url.
-            assert set(by_host) == {member_host(0), member_host(1)}
-            c, d = by_host[member_host(1)]
+            # The kernel spread the sockets: each member named itself in resume_gateway_url,
+            # on the gateway's own host (a client sends its token nowhere else).
+            first, second = (m.resume_url for m in f.members)
+            assert set(by_host) == {first, second}
+            assert all(url.startswith("ws://127.0.0.1:") for url in by_host)
+            c, d = by_host[second]
             seq = c.last_seq
             await c.close(4000)
             # The other member does not hold the session: op 9, not RESUMED.
-            wrong = await RawClient.open(f"ws://{member_host(0)}:{f.port}/resume/")
+            wrong = await RawClient.open(first)
             await wrong.hello()
             await wrong.resume(str(d["session_id"]), seq)
             assert (await wrong.recv_op(9))["d"] is False
@@ -55,7 +58,7 @@ async def test_sessions_spread_over_members_and_a_resume_reaches_the_one_holding
             await right.resume(str(d["session_id"]), seq)
             assert (await right.recv_op(0, "RESUMED"))["t"] == "RESUMED"
             await right.close()
-            await by_host[member_host(0)][0].close()
+            await by_host[first][0].close()
             await f.fresh()
             counts = f.counts()
             assert counts["resumed"] == 1 and counts["violation"] == 0

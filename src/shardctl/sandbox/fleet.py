@@ -4,9 +4,9 @@ One Python process cannot hold 10,000 gateway sockets and still answer every hea
 time, and Discord is a fleet anyway.  Each member is a whole :class:`Sandbox` (REST and
 gateway) bound with ``SO_REUSEPORT`` on one shared port, so the kernel spreads new
 connections over the members.  Sessions live in the member that created them, so a member
-also listens on its own loopback address (``127.0.0.<index + 2>``, same port) and names it in
-``resume_gateway_url``: a RESUME reaches the process holding its session, as Discord's resume
-URL names the server that holds it.
+also listens on a port of its own (same host: a client sends its token only to the
+gateway's host) and names it in ``resume_gateway_url``: a RESUME reaches the process holding
+its session, as Discord's resume URL names the server that holds it.
 
 Bot-wide rules stay bot-wide: each member reports every accepted IDENTIFY (shard and arrival
 time, one monotonic clock for the machine) and :class:`Fleet` checks the buckets' pace and the
@@ -46,13 +46,6 @@ from shardctl.sandbox.record import Record
 COUNTED: Final = ("identify", "resume", "resumed", "ready", "client_close", "server_close",
                   "drop", "heartbeat", "violation")
 HOST: Final = "127.0.0.1"
-
-
-def member_host(index: int) -> str:
-    """Member ``index``'s own address: the loopback network is all of 127.0.0.0/8."""
-    if not 0 <= index < 250:
-        raise ValueError("a fleet has at most 250 members")
-    return f"127.0.0.{index + 2}"
 
 
 @dataclass(slots=True)
@@ -116,16 +109,16 @@ async def serve_member(config: SandboxConfig, index: int, port: int,
     """Run member ``index`` on ``port`` (0: pick one; the first member does) until cancelled."""
     from shardctl.sandbox.server import Sandbox
 
-    own = member_host(index)
-    config = dataclasses.replace(config, resume_host=own)
     tally = Tally(index, config)
-    # Port 0 with two addresses would give each its own port: take one for both first.
+    # The first member takes a free port the others can share (an ephemeral port is chosen
+    # by the kernel without SO_REUSEPORT semantics otherwise: hold one that has it).
     with _port_claim(port) as claimed:
-        async with Sandbox(config, host=HOST, port=claimed, also_listen=(own,),
-                           reuse_port=True) as sb:
+        async with Sandbox(config, host=HOST, port=claimed, reuse_port=True,
+                           resume_port=0) as sb:
             sb.recorder.sink = tally
             sb.order_checked_elsewhere = True
-            print(json.dumps({"port": sb.port, "pid": os.getpid()}), flush=True)
+            print(json.dumps({"port": sb.port, "resume_port": sb.resume_port,
+                          "pid": os.getpid()}), flush=True)
             while True:
                 await anyio.sleep(report_every)
                 live = sum(1 for s in sb.sessions.live(sb.now()) if s.started)
@@ -139,6 +132,8 @@ class Member:
 
     def __init__(self, index: int, process: anyio.abc.Process) -> None:
         self.index = index
+        #: where this member's sessions RESUME (its ``resume_gateway_url``)
+        self.resume_url = ""
         self.process = process
         assert process.stdout is not None
         self._out = BufferedByteReceiveStream(process.stdout)
@@ -264,6 +259,7 @@ async def _start(config: SandboxConfig, index: int, port: int, report_every: flo
     except BaseException:
         await _stop(member)
         raise
+    member.resume_url = f"ws://{HOST}:{hello['resume_port']}{config.resume_path}"
     return member, int(hello["port"])
 
 
