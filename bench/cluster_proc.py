@@ -34,13 +34,21 @@ async def main(args: argparse.Namespace) -> None:
                               identify_interval=args.identify_interval,
                               compression=compression, intents=Intents(args.intents),
                               runtime_dir=run_dir, state_file=run_dir / "state.json",
-                              stream=stream) as sup:
+                              stream=stream) as sup, anyio.create_task_group() as tg:
+            metrics = None
+            if args.metrics:
+                from shardctl.cluster.metrics import serve_metrics
+
+                metrics = await tg.start(serve_metrics, sup, 0)
             await sup.wait_ready()
             print(json.dumps({"pid": os.getpid(),
                               "workers": [s.pid for s in sup.slots],
-                              "events": sup.endpoints["events"]}), flush=True)
+                              "events": sup.endpoints["events"],
+                              "control": sup.endpoints["control"],
+                              "metrics": metrics}), flush=True)
             async for _ in signals:
                 break
+            tg.cancel_scope.cancel()
 
 
 def parse() -> argparse.Namespace:
@@ -52,6 +60,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--intents", type=int, required=True)
     p.add_argument("--run-dir", required=True)
     p.add_argument("--stream", default="", help="also into this NATS JetStream (--stream)")
+    p.add_argument("--metrics", action="store_true",
+                   help="serve /metrics on a free loopback port (printed as \"metrics\")")
     p.add_argument("--nice", type=int, default=0,
                    help="lower this process's priority (and its workers') by this much")
     return p.parse_args()

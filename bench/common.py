@@ -22,6 +22,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from shardctl.gateway.intents import Intents
 from shardctl.sandbox import Sandbox
+from shardctl.sandbox.fleet import Fleet
 
 TOKEN = "sandbox-token"
 #: What a message bot asks for: MESSAGE_CREATE with content (~1.5 KB) and typing (the probe).
@@ -151,8 +152,10 @@ class Child:
 @asynccontextmanager
 async def child(module: str, *args: str) -> AsyncIterator[Child]:
     """``python -m bench.<module> args``; SIGTERM (then SIGKILL) on the way out."""
+    prof = os.environ.get("BENCH_PROFILE_" + module.upper())
+    profile = ["-m", "cProfile", "-o", prof] if prof else []
     process = await anyio.open_process(
-        [sys.executable, "-m", f"bench.{module}", *args], stderr=None,
+        [sys.executable, *profile, "-m", f"bench.{module}", *args], stderr=None,
         stdin=subprocess.DEVNULL, cwd=str(ROOT))
     proc = Child(process)
     try:
@@ -179,6 +182,9 @@ class Cluster:
     supervisor: int
     workers: list[int]
     events: str
+    control: str = ""
+    #: the supervisor's /metrics port (``cluster(metrics=True)``)
+    metrics: int | None = None
 
     @property
     def pids(self) -> list[int]:
@@ -186,20 +192,22 @@ class Cluster:
 
 
 @asynccontextmanager
-async def cluster(sb: Sandbox, *, processes: int, identify_interval: float,
+async def cluster(sb: Sandbox | Fleet, *, processes: int, identify_interval: float,
                   compression: str = "zlib-stream", intents: int = INTENTS,
                   ready_timeout: float = 120.0, nice: int = 0,
-                  stream: str | None = None) -> AsyncIterator[Cluster]:
+                  stream: str | None = None, metrics: bool = False) -> AsyncIterator[Cluster]:
     """``nice``: run the cluster at a lower priority than the sandbox (which plays Discord,
-    whose servers never share a CPU with the bot)."""
+    whose servers never share a CPU with the bot); ``metrics``: serve /metrics too."""
     with short_dir() as run_dir:
         async with child("cluster_proc", "--api-url", sb.api_url, "--processes",
                          str(processes), "--identify-interval", str(identify_interval),
                          "--compression", compression, "--intents", str(intents),
                          "--run-dir", str(run_dir), "--nice", str(nice),
-                         *(("--stream", stream) if stream else ())) as proc:
+                         *(("--stream", stream) if stream else ()),
+                         *(("--metrics",) if metrics else ())) as proc:
             ready = await proc.expect("workers", ready_timeout)
-            yield Cluster(proc, ready["pid"], ready["workers"], ready["events"])
+            yield Cluster(proc, ready["pid"], ready["workers"], ready["events"],
+                          ready.get("control", ""), ready.get("metrics"))
 
 
 async def wait_subscribed(sb: Sandbox, consumer: Child, shard_id: int = 0) -> None:

@@ -414,3 +414,31 @@ def test_a_max_concurrency_change_keeps_the_widest_margin_for_every_new_bucket()
     s.update(0.0, max_concurrency=4)
     assert s.margins() == {0: 0.5, 1: 0.5, 2: 0.5, 3: 0.5}
     assert s.rejections() == {0: 0, 1: 0, 2: 0, 3: 0} and s.rejections_total == 1
+
+
+class CountingScheduler(IdentifyScheduler[str]):
+    """Counts bucket look-ups: the work a deadline costs, whatever the machine's speed."""
+
+    lookups = 0
+
+    def bucket_of(self, shard_id: int) -> int:
+        self.lookups += 1
+        return super().bucket_of(shard_id)
+
+
+def test_a_deadline_with_many_held_grants_costs_one_pass_over_the_holds() -> None:
+    # 10,000 shards at max_concurrency 256: 256 grants held at once while thousands wait.
+    # A deadline looked at every hold once per bucket (256 x 256 look-ups) and the
+    # supervisor spent its start-up there, answering the limiter late.
+    s = CountingScheduler(now=0.0, limits=Limits(interval=5.0, margin=NO_MARGIN,
+                                                 max_concurrency=256),
+                          hold_limit=60.0)
+    for shard in range(2048):
+        s.request(f"r{shard}", shard)
+    assert len(s.poll(10.0)) == 256  # one per bucket, all held (none released)
+    s.lookups = 0
+    deadline = s.next_deadline()
+    assert deadline is not None and deadline >= 15.0
+    assert s.lookups <= 2 * 256
+    held_bucket_ends = {b: s.last_grants()[b] for b in (0, 255)}
+    assert held_bucket_ends == {0: 70.0, 255: 70.0}  # held grants count until hold_limit

@@ -360,3 +360,52 @@ async def test_the_start_gate_opens_when_no_shard_asked_for_the_quiet_period(
     grants = server.grants()
     assert len(grants) == 2
     assert all(asked + 0.2 <= g.at < asked + 0.2 + SLACK for g in grants)
+
+
+@pytest.mark.slow
+async def test_a_client_holding_many_grants_is_probed_once_per_interval(
+        endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 2,500-shard worker holds a grant per bucket while its other requests keep arriving:
+    # a probe per held grant on every wake-up filled its queue, and the grants and pongs
+    # behind the probes were dropped ("service lost the request", again and again).
+    from shardctl.ipc.limiter import LimiterWireServer
+
+    probes: list[float] = []
+    real_probe = LimiterWireServer.probe
+
+    def counting(self: LimiterWireServer, peer: bytes) -> bool:
+        probes.append(time.monotonic())
+        return real_probe(self, peer)
+
+    monkeypatch.setattr(LimiterWireServer, "probe", counting)
+    probe_interval = 0.05
+    server = SessionLimiterService(endpoint, Limits(interval=INTERVAL, max_concurrency=8),
+                                   last_grants={}, probe_interval=probe_interval)
+    async with serving(server), LimiterClient(endpoint) as client:
+        held = anyio.Event()
+        release = anyio.Event()
+        holding = 0
+
+        async def hold(shard: int) -> None:
+            nonlocal holding
+            async with client.identify(shard):
+                holding += 1
+                if holding == 8:
+                    held.set()
+                await release.wait()
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for shard in range(8):
+                    tg.start_soon(hold, shard)
+                await held.wait()
+                probes.clear()
+                started = time.monotonic()
+                for shard in range(8, 408):  # 400 messages wake the service's loop
+                    tg.start_soon(identify_one, client, shard)
+                    await anyio.sleep(0.001)
+                elapsed = time.monotonic() - started
+                release.set()
+                tg.cancel_scope.cancel()
+    assert probes, "a holder past the probe interval is probed"
+    assert len(probes) <= elapsed / probe_interval + 2, (len(probes), elapsed)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import stat
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from shardctl.cluster.sessions import (
     save,
     token_fingerprint,
 )
+from shardctl.gateway.resume_url import resume_url_refusal
 
 TOKEN = "MTIz.secret-token"
 SANDBOX = ResumeUrlCheck(["ws://127.0.0.1:1/", "http://127.0.0.1:1/api/v10"])
@@ -143,3 +145,21 @@ def test_the_lock_file_is_never_a_followed_symlink(
     with pytest.raises(OSError):
         save(path, TOKEN, 3, sessions(), shard_ids=[0, 1, 2])
     assert not target.exists()
+
+
+def test_the_resume_rule_parses_an_allowed_url_once_and_refuses_others_every_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every state report repeats every shard's resume URL: 10,000 shards parsed them anew.
+    from shardctl.cluster import sessions
+
+    calls: list[str] = []
+
+    def counting(url: str, trusted: Iterable[str] = ()) -> str | None:
+        calls.append(url)
+        return resume_url_refusal(url, trusted)
+
+    monkeypatch.setattr(sessions, "resume_url_refusal", counting)
+    check = ResumeUrlCheck(["ws://127.0.0.1:1/"])
+    assert all(check("ws://127.0.0.1:2/resume/") for _ in range(1000))
+    assert not any(check("ws://evil.example/") for _ in range(3))
+    assert calls == ["ws://127.0.0.1:2/resume/"] + ["ws://evil.example/"] * 3

@@ -118,6 +118,9 @@ class IdentifyScheduler(Generic[K]):
         self._hold_limit = None if hold_limit is None else check_seconds(hold_limit,
                                                                          "hold_limit")
         self._holds: dict[K, tuple[int, float]] = {}  # key -> (shard_id, grant start)
+        #: bucket -> latest held grant's start + hold_limit; None: rebuild from _holds.  One
+        #: pass over the holds per change, not one per bucket per deadline (10,000 shards).
+        self._held_until: dict[int, float] | None = None
         self._interval = limits.interval
         self._window = limits.window
         self._queues: dict[int, deque[_Waiting[K]]] = {}
@@ -262,6 +265,7 @@ class IdentifyScheduler(Generic[K]):
         held = self._holds.pop(key, None)
         if held is None:
             return False
+        self._held_until = None
         shard_id, start = held
         ended = now if sent_at is None else min(max(sent_at, start), now)
         bucket = self.bucket_of(shard_id)
@@ -310,6 +314,7 @@ class IdentifyScheduler(Generic[K]):
         # A held grant may still be sent under any key: count it as sent at its limit.
         latest = max((self._ended(b) for b in range(self._mc)), default=self._default_last)
         self._holds.clear()
+        self._held_until = None
         self._margins.rebucket(max_concurrency)
         self._rejections = {}
         self._mc = max_concurrency
@@ -371,10 +376,14 @@ class IdentifyScheduler(Generic[K]):
     def _ended(self, bucket: int) -> float:
         """The latest time an IDENTIFY of ``bucket`` may have been (or be) sent."""
         ended = self._last_of(bucket)
-        if self._hold_limit is not None:
-            for shard_id, at in self._holds.values():
-                if self.bucket_of(shard_id) == bucket:
-                    ended = max(ended, at + self._hold_limit)
+        if self._hold_limit is not None and self._holds:
+            held = self._held_until
+            if held is None:
+                held = self._held_until = {}
+                for shard_id, at in self._holds.values():
+                    b = self.bucket_of(shard_id)
+                    held[b] = max(held.get(b, -math.inf), at + self._hold_limit)
+            ended = max(ended, held.get(bucket, -math.inf))
         return ended
 
     def _free_at(self, bucket: int) -> float:
@@ -392,6 +401,7 @@ class IdentifyScheduler(Generic[K]):
         for key, (shard_id, at) in list(self._holds.items()):
             if at + self._hold_limit <= now:
                 del self._holds[key]
+                self._held_until = None
                 bucket = self.bucket_of(shard_id)
                 self._last[bucket] = max(self._last_of(bucket), at + self._hold_limit)
 
@@ -447,6 +457,7 @@ class IdentifyScheduler(Generic[K]):
             self._margins.granted_clean(bucket)
             if self._hold_limit is not None:
                 self._holds[head.key] = (head.shard_id, start)
+                self._held_until = None
             if self._remaining is not None:
                 self._remaining -= 1
                 if self._reset_at is None:

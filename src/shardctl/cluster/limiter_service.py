@@ -128,6 +128,7 @@ class _Client:
     last_seen: float
     same_clock: bool = False  # its ping named our monotonic clock: sent_at and not_before
     principal: str = ""  # the CURVE User-Id that first used this client id
+    last_probe: float = -math.inf  # when it was last asked whether it is still there
 
 
 def _wall(at: float, now: float) -> str:
@@ -493,10 +494,17 @@ class SessionLimiterService:
     def _probe_holders(self, now: float) -> None:
         service = self._service_or_raise()
         gone: set[str] = set()
+        # One probe per client per probe interval, however many grants it holds and however
+        # often the loop wakes: a probe per held grant per wake-up (every message) filled a
+        # 2,500-shard worker's queue, and the grants and pongs behind them were dropped.
         for (client_id, _), _, at in list(self.scheduler.holding()):
             if now - at < self._probe_interval or client_id in gone:
                 continue
             client = self._clients.get(client_id)
+            if client is not None and now - client.last_probe < self._probe_interval:
+                continue
+            if client is not None:
+                client.last_probe = now
             if client is None or not service.probe(client.peer):
                 gone.add(client_id)
                 self._drop(client_id, now, "connection gone while holding a grant")

@@ -72,15 +72,23 @@ class ResumeUrlCheck:
 
     #: distinct refusals logged; more are refused just as well, silently
     MAX_LOGGED: Final = 32
+    #: URLs found allowed, remembered: every state report repeats every shard's URL, and
+    #: a bot has a handful of resume hosts (parsing each again cost a 10,000-shard cluster)
+    MAX_ALLOWED: Final = 256
 
     def __init__(self, trusted: Iterable[str] = ()) -> None:
         self.trusted = tuple(trusted)
         self._logged: set[str] = set()
+        self._allowed: set[str] = set()
 
     def __call__(self, url: str) -> bool:
         """Whether a RESUME may go to ``url``."""
+        if url in self._allowed:
+            return True
         refusal = resume_url_refusal(url, self.trusted)
         if refusal is None:
+            if len(self._allowed) < self.MAX_ALLOWED:
+                self._allowed.add(url)
             return True
         if refusal not in self._logged and len(self._logged) < self.MAX_LOGGED:
             self._logged.add(refusal)

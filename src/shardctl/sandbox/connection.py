@@ -490,6 +490,8 @@ class Connection:
 
     def check_order(self, shard_id: int, num_shards: int) -> None:
         """§9: buckets go in ascending order; an earlier round left out is only logged."""
+        if self.sb.order_checked_elsewhere:
+            return
         mc = self.sb.config.max_concurrency
         done = self.sb.identified_shards.setdefault(num_shards, set())
         skipped = [j for j in range(shard_id - shard_id % mc) if j not in done]

@@ -38,9 +38,16 @@ class Sandbox:
     """A local Discord gateway + REST emulator (see gateway-protocol.md §16)."""
 
     def __init__(self, config: SandboxConfig | None = None, *, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+                 port: int = 0, reuse_port: bool = False,
+                 resume_port: int | None = None) -> None:
+        """``reuse_port``: share ``port`` with other processes (``SO_REUSEPORT``: the kernel
+        spreads new connections over them); ``resume_port``: also listen there (0: any free
+        port) and name it in ``resume_gateway_url``, so a RESUME reaches this process (a fleet
+        member, :mod:`shardctl.sandbox.fleet`)."""
         self.config = cfg = config or SandboxConfig()
         self.host, self.port = host, port
+        self._reuse_port = reuse_port
+        self.resume_port = resume_port
         self.rng = random.Random(cfg.seed)
         #: Draws each client frame's arrival jitter (its own stream: session ids stay put).
         self.arrival_rng = random.Random(cfg.seed)
@@ -61,6 +68,9 @@ class Sandbox:
         self.last_op9: dict[int, float] = {}
         #: Shards that ever started a session, per shard count (bucket-order warnings).
         self.identified_shards: dict[int, set[int]] = {}
+        #: A fleet member sees only its share of the IDENTIFYs: the fleet checks their order
+        #: over all members (:func:`shardctl.sandbox.fleet.order_warnings`).
+        self.order_checked_elsewhere = False
         #: IDENTIFY/RESUME attempts since the last fatal close (None: none yet).
         self.attempts_after_fatal: int | None = None
         self.stopping = False
@@ -76,6 +86,7 @@ class Sandbox:
         self._scheduled: list[ScheduledFault] = list(cfg.faults)
         self._next_conn = 0
         self._server: Server | None = None
+        self._resume_server: Server | None = None
         self._tg: TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
         self._rest = RestApi(self)
@@ -98,7 +109,9 @@ class Sandbox:
     @property
     def resume_gateway_url(self) -> str:
         host = self.config.resume_host
-        authority = self._authority if host is None else f"{host}:{self.port}"
+        port = self.port if self.resume_port is None else self.resume_port
+        authority = (f"{self._authority.rsplit(':', 1)[0]}:{port}" if host is None
+                     else f"{host}:{port}")
         return f"ws://{authority}{self.config.resume_path}"
 
     # -- records ----------------------------------------------------------------------------
@@ -127,18 +140,25 @@ class Sandbox:
         async with AsyncExitStack() as stack:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._server = await serve(
-                self._handle, self.host, self.port, process_request=self._rest,
-                compression=None, ping_interval=None, close_timeout=2.0,
-                max_size=1 << 20, server_header="shardctl-sandbox",
-                create_connection=(StampedServerConnection
-                                   if self.config.arrival_stamp == "kernel"
-                                   else ServerConnection))
+                self._handle, self.host, self.port, reuse_port=self._reuse_port,
+                **self._serve_options())
             stack.push_async_callback(self._shutdown)
             self.port = self._server.sockets[0].getsockname()[1]
+            if self.resume_port is not None:
+                self._resume_server = await serve(self._handle, self.host, self.resume_port,
+                                                  **self._serve_options())
+                self.resume_port = self._resume_server.sockets[0].getsockname()[1]
             self._tg.start_soon(self._traffic)
             self._stack = stack.pop_all()
         log.info("sandbox listening: api %s gateway %s", self.api_url, self.gateway_url)
         return self
+
+    def _serve_options(self) -> dict[str, Any]:
+        return {"process_request": self._rest, "compression": None, "ping_interval": None,
+                "close_timeout": 2.0, "max_size": 1 << 20, "server_header": "shardctl-sandbox",
+                "create_connection": (StampedServerConnection
+                                      if self.config.arrival_stamp == "kernel"
+                                      else ServerConnection)}
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> bool | None:
@@ -153,10 +173,11 @@ class Sandbox:
         self.stopping = True
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
-        if self._server is not None:
-            self._server.close()
-            with anyio.CancelScope(shield=True):
-                await self._server.wait_closed()
+        for server in (self._server, self._resume_server):
+            if server is not None:
+                server.close()
+                with anyio.CancelScope(shield=True):
+                    await server.wait_closed()
 
     def spawn(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         assert self._tg is not None, "the sandbox is not running"
