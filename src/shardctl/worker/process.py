@@ -37,7 +37,7 @@ from shardctl.ipc.control_messages import (
     Stop,
     parse,
 )
-from shardctl.ipc.events import lifecycle_payload
+from shardctl.ipc.events import lifecycle_payload, session_tag
 from shardctl.ipc.limiter import LimiterClient
 from shardctl.ipc.security import CurveClient
 from shardctl.worker.parent import parent_gone
@@ -62,13 +62,16 @@ class _ShardInfo:
     cumulative event counts by bus type (reported with each state report; the supervisor
     turns them into rates and metrics)."""
 
-    __slots__ = ("counts", "error", "guilds", "last_event_ns")
+    __slots__ = ("counts", "error", "guilds", "last_event_ns", "session", "session_id")
 
     def __init__(self) -> None:
         self.guilds: set[str] = set()
         self.error: dict[str, Any] | None = None
         self.last_event_ns: int | None = None
         self.counts: dict[str, int] = {}
+        #: the shard's session id when last seen, and its bus session tag
+        self.session_id: str | None = None
+        self.session = 0
 
 
 class Worker:
@@ -187,7 +190,11 @@ class Worker:
         counts = info.counts
         if frame is not None:
             counts[emit.name] = counts.get(emit.name, 0) + 1
-            publisher.publish(shard.id, emit.name, frame.s, frame.raw, received_at_ns=now_ns)
+            if shard.session_id is not info.session_id:  # a READY (or a restored session)
+                info.session_id = shard.session_id
+                info.session = session_tag(info.session_id)
+            publisher.publish(shard.id, emit.name, frame.s, frame.raw, received_at_ns=now_ns,
+                              session=info.session)
             if emit.name in _GUILD_EVENTS:
                 _track_guilds(info.guilds, emit.name, emit.data)
             return publisher.pressure()
