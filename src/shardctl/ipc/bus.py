@@ -241,6 +241,8 @@ class EventPublisher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._progress: anyio.Event | None = None
         self._type_cache: dict[str, bytes] = {}
+        #: whether a _seal_when_due timer is pending (at most one at a time)
+        self._timer = False
         #: events thrown away because the backlog overflowed
         self.dropped = 0
         #: events handed to zmq
@@ -276,8 +278,10 @@ class EventPublisher:
                 # Sealed once the loop has run everything that is ready now: a callback,
                 # not the run() task, whose wake-up would cost more than the event.
                 self._loop.call_soon(self._seal_after_pass)
-            elif self._wake is not None:
-                self._wake.set()  # the run() task seals it after max_delay
+            elif self._loop is not None and not self._timer:
+                # A timer callback seals it after max_delay (no task wake-up either).
+                self._timer = True
+                self._loop.call_later(builder.max_delay, self._seal_when_due)
         if builder.add(encode_record(tb, shard, seq, ns, payload, session=session),
                        self._clock()) or urgent \
                 or t in LIFECYCLE_TYPES:
@@ -370,6 +374,22 @@ class EventPublisher:
         if self._sock is None or not len(self._builder):
             return
         self.flush_nowait()
+
+    def _seal_when_due(self) -> None:
+        """The batching window's timer: seal the open batch once it is due, or wait for
+        the rest of its window (a full batch sealed meanwhile left a younger one open)."""
+        self._timer = False
+        if self._sock is None or self._loop is None:
+            return
+        deadline = self._builder.deadline
+        if deadline is None:
+            return
+        now = self._clock()
+        if now >= deadline:
+            self.flush_nowait()
+        else:
+            self._timer = True
+            self._loop.call_later(deadline - now, self._seal_when_due)
 
     async def _flush_loop(self) -> None:
         retry = _RETRY_MIN
@@ -783,7 +803,10 @@ class EventForwarder:
                     if self._batch_done is not None:
                         self._batch_done.set()
                         self._batch_done = None
-            await anyio.lowlevel.checkpoint()
+            else:
+                # The budget ran out with batches still waiting: let the other tasks run.
+                # (After an EAGAIN the next wait suspends anyway: no extra pass per wake-up.)
+                await anyio.lowlevel.checkpoint()
 
     def _sender(self, batch: bytes) -> tuple[int | None, int, frozenset[int] | None]:
         """(worker claimed, event count, shards it may publish: None = refuse the batch).

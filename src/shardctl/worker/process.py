@@ -55,6 +55,11 @@ RESUMABLE_CLOSE: Final = 4009
 EXIT_OK: Final = 0
 EXIT_SUPERVISOR_LOST: Final = 3
 EXIT_BAD_ASSIGNMENT: Final = 4
+#: Seconds an open event batch may wait for more events (EventPublisher ``max_delay``).  At
+#: a steady load events arrive one by one, and each batch costs the supervisor and every
+#: consumer a wake-up: a 1 ms window coalesces them at a bounded latency (README
+#: "Benchmarks", figures 4 and 6).  A busy worker fills batches first and never waits.
+BATCH_WINDOW: Final = 0.001
 
 
 class _ShardInfo:
@@ -78,11 +83,12 @@ class Worker:
     def __init__(self, control_endpoint: str, index: int | None, *,
                  clock: Callable[[], float] = time.monotonic,
                  curve: CurveClient | None = None, secret: str | None = None,
-                 parent: int | None = None) -> None:
+                 parent: int | None = None, batch_window: float = BATCH_WINDOW) -> None:
         # ``curve``: client keys for a supervisor that runs CURVE; every channel uses them.
         # ``secret``: the per-spawn secret of a worker the supervisor spawned (its stdin).
         self._curve = curve
         self._secret = secret
+        self._batch_window = batch_window
         self._limiter: LimiterClient | None = None
         self._control = ControlClient(control_endpoint, curve=curve)
         self._index = index
@@ -126,7 +132,7 @@ class Worker:
     async def _serve(self, assignment: Assignment) -> None:
         publisher = self._publisher = EventPublisher(
             assignment.events, curve=self._curve, worker=assignment.worker,
-            publish_key=assignment.publish_key)
+            publish_key=assignment.publish_key, max_delay=self._batch_window)
         async with anyio.create_task_group() as tg:
             await tg.start(publisher.run)
             async with LimiterClient(assignment.limiter, curve=self._curve) as limiter, \
