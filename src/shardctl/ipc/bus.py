@@ -9,7 +9,8 @@ receive (``NOBLOCK``) and wait for input through one persistent reader on the so
 reports POLLOUT -- so a refused send is retried after a short, growing sleep.)  The
 publisher batches up to 64 events into one frame: a batch goes when full or once the event
 loop has run everything that was ready with its first event (``max_delay=0``), so a busy
-worker sends full batches and a quiet one adds no delay; the forwarder drains whole batches
+worker sends full batches and a quiet one adds no delay (a ``max_delay`` window is a timer
+callback, not a task wake-up); the forwarder drains whole batches
 and republishes one frame per event, so consumers can subscribe by type.
 
 Who may publish: events-in is reachable by any process that finds the endpoint, and what it
