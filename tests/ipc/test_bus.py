@@ -98,7 +98,7 @@ def test_batch_is_due_when_full() -> None:
     assert b.add(b"r", now=0.0)
     batch, count = b.seal()
     assert count == 32 and len(b) == 0 and b.deadline is None
-    assert batch[:4] == b"\x02\x00\x00\x20"  # batch version 2, 32 events
+    assert batch[:4] == b"\x03\x00\x00\x20"  # batch version 3, 32 events
 
 
 def test_batch_is_due_when_big() -> None:

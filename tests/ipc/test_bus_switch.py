@@ -158,7 +158,7 @@ def test_mark_overlap_until_a_time_marks_only_what_was_received_by_then() -> Non
 def test_the_events_line_says_overlap_only_when_the_flag_is_set() -> None:
     record = encode_record("MESSAGE_CREATE", 3, 42, 0, frame("MESSAGE_CREATE", 42))
     batch = encode_batch([record])
-    head = len(batch) - len(record) + 5  # the batch header and the record's prefix
+    head = len(batch) - len(record) + 9  # the batch header and the record's prefix
     plain = decode_event(batch[head:])
     marked = decode_event(mark_overlap(batch)[head:])
     assert plain.to_json_line() == b'{"shard":3,"seq":42,"t":"MESSAGE_CREATE","d":{"n":42}}'

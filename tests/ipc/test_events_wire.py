@@ -18,6 +18,7 @@ from shardctl.ipc.events import (
     encode_event,
     encode_record,
     lifecycle_payload,
+    session_tag,
     subscription_prefix,
 )
 
@@ -114,16 +115,17 @@ _events = st.tuples(_types, st.integers(0, 2**32 - 1), st.none() | st.integers(0
                     st.integers(-(2**63), 2**63 - 1), st.binary(max_size=300))
 
 
-def split_batch(batch: bytes, worker: int, key: bytes) -> list[tuple[int, bytes]]:
+def split_batch(batch: bytes, worker: int, key: bytes) -> list[tuple[int, int, bytes]]:
     """The worker batch layout of the ipc/events.py docstring, read literally:
-    ``[(type length, consumer message), ...]``, from ``worker`` with its publish ``key``."""
+    ``[(type length, session tag, consumer message), ...]``, from ``worker`` with its
+    publish ``key``."""
     version, reserved, count, sender, sent_key = struct.unpack_from(">BBHI32s", batch, 0)
-    assert (version, reserved, sender, sent_key) == (2, 0, worker, key)
+    assert (version, reserved, sender, sent_key) == (3, 0, worker, key)
     off, out = 40, []
     for _ in range(count):
-        mlen, tlen = struct.unpack_from(">IB", batch, off)
-        out.append((tlen, batch[off + 5:off + 5 + mlen]))
-        off += 5 + mlen
+        mlen, tlen, session = struct.unpack_from(">IBI", batch, off)
+        out.append((tlen, session, batch[off + 9:off + 9 + mlen]))
+        off += 9 + mlen
     assert off == len(batch)
     return out
 
@@ -135,13 +137,14 @@ def test_a_sealed_batch_carries_each_consumer_message_in_the_documented_layout(
     # (tests/ipc/test_forwarder_input.py covers malformed ones).
     key = bytes(range(32))
     builder = BatchBuilder(max_events=64, max_bytes=2**30, worker=7, key=key)
-    for ev in evs:
-        builder.add(encode_record(*ev), 0.0)
+    for i, ev in enumerate(evs):
+        builder.add(encode_record(*ev, session=session_tag(f"session {i}")), 0.0)
     batch, count = builder.seal()
     assert count == len(evs)
     records = split_batch(batch, 7, key)
-    assert records == [(len(ev[0]), encode_event(*ev)) for ev in evs]
-    decoded = [decode_event(message) for _, message in records]
+    assert records == [(len(ev[0]), session_tag(f"session {i}"), encode_event(*ev))
+                       for i, ev in enumerate(evs)]
+    decoded = [decode_event(message) for _, _, message in records]
     assert [(e.type, e.shard, e.seq, e.received_at_ns, e.raw) for e in decoded] == evs
     assert all(e.bus_seq == 0 and e.epoch == 0 for e in decoded)
 

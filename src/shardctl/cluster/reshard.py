@@ -406,6 +406,7 @@ class Reshard:
             for shard_id in {*old_ids, *self.status}:
                 forwarder.last_seq.pop(shard_id, None)
                 forwarder.last_session.pop(shard_id, None)
+                forwarder.session_tags.pop(shard_id, None)
             held = sorted(self.status)
             counts = {shard: 0 for shard in held}
             for batch in self.held.batches:
@@ -539,6 +540,7 @@ class Reshard:
         async def step() -> None:
             nonlocal released
             seqs, sessions = dict(forwarder.last_seq), dict(forwarder.last_session)
+            tags = dict(forwarder.session_tags)
             for slot in self.slots:
                 forwarder.divert(slot.index, None)
             forwarder.last_seq.clear()  # the new set's numbering is its own
@@ -552,6 +554,8 @@ class Reshard:
                 forwarder.last_seq.update(seqs)
                 forwarder.last_session.clear()
                 forwarder.last_session.update(sessions)
+                forwarder.session_tags.clear()
+                forwarder.session_tags.update(tags)
 
         async with sup._checkpoint.paused():
             await forwarder.exclusive(step)

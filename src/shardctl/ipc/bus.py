@@ -9,7 +9,8 @@ receive (``NOBLOCK``) and wait for input through one persistent reader on the so
 reports POLLOUT -- so a refused send is retried after a short, growing sleep.)  The
 publisher batches up to 64 events into one frame: a batch goes when full or once the event
 loop has run everything that was ready with its first event (``max_delay=0``), so a busy
-worker sends full batches and a quiet one adds no delay; the forwarder drains whole batches
+worker sends full batches and a quiet one adds no delay (a ``max_delay`` window is a timer
+callback, not a task wake-up); the forwarder drains whole batches
 and republishes one frame per event, so consumers can subscribe by type.
 
 Who may publish: events-in is reachable by any process that finds the endpoint, and what it
@@ -88,6 +89,7 @@ from shardctl.ipc.events import (
     encode_record,
     lifecycle_payload,
     ready_session,
+    session_tag,
     type_bytes,
 )
 from shardctl.ipc.publishers import PublishGrants
@@ -240,6 +242,8 @@ class EventPublisher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._progress: anyio.Event | None = None
         self._type_cache: dict[str, bytes] = {}
+        #: whether a _seal_when_due timer is pending (at most one at a time)
+        self._timer = False
         #: events thrown away because the backlog overflowed
         self.dropped = 0
         #: events handed to zmq
@@ -256,8 +260,10 @@ class EventPublisher:
         return self._pending_events + len(self._builder)
 
     def publish(self, shard: int, t: str, seq: int | None, payload: bytes, *,
-                received_at_ns: int | None = None, urgent: bool = False) -> None:
-        """Queue one event; ``seq`` is the gateway ``s`` (None for lifecycle events).
+                received_at_ns: int | None = None, urgent: bool = False,
+                session: int = 0) -> None:
+        """Queue one event; ``seq`` is the gateway ``s`` (None for lifecycle events) and
+        ``session`` the :func:`~shardctl.ipc.events.session_tag` of the session it is in.
 
         ``payload`` must be the decompressed gateway frame exactly as received (or
         :func:`~shardctl.ipc.events.lifecycle_payload` for lifecycle events).  Lifecycle
@@ -273,9 +279,12 @@ class EventPublisher:
                 # Sealed once the loop has run everything that is ready now: a callback,
                 # not the run() task, whose wake-up would cost more than the event.
                 self._loop.call_soon(self._seal_after_pass)
-            elif self._wake is not None:
-                self._wake.set()  # the run() task seals it after max_delay
-        if builder.add(encode_record(tb, shard, seq, ns, payload), self._clock()) or urgent \
+            elif self._loop is not None and not self._timer:
+                # A timer callback seals it after max_delay (no task wake-up either).
+                self._timer = True
+                self._loop.call_later(builder.max_delay, self._seal_when_due)
+        if builder.add(encode_record(tb, shard, seq, ns, payload, session=session),
+                       self._clock()) or urgent \
                 or t in LIFECYCLE_TYPES:
             self.flush_nowait()
 
@@ -367,6 +376,22 @@ class EventPublisher:
             return
         self.flush_nowait()
 
+    def _seal_when_due(self) -> None:
+        """The batching window's timer: seal the open batch once it is due, or wait for
+        the rest of its window (a full batch sealed meanwhile left a younger one open)."""
+        self._timer = False
+        if self._sock is None or self._loop is None:
+            return
+        deadline = self._builder.deadline
+        if deadline is None:
+            return
+        now = self._clock()
+        if now >= deadline:
+            self.flush_nowait()
+        else:
+            self._timer = True
+            self._loop.call_later(deadline - now, self._seal_when_due)
+
     async def _flush_loop(self) -> None:
         retry = _RETRY_MIN
         while True:
@@ -456,6 +481,8 @@ class ForwarderStats:
     refused: int = 0
     #: events dropped from an authenticated batch: their shard is not the sender's
     foreign: int = 0
+    #: times a shard's events came from a new session whose READY the bus never saw
+    unseen_sessions: int = 0
 
 
 BatchHook = Callable[[Sequence[Event]], None]
@@ -533,6 +560,9 @@ class EventForwarder:
         self.last_seq: dict[int, int] = {}
         #: shard → (session_id, resume_gateway_url) of the last READY forwarded
         self.last_session: dict[int, tuple[str, str]] = {}
+        #: shard → session tag of the seq in ``last_seq``: a seq is only compared with seqs
+        #: of its own session (seeded from ``last_session`` by run())
+        self.session_tags: dict[int, int] = {}
         self.stats = ForwarderStats()
         #: subscription prefixes consumers hold right now (b"" = everything)
         self.subscriptions: set[bytes] = set()
@@ -591,6 +621,8 @@ class EventForwarder:
                 sout.setsockopt(zmq.XPUB_NODROP, 1)
             for shard, seq in self.last_seq.items():
                 self.sent_marks.seed(shard, seq)  # sessions this run RESUMEs
+                if shard in self.last_session and shard not in self.session_tags:
+                    self.session_tags[shard] = session_tag(self.last_session[shard][0])
             with contextlib.ExitStack() as binds:
                 # endpoints.bind: ipc:// binds are locked (no silent takeover), tcp:// must be
                 # loopback; ``tcp://127.0.0.1:*`` picks a port, so record what we got.
@@ -772,7 +804,10 @@ class EventForwarder:
                     if self._batch_done is not None:
                         self._batch_done.set()
                         self._batch_done = None
-            await anyio.lowlevel.checkpoint()
+            else:
+                # The budget ran out with batches still waiting: let the other tasks run.
+                # (After an EAGAIN the next wait suspends anyway: no extra pass per wake-up.)
+                await anyio.lowlevel.checkpoint()
 
     def _sender(self, batch: bytes) -> tuple[int | None, int, frozenset[int] | None]:
         """(worker claimed, event count, shards it may publish: None = refuse the batch).
@@ -891,13 +926,13 @@ class EventForwarder:
         send = sout.send
         counters = self._counters
         last_seq = self.last_seq
+        tags = self.session_tags
         stats = self.stats
         epoch = self.epoch
-        mv = memoryview(buf)
-        n = len(batch)
+        mv, n = memoryview(buf), len(batch)
         record_size, header_size, mask = RECORD.size, HEADER_SIZE, self.sent_marks.mask
         while remaining:
-            mlen, tlen = RECORD.unpack_from(batch, off)
+            mlen, tlen, tag = RECORD.unpack_from(batch, off)
             start = off + record_size
             end = start + mlen
             h = start + tlen + 1
@@ -908,11 +943,11 @@ class EventForwarder:
                 self._odd_record(batch, off, allowed, worker)  # raises unless foreign
                 off, remaining = end, remaining - 1
                 continue
-            jump = False
-            ready = False
+            jump = ready = False
             if flags & HAS_SEQ:
                 ready = batch[start:h - 1] == _READY_TOPIC
-                last = last_seq.get(shard)
+                last = (last_seq.get(shard) if tags.get(shard, tag) == tag
+                        else self._other_session(shard, ready))
                 if last is not None and seq != last + 1:
                     if seq > last:
                         jump = True
@@ -931,7 +966,7 @@ class EventForwarder:
             if flags & HAS_SEQ:
                 if jump:
                     self._upstream_gap(shard, last_seq[shard], seq)
-                last_seq[shard] = seq
+                last_seq[shard], tags[shard] = seq, tag
                 if ready or not (bus_seq - 1) & mask:  # 1 in sent_marks.every, or a READY
                     self._mark(key, bus_seq, seq, mv[h + header_size:end] if ready else None)
             stats.events += 1
@@ -953,7 +988,7 @@ class EventForwarder:
     def _odd_record(self, batch: bytes, off: int, allowed: frozenset[int], worker: int) -> None:
         """Off the hot path: ProtocolError for a malformed record; else it is well formed
         but of a shard the sender does not run, which is dropped alone."""
-        mlen, tlen = RECORD.unpack_from(batch, off)
+        mlen, tlen, _ = RECORD.unpack_from(batch, off)
         start = off + RECORD.size
         h = start + tlen + 1
         if (start + mlen > len(batch) or not 0 < tlen <= MAX_TYPE_LEN
@@ -964,6 +999,18 @@ class EventForwarder:
             raise ProtocolError(f"unknown event version {version}")
         assert shard not in allowed
         self._foreign(worker, shard)
+
+    def _other_session(self, shard: int, ready: bool) -> int | None:
+        """Off the hot path: a dispatch of another session than ``last_seq``'s; returns the
+        seq to compare it with: none (a new session restarts at 1: its events are no
+        replays).  Without its READY the session is unknown here, so none is kept to RESUME
+        (the pair would name the old session with the new session's seq)."""
+        if not ready and shard in self.last_seq:
+            self.stats.unseen_sessions += 1
+            self.last_session.pop(shard, None)
+            log.warning("event forwarder: shard %d is in a new session whose READY never "
+                        "reached the bus; it will IDENTIFY rather than RESUME", shard)
+        return None
 
     def _upstream_gap(self, shard: int, last: int, seq: int) -> None:
         self.stats.upstream_gaps += 1

@@ -41,7 +41,7 @@ unfiltered subscriber check the whole chain from Discord.  READY starts a new se
 Worker batch (worker XPUB → supervisor SUB): ONE frame per batch, internal to shardctl::
 
     batch header   40 bytes, big-endian:
-        +0   u8   batch version = 2
+        +0   u8   batch version = 3
         +1   u8   reserved (0)
         +2   u16  event count
         +4   u32  worker: the publisher's slot index (its assignment's ``worker``)
@@ -49,19 +49,27 @@ Worker batch (worker XPUB → supervisor SUB): ONE frame per batch, internal to 
     then per event:
         u32  length of the consumer message that follows
         u8   length of the type
+        u32  session tag: :func:`session_tag` of the gateway session the event belongs to
         the consumer message exactly as above, with bus_seq and epoch zero
 
-so the supervisor's hot path is: check the header once per batch, unpack 5 bytes per event,
+so the supervisor's hot path is: check the header once per batch, unpack 9 bytes per event,
 patch 12 bytes, send a slice -- no JSON, no per-event objects (DESIGN.md §3).  Version 1
-batches (no worker, no key) are refused: anyone who can reach events-in could send them
-(:mod:`shardctl.ipc.publishers`).  A batch is at most :data:`MAX_BATCH_BYTES`.
-:class:`~shardctl.ipc.bus.BatchBuilder` writes batches from :func:`encode_record`;
-:class:`~shardctl.ipc.bus.EventForwarder` is their one reader.
+and 2 batches (no worker and key; no session tags) are refused: anyone who can reach
+events-in could send them (:mod:`shardctl.ipc.publishers`).  A batch is at most
+:data:`MAX_BATCH_BYTES`.  :class:`~shardctl.ipc.bus.BatchBuilder` writes batches from
+:func:`encode_record`; :class:`~shardctl.ipc.bus.EventForwarder` is their one reader.
+
+The session tag is there so that a seq is only ever compared with seqs of its own session:
+the forwarder drops a dispatch whose ``s`` is not above the last one forwarded as a replay,
+and without the tag a new session whose READY never reached the bus (its batch refused or
+lost) would have its events up to the old session's seq dropped as such replays.  A RESUME
+keeps the session id, so a respawned worker's replays carry the old tag and are dropped.
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -101,8 +109,8 @@ BUS_OFFSET: Final = 24
 BUS: Final = struct.Struct(">QI")
 #: the part of HEADER that belongs to a subscription prefix: version + shard
 PREFIX: Final = struct.Struct(">BI")
-#: worker batches: version 2 carries the publisher's slot and publish key
-BATCH_VERSION: Final = 2
+#: worker batches: version 2 carries the publisher's slot and publish key, 3 session tags
+BATCH_VERSION: Final = 3
 BATCH_HEADER: Final = struct.Struct(">BBHI32s")
 #: bytes of the publish key in a batch header (shardctl.ipc.publishers.PUBLISH_KEY_SIZE)
 BATCH_KEY_SIZE: Final = 32
@@ -110,8 +118,8 @@ BATCH_KEY_SIZE: Final = 32
 #: payload may decompress to 64 MiB (the inflaters' cap), sealed into a batch that already
 #: holds up to the publisher's max_bytes (256 KiB by default).
 MAX_BATCH_BYTES: Final = 72 * 2**20
-#: per-event prefix inside a batch: message length, type length
-RECORD: Final = struct.Struct(">IB")
+#: per-event prefix inside a batch: message length, type length, session tag
+RECORD: Final = struct.Struct(">IBI")
 _U32: Final = 0xFFFFFFFF
 
 
@@ -219,13 +227,23 @@ def lifecycle_payload(d: Any = None) -> bytes:
     return orjson.dumps({"d": d})
 
 
+def session_tag(session_id: str | None) -> int:
+    """The u32 a worker batch carries for the gateway session ``session_id`` (0: none).
+
+    A checksum, not the id itself: the forwarder only asks "same session as the last seq
+    forwarded?", and a 4-byte tag keeps that to one integer comparison per event.
+    """
+    return 0 if session_id is None else zlib.crc32(session_id.encode("utf-8", "replace"))
+
+
 def encode_record(t: str | bytes, shard: int, seq: int | None, received_at_ns: int,
-                  payload: bytes) -> bytes:
-    """One event as it sits inside a worker batch (RECORD prefix + consumer message)."""
+                  payload: bytes, *, session: int = 0) -> bytes:
+    """One event as it sits inside a worker batch (RECORD prefix + consumer message);
+    ``session`` is the :func:`session_tag` of the event's gateway session."""
     tb = t if isinstance(t, bytes) else type_bytes(t)
     flags = 0 if seq is None else HAS_SEQ
     head = HEADER.pack(VERSION, shard, flags, 0, seq or 0, received_at_ns, 0, 0)
-    return b"".join((RECORD.pack(len(tb) + 1 + HEADER_SIZE + len(payload), len(tb)),
+    return b"".join((RECORD.pack(len(tb) + 1 + HEADER_SIZE + len(payload), len(tb), session),
                      tb, b"\0", head, payload))
 
 
@@ -275,7 +293,7 @@ def batch_records(batch: bytes) -> list[tuple[str, int, int]]:
     off, out = BATCH_HEADER.size, []
     for _ in range(count):
         try:
-            mlen, tlen = RECORD.unpack_from(batch, off)
+            mlen, tlen, _ = RECORD.unpack_from(batch, off)
         except struct.error:
             raise ProtocolError("worker batch ends inside a record") from None
         start = off + RECORD.size

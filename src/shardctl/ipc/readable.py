@@ -34,6 +34,7 @@ class Readable:
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> Readable:
         self.start()
@@ -52,6 +53,9 @@ class Readable:
     def close(self) -> None:
         if self._loop is not None and self._fd is not None:
             self._loop.remove_reader(self._fd)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._fd = None
         self._wake()
 
@@ -63,20 +67,26 @@ class Readable:
             return True  # closed or broken: let the caller's recv say so
 
     async def wait(self, recheck: float) -> None:
-        """Return when the socket has input, or after ``recheck`` seconds (a safety net)."""
+        """Return when the socket has input, or within ``recheck`` seconds (a safety net)."""
         if self.ready() or self._fd is None:
             await anyio.lowlevel.checkpoint()
             return
         loop = self._loop
         assert loop is not None
         waiter = self._waiter = loop.create_future()
-        # A plain timer, not a cancel scope: this runs once per batch on the bus's hot path.
-        timer = loop.call_later(recheck, self._wake)
+        # One safety-net timer at a time, kept across waits rather than made and cancelled
+        # by each: this runs once per wake-up on the bus's hot path.  So a wait may end
+        # before ``recheck`` (the caller re-checks the socket anyway), never much after.
+        if self._timer is None:
+            self._timer = loop.call_later(recheck, self._recheck)
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiter = None
+
+    def _recheck(self) -> None:
+        self._timer = None
+        self._wake()
 
     def _signalled(self) -> None:
         if self.ready():
