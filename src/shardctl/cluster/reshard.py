@@ -229,17 +229,7 @@ class Reshard:
             status = self.status.get(shard_id)
             if status is None or shard_id not in slot.shard_ids:
                 continue
-            status.state = item.state
-            status.pid = slot.pid
-            status.seq = item.seq
-            status.latency = item.latency
-            status.guilds = item.guilds
-            status.last_event = item.last_event
-            if item.session_id:
-                url = item.resume_gateway_url
-                status.session_id = item.session_id
-                status.resume_gateway_url = (
-                    url if url is not None and self.sup._resume_allowed(url) else None)
+            status.observe(item, slot.pid, self.sup._resume_allowed)
             error = item.error
             if error is not None and self.failure is None:
                 self.failure = ReshardError(

@@ -126,6 +126,17 @@ class ShardStatus:
     last_event: float | None = None
     error: str | None = None
 
+    def observe(self, item: wire.ShardReport, pid: int | None,
+                resume_allowed: Callable[[str], bool]) -> None:
+        """Take a worker's report of this shard.  A resume URL that is not a host the token
+        may go to is kept out of any RESUME."""
+        self.state, self.pid, self.seq = item.state, pid, item.seq
+        self.latency, self.guilds, self.last_event = item.latency, item.guilds, item.last_event
+        if item.session_id:
+            url = item.resume_gateway_url
+            self.session_id = item.session_id
+            self.resume_gateway_url = url if url is not None and resume_allowed(url) else None
+
 
 class Supervisor:
     """Runs a shard cluster; see the module docstring.
@@ -799,20 +810,9 @@ class Supervisor:
             status = self._status.get(shard_id)
             if status is None or shard_id not in slot.shard_ids:
                 continue
-            status.state = item.state
-            status.pid = slot.pid
-            status.seq = item.seq
-            status.latency = item.latency
-            status.guilds = item.guilds
-            status.last_event = item.last_event
+            status.observe(item, slot.pid, self._resume_allowed)
             self.event_totals.observe(shard_id, slot.pid, item.counts)
-            if item.session_id:
-                status.session_id = item.session_id
-                url = item.resume_gateway_url
-                # Not a host the token may go to: keep the session out of any RESUME.
-                status.resume_gateway_url = (
-                    url if url is not None and self._resume_allowed(url) else None)
-            elif status.state == "ready":
+            if not item.session_id and status.state == "ready":
                 status.session_id = status.resume_gateway_url = None
             error = item.error
             if error is not None:
