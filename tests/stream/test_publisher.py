@@ -11,7 +11,7 @@ import orjson
 import pytest
 from streamkit import stored_count
 
-from shardctl.ipc.events import encode_event
+from shardctl.ipc.events import decode_event, encode_event
 from shardctl.stream.publisher import StreamPublisher
 from shardctl.stream.server import NatsServer
 from shardctl.stream.settings import StreamSettings
@@ -19,6 +19,11 @@ from shardctl.stream.settings import StreamSettings
 pytestmark = pytest.mark.anyio
 
 URL = "ws://127.0.0.1:1/resume/"
+
+
+def put(pub: StreamPublisher, frames: list[bytes]) -> None:
+    """Hand ``pub`` frames as the forwarder does: decoded once, as events."""
+    pub.put([decode_event(frame) for frame in frames])
 
 
 def ready(shard: int, session: str) -> bytes:
@@ -60,7 +65,7 @@ async def test_forwarded_is_what_the_stream_acknowledged_not_what_was_handed_ove
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(pub.run)
-            pub.put([ready(0, "s0"), *(message(0, seq) for seq in range(2, 11)),
+            put(pub, [ready(0, "s0"), *(message(0, seq) for seq in range(2, 11)),
                      message(1, 41)])
             await anyio.wait_all_tasks_blocked()
             assert pub.durable(0) is None and pub.durable(1) == ("old", URL, 40)
@@ -89,7 +94,7 @@ async def test_a_full_buffer_holds_the_forwarder_until_the_stream_takes_events(
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(pub.run)
-            pub.put([ready(0, "s0"), *(message(0, seq) for seq in range(2, 151))])
+            put(pub, [ready(0, "s0"), *(message(0, seq) for seq in range(2, 151))])
             assert pub.full
             tg.start_soon(forwarder)
             await anyio.wait_all_tasks_blocked()
@@ -111,8 +116,8 @@ async def test_a_replay_of_stored_events_is_stored_once(nats_server: NatsServer)
     pub = publisher(nats_server, progress)
     async with anyio.create_task_group() as tg:
         await tg.start(pub.run)
-        pub.put([ready(0, "s0"), *(message(0, seq) for seq in range(2, 21))])
-        pub.put([message(0, seq) for seq in range(11, 31)])  # 11..20 again, then new
+        put(pub, [ready(0, "s0"), *(message(0, seq) for seq in range(2, 21))])
+        put(pub, [message(0, seq) for seq in range(11, 31)])  # 11..20 again, then new
         with anyio.fail_after(30):
             await progress.until(lambda: pub.pending == 0)
         tg.cancel_scope.cancel()
@@ -135,7 +140,7 @@ async def test_a_full_stream_is_back_pressure_until_it_has_room(nats_server: Nat
                           on_progress=progress, max_pending=150)
     async with anyio.create_task_group() as tg:
         await tg.start(pub.run)
-        pub.put(frames)
+        put(pub, frames)
         with anyio.fail_after(30):
             await progress.until(lambda: pub.durable(0) is not None)
             # stuck below the end: the stream took what fits and refuses the rest

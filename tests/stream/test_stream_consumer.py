@@ -7,7 +7,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from test_publisher import Progress, message, publisher, ready
+from test_publisher import Progress, message, publisher, put, ready
 
 from shardctl.ipc.events import Event
 from shardctl.stream.consumer import StreamConsumer
@@ -21,7 +21,7 @@ async def fill(server: NatsServer, frames: list[bytes]) -> None:
     pub = publisher(server, progress)
     async with anyio.create_task_group() as tg:
         await tg.start(pub.run)
-        pub.put(frames)
+        put(pub, frames)
         with anyio.fail_after(30):
             await progress.until(lambda: pub.pending == 0)
         tg.cancel_scope.cancel()

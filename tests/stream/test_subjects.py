@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardctl.errors import ProtocolError
-from shardctl.ipc.events import encode_event
+from shardctl.ipc.events import decode_event, encode_event
 from shardctl.stream import subjects
 
 _TYPES = st.from_regex(r"[A-Z][A-Z_]{0,30}", fullmatch=True)
@@ -20,16 +20,16 @@ _U32 = st.integers(0, 2**32 - 1)
 def test_headers_carry_every_field_of_the_bus_frame_and_the_payload_as_is(
         *, t: str, shard: int, seq: int | None, received: int, bus_seq: int, epoch: int,
         payload: bytes) -> None:
-    frame = subjects.Frame(encode_event(t, shard, seq, received, payload, bus_seq=bus_seq,
+    frame = decode_event(encode_event(t, shard, seq, received, payload, bus_seq=bus_seq,
                                         epoch=epoch))
-    event = subjects.event_from(subjects.headers(frame, "session"), frame.payload)
+    event = subjects.event_from(subjects.headers(frame, "session"), frame.raw)
     assert (event.type, event.shard, event.seq, event.received_at_ns, event.raw,
             event.bus_seq, event.epoch) == (t, shard, seq, received, payload, bus_seq, epoch)
 
 
 def test_a_dispatch_is_named_by_shard_session_and_seq_whatever_else_differs() -> None:
-    one = subjects.Frame(encode_event("MESSAGE_CREATE", 3, 42, 1, b"{}", bus_seq=7, epoch=1))
-    replay = subjects.Frame(encode_event("MESSAGE_CREATE", 3, 42, 9, b"{}", bus_seq=1,
+    one = decode_event(encode_event("MESSAGE_CREATE", 3, 42, 1, b"{}", bus_seq=7, epoch=1))
+    replay = decode_event(encode_event("MESSAGE_CREATE", 3, 42, 9, b"{}", bus_seq=1,
                                          epoch=2))
     assert subjects.msg_id(one, "s1") == subjects.msg_id(replay, "s1")
     assert subjects.msg_id(one, "s1") != subjects.msg_id(one, "s2")
@@ -37,9 +37,9 @@ def test_a_dispatch_is_named_by_shard_session_and_seq_whatever_else_differs() ->
 
 
 def test_lifecycle_events_are_named_by_type_epoch_and_bus_seq() -> None:
-    a = subjects.Frame(encode_event("SHARD_READY", 3, None, 1, b"{}", bus_seq=1, epoch=5))
-    b = subjects.Frame(encode_event("SHARD_READY", 3, None, 1, b"{}", bus_seq=2, epoch=5))
-    c = subjects.Frame(encode_event("SHARD_READY", 3, None, 1, b"{}", bus_seq=1, epoch=6))
+    a = decode_event(encode_event("SHARD_READY", 3, None, 1, b"{}", bus_seq=1, epoch=5))
+    b = decode_event(encode_event("SHARD_READY", 3, None, 1, b"{}", bus_seq=2, epoch=5))
+    c = decode_event(encode_event("SHARD_READY", 3, None, 1, b"{}", bus_seq=1, epoch=6))
     ids = {subjects.msg_id(f, "s") for f in (a, b, c)}
     assert len(ids) == 3
 

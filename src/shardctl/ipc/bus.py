@@ -488,16 +488,28 @@ class ForwarderStats:
 BatchHook = Callable[[Sequence[Event]], None]
 
 
-class FrameSink(Protocol):
-    """Where every forwarded consumer frame goes too, in order (the durable stream,
-    :mod:`shardctl.stream.publisher`): ``put`` gets each batch's frames as forwarded, on
-    the hot path; while ``full``, the forwarder reads no more worker batches (so workers
-    block and shards pause reading) and awaits ``wait_room``."""
+def _decodable(frames: list[bytes]) -> list[Event]:
+    """The frames of a malformed batch that did go out and still decode (off the hot path)."""
+    events = []
+    for frame in frames:
+        try:
+            events.append(decode_event(frame))
+        except ProtocolError as exc:
+            log.error("event forwarder: a forwarded frame does not decode: %s", exc)
+    return events
+
+
+class EventSink(Protocol):
+    """Where every forwarded event goes too, in order (the durable stream,
+    :mod:`shardctl.stream.publisher`): ``put`` gets each batch's events as forwarded (decoded
+    once, shared with ``on_batch``), on the hot path; while ``full``, the forwarder reads no
+    more worker batches (so workers block and shards pause reading) and awaits
+    ``wait_room``."""
 
     @property
     def full(self) -> bool: ...
 
-    def put(self, frames: list[bytes]) -> None: ...
+    def put(self, events: Sequence[Event]) -> None: ...
 
     async def wait_room(self) -> None: ...
 
@@ -594,7 +606,7 @@ class EventForwarder:
         self._in_batch = False
         self._batch_done: anyio.Event | None = None
         #: every forwarded frame also goes here (None: the bus only)
-        self.sink: FrameSink | None = None
+        self.sink: EventSink | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Bind both sockets, signal started, forward until cancelled or :meth:`drain`."""
@@ -776,10 +788,8 @@ class EventForwarder:
                 retry = min(retry * 2, _RETRY_MAX)
         self._counters[key] = bus_seq
         self.stats.events += 1
-        if self.sink is not None:
-            self.sink.put([message])  # the stream gets the supervisor's own events too
-        if self.on_batch is not None:
-            self.on_batch([decode_event(message)])
+        if self.sink is not None or self.on_batch is not None:
+            self._delivered([decode_event(message)])  # the stream gets our own events too
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -859,22 +869,24 @@ class EventForwarder:
                 retry = min(retry * 2, _RETRY_MAX)
             if off != len(batch):
                 raise ProtocolError("trailing bytes after the last event of a batch")
-            events = ([decode_event(frame) for frame in frames]
-                      if frames and self.on_batch is not None else None)
+            events = [decode_event(frame) for frame in frames] if frames else None
         except (ProtocolError, struct.error) as exc:
             # A broken worker must never take the supervisor down: drop the rest of the batch.
             self._malformed(exc)
             if frames and self.sink is not None:
-                self.sink.put(frames)  # what went out on the bus goes into the stream too
+                # what went out on the bus goes into the stream too (not to on_batch, as ever)
+                self.sink.put(_decodable(frames))
             return
-        self._delivered(frames, events)
+        self._delivered(events)
 
-    def _delivered(self, frames: list[bytes] | None, events: list[Event] | None) -> None:
-        """A batch is out on the bus: the stream, the in-process hook, the waiters."""
-        if frames and self.sink is not None:
-            self.sink.put(frames)
-        if events and self.on_batch is not None:
-            self.on_batch(events)
+    def _delivered(self, events: list[Event] | None) -> None:
+        """A batch is out on the bus: the stream, the in-process hook (one decode for both:
+        the frames were checked on the way out), the waiters."""
+        if events:
+            if self.sink is not None:
+                self.sink.put(events)
+            if self.on_batch is not None:
+                self.on_batch(events)
         if self.on_progress is not None:
             self.on_progress()
 

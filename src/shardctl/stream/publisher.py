@@ -28,15 +28,14 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from shardctl.errors import ProtocolError
-from shardctl.ipc.events import NEW_SESSION_TYPE, ready_session
+from shardctl.ipc.events import NEW_SESSION_TYPE, Event, ready_session
 from shardctl.stream import _nats, subjects
 from shardctl.stream.settings import StreamSettings
 
@@ -62,7 +61,7 @@ Session = tuple[str, str]
 class _Pending:
     __slots__ = ("answer", "frame", "sent_at", "session", "token")
 
-    def __init__(self, frame: subjects.Frame, session: Session | None) -> None:
+    def __init__(self, frame: Event, session: Session | None) -> None:
         self.frame = frame
         self.session = session
         #: None: no answer yet; b"": stored; b"dup": stored before; else the refusal
@@ -114,19 +113,13 @@ class StreamPublisher:
 
     # -- the forwarder's side (sync, hot path) -----------------------------------------------
 
-    def put(self, frames: list[bytes]) -> None:
-        """The consumer frames of one forwarded batch, in order."""
+    def put(self, events: Sequence[Event]) -> None:
+        """The events of one forwarded batch, in order (the forwarder decoded them)."""
         queue, current = self._queue, self._current
-        for raw in frames:
-            try:
-                frame = subjects.Frame(raw)
-            except (ProtocolError, UnicodeDecodeError) as exc:
-                # the forwarder checked it: a bug, never a peer's doing
-                log.error("stream: skipped a malformed frame: %s", exc)
-                continue
+        for frame in events:
             if frame.type == NEW_SESSION_TYPE and frame.seq is not None:
                 # None: a session nobody may RESUME (the forwarder's rule, ipc/bus.py)
-                current[frame.shard] = ready_session(frame.payload, self._resume_url_allowed)
+                current[frame.shard] = ready_session(frame.raw, self._resume_url_allowed)
             queue.append(_Pending(frame, current.get(frame.shard)))
         wake = self._wake
         if wake is not None and not wake.is_set():
@@ -292,7 +285,7 @@ class StreamPublisher:
             token = self._tokens
             try:
                 await nc.publish(subjects.subject(prefix, frame.type, frame.shard),
-                                 frame.payload, reply=f"{reply_prefix}{token}",
+                                 frame.raw, reply=f"{reply_prefix}{token}",
                                  headers=subjects.headers(frame, session))
             except Exception as exc:  # disconnected, buffer full: retry
                 return f"publish failed: {exc!r}"

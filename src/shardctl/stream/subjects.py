@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 
 from shardctl.errors import ProtocolError
-from shardctl.ipc.events import HAS_SEQ, HEADER, HEADER_SIZE, MAX_TYPE_LEN, VERSION, Event
+from shardctl.ipc.events import Event
 
 MSG_ID: Final = "Nats-Msg-Id"
 TYPE: Final = "Shardctl-Type"
@@ -62,36 +62,16 @@ def filter_subjects(prefix: str, types: Iterable[str] | None,
     return [f"{prefix}.{t}.{s}" for t in type_tokens for s in shard_tokens]
 
 
-class Frame:
-    """One consumer frame (README "Frame layout") split for the stream."""
-
-    __slots__ = ("bus_seq", "epoch", "payload", "received_at_ns", "seq", "shard", "type")
-
-    def __init__(self, frame: bytes) -> None:
-        tlen = frame.find(b"\0", 0, MAX_TYPE_LEN + 1)
-        if tlen <= 0 or len(frame) < tlen + 1 + HEADER_SIZE:
-            raise ProtocolError("event frame too short or without a type terminator")
-        version, shard, flags, _, seq, received, bus_seq, epoch = HEADER.unpack_from(
-            frame, tlen + 1)
-        if version != VERSION:
-            raise ProtocolError(f"unknown event frame version {version}")
-        self.type = frame[:tlen].decode("ascii")
-        self.shard: int = shard
-        self.seq: int | None = seq if flags & HAS_SEQ else None
-        self.received_at_ns: int = received
-        self.bus_seq: int = bus_seq
-        self.epoch: int = epoch
-        self.payload = frame[tlen + 1 + HEADER_SIZE:]
 
 
-def msg_id(frame: Frame, session: str | None) -> str:
+def msg_id(frame: Event, session: str | None) -> str:
     """The ``Nats-Msg-Id`` of a frame; ``session`` is the id of the session its seq is in."""
     if frame.seq is None or session is None:
         return f"{frame.shard}.{type_token(frame.type)}.{frame.epoch}.{frame.bus_seq}"
     return f"{frame.shard}.{session_tag(session)}.{frame.seq}"
 
 
-def headers(frame: Frame, session: str | None) -> dict[str, str]:
+def headers(frame: Event, session: str | None) -> dict[str, str]:
     out = {MSG_ID: msg_id(frame, session), TYPE: frame.type, SHARD: str(frame.shard),
            RECEIVED_AT: str(frame.received_at_ns), BUS_SEQ: str(frame.bus_seq),
            EPOCH: str(frame.epoch)}
