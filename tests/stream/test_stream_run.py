@@ -253,7 +253,8 @@ async def test_a_stop_during_a_nats_outage_saves_what_the_stream_stored(
     state = None
     with short_dir() as run_dir:
         async with Sandbox(sandbox_config(4)) as sb, anyio.create_task_group() as tg:
-            args = run_args(sb, run_dir / "state.json", url)
+            port = free_port()
+            args = run_args(sb, run_dir / "state.json", url, "--metrics-port", str(port))
             env = env_with_runtime(run_dir)
             first = await start_run(args, env, tmp_path / "first.log")
             second = None
@@ -263,10 +264,15 @@ async def test_a_stop_during_a_nats_outage_saves_what_the_stream_stored(
                 with anyio.fail_after(60):
                     await all_ready(sb, 4)
                     await checkpointed(run_dir / "state.json", 4)
-                sent = await start_blast(sb, 1_000, tg)
+                sent = await start_blast(sb, 500, tg)
                 with anyio.fail_after(60):
                     await checker.wait_for(500)
                 await anyio.to_thread.run_sync(nats_server.stop)
+                # events that arrive during the outage: received, never acknowledged
+                sent |= await start_blast(sb, 500, tg)
+                with anyio.fail_after(60):
+                    await metrics_when(port, lambda f: f["shardctl_stream_connected"] == 0
+                                       and f["shardctl_stream_pending"] > 0)
                 with anyio.fail_after(60):
                     await terminate(first, grace=50)
                 assert first.returncode == 0
