@@ -416,12 +416,3 @@ def stop_authenticator(context: zmq.Context[Any]) -> None:
         zap = _zaps.pop(context.underlying, None)
     if zap is not None:
         zap.auth.stop()
-
-
-def stop_authenticators() -> None:
-    """Stop every ZAP handler (tests that ``term()`` their own contexts need this)."""
-    with _zaps_lock:
-        zaps = list(_zaps.values())
-        _zaps.clear()
-    for zap in zaps:
-        zap.auth.stop()
