@@ -37,7 +37,8 @@ class StatusAnswers:
     def __init__(self, snapshot: Callable[[bool], StatusSnapshot]) -> None:
         #: called on the loop with ``full``: what the reply to that kind of peer says
         self._snapshot = snapshot
-        self._renders = anyio.CapacityLimiter(1)
+        #: one render at a time (made on the loop: anyio before 4.5 cannot make it outside)
+        self._renders: anyio.CapacityLimiter | None = None
         self._waiting = 0
         #: requests dropped because :data:`MAX_WAITING` answers were waiting already
         self.dropped = 0
@@ -48,11 +49,14 @@ class StatusAnswers:
             self.dropped += 1
             return
         self._waiting += 1
-        tg.start_soon(self._answer, control, peer, full)
+        if self._renders is None:
+            self._renders = anyio.CapacityLimiter(1)
+        tg.start_soon(self._answer, control, peer, full, self._renders)
 
-    async def _answer(self, control: ControlServer, peer: bytes, full: bool) -> None:
+    async def _answer(self, control: ControlServer, peer: bytes, full: bool,
+                      renders: anyio.CapacityLimiter) -> None:
         try:
-            async with self._renders:
+            async with renders:
                 snapshot = self._snapshot(full)
                 frames = await anyio.to_thread.run_sync(snapshot.frames)
         except ProtocolError as exc:  # a body over MAX_MESSAGE_BYTES
