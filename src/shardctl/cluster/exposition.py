@@ -1,12 +1,13 @@
 """Prometheus text exposition, written by hand: one string join per metric family.
 
 prometheus-client builds a ``Sample`` (a named tuple with a label dict) per series and
-formats each one with sorted, escaped labels; at 10,000 shards that is 60,000 series and
-about a second of Python.  This writer produces the same bytes as its ``generate_latest``
-(same ``# HELP``/``# TYPE`` lines, labels in name order, values through its
-``floatToGoString``), so dashboards and scrapers see no difference, for a fraction of that:
-the per-shard families use :func:`series` with label values known to need no escaping.
-"""
+formats each one with sorted, escaped labels; at 10,000 shards that is 60,000 series, a
+third of a second of Python on an idle machine and over a second under load.  This writer
+produces the same bytes as its ``generate_latest`` (same ``# HELP``/``# TYPE`` lines,
+labels in name order, values as its ``floatToGoString`` writes them), so dashboards and
+scrapers see no difference, in a ninth of the time: the per-shard families are written
+with :func:`series`, one f-string per series, ids as they are and each distinct state
+escaped once; :class:`Family` writes the small ones."""
 
 from __future__ import annotations
 
