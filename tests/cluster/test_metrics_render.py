@@ -110,8 +110,8 @@ def test_per_shard_families_are_the_bytes_prometheus_client_wrote(
     assert render(snapshot(sup)).decode() == reference_text(sup)
 
 
-def test_a_10000_shard_scrape_reads_back_as_the_supervisor_holds_it() -> None:
-    sup = reported_supervisor(10_000, latency=lambda shard: None if shard % 7 == 0 else shard / 1e4)
+def test_a_2000_shard_scrape_reads_back_as_the_supervisor_holds_it() -> None:
+    sup = reported_supervisor(2_000, latency=lambda shard: None if shard % 7 == 0 else shard / 1e4)
     text = render(snapshot(sup)).decode()
     assert text == reference_text(sup)
     got = {f.name: f for f in text_string_to_metric_families(text)}
