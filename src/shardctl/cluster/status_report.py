@@ -7,7 +7,7 @@ what a RESUME needs.  A peer without credentials (insecure loopback tcp: any loc
 gets :func:`redacted_status_body`: states and counts, nothing that helps an attack -- no
 pids (signal targets), seqs, latencies, ages or error texts.
 
-At 10,000 shards a body is 1.5 MB of JSON: the supervisor copies what it needs on its loop
+At 10,000 shards a body is 1.3 MB of JSON: the supervisor copies what it needs on its loop
 (:class:`StatusSnapshot`, a few milliseconds) and builds and encodes the body in a thread
 (:meth:`StatusSnapshot.frames`; cluster/status_answers.py), so the loop never waits on it.
 """
