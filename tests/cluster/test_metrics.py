@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import anyio
 import httpx
@@ -80,8 +79,9 @@ async def test_metrics_are_served_and_follow_the_workers_reports() -> None:
 
 def test_readyz_needs_every_shard_ready() -> None:
     def fake(*states: str) -> Supervisor:
-        shards = [ShardStatus(i, state=s) for i, s in enumerate(states)]
-        return SimpleNamespace(status=lambda: shards)  # type: ignore[return-value]
+        sup = Supervisor(token=TOKEN, api_url="http://127.0.0.1:9")
+        sup._status = {i: ShardStatus(i, state=s) for i, s in enumerate(states)}
+        return sup
 
     assert readiness(fake("ready", "ready"))[0]
     ok, text = readiness(fake("ready", "identifying"))

@@ -12,13 +12,11 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
 async def test_metrics_show_what_the_stream_stored(nats_server: NatsServer) -> None:
-    from prometheus_client import generate_latest
-
-    from shardctl.cluster.metrics import registry_for
+    from shardctl.cluster.metrics import render, snapshot
 
     with short_dir() as run_dir:
         async with cluster(run_dir, nats_server.url, commands=False) as (_, sup):
-            text = generate_latest(registry_for(sup)).decode()
+            text = render(snapshot(sup)).decode()
     values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
               if line.startswith("shardctl_stream_")}
     assert values["shardctl_stream_stored_total"] >= SHARDS  # every READY at least

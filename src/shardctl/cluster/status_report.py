@@ -6,14 +6,22 @@ matters.  Session ids are left out: the reply is for people, and a session is ha
 what a RESUME needs.  A peer without credentials (insecure loopback tcp: any local user)
 gets :func:`redacted_status_body`: states and counts, nothing that helps an attack -- no
 pids (signal targets), seqs, latencies, ages or error texts.
+
+At 10,000 shards a body is 1.3 MB of JSON: the supervisor copies what it needs on its loop
+(:class:`StatusSnapshot`, a few milliseconds) and builds and encodes the body in a thread
+(:meth:`StatusSnapshot.frames`; cluster/status_answers.py), so the loop never waits on it.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import starmap
+from typing import TYPE_CHECKING, Any, Final, overload
+
+from shardctl.ipc.control import encode_parts
 
 if TYPE_CHECKING:
     from shardctl.cluster.supervisor import ShardStatus
@@ -89,3 +97,60 @@ def redacted_status_body(shards: Sequence[ShardStatus], slots: Sequence[WorkerSl
                     "all_ready": full["all_ready"], "states": full["states"],
                     "workers": len(slots)},
     }
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSnapshot:
+    """Everything a ``status`` reply says, copied on the loop: ``rows`` from
+    :meth:`~shardctl.cluster.supervisor.Supervisor.status_rows`, ``workers`` copies of the
+    slots; ``limiter`` and ``operation`` only for a full body, ``redacted`` for anyone else."""
+
+    rows: Sequence[tuple[Any, ...]]
+    workers: Sequence[WorkerSlot]
+    now: float
+    limiter: Mapping[str, Any] | None = None
+    operation: Mapping[str, Any] | None = None
+    redacted: bool = False
+
+    def body(self) -> dict[str, Any]:
+        """The reply's body; reads nothing but the snapshot (any thread)."""
+        from shardctl.cluster.supervisor import ShardStatus  # it imports this module
+
+        shards = _Rebuilt(self.rows, ShardStatus)
+        if self.redacted:
+            return redacted_status_body(shards, self.workers)
+        return status_body(shards, self.workers, self.now, limiter=self.limiter,
+                           operation=self.operation)
+
+    def frames(self) -> list[list[bytes]]:
+        """The reply as control messages (in parts when long), for ``send_parts``."""
+        return encode_parts("status", self.body())
+
+
+class _Rebuilt(Sequence["ShardStatus"]):
+    """Rows as records, each rebuilt when read and dropped right after.
+
+    10,000 records alive at once would outlive the garbage collector's young generations
+    and hasten a full collection, which stops every thread, the event loop's too; a row
+    of plain values is not even tracked.
+    """
+
+    def __init__(self, rows: Sequence[tuple[Any, ...]],
+                 make: Callable[..., ShardStatus]) -> None:
+        self._rows, self._make = rows, make
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __iter__(self) -> Iterator[ShardStatus]:
+        return starmap(self._make, self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> ShardStatus: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[ShardStatus]: ...
+
+    def __getitem__(self, index: int | slice) -> ShardStatus | list[ShardStatus]:
+        if isinstance(index, slice):
+            return list(starmap(self._make, self._rows[index]))
+        return self._make(*self._rows[index])

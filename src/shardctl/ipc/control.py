@@ -336,7 +336,13 @@ class ControlServer:
         """
         if not isinstance(kind, str):
             kind, body = to_wire(kind)
-        for frames in encode_parts(kind, body):
+        return self.send_parts(peer, kind, encode_parts(kind, body))
+
+    def send_parts(self, peer: bytes, kind: str, parts: Sequence[list[bytes]]) -> bool:
+        """:meth:`send` of what :func:`encode_parts` made already: a long body can be
+        encoded in a thread (the supervisor's ``status`` at 10,000 shards), and only this
+        stays on the loop."""
+        for frames in parts:
             # A non-blocking send resolves its future at once (pyzmq short-circuits it).
             future = cast("asyncio.Future[object]", self._socket.send_multipart(
                 [peer, *frames], flags=zmq.NOBLOCK))
