@@ -40,6 +40,7 @@ import anyio
 from shardctl.cluster.reshard_progress import reshard_text
 from shardctl.cluster.workers import WorkerSlot, kill
 from shardctl.errors import ShardctlError
+from shardctl.gateway.lifecycle import SHARD_RESUMED
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,7 @@ class Rolling:
                     f"{_ids(late or list(shards))} READY within {ready_timeout:g} s")
             for shard_id in shards:
                 after = hooks.counts(shard_id)
-                operation.resumed += _grew(before[shard_id], after, "SHARD_RESUMED")
+                operation.resumed += _grew(before[shard_id], after, SHARD_RESUMED)
                 operation.identified += _grew(before[shard_id], after, "READY")
             operation.done.append(slot.index)
         finally:
