@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -211,3 +212,46 @@ async def test_a_request_for_a_held_grant_gets_that_grant_again_not_a_second_slo
                 await server.wait_for(lambda: not any(server.scheduler.holding()))
         finally:
             sock.close(linger=0)
+
+
+@pytest.mark.slow
+async def test_a_client_whose_pings_wait_unread_is_not_taken_for_silent(
+        endpoint: str) -> None:
+    # The service's loop is busy (a supervisor starting thousands of shards) for longer than
+    # the client timeout while its clients keep pinging: their pings wait in the socket, and
+    # they are not silent.  The service used to take every client whose messages it had not
+    # read yet for silent, and drop its whole queue.
+    server = SessionLimiterService(endpoint, Limits(interval=5.0), client_timeout=0.3)
+    stop = threading.Event()
+
+    def pinger(client: str) -> None:  # a thread: it keeps pinging while this loop is blocked
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        try:
+            sock.send_multipart([b"SL1", b"request", orjson.dumps(
+                {"client": client, "req": 1, "shard": 0})])
+            seq = 0
+            while not stop.wait(0.02):
+                seq += 1
+                sock.send_multipart([b"SL1", b"ping", orjson.dumps(
+                    {"client": client, "seq": seq})])
+        finally:
+            sock.close(linger=0)
+
+    async with serving(server):
+        threads = [threading.Thread(target=pinger, args=(c,)) for c in ("w1", "w2", "w3")]
+        for thread in threads:
+            thread.start()
+        try:
+            with anyio.fail_after(10):
+                await server.wait_for(lambda: len(server.scheduler) == 3)
+                for _ in range(5):
+                    time.sleep(0.5)  # noqa: ASYNC251 -- the busy loop under test
+                    await anyio.sleep(0.05)
+        finally:
+            stop.set()
+            for thread in threads:
+                await anyio.to_thread.run_sync(thread.join)
+        assert [e for e in server.record if e.kind == "drop"] == []
+        assert len(server.scheduler) == 3
