@@ -28,10 +28,17 @@ is gone (the shards' end is :class:`~shardctl.ipc.limiter.LimiterClient`):
 - a request is keyed ``(client id, request number)``; its grant goes to the routing id the
   client last spoke from, so a client that reconnects still gets its grants;
 - a grant that fails to send (the client's connection is gone) is not a slot spent: the
-  scheduler gives the slot to the next request at once and every other request of that
-  client is dropped;
-- a client silent for ``client_timeout`` (no ping) loses its waiting requests; if it was only
-  slow, its next pong shows them missing and it asks again;
+  scheduler gives the slot to the next request at once, and every waiting request of that
+  client is set aside with its place: a DEALER reconnects (after a heartbeat timeout, say)
+  under a new routing id, and gets them back, in their places, with its next message;
+- a client silent for ``client_timeout`` (no message; counted up to when the service last
+  had no message unread, so a busy loop's backlog is not silence) loses its waiting
+  requests; if it was only slow, its next pong shows them missing and it asks again;
+- a request whose grant is still held (the grant was lost on the way) gets that grant
+  again, not a second slot;
+- the work per message does not grow with the queue: pongs list a client's own requests
+  from the scheduler's per-client index, and the scheduler keeps each bucket's due time
+  until it changes (10,000 waiting requests over 256 buckets in a big start-up);
 - every grant that left is a slot spent, whatever happens to it afterwards (DESIGN.md §6);
 - a client id is bound to the connection that first used it and the principal (CURVE key)
   behind it: a message naming it from another connection is refused (``refused``) and

@@ -90,8 +90,16 @@ once per peer), and replies to a peer that does not read them are dropped, never
 Recovery without a session: ZeroMQ keeps order on a connection, so the service handles ping N
 after every earlier message from that client and sends pong N after every earlier grant.  A
 request sent before ping N that is neither granted nor listed in pong N was lost (service
-restarted, connection dropped, client taken for dead): the client sends it again.  A grant
-that was lost on the way counts as used, and the re-sent request waits for a new slot.
+restarted, connection dropped, client taken for dead): the client sends it again (one log
+line per pong, with the count).  A grant that was lost on the way counts as used: a re-sent
+request whose grant the service still holds (unreleased) gets that same grant again, since
+its bucket has waited on it since; once released or expired, it waits for a new slot.  A
+grant for a request the client no longer waits for (cancelled as the grant left, or a
+repeat) is released at once (``release`` without ``sent_at``): nothing will be sent under
+it, and the bucket need not wait for the hold limit.  A service whose loop is behind its
+socket takes nobody for silent whose messages may be among the unread ones, and a client
+whose connection went away (a DEALER reconnects after a heartbeat timeout, under a new
+routing id) keeps its waiting requests, in their places, for ``client_timeout``.
 
 The service sets ``ROUTER_MANDATORY``: a grant (or probe) for a peer whose connection is gone
 fails to send, so the policy can give that slot to the next request instead of wasting it.
