@@ -445,10 +445,10 @@ class SessionLimiterService:
     def _release(self, client: _Client, client_id: str, req: int, sent_at: float | None,
                  now: float) -> None:
         believed = sent_at if client.same_clock and self._pace_from_sent else None
-        held = {k: (shard, start) for k, shard, start in self.scheduler.holding()}
-        if not self.scheduler.release((client_id, req), now, sent_at=believed):
+        held = self.scheduler.held((client_id, req))
+        if held is None or not self.scheduler.release((client_id, req), now, sent_at=believed):
             return
-        shard, start = held[(client_id, req)]
+        shard, start = held
         paced_from = now if believed is None else min(max(believed, start), now)
         bucket = self.scheduler.bucket_of(shard)
         self._note(LimiterEvent("release", paced_from, client_id, shard, bucket, detail=(
