@@ -52,6 +52,10 @@ class Run:
         for g in self.scheduler.poll(self.now):
             self.grants.append(g)
             self.epoch[g.key] = len(self.mc_changes)
+        # The due times it keeps between changes are the ones it would work out afresh.
+        kept = self.scheduler.next_deadline()
+        self.scheduler._touch()
+        assert self.scheduler.next_deadline() == kept
 
     def advance(self, to: float) -> None:
         """Poll at every deadline up to ``to``, then at ``to`` itself."""

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from shardctl.cluster.limiter import Grant, IdentifyScheduler
+from shardctl.cluster.limiter import Grant, IdentifyScheduler, Parked
 from shardctl.gateway.limits import Limits
 from shardctl.gateway.pacing import IdentifyMargin
 
@@ -442,3 +442,48 @@ def test_a_deadline_with_many_held_grants_costs_one_pass_over_the_holds() -> Non
     assert s.lookups <= 2 * 256
     held_bucket_ends = {b: s.last_grants()[b] for b in (0, 255)}
     assert held_bucket_ends == {0: 70.0, 255: 70.0}  # held grants count until hold_limit
+
+
+def test_requests_set_aside_and_put_back_keep_their_places() -> None:
+    # A client whose connection dropped gets its queue back as it was: ahead of everything
+    # that arrived meanwhile, in its old order.
+    s = IdentifyScheduler[tuple[str, int]](
+        now=0.0, limits=Limits(interval=5.0, margin=NO_MARGIN), last_grants={},
+        owner=lambda key: key[0])
+    for n in range(3):
+        s.request(("a", n), 0)
+        s.request(("b", n), 0)
+    parked = s.set_aside(lambda key: key[0] == "a")
+    assert [p.key for p in parked] == [("a", 0), ("a", 1), ("a", 2)]
+    assert s.waiting_of("a") == [] and s.owners() == ["b"] and len(s) == 3
+    s.request(("c", 0), 0)
+    s.request(("a", 1), 0)  # asked again meanwhile: keeps this later place
+    assert s.put_back(parked) == 2
+    assert sorted(s.waiting_of("a")) == [("a", 0), ("a", 1), ("a", 2)]
+    order = [g.key for g in drain(s, 0.0, 100.0)]
+    assert order == [("a", 0), ("b", 0), ("b", 1), ("a", 2), ("b", 2), ("c", 0), ("a", 1)]
+    assert s.owners() == []
+
+
+def test_an_undeliverable_grant_is_handed_back_with_its_place() -> None:
+    s = IdentifyScheduler[str](now=0.0, limits=Limits(interval=5.0, margin=NO_MARGIN),
+                               last_grants={})
+    for key in "abc":
+        s.request(key, 0)
+    parked: list[Parked[str]] = []
+    grants = s.poll(0.0, lambda g: g.key != "a", parked.append)
+    assert [g.key for g in grants] == ["b"]  # the slot went to the next request at once
+    assert [p.key for p in parked] == ["a"]
+    s.put_back(parked)
+    assert [(g.key, g.at) for g in drain(s, 0.0, 100.0)] == [("a", 5.0), ("c", 10.0)]
+
+
+def test_a_held_grant_can_be_looked_up_by_key() -> None:
+    s = IdentifyScheduler[str](now=0.0, limits=Limits(interval=5.0, margin=NO_MARGIN),
+                               last_grants={}, hold_limit=10.0)
+    s.request("a", 3)
+    assert s.held("a") is None
+    [grant] = s.poll(0.0)
+    assert s.held("a") == (3, grant.start)
+    s.release("a", 1.0)
+    assert s.held("a") is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from collections.abc import Iterator
@@ -241,3 +242,80 @@ async def test_send_to_a_gone_peer_reports_failure(endpoint: str) -> None:
             while service.probe(peer):  # noqa: ASYNC110
                 await anyio.sleep(0.01)
         assert not service.send_grant(peer, 1, 1)
+
+
+async def test_a_pong_missing_thousands_of_requests_is_one_log_line(
+        endpoint: str, caplog: pytest.LogCaptureFixture) -> None:
+    # A service that lost a big worker's queue made it log a line per shard (145,000 in a
+    # 10,000-shard start-up): one line per pong says how many, and every one is asked again.
+    caplog.set_level(logging.INFO, "shardctl.ipc.limiter")
+    count = 3000
+    async with (LimiterWireServer(endpoint) as service,
+                LimiterClient(endpoint, ping_interval=0.05) as client,
+                anyio.create_task_group() as tg):
+
+        async def shard(shard_id: int) -> None:
+            async with client.identify(shard_id):
+                pass
+
+        for shard_id in range(count):
+            tg.start_soon(shard, shard_id)
+        asked: set[int] = set()
+        with anyio.fail_after(10):
+            while len(asked) < count:
+                _, request = await next_of(service, Request)
+                asked.add(request.req)
+            # Every request was sent before this ping: a pong listing none lost them all.
+            peer, ping = await next_of(service, Ping)
+            assert service.send_pong(peer, ping.seq, [])
+            again: set[int] = set()
+            while len(again) < count:
+                _, request = await next_of(service, Request)
+                again.add(request.req)
+        assert again == asked
+        assert client.reasked == count
+        lines = [r.getMessage() for r in caplog.records if "asking again" in r.getMessage()]
+        assert len(lines) == 1
+        assert f"lost {count} request(s) (shards 0, 1, 2, 3, 4, 5, 6, 7 and {count - 8} more)" \
+            in lines[0]
+        tg.cancel_scope.cancel()
+
+
+async def test_a_grant_no_waiter_takes_is_released_at_once(endpoint: str) -> None:
+    # The waiter was cancelled as the grant left (or the grant repeats one already used): no
+    # IDENTIFY follows it, so the bucket must not stay held for the hold limit.
+    async with LimiterWireServer(endpoint) as service, LimiterClient(endpoint) as client:
+        peer, _ = await next_of(service, Ping)
+        assert service.send_grant(peer, 41, 3)
+        _, release = await next_of(service, Release)
+        assert release == Release(client.client_id, 41, None)
+
+
+async def test_a_repeated_grant_during_the_identify_releases_nothing_early(
+        endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The bucket is paced from the release: a repeat of the grant that arrives while the
+    # shard is still sending its IDENTIFY must not release it before the send is over.
+    async with LimiterWireServer(endpoint) as service, LimiterClient(endpoint) as client:
+        entered, leave = anyio.Event(), anyio.Event()
+
+        async def shard() -> None:
+            async with client.identify(5):
+                entered.set()
+                await leave.wait()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(shard)
+            peer, request = await next_of(service, Request)
+            assert service.send_grant(peer, request.req, 5)
+            with anyio.fail_after(5):
+                await entered.wait()
+            resynced = anyio.Event()
+            real = client._resync
+            monkeypatch.setattr(client, "_resync", lambda pong: (real(pong), resynced.set()))
+            assert service.send_grant(peer, request.req, 5)  # the repeat, then a marker:
+            assert service.send_pong(peer, 0, [])  # handled once the repeat was
+            with anyio.fail_after(5):
+                await resynced.wait()
+            leave.set()
+            _, release = await next_of(service, Release)  # the first release is the body's
+            assert release.sent_at is not None

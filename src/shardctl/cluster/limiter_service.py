@@ -28,10 +28,17 @@ is gone (the shards' end is :class:`~shardctl.ipc.limiter.LimiterClient`):
 - a request is keyed ``(client id, request number)``; its grant goes to the routing id the
   client last spoke from, so a client that reconnects still gets its grants;
 - a grant that fails to send (the client's connection is gone) is not a slot spent: the
-  scheduler gives the slot to the next request at once and every other request of that
-  client is dropped;
-- a client silent for ``client_timeout`` (no ping) loses its waiting requests; if it was only
-  slow, its next pong shows them missing and it asks again;
+  scheduler gives the slot to the next request at once, and every waiting request of that
+  client is set aside with its place: a DEALER reconnects (after a heartbeat timeout, say)
+  under a new routing id, and gets them back, in their places, with its next message;
+- a client silent for ``client_timeout`` (no message; counted up to when the service last
+  had no message unread, so a busy loop's backlog is not silence) loses its waiting
+  requests; if it was only slow, its next pong shows them missing and it asks again;
+- a request whose grant is still held (the grant was lost on the way) gets that grant
+  again, not a second slot;
+- the work per message does not grow with the queue: pongs list a client's own requests
+  from the scheduler's per-client index, and the scheduler keeps each bucket's due time
+  until it changes (10,000 waiting requests over 256 buckets in a big start-up);
 - every grant that left is a slot spent, whatever happens to it afterwards (DESIGN.md §6);
 - a client id is bound to the connection that first used it and the principal (CURVE key)
   behind it: a message naming it from another connection is refused (``refused``) and
@@ -51,14 +58,14 @@ import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
 import anyio
 from anyio.abc import TaskStatus
 
-from shardctl.cluster.limiter import Grant, IdentifyScheduler
+from shardctl.cluster.limiter import Grant, IdentifyScheduler, Parked
 from shardctl.gateway.limits import DEFAULT_LIMITS, Limits
 from shardctl.ipc.limiter import (
     DEFAULT_PEER_BURST,
@@ -129,6 +136,12 @@ class _Client:
     same_clock: bool = False  # its ping named our monotonic clock: sent_at and not_before
     principal: str = ""  # the CURVE User-Id that first used this client id
     last_probe: float = -math.inf  # when it was last asked whether it is still there
+    #: its waiting requests, set aside with their places while its connection is gone
+    parked: list[Parked[RequestKey]] = field(default_factory=list)
+
+
+def _client_of(key: RequestKey) -> str:
+    return key[0]
 
 
 def _wall(at: float, now: float) -> str:
@@ -202,6 +215,7 @@ class SessionLimiterService:
         self._wakeup = anyio.Event()
         self._changed = anyio.Event()
         self._held_logged: float | None = None
+        self._caught_up = -math.inf  # when the receive loop last found no message waiting
         self.endpoint: str | None = None
         self.record: deque[LimiterEvent] = deque(maxlen=RECORD_SIZE)
         # Validate now, not when serving starts.
@@ -286,7 +300,7 @@ class SessionLimiterService:
             now = anyio.current_time()
             self._scheduler = IdentifyScheduler[RequestKey](
                 now=now, limits=self._limits, last_grants=self._last_grants,
-                hold_limit=self._hold_limit)
+                hold_limit=self._hold_limit, owner=_client_of)
             self._service = service
             self.endpoint = service.endpoint
             # Clients send time.monotonic() values: comparable with our `now` only if the
@@ -307,6 +321,8 @@ class SessionLimiterService:
 
     async def _receive_loop(self, service: LimiterWireServer) -> None:
         while True:
+            if not service.backlog():
+                self._caught_up = anyio.current_time()
             peer, message = await service.receive()
             self._handle(peer, message, anyio.current_time())
             # pyzmq hands over a queued message without yielding to the event loop: without
@@ -326,7 +342,7 @@ class SessionLimiterService:
                 await self._wakeup.wait()
             self._wakeup = anyio.Event()
             now = anyio.current_time()
-            self._expire_silent(now)
+            self._expire_silent(now, self._heard_until(now))
             self._probe_holders(now)
             self._pump(replan=False)  # this loop re-plans anyway; waking itself would spin
 
@@ -341,8 +357,9 @@ class SessionLimiterService:
         scheduler = self.scheduler
         match message:
             case Request(client_id, req, shard):
-                scheduler.request((client_id, req), shard,
-                                  lead=self._lead if client.same_clock else 0.0)
+                if not self._grant_again(client, (client_id, req), now):
+                    scheduler.request((client_id, req), shard,
+                                      lead=self._lead if client.same_clock else 0.0)
             case Cancel(client_id, req):
                 scheduler.cancel((client_id, req))
             case Release(client_id, req, sent_at):
@@ -351,7 +368,7 @@ class SessionLimiterService:
                 self._rejected(client_id, req, shard, after, now)
             case Ping(client_id, seq, clock):
                 client.same_clock = self._same_clock(client_id, clock, client.same_clock)
-                queued = [r for (c, r), _ in scheduler.waiting() if c == client_id]
+                queued = [r for _, r in scheduler.waiting_of(client_id)]
                 self._service_or_raise().send_pong(peer, seq, queued)
             case Configure():
                 self._configure(peer, message)
@@ -379,7 +396,27 @@ class SessionLimiterService:
                 return None
             log.info("limiter: client %s reconnected", client_id)
             client.peer = peer
+        if client.parked:
+            back = self.scheduler.put_back(client.parked)
+            client.parked = []
+            log.info("limiter: client %s is back; %d waiting request(s) keep their places",
+                     client_id, back)
         return client
+
+    def _grant_again(self, client: _Client, key: RequestKey, now: float) -> bool:
+        """A request whose grant is still held: its grant was lost on the way (the client
+        would not ask again otherwise).  Send that grant again rather than spend a second
+        slot: its bucket has waited on the hold since, and the client uses one grant per
+        request, so a repeat can never make a second IDENTIFY."""
+        held = self.scheduler.held(key)
+        if held is None:
+            return False
+        shard, start = held
+        not_before = start if client.same_clock and start > now else None
+        self._service_or_raise().send_grant(client.peer, key[1], shard, not_before=not_before)
+        log.debug("limiter: client %s asked again for held grant %d; sent it again",
+                  key[0], key[1])
+        return True
 
     def _configure(self, peer: bytes, message: Configure) -> None:
         """Only the roles that may set the pace do; every configure with a seq is answered."""
@@ -408,10 +445,10 @@ class SessionLimiterService:
     def _release(self, client: _Client, client_id: str, req: int, sent_at: float | None,
                  now: float) -> None:
         believed = sent_at if client.same_clock and self._pace_from_sent else None
-        held = {k: (shard, start) for k, shard, start in self.scheduler.holding()}
-        if not self.scheduler.release((client_id, req), now, sent_at=believed):
+        held = self.scheduler.held((client_id, req))
+        if held is None or not self.scheduler.release((client_id, req), now, sent_at=believed):
             return
-        shard, start = held[(client_id, req)]
+        shard, start = held
         paced_from = now if believed is None else min(max(believed, start), now)
         bucket = self.scheduler.bucket_of(shard)
         self._note(LimiterEvent("release", paced_from, client_id, shard, bucket, detail=(
@@ -465,12 +502,17 @@ class SessionLimiterService:
             gone.add(client_id)
             return False
 
-        for grant in self.scheduler.poll(now, deliver):
+        def undelivered(parked: Parked[RequestKey]) -> None:
+            client = self._clients.get(parked.key[0])
+            if client is not None:
+                client.parked.append(parked)
+
+        for grant in self.scheduler.poll(now, deliver, undelivered):
             self._remember(grant)
             self._note(LimiterEvent("grant", grant.start, grant.key[0], grant.shard_id,
                                     grant.bucket, issued=grant.at))
         for client_id in gone:
-            self._drop(client_id, now, "connection gone")
+            self._set_aside(client_id, now, "connection gone")
         self._log_budget(now)
         if replan:
             self._wakeup.set()
@@ -482,13 +524,30 @@ class SessionLimiterService:
         while len(self._granted) > GRANTS_REMEMBERED:
             self._granted.popitem(last=False)
 
+    def _set_aside(self, client_id: str, now: float, reason: str) -> None:
+        """The client's connection is gone, but the client may only be reconnecting (a
+        DEALER does, with a new routing id, after a heartbeat timeout): what it held was
+        sent before now, if at all; its waiting requests keep their places until it speaks
+        again, and go when it stays silent (``client_timeout``).  Dropping them made every
+        reconnect of a 2,500-shard worker ask for all of them again, at the back of the
+        queues."""
+        client = self._clients.get(client_id)
+        if client is None:
+            return
+        self.scheduler.release_where(lambda key: key[0] == client_id, now)
+        client.parked.extend(self.scheduler.set_aside(lambda key: key[0] == client_id))
+        log.info("limiter: client %s unreachable (%s); %d waiting request(s) set aside until "
+                 "it is back", client_id, reason, len(client.parked))
+        self._note(LimiterEvent("drop", now, client_id, detail=reason))
+
     def _drop(self, client_id: str, now: float, reason: str) -> None:
-        self._clients.pop(client_id, None)
+        client = self._clients.pop(client_id, None)
         # Whatever it held was sent before now, if at all.
         self.scheduler.release_where(lambda key: key[0] == client_id, now)
         dropped = self.scheduler.cancel_where(lambda key: key[0] == client_id)
+        parked = 0 if client is None else len(client.parked)
         log.info("limiter: client %s gone (%s); dropped %d waiting request(s)",
-                 client_id, reason, len(dropped))
+                 client_id, reason, len(dropped) + parked)
         self._note(LimiterEvent("drop", now, client_id, detail=reason))
 
     def _probe_holders(self, now: float) -> None:
@@ -507,17 +566,26 @@ class SessionLimiterService:
                 client.last_probe = now
             if client is None or not service.probe(client.peer):
                 gone.add(client_id)
-                self._drop(client_id, now, "connection gone while holding a grant")
+                self._set_aside(client_id, now, "connection gone while holding a grant")
 
     def _liveness_deadline(self) -> float | None:
-        waiting = {c for (c, _), _ in self.scheduler.waiting()}
+        # O(clients + holds) per wake-up: the loop wakes after every message, and a sort of
+        # 10,000 waiting requests per message starved it (issue 14).
+        waiting = {str(c) for c in self.scheduler.owners()}
         waiting |= {c for (c, _), _, _ in self.scheduler.holding()}
-        seen = [c.last_seen for cid, c in self._clients.items() if cid in waiting]
+        seen = [c.last_seen for cid, c in self._clients.items()
+                if cid in waiting or c.parked]
         return min(seen) + self._client_timeout if seen else None
 
-    def _expire_silent(self, now: float) -> None:
+    def _heard_until(self, now: float) -> float:
+        """Up to when every client message has been read: now, unless messages wait unread
+        (a busy loop), then the last time none did.  A client is silent only if nothing of
+        it came by then: its pings may be in the backlog."""
+        return now if not self._service_or_raise().backlog() else self._caught_up
+
+    def _expire_silent(self, now: float, heard: float) -> None:
         for client_id, client in list(self._clients.items()):
-            if now - client.last_seen >= self._client_timeout:
+            if heard - client.last_seen >= self._client_timeout:
                 self._drop(client_id, now, f"silent for {self._client_timeout:g}s")
 
     def _log_budget(self, now: float) -> None:

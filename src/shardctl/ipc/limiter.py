@@ -90,8 +90,16 @@ once per peer), and replies to a peer that does not read them are dropped, never
 Recovery without a session: ZeroMQ keeps order on a connection, so the service handles ping N
 after every earlier message from that client and sends pong N after every earlier grant.  A
 request sent before ping N that is neither granted nor listed in pong N was lost (service
-restarted, connection dropped, client taken for dead): the client sends it again.  A grant
-that was lost on the way counts as used, and the re-sent request waits for a new slot.
+restarted, connection dropped, client taken for dead): the client sends it again (one log
+line per pong, with the count).  A grant that was lost on the way counts as used: a re-sent
+request whose grant the service still holds (unreleased) gets that same grant again, since
+its bucket has waited on it since; once released or expired, it waits for a new slot.  A
+grant for a request the client no longer waits for (cancelled as the grant left, or a
+repeat) is released at once (``release`` without ``sent_at``): nothing will be sent under
+it, and the bucket need not wait for the hold limit.  A service whose loop is behind its
+socket takes nobody for silent whose messages may be among the unread ones, and a client
+whose connection went away (a DEALER reconnects after a heartbeat timeout, under a new
+routing id) keeps its waiting requests, in their places, for ``client_timeout``.
 
 The service sets ``ROUTER_MANDATORY``: a grant (or probe) for a peer whose connection is gone
 fails to send, so the policy can give that slot to the next request instead of wasting it.
@@ -176,8 +184,9 @@ _TIMENS_OFFSETS: Final = Path("/proc/self/timens_offsets")
 CONFIGURE_ROLES: Final = frozenset({"supervisor", "operator"})
 #: The role of an ipc:// peer without CURVE: this user, through the 0700 runtime directory.
 LOCAL_ROLE: Final = "operator"
-MAX_MESSAGE_BYTES: Final = 64 * 1024
-"""Largest client message the service reads (its ZMQ_MAXMSGSIZE): SL1 bodies are tiny."""
+MAX_MESSAGE_BYTES: Final = 4 * 1024
+"""Largest client message the service reads (its ZMQ_MAXMSGSIZE): SL1 client bodies are a
+few hundred bytes; with a queue of ``peer_burst`` messages per peer, this bounds its memory."""
 DEFAULT_PEER_RATE: Final = 2000.0
 """Messages per second one peer may send: far above a worker starting thousands of shards
 (one request, one release and a ping per second each)..."""
@@ -186,6 +195,7 @@ DEFAULT_PEER_BURST: Final = 20_000
 #: Peers whose rate and role the service remembers; the least recently heard go first.
 _MAX_PEERS: Final = 4096
 
+_DEFAULT_HWM: Final = 1000  # libzmq's
 _HEARTBEAT_MS: Final = 1000
 _HEARTBEAT_TIMEOUT_MS: Final = 3000
 _RECONNECT_MS: Final = 100
@@ -569,6 +579,11 @@ class LimiterWireServer:
         try:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.setsockopt(zmq.MAXMSGSIZE, self._max_message_bytes)
+            # A peer's whole burst fits unread: at libzmq's default of 1,000 a big worker's
+            # start-up filled the queue, libzmq stopped reading that connection (its
+            # heartbeats too), the heartbeat timeout closed it, and every reconnect cost the
+            # worker's requests (issue 14).  The rate limit bounds what stays queued.
+            sock.setsockopt(zmq.RCVHWM, max(_DEFAULT_HWM, self._burst))
             _heartbeats(sock)
             self.endpoint = self._stack.enter_context(
                 endpoints.bind(sock, self._requested, curve=self._curve))
@@ -597,6 +612,10 @@ class LimiterWireServer:
         if self._socket is None:
             raise RuntimeError("LimiterWireServer is not open")
         return self._socket
+
+    def backlog(self) -> bool:
+        """Whether a message waits to be read (the reader is behind)."""
+        return bool(cast("int", self._sock().get(zmq.EVENTS)) & zmq.POLLIN)
 
     async def receive(self) -> tuple[bytes, ClientMessage]:
         """The next valid client message and its sender's routing id.
@@ -743,6 +762,12 @@ class LimiterWireServer:
 # -- client end ------------------------------------------------------------------------------
 
 
+def _some(shards: Sequence[int], shown: int = 8) -> str:
+    """``shards`` for a log line: the first few, then how many more."""
+    head = ", ".join(map(str, shards[:shown]))
+    return head if len(shards) <= shown else f"{head} and {len(shards) - shown} more"
+
+
 #: The last stretch before a ``not_before`` is waited out by yielding, not by a timer.
 _SPIN: Final = 0.0015
 
@@ -805,6 +830,7 @@ class LimiterClient:
         self._outbox: MemoryObjectSendStream[list[bytes]] | None = None
         self._pending: dict[int, _Pending] = {}
         self._used: dict[int, int] = {}  # shard -> request of its last grant used
+        self._in_use: set[int] = set()  # requests granted and not yet released
         self._req_numbers = itertools.count()
         self._ping_seq = 0  # last ping queued
         self._configures = itertools.count(1)
@@ -812,6 +838,8 @@ class LimiterClient:
         self._answers: dict[int, Configured | None] = {}
         self._answered = anyio.Event()
         self._refusals: set[str] = set()  # logged once each
+        #: requests sent again because a pong did not list them (a genuine loss, or a bug)
+        self.reasked = 0
 
     async def __aenter__(self) -> Self:
         sock = self._context.socket(zmq.DEALER)
@@ -878,7 +906,11 @@ class LimiterClient:
                 if pending is not None:
                     pending.not_before = message.not_before
                     pending.granted.set()
-                # else: the waiter was cancelled after the grant left; the slot is spent.
+                elif message.req not in self._in_use:
+                    # The waiter was cancelled after the grant left, or this repeats a grant
+                    # already used: the slot is spent, but no IDENTIFY will follow under it,
+                    # so the service need not hold the bucket for it.
+                    self._post(Release(self.client_id, message.req))
             elif isinstance(message, Pong):
                 self._resync(message)
             elif isinstance(message, Configured):
@@ -912,13 +944,19 @@ class LimiterClient:
 
     def _resync(self, pong: Pong) -> None:
         held = set(pong.queued)
+        lost: list[int] = []
         for req, pending in self._pending.items():
             if pending.granted.is_set() or req in held or pending.covered_by > pong.seq:
                 continue
-            log.info("limiter client: service lost the request of shard %d; asking again",
-                     pending.shard)
+            lost.append(pending.shard)
             pending.covered_by = self._ping_seq + 1
             self._post(Request(self.client_id, req, pending.shard))
+        if lost:
+            # One line per pong, however many: a service that lost a big worker's queue
+            # must not print a line per shard (145,000 in a 10,000-shard start, issue 14).
+            self.reasked += len(lost)
+            log.info("limiter client %s: the service lost %d request(s) (shards %s); asking "
+                     "again", self.client_id, len(lost), _some(lost))
 
     def _post(self, message: ClientMessage) -> None:
         if self._outbox is None:
@@ -963,6 +1001,7 @@ class LimiterClient:
         if pending.closed:
             raise anyio.ClosedResourceError("limiter client closed while waiting for a grant")
         self._used[shard_id] = req
+        self._in_use.add(req)
         try:
             if pending.not_before is not None:
                 await _until(pending.not_before)
@@ -971,6 +1010,7 @@ class LimiterClient:
             # Sent or not, the IDENTIFY is behind us: the bucket's next interval starts now.
             # (Cancelled before not_before, nothing was sent: the service still counts the
             # slot from its start.)
+            self._in_use.discard(req)
             if self._outbox is not None:
                 self._post(Release(self.client_id, req, time.monotonic()))
 
