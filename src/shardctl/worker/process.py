@@ -9,6 +9,7 @@ they RESUME from the last sequence number the supervisor forwarded.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -49,6 +50,12 @@ log = logging.getLogger(__name__)
 ASSIGN_TIMEOUT: Final = 30.0
 #: On a stop, how long shards get to close and events to drain.
 STOP_TIMEOUT: Final = 10.0
+#: Shards closing at once on a stop.  All at once, every step of every close (send the close
+#: frame, read the answer, end the pump) came in one loop pass: 0.5 s of CPU at 2,000
+#: shards without a turn for the beat, several seconds on a machine shared by four such
+#: workers, past the supervisor's liveness timeout.  A group this size keeps a pass to a few
+#: milliseconds and still closes 2,500 shards in about a second on loopback.
+STOP_GROUP: Final = 32
 #: Close code for a stop: not 1000/1001, so every session stays resumable (protocol §7).
 RESUMABLE_CLOSE: Final = 4009
 
@@ -84,9 +91,12 @@ class Worker:
     def __init__(self, control_endpoint: str, index: int | None, *,
                  clock: Callable[[], float] = time.monotonic,
                  curve: CurveClient | None = None, secret: str | None = None,
-                 parent: int | None = None, batch_window: float = BATCH_WINDOW) -> None:
+                 parent: int | None = None, batch_window: float = BATCH_WINDOW,
+                 own_process: bool = False) -> None:
         # ``curve``: client keys for a supervisor that runs CURVE; every channel uses them.
         # ``secret``: the per-spawn secret of a worker the supervisor spawned (its stdin).
+        # ``own_process``: the process ends with this worker, so its stop may change what is
+        # process-wide (the garbage collector, see _stop_shards).
         self._curve = curve
         self._secret = secret
         self._batch_window = batch_window
@@ -100,6 +110,9 @@ class Worker:
         self._report_now = anyio.Event()
         self._last_heard = clock()
         self._exit_code = EXIT_OK
+        self._own_process = own_process
+        #: set when the stop begins: the periodic state reports end (a final one follows)
+        self._stopping = False
         #: the supervisor that spawned us (None: a remote worker); its death means SIGTERM
         self._parent = parent
 
@@ -143,7 +156,7 @@ class Worker:
                 tg.start_soon(self._beat, assignment)
                 tg.start_soon(self._report_loop, assignment.beat_interval)
                 code = await self._until_stopped(shards_tg, assignment)
-                await self._stop_shards(code)
+                await self._stop_shards(code, shards_tg)
             if self._exit_code == EXIT_SUPERVISOR_LOST:
                 # Nobody reads the bus or the report: the sessions are closed, leave now (the
                 # next supervisor waits for us; what was not forwarded is replayed).
@@ -273,11 +286,33 @@ class Worker:
                     self._publisher.set_credential(more.worker, more.publish_key)
                 self._start_shards(more, shards_tg)
 
-    async def _stop_shards(self, code: int) -> None:
-        with anyio.move_on_after(STOP_TIMEOUT), anyio.CancelScope(shield=True):
-            async with anyio.create_task_group() as tg:
-                for shard in self._shards.values():
-                    tg.start_soon(shard.shutdown, "worker stopping", code)
+    async def _stop_shards(self, code: int, shards_tg: anyio.abc.TaskGroup) -> None:
+        """Close every shard with ``code``, :data:`STOP_GROUP` at a time, handing the loop
+        back between steps so beats keep going out: the supervisor kills a worker whose
+        beats stop, mid-stop too.  Whatever is still open after :data:`STOP_TIMEOUT` is
+        cancelled (its socket closes with 4000, resumable as well)."""
+        self._stopping = True
+        self._report_now.set()  # the report loop ends; _serve reports once all are closed
+        if self._own_process:
+            # A full collection walks every shard's objects (0.3-0.4 s at 2,500 shards, in
+            # one piece) for garbage the exit frees anyway: only what the stop allocates
+            # is scanned from here on.
+            gc.freeze()
+        shards = iter(list(self._shards.values()))
+
+        async def close_in_turn() -> None:
+            for shard in shards:  # shared: each close takes the next shard left
+                await shard.shutdown("worker stopping", code)
+
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(STOP_TIMEOUT) as deadline:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(min(STOP_GROUP, len(self._shards))):
+                        tg.start_soon(close_in_turn)
+            if deadline.cancelled_caught:
+                log.warning("worker %s: shards still open after %.0f s; cancelling them",
+                            self._index, STOP_TIMEOUT)
+                shards_tg.cancel_scope.cancel()
 
     async def _beat(self, assignment: Assignment) -> None:
         while True:
@@ -285,9 +320,13 @@ class Worker:
             await anyio.sleep(assignment.beat_interval)
 
     async def _report_loop(self, interval: float) -> None:
-        while True:
+        # During a stop every closing shard asks for a report, each one of every shard: they
+        # would follow each other to the end, on both sides of the channel, for nothing.
+        while not self._stopping:
             with anyio.move_on_after(interval):
                 await self._report_now.wait()
+            if self._stopping:
+                return
             self._report_now = anyio.Event()
             await self._report()
 
@@ -368,4 +407,4 @@ async def run_worker(control_endpoint: str, index: int | None,
     ``secret`` is the per-spawn secret the supervisor gave this process.
     """
     return await Worker(control_endpoint, index, curve=curve, secret=secret,
-                        parent=parent).run()
+                        parent=parent, own_process=True).run()
