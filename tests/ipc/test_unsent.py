@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from collections import Counter
 
 import pytest
@@ -114,3 +115,25 @@ def test_types_only_of_an_older_session_do_not_hold_the_new_one_back() -> None:
         stream.send("MESSAGE_CREATE", 0, seq)
     safe = marks.safe_seqs(stream.counters)[0]
     assert 1001 - 100 - 16 <= safe <= 1001 - 100
+
+
+def test_an_idle_shard_costs_its_marks_well_under_a_kilobyte() -> None:
+    # A supervisor of 10,000 idle shards holds the marks of each one's READY and
+    # GUILD_CREATE: a deque per (type, shard) made that 2.4 KB a shard (24 MB).
+    shards = 2000
+    keys = [(key(t, shard), shard, seq) for shard in range(shards)
+            for seq, t in enumerate(("READY", "GUILD_CREATE"), 1)]
+    counters = {k: 1 for k, _, _ in keys}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        marks = SentMarks(1256)
+        for k, shard, seq in keys:
+            marks.note(k, 1, seq)
+            if seq == 1:
+                marks.session_started(shard, seq, counters)
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert used / shards < 1024
+    assert marks.safe_seqs(counters) == dict.fromkeys(range(shards), 1)

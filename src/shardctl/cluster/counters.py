@@ -10,6 +10,7 @@ must.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Final
 
 from shardctl.gateway.lifecycle import SHARD_DISCONNECT, SHARD_RESUMED
@@ -21,12 +22,17 @@ RESUMED: Final = SHARD_RESUMED
 READY: Final = "READY"
 
 
+#: The base of a shard no earlier process counted for (most shards, most of the time): one
+#: shared empty mapping rather than an empty dict each; never changed, only replaced.
+_NO_BASE: Final[Mapping[str, int]] = MappingProxyType({})
+
+
 class _ShardTotals:
     __slots__ = ("base", "current", "pid")
 
     def __init__(self) -> None:
         self.pid: int | None = None
-        self.base: dict[str, int] = {}
+        self.base: Mapping[str, int] = _NO_BASE
         self.current: dict[str, int] = {}
 
 
@@ -43,10 +49,12 @@ class EventTotals:
         if pid != entry.pid:
             # A new process: what the old one counted is final; fold it into the base (a new
             # dict: a snapshot being read off the loop keeps the old one whole).
-            base = dict(entry.base)
-            for name, value in entry.current.items():
-                base[name] = base.get(name, 0) + value
-            entry.base, entry.pid, entry.current = base, pid, {}
+            if entry.current:
+                base = dict(entry.base)
+                for name, value in entry.current.items():
+                    base[name] = base.get(name, 0) + value
+                entry.base = base
+            entry.pid, entry.current = pid, {}
         entry.current = {str(k): int(v) for k, v in counts.items()
                          if isinstance(v, int) and v >= 0}
 

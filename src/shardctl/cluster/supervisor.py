@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, fields, replace
@@ -132,13 +133,15 @@ class ShardStatus:
     def observe(self, item: wire.ShardReport, pid: int | None,
                 resume_allowed: Callable[[str], bool]) -> None:
         """Take a worker's report of this shard.  A resume URL that is not a host the token
-        may go to is kept out of any RESUME."""
-        self.state, self.pid, self.seq = item.state, pid, item.seq
+        may go to is kept out of any RESUME.  States and URLs take a handful of values over
+        thousands of shards: interned, each is one string, not one per shard (~140 bytes)."""
+        self.state, self.pid, self.seq = sys.intern(item.state), pid, item.seq
         self.latency, self.guilds, self.last_event = item.latency, item.guilds, item.last_event
         if item.session_id:
             url = item.resume_gateway_url
             self.session_id = item.session_id
-            self.resume_gateway_url = url if url is not None and resume_allowed(url) else None
+            self.resume_gateway_url = (sys.intern(url) if url is not None and resume_allowed(url)
+                                       else None)
 
 
 #: Every field of a ShardStatus, in order, read in one C call (Supervisor.status_rows).
