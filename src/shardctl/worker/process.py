@@ -43,6 +43,7 @@ from shardctl.ipc.limiter import LimiterClient
 from shardctl.ipc.security import CurveClient
 from shardctl.worker.parent import parent_gone
 from shardctl.worker.shard import CommandResult, Shard
+from shardctl.worker.stopping import close_in_groups
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,9 @@ log = logging.getLogger(__name__)
 ASSIGN_TIMEOUT: Final = 30.0
 #: On a stop, how long shards get to close and events to drain.
 STOP_TIMEOUT: Final = 10.0
-#: Shards closing at once on a stop.  All at once, every step of every close (send the close
-#: frame, read the answer, end the pump) came in one loop pass: 0.5 s of CPU at 2,000
-#: shards without a turn for the beat, several seconds on a machine shared by four such
-#: workers, past the supervisor's liveness timeout.  A group this size keeps a pass to a few
-#: milliseconds and still closes 2,500 shards in about a second on loopback.
+#: Shards closing at once on a stop (worker/stopping.py says why not all): a group this
+#: size keeps a loop pass to a few milliseconds and closes 2,500 shards in under a second
+#: on loopback.
 STOP_GROUP: Final = 32
 #: Close code for a stop: not 1000/1001, so every session stays resumable (protocol §7).
 RESUMABLE_CLOSE: Final = 4009
@@ -287,10 +286,10 @@ class Worker:
                 self._start_shards(more, shards_tg)
 
     async def _stop_shards(self, code: int, shards_tg: anyio.abc.TaskGroup) -> None:
-        """Close every shard with ``code``, :data:`STOP_GROUP` at a time, handing the loop
-        back between steps so beats keep going out: the supervisor kills a worker whose
-        beats stop, mid-stop too.  Whatever is still open after :data:`STOP_TIMEOUT` is
-        cancelled (its socket closes with 4000, resumable as well)."""
+        """Close every shard with ``code``, :data:`STOP_GROUP` at a time, so beats keep
+        going out: the supervisor kills a worker whose beats stop, mid-stop too.  Whatever
+        is still open after :data:`STOP_TIMEOUT` is cancelled (its socket closes with 4000,
+        resumable as well)."""
         self._stopping = True
         self._report_now.set()  # the report loop ends; _serve reports once all are closed
         if self._own_process:
@@ -298,17 +297,10 @@ class Worker:
             # one piece) for garbage the exit frees anyway: only what the stop allocates
             # is scanned from here on.
             gc.freeze()
-        shards = iter(list(self._shards.values()))
-
-        async def close_in_turn() -> None:
-            for shard in shards:  # shared: each close takes the next shard left
-                await shard.shutdown("worker stopping", code)
-
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(STOP_TIMEOUT) as deadline:
-                async with anyio.create_task_group() as tg:
-                    for _ in range(min(STOP_GROUP, len(self._shards))):
-                        tg.start_soon(close_in_turn)
+                await close_in_groups(self._shards.values(), "worker stopping", code,
+                                      group=STOP_GROUP)
             if deadline.cancelled_caught:
                 log.warning("worker %s: shards still open after %.0f s; cancelling them",
                             self._index, STOP_TIMEOUT)
