@@ -58,6 +58,12 @@ STOP_GROUP: Final = 32
 #: Close code for a stop: not 1000/1001, so every session stays resumable (protocol §7).
 RESUMABLE_CLOSE: Final = 4009
 
+#: The shortest gap between two state reports.  Every lifecycle event asks for one, and a
+#: report holds every shard of the worker: 2,500 shards starting made ~480 reports of up to
+#: 2,500 shards, which kept the supervisor at full CPU until the last READY (29 s for one
+#: worker of 2,500 shards; 14.5 s with this gap, in ~90 reports).
+REPORT_GAP: Final = 0.1
+
 EXIT_OK: Final = 0
 EXIT_SUPERVISOR_LOST: Final = 3
 EXIT_BAD_ASSIGNMENT: Final = 4
@@ -321,6 +327,7 @@ class Worker:
                 return
             self._report_now = anyio.Event()
             await self._report()
+            await anyio.sleep(REPORT_GAP)  # who asks meanwhile is in the next report
 
     async def _report(self) -> None:
         await self._control.send(State(tuple(
