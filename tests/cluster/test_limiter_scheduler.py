@@ -352,7 +352,9 @@ def test_the_margin_policy_refuses_what_is_not_a_margin() -> None:
             IdentifyMargin(**bad)  # type: ignore[arg-type]
 
 
-def test_an_op9_widens_its_bucket_from_the_gap_being_waited_out() -> None:
+def test_an_op9_widens_every_bucket_from_the_gaps_being_waited_out() -> None:
+    """The lag behind an op 9 is the gateway's: bucket 1 need not be answered with op 9
+    before it waits longer too."""
     margin = IdentifyMargin(floor=0.25)
     s = IdentifyScheduler[int](now=0.0,
                                limits=Limits(max_concurrency=2, interval=5.0, margin=margin),
@@ -361,11 +363,29 @@ def test_an_op9_widens_its_bucket_from_the_gap_being_waited_out() -> None:
         s.request(shard, shard)
     assert [g.shard_id for g in s.poll(0.0)] == [0, 1]
     assert s.identify_rejected(2 * 7) == (0.25, 0.5)  # shard 14: bucket 0
-    assert s.margins() == {0: 0.5, 1: 0.25}
+    assert s.margins() == {0: 0.5, 1: 0.5}
     assert s.rejections() == {0: 1, 1: 0} and s.rejections_total == 1
-    assert [g.shard_id for g in s.poll(5.25)] == [3]  # bucket 1 keeps its margin
+    assert s.poll(5.25) == []  # bucket 1 waits out the wider gap too
     assert s.next_deadline() == 5.5
-    assert [g.shard_id for g in s.poll(5.5)] == [2]
+    assert [g.shard_id for g in s.poll(5.5)] == [2, 3]
+
+
+def test_every_bucket_narrows_back_when_the_widened_one_does() -> None:
+    margin = IdentifyMargin(floor=0.25, decay_after=2)
+    s = IdentifyScheduler[int](now=0.0,
+                               limits=Limits(max_concurrency=2, interval=5.0, margin=margin),
+                               last_grants={})
+    s.identify_rejected(0)
+    for key in range(4):
+        s.request(key, 2 * key)  # all in bucket 0
+    now = 0.0
+    margins = []
+    while (deadline := s.next_deadline()) is not None:
+        now = max(now, deadline)
+        assert len(s.poll(now)) == 1
+        margins.append(s.margins())
+    assert margins[1] == {0: 0.25, 1: 0.25}  # 2 clean grants of bucket 0: one step back
+    assert margins[0] == {0: 0.5, 1: 0.5}
 
 
 def test_an_op9_costs_no_extra_slot_and_jumps_no_queue() -> None:

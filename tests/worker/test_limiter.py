@@ -143,7 +143,7 @@ async def test_the_cluster_margin_applies_in_one_process_too() -> None:
     assert await _grants_at(limiter, fake, 5.0 + DEFAULT_MARGIN.base(5.0))
 
 
-async def test_an_op9_widens_the_bucket_from_the_gap_being_waited_out() -> None:
+async def test_an_op9_widens_every_bucket_from_the_gap_being_waited_out() -> None:
     fake = [0.0]
     limiter = LocalSessionLimiter(Limits(max_concurrency=2, interval=5.0), clock=lambda: fake[0])
     assert isinstance(limiter, RejectionAware)
@@ -152,7 +152,7 @@ async def test_an_op9_widens_the_bucket_from_the_gap_being_waited_out() -> None:
     limiter.identify_rejected(0, 0.01)
     step = DEFAULT_MARGIN.step(5.0)
     assert limiter.margins.margin(0, 5.0) == pytest.approx(DEFAULT_MARGIN.base(5.0) + step)
-    assert limiter.margins.margin(1, 5.0) == pytest.approx(DEFAULT_MARGIN.base(5.0))
+    assert limiter.margins.margin(1, 5.0) == pytest.approx(DEFAULT_MARGIN.base(5.0) + step)
     assert await _grants_at(limiter, fake, 5.0 + DEFAULT_MARGIN.base(5.0) + step)
 
 

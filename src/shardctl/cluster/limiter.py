@@ -204,15 +204,15 @@ class IdentifyScheduler(Generic[K]):
     def identify_rejected(self, shard_id: int) -> tuple[float, float]:
         """Discord answered an IDENTIFY of ``shard_id`` with op 9: it saw it too soon.
 
-        Widens the bucket's margin one step (at most ``max_steps``), from its next gap on --
-        the one being waited out too.  Nothing else changes: the rejected IDENTIFY's slot
+        Widens the bucket's margin one step (at most ``max_steps``), and every bucket takes
+        the widest margin (``gateway/pacing.py``), from its next gap on -- the one being
+        waited out too.  Nothing else changes: the rejected IDENTIFY's slot
         and budget stay spent, and the shard's next request queues like any other.
         Returns the bucket's margin before and after.
         """
         bucket = self.bucket_of(shard_id)
         before = self.margin(bucket)
-        self._margins.widen(bucket)
-        self._touch(bucket)
+        self._touch(None if self._margins.widen(bucket) else bucket)
         self._rejections[bucket] = self._rejections.get(bucket, 0) + 1
         self.rejections_total += 1
         return before, self.margin(bucket)
@@ -571,7 +571,8 @@ class IdentifyScheduler(Generic[K]):
                     undelivered(Parked(head))
                 continue
             self._last[bucket] = start
-            self._margins.granted_clean(bucket)
+            if self._margins.granted_clean(bucket):
+                self._touch()  # every bucket's margin narrowed
             if self._hold_limit is not None:
                 self._holds[head.key] = (head.shard_id, start)
                 self._held_until = None

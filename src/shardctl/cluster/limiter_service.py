@@ -471,12 +471,13 @@ class SessionLimiterService:
         policy, interval = scheduler.margin_policy, scheduler.interval
         log.warning(
             "limiter: Discord answered shard %d's IDENTIFY with op 9%s: it read it less than "
-            "%.3g s after the previous one of bucket %d. That bucket's margin widens from "
-            "%.1f to %.1f ms (base %.1f ms, at most %.1f ms; a step back after %d clean "
-            "IDENTIFYs); op 9s so far: %d. If this recurs, raise --identify-margin-ms", shard,
+            "%.3g s after the previous one of bucket %d. Every bucket's margin is now %.1f "
+            "ms (was %.1f; base %.1f ms, at most %.1f ms; a step back after %d clean "
+            "IDENTIFYs of bucket %d); op 9s so far: %d. If this recurs, raise --identify-margin-ms", shard,
             "" if after is None else f" {after:.3f} s after it was sent", interval, bucket,
-            before * 1000, widened * 1000, policy.base(interval) * 1000,
-            policy.widest(interval) * 1000, policy.decay_after, scheduler.rejections_total)
+            widened * 1000, before * 1000, policy.base(interval) * 1000,
+            policy.widest(interval) * 1000, policy.decay_after, bucket,
+            scheduler.rejections_total)
         self._note(LimiterEvent("rejected", now, client_id, shard, bucket, detail=(
             f"req={req} after={after} margin={before:.6f}->{widened:.6f}")))
 

@@ -4,8 +4,9 @@ Discord stamps an IDENTIFY when some server of its fleet reads it, late by that 
 and the network, and two IDENTIFYs of a bucket travel different connections: the second may
 look early by the difference and be answered with op 9 (gateway-protocol.md §9).  Every gap
 of a bucket therefore gets a margin on top of the interval: a floor, a part of the interval,
-and an adaptive part that widens one step per op 9 of the bucket (bounded) and narrows one
-step after a run of clean grants.  The cluster's scheduler (``cluster/limiter.py``) and the
+and an adaptive part that widens one step per op 9 (bounded; every bucket takes the widest
+bucket's margin, the lag being the gateway's) and narrows one step after a run of clean
+grants.  The cluster's scheduler (``cluster/limiter.py``) and the
 in-process ``LocalSessionLimiter`` (``worker/limiter.py``) share it.
 """
 
@@ -21,7 +22,7 @@ __all__ = ["DEFAULT_MARGIN", "BucketMargins", "IdentifyMargin"]
 @dataclass(frozen=True, slots=True)
 class IdentifyMargin:
     """How much longer than the interval a bucket's gaps are: ``floor + relative * interval``
-    seconds, plus one ``step`` per unanswered op 9 of the bucket (:class:`BucketMargins`).
+    seconds, plus one ``step`` per unanswered op 9 of the widest bucket (:class:`BucketMargins`).
 
     ``floor`` covers what does not grow with the pace: how much later one server of Discord's
     fleet may read (and stamp) an IDENTIFY than another read the previous one.  ``relative``
@@ -64,35 +65,62 @@ pace" has the measurements behind it)."""
 
 
 class BucketMargins:
-    """Each bucket's current margin under one :class:`IdentifyMargin` policy: its steps
-    widened by op 9s and the clean grants since, which narrow it again."""
+    """Every bucket's current margin under one :class:`IdentifyMargin` policy.
+
+    An op 9 widens the bucket it answered one step, and every bucket takes the widest
+    bucket's margin: what made Discord read an IDENTIFY late is its fleet's load or the
+    network, which every bucket's IDENTIFYs cross alike, so waiting for each bucket to be
+    answered with op 9 in turn would spend an IDENTIFY (and a session start) per bucket on
+    one slow episode.  The widened bucket takes one step back after ``decay_after`` grants of
+    its own without an op 9; the others follow it.
+    """
 
     def __init__(self, policy: IdentifyMargin) -> None:
         self.policy = policy
-        self._steps: dict[int, int] = {}  # bucket -> margin steps taken after op 9s
+        self._steps: dict[int, int] = {}  # bucket -> margin steps taken after its op 9s
         self._clean: dict[int, int] = {}  # bucket -> grants since its last op 9 or step back
+        self._widest = 0  # max(self._steps.values()): the steps every bucket takes
 
     def margin(self, bucket: int, interval: float) -> float:
-        """Seconds the bucket's next gap gets on top of ``interval``."""
-        return (self.policy.base(interval)
-                + self._steps.get(bucket, 0) * self.policy.step(interval))
+        """Seconds the bucket's next gap gets on top of ``interval`` (the same for every
+        bucket: the widest)."""
+        return self.policy.base(interval) + self._widest * self.policy.step(interval)
 
-    def widen(self, bucket: int) -> None:
-        """Discord answered an IDENTIFY of the bucket with op 9: one step wider (bounded)."""
+    def widened(self) -> dict[int, int]:
+        """Bucket -> steps, for the buckets op 9s widened (the others follow the widest)."""
+        return dict(self._steps)
+
+    def widen(self, bucket: int) -> bool:
+        """Discord answered an IDENTIFY of the bucket with op 9: one step wider (bounded).
+        True if every bucket's margin changed."""
         self._steps[bucket] = min(self.policy.max_steps, self._steps.get(bucket, 0) + 1)
         self._clean[bucket] = 0
+        return self._rewiden()
 
-    def granted_clean(self, bucket: int) -> None:
-        """One more grant without an op 9: after ``decay_after`` of them, one step back."""
-        if not self._steps.get(bucket):
-            return
+    def granted_clean(self, bucket: int) -> bool:
+        """One more grant without an op 9: after ``decay_after`` of them, one step back.
+        True if every bucket's margin changed."""
+        steps = self._steps.get(bucket)
+        if not steps:
+            return False
         self._clean[bucket] = self._clean.get(bucket, 0) + 1
-        if self._clean[bucket] >= self.policy.decay_after:
-            self._steps[bucket] -= 1
-            self._clean[bucket] = 0
+        if self._clean[bucket] < self.policy.decay_after:
+            return False
+        self._clean[bucket] = 0
+        if steps > 1:
+            self._steps[bucket] = steps - 1
+        else:
+            del self._steps[bucket], self._clean[bucket]
+        return self._rewiden()
 
     def rebucket(self, max_concurrency: int) -> None:
         """New buckets, unknowable from the old: each takes the widest old margin."""
-        widest = max(self._steps.values(), default=0)
+        widest = self._widest
         self._steps = dict.fromkeys(range(max_concurrency), widest) if widest else {}
         self._clean = {}
+        self._rewiden()
+
+    def _rewiden(self) -> bool:
+        widest = max(self._steps.values(), default=0)
+        changed, self._widest = widest != self._widest, widest
+        return changed

@@ -52,7 +52,7 @@ class LocalSessionLimiter:
     grant comes ``interval`` plus the bucket's margin after the body ends, so two IDENTIFYs
     of one bucket leave the process at least that far apart whatever the send took.  The
     margin (:mod:`shardctl.gateway.pacing`) covers a gateway that reads an IDENTIFY late;
-    an op 9 the Shard reports (:meth:`identify_rejected`) widens its bucket's margin.
+    an op 9 the Shard reports (:meth:`identify_rejected`) widens every bucket's margin.
     """
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS, *,
@@ -84,9 +84,11 @@ class LocalSessionLimiter:
         the one being waited out); the slot stays spent."""
         bucket = self.bucket(shard_id)
         before = self._gap(bucket)
-        self.margins.widen(bucket)
-        self._next_free[bucket] = self._next_free.get(bucket, self._clock()) + (
-            self._gap(bucket) - before)
+        self._next_free.setdefault(bucket, self._clock())
+        if self.margins.widen(bucket):  # every bucket's gaps, the ones being waited out too
+            wider = self._gap(bucket) - before
+            for waited in self._next_free:
+                self._next_free[waited] += wider
 
     def _gap(self, bucket: int) -> float:
         return self.interval + self.margins.margin(bucket, self.interval)
