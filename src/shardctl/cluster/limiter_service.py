@@ -473,7 +473,8 @@ class SessionLimiterService:
             "limiter: Discord answered shard %d's IDENTIFY with op 9%s: it read it less than "
             "%.3g s after the previous one of bucket %d. Every bucket's margin is now %.1f "
             "ms (was %.1f; base %.1f ms, at most %.1f ms; a step back after %d clean "
-            "IDENTIFYs of bucket %d); op 9s so far: %d. If this recurs, raise --identify-margin-ms", shard,
+            "IDENTIFYs of bucket %d); op 9s so far: %d. If this recurs, raise "
+            "--identify-margin-ms", shard,
             "" if after is None else f" {after:.3f} s after it was sent", interval, bucket,
             widened * 1000, before * 1000, policy.base(interval) * 1000,
             policy.widest(interval) * 1000, policy.decay_after, bucket,
