@@ -370,6 +370,21 @@ def test_an_op9_widens_every_bucket_from_the_gaps_being_waited_out() -> None:
     assert [g.shard_id for g in s.poll(5.5)] == [2, 3]
 
 
+def test_an_op9_under_the_widened_margin_widens_further_a_late_one_does_not() -> None:
+    margin = IdentifyMargin(floor=0.25)
+    s = IdentifyScheduler[int](now=0.0,
+                               limits=Limits(max_concurrency=2, interval=5.0, margin=margin),
+                               last_grants={})
+    for shard in range(4):
+        s.request(shard, shard)
+    assert [g.shard_id for g in s.poll(0.0)] == [0, 1]  # both gaps had the base margin
+    assert s.identify_rejected(0) == (0.25, 0.5)
+    # bucket 1's op 9 is of the same episode (its IDENTIFY went with the base margin too)
+    assert s.identify_rejected(1) == (0.5, 0.5)
+    assert [g.shard_id for g in s.poll(5.5)] == [2, 3]  # these gaps had 0.5
+    assert s.identify_rejected(2) == (0.5, 0.75)  # 0.5 was not enough either
+
+
 def test_every_bucket_narrows_back_when_the_widened_one_does() -> None:
     margin = IdentifyMargin(floor=0.25, decay_after=2)
     s = IdentifyScheduler[int](now=0.0,

@@ -80,6 +80,7 @@ class BucketMargins:
         self._steps: dict[int, int] = {}  # bucket -> margin steps taken after its op 9s
         self._clean: dict[int, int] = {}  # bucket -> grants since its last op 9 or step back
         self._widest = 0  # max(self._steps.values()): the steps every bucket takes
+        self._at_grant: dict[int, int] = {}  # bucket -> the steps its last grant's gap had
 
     def margin(self, bucket: int, interval: float) -> float:
         """Seconds the bucket's next gap gets on top of ``interval`` (the same for every
@@ -91,15 +92,20 @@ class BucketMargins:
         return dict(self._steps)
 
     def widen(self, bucket: int) -> bool:
-        """Discord answered an IDENTIFY of the bucket with op 9: one step wider (bounded).
-        True if every bucket's margin changed."""
-        self._steps[bucket] = min(self.policy.max_steps, self._steps.get(bucket, 0) + 1)
+        """Discord answered an IDENTIFY of the bucket with op 9: one step wider than the
+        margin its last gap had (bounded), unless every bucket has widened since (an op 9
+        of the same slow episode, reported late, takes no second step).  True if every
+        bucket's margin changed."""
+        had = self._at_grant.get(bucket, self._widest)
+        target = min(self.policy.max_steps, had + 1) if had >= self._widest else self._widest
+        self._steps[bucket] = max(self._steps.get(bucket, 0), target)
         self._clean[bucket] = 0
         return self._rewiden()
 
     def granted_clean(self, bucket: int) -> bool:
         """One more grant without an op 9: after ``decay_after`` of them, one step back.
         True if every bucket's margin changed."""
+        self._at_grant[bucket] = self._widest
         steps = self._steps.get(bucket)
         if not steps:
             return False
@@ -117,7 +123,7 @@ class BucketMargins:
         """New buckets, unknowable from the old: each takes the widest old margin."""
         widest = self._widest
         self._steps = dict.fromkeys(range(max_concurrency), widest) if widest else {}
-        self._clean = {}
+        self._clean, self._at_grant = {}, {}
         self._rewiden()
 
     def _rewiden(self) -> bool:
