@@ -220,8 +220,7 @@ async def test_strangers_flooding_status_never_keep_a_respawned_worker_out() -> 
         async with Sandbox(config) as sb, Supervisor(
                 token=TOKEN, api_url=sb.api_url, processes=1, identify_interval=0.2,
                 runtime_dir=run_dir, state_file=run_dir / "state.json",
-                control_endpoint=control, insecure_loopback=True) as sup, \
-                anyio.create_task_group() as tg:
+                control_endpoint=control, insecure_loopback=True) as sup:
             with anyio.fail_after(30):
                 await sup.wait_ready()
             context = zmq.asyncio.Context()
@@ -235,17 +234,20 @@ async def test_strangers_flooding_status_never_keep_a_respawned_worker_out() -> 
                     await anyio.sleep(0.01)
 
             try:
-                for sock in floods:
-                    tg.start_soon(flood, sock)
-                old = sup.slots[0].pid
-                assert old is not None
-                os.kill(old, signal.SIGKILL)
-                with anyio.fail_after(30):
-                    await sup.wait_until(lambda shards: all(
-                        s.state == "ready" and s.pid not in (None, old) for s in shards))
+                # The floods end with their task group, before their sockets close: a send
+                # woken on a closed socket fails with ENOTSOCK.
+                async with anyio.create_task_group() as tg:
+                    for sock in floods:
+                        tg.start_soon(flood, sock)
+                    old = sup.slots[0].pid
+                    assert old is not None
+                    os.kill(old, signal.SIGKILL)
+                    with anyio.fail_after(30):
+                        await sup.wait_until(lambda shards: all(
+                            s.state == "ready" and s.pid not in (None, old) for s in shards))
+                    tg.cancel_scope.cancel()
                 assert sup.control_refusals["rate"] > 0, "the strangers never ran dry"
                 assert sup.slots[0].restarts == 1
-                tg.cancel_scope.cancel()
             finally:
                 for sock in floods:
                     sock.close(linger=0)
