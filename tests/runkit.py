@@ -12,6 +12,16 @@ from pathlib import Path
 
 
 @contextmanager
+def short_dir() -> Iterator[Path]:
+    """ipc:// paths must stay under 107 bytes: pytest's tmp_path can be too deep."""
+    path = Path(tempfile.mkdtemp(prefix="sc-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
 def run_env() -> Iterator[tuple[Path, dict[str, str]]]:
     """A short private directory (ipc:// paths) and an environment without any token or
     SHARDCTL_* setting of the developer's."""

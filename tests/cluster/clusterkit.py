@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +17,10 @@ import anyio.abc
 import orjson
 from anyio.streams.text import TextReceiveStream
 
+from runkit import short_dir  # noqa: F401  (the cluster tests import it from here)
 from shardctl.sandbox import Sandbox
 
 TOKEN = "sandbox-token"
-
-
-@contextmanager
-def short_dir() -> Iterator[Path]:
-    """ipc:// paths must stay under 107 bytes: pytest's tmp_path can be too deep."""
-    path = Path(tempfile.mkdtemp(prefix="sc-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class ConsumerProcess:

@@ -19,6 +19,7 @@ import orjson
 import pytest
 import zmq
 import zmq.asyncio
+from limiterkit import serving
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
@@ -37,14 +38,6 @@ INTERVAL = 0.1
 def endpoint() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="sla-") as d:
         yield f"ipc://{Path(d) / 'l.sock'}"
-
-
-@asynccontextmanager
-async def serving(server: SessionLimiterService) -> AsyncIterator[SessionLimiterService]:
-    async with anyio.create_task_group() as tg:
-        await tg.start(server.serve)
-        yield server
-        tg.cancel_scope.cancel()
 
 
 class Stranger:

@@ -15,8 +15,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import orjson
 import pytest
 import zmq
 import zmq.asyncio
+from limiterkit import serving
 
 from shardctl.cluster.limiter import IdentifyScheduler
 from shardctl.cluster.limiter_service import SessionLimiterService
@@ -40,14 +40,6 @@ _LOST = re.compile(r"the service lost (\d+) request")
 def endpoint() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="sll-") as d:
         yield f"ipc://{Path(d) / 'l.sock'}"
-
-
-@asynccontextmanager
-async def serving(server: SessionLimiterService) -> AsyncIterator[SessionLimiterService]:
-    async with anyio.create_task_group() as tg:
-        await tg.start(server.serve)
-        yield server
-        tg.cancel_scope.cancel()
 
 
 def reasks(caplog: pytest.LogCaptureFixture) -> int:

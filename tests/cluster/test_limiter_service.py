@@ -11,12 +11,12 @@ import itertools
 import logging
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
+from limiterkit import serving
 
 from shardctl.cluster.limiter_service import LimiterEvent, SessionLimiterService
 from shardctl.gateway.limits import Limits
@@ -33,14 +33,6 @@ SLACK = 0.06  # scheduling and release latency on a busy 2-core machine; well un
 def endpoint() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="sls-") as d:
         yield f"ipc://{Path(d) / 'l.sock'}"
-
-
-@asynccontextmanager
-async def serving(server: SessionLimiterService) -> AsyncIterator[SessionLimiterService]:
-    async with anyio.create_task_group() as tg:
-        await tg.start(server.serve)
-        yield server
-        tg.cancel_scope.cancel()
 
 
 async def identify_all(client: LimiterClient, shards: list[int]) -> None:

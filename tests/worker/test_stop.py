@@ -8,11 +8,8 @@ the sandbox, with the contention): so the stop must hand the loop back all along
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -20,6 +17,7 @@ import orjson
 import pytest
 
 import shardctl.cluster.supervisor as supervisor_module
+from runkit import short_dir
 from shardctl.cluster.supervisor import Supervisor
 from shardctl.cluster.workers import worker_command
 from shardctl.gateway.intents import Intents
@@ -37,16 +35,6 @@ BEAT_INTERVAL = 1.0
 #: tenth of the beat interval: a worker shares two cores with three others and the sandbox
 #: in the scale run (issue 14), which stretches a stall several times on the wall clock.
 LONGEST_STALL = BEAT_INTERVAL / 10
-
-
-@contextmanager
-def short_dir() -> Iterator[Path]:
-    """ipc:// paths must stay under 107 bytes: pytest's tmp_path can be too deep."""
-    path = Path(tempfile.mkdtemp(prefix="sc-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def ticking(stalls: Path) -> Callable[[str, int, Path | None], list[str]]:
