@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -44,12 +43,6 @@ anyio.run(main)
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def ops(sb: Sandbox, op: int) -> list[int]:
     """The shards that sent gateway op ``op``, once per frame, sorted."""
     return sorted(r.shard_id for r in sb.records("command")
@@ -79,9 +72,10 @@ async def test_a_consumer_process_sets_presence_everywhere_and_joins_voice_on_th
         ) -> None:
     with short_dir() as base:
         generate_keys(base / "keys")
-        control = f"tcp://127.0.0.1:{free_port()}"
+        control = "tcp://127.0.0.1:*"  # the port the supervisor binds: sup.endpoints["control"]
         async with cluster(base / "run", control_endpoint=control,
                            curve_keys=base / "keys") as (sb, sup):
+            control = sup.endpoints["control"]
             owner = 2
             guild = sb.world.guilds_for(owner, SHARDS)[0]
             # A worker key reaches the control channel but is no operator: refused.
@@ -116,9 +110,10 @@ async def test_a_consumer_process_sets_presence_everywhere_and_joins_voice_on_th
 
 async def test_an_anonymous_peer_is_refused_and_nothing_is_sent() -> None:
     with short_dir() as run_dir:
-        control = f"tcp://127.0.0.1:{free_port()}"
+        control = "tcp://127.0.0.1:*"  # the port the supervisor binds: sup.endpoints["control"]
         async with cluster(run_dir, control_endpoint=control,
                            insecure_loopback=True) as (sb, sup):
+            control = sup.endpoints["control"]
             guild = sb.world.guilds_for(1, SHARDS)[0]
             async with Commands(control, timeout=5) as commands:
                 with pytest.raises(CommandRefusedError, match="operator role"):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,12 +37,6 @@ TOKEN = "MTA5ATTACKCANARY.Gx7Qz9.c0ntr0l-t0k3n-n3v3r-l34k3d_Zq8"
 SHARDS = 4
 #: Long enough for a reply (or a CURVE handshake and a reply) on loopback, many times over.
 QUIET = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -150,7 +143,7 @@ async def try_everything(control: str, sup: Supervisor, curve: CurveClient | Non
 
 async def test_a_stranger_on_an_insecure_loopback_control_gets_no_token_and_no_pids() -> None:
     with short_dir() as run_dir:
-        control = f"tcp://127.0.0.1:{free_port()}"
+        control = "tcp://127.0.0.1:*"  # the port the supervisor binds: sup.endpoints["control"]
         async with guarded_cluster(run_dir, control_endpoint=control,
                                    insecure_loopback=True) as cluster:
             loot = await try_everything(cluster.control, cluster.sup, curve=None)
@@ -216,13 +209,14 @@ async def test_strangers_flooding_status_never_keep_a_respawned_worker_out() -> 
     with short_dir() as run_dir:
         config = SandboxConfig(shard_count=2, max_concurrency=2, identify_interval=0.2,
                                heartbeat_interval_ms=2000, guilds_per_shard=1, token=TOKEN)
-        control = f"tcp://127.0.0.1:{free_port()}"
+        control = "tcp://127.0.0.1:*"  # the port the supervisor binds: sup.endpoints["control"]
         async with Sandbox(config) as sb, Supervisor(
                 token=TOKEN, api_url=sb.api_url, processes=1, identify_interval=0.2,
                 runtime_dir=run_dir, state_file=run_dir / "state.json",
                 control_endpoint=control, insecure_loopback=True) as sup:
             with anyio.fail_after(30):
                 await sup.wait_ready()
+            control = sup.endpoints["control"]
             context = zmq.asyncio.Context()
             floods = [context.socket(zmq.DEALER) for _ in range(20)]
 
@@ -262,7 +256,7 @@ async def curve_cluster() -> AsyncIterator[tuple[Cluster, Path]]:
     with short_dir() as base:
         generate_keys(base / "keys")
         (base / "run").mkdir(mode=0o700)
-        control = f"tcp://127.0.0.1:{free_port()}"
+        control = "tcp://127.0.0.1:*"  # the port the supervisor binds: sup.endpoints["control"]
         async with guarded_cluster(base / "run", control_endpoint=control,
                                    curve_keys=base / "keys") as cluster:
             yield cluster, base / "keys"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -41,23 +40,18 @@ def workspace() -> Iterator[Path]:
         yield base
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_curve_cluster_serves_its_workers_ignores_strangers_and_moves_shards() -> None:
     with workspace() as base:
         config = SandboxConfig(shard_count=4, max_concurrency=4, identify_interval=0.2,
                                heartbeat_interval_ms=2000, guilds_per_shard=2,
                                session_ttl=60.0, token=TOKEN)
-        control = f"tcp://127.0.0.1:{free_port()}"
+        control = "tcp://127.0.0.1:*"  # the port the supervisor binds: sup.endpoints["control"]
         async with Sandbox(config) as sb, Supervisor(
                 token=TOKEN, api_url=sb.api_url, processes=1, remote_workers=1,
                 identify_interval=0.2, runtime_dir=base / "run",
                 state_file=base / "run" / "state.json", control_endpoint=control,
                 curve_keys=base / "keys", beat_interval=0.5, liveness_timeout=2.0) as sup:
+            control = sup.endpoints["control"]
             assert all(ep.startswith("tcp://127.0.0.1:") for ep in
                        (sup.endpoints["limiter"], sup.endpoints["events_in"]))
             joining = await anyio.open_process(
