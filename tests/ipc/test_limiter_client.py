@@ -24,6 +24,7 @@ from shardctl.ipc.limiter import (
     Release,
     Request,
     clock_id,
+    encode,
 )
 from shardctl.worker.limiter import SessionLimiter
 
@@ -319,3 +320,28 @@ async def test_a_repeated_grant_during_the_identify_releases_nothing_early(
             leave.set()
             _, release = await next_of(service, Release)  # the first release is the body's
             assert release.sent_at is not None
+
+
+async def test_a_peer_that_does_not_read_is_not_taken_for_gone(endpoint: str) -> None:
+    # The service probes a holder to learn whether its grant may be counted as released: a
+    # holder too busy to read (its queue full) may still send its IDENTIFY, so only a
+    # connection that is gone counts -- a full queue answered "gone" released live holds.
+    async with LimiterWireServer(endpoint) as service:
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        sock = context.socket(zmq.DEALER)
+        try:
+            sock.setsockopt(zmq.RCVHWM, 1)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(endpoint)
+            sock.send_multipart(encode(Ping("busy", 1, None)))
+            peer, _ = await next_of(service, Ping)
+            for _ in range(2_000_000):  # until the service's send would block
+                if not service.send_pong(peer, 1, []):
+                    break
+            else:
+                pytest.fail("the peer's queue never filled")
+            assert service.probe(peer), "a full queue was taken for a gone connection"
+            assert not service.probe(b"\x00nobody")  # a connection that is gone
+        finally:
+            sock.close(linger=0)
+            context.term()

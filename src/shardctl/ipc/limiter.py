@@ -746,8 +746,10 @@ class LimiterWireServer:
         return self._send(peer, Refused(client, reason))
 
     def probe(self, peer: bytes) -> bool:
-        """False if ``peer``'s connection is certainly gone."""
-        return self._send(peer, Probe())
+        """False if ``peer``'s connection is certainly gone.  A full queue is not: a holder
+        whose loop is too busy to read (a big worker starting) may still send the IDENTIFY
+        it holds a grant for, so its hold must stay (:meth:`connected`)."""
+        return self.connected(peer)
 
     def connected(self, peer: bytes) -> bool:
         """Whether ``peer``'s connection is still there (a full queue still counts)."""
