@@ -334,9 +334,8 @@ class SessionLimiterService:
     async def _timer_loop(self) -> None:
         while True:
             now = anyio.current_time()
-            probe = now + self._probe_interval if any(self.scheduler.holding()) else None
             deadlines = [d for d in (self.scheduler.next_deadline(), self._liveness_deadline(),
-                                     probe) if d is not None]
+                                     self._probe_deadline()) if d is not None]
             delay = max(0.0, min(deadlines) - now) if deadlines else math.inf
             with anyio.move_on_after(delay):
                 await self._wakeup.wait()
@@ -569,6 +568,18 @@ class SessionLimiterService:
             if client is None or not service.probe(client.peer):
                 gone.add(client_id)
                 self._set_aside(client_id, now, "connection gone while holding a grant")
+
+    def _probe_deadline(self) -> float | None:
+        """When the first holder is due a probe (see :meth:`_probe_holders`).  Exactly then:
+        waking a probe interval after *now* found a holder a hair short of due and put its
+        probe off by another interval, and a dead holder's bucket waited for it."""
+        due = None
+        for (client_id, _), _, at in self.scheduler.holding():
+            client = self._clients.get(client_id)
+            last = at if client is None else max(at, client.last_probe)
+            when = last + self._probe_interval
+            due = when if due is None else min(due, when)
+        return due
 
     def _liveness_deadline(self) -> float | None:
         # O(clients + holds) per wake-up: the loop wakes after every message, and a sort of

@@ -87,10 +87,6 @@ class BucketMargins:
         bucket: the widest)."""
         return self.policy.base(interval) + self._widest * self.policy.step(interval)
 
-    def widened(self) -> dict[int, int]:
-        """Bucket -> steps, for the buckets op 9s widened (the others follow the widest)."""
-        return dict(self._steps)
-
     def widen(self, bucket: int) -> bool:
         """Discord answered an IDENTIFY of the bucket with op 9: one step wider than the
         margin its last gap had (bounded), unless every bucket has widened since (an op 9
