@@ -3,25 +3,20 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from shardctl.ports import unused_port
+
 CLI = [sys.executable, "-m", "shardctl.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_run_refuses_a_loopback_tcp_control_endpoint_without_keys_or_opt_in(
         tmp_path: Path) -> None:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    endpoint = f"tcp://127.0.0.1:{unused_port()}"
     env = {"SHARDCTL_RUNTIME_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
         [*CLI, "run", "--token", "t0k3n-never-used", "--api-url", "http://127.0.0.1:9",

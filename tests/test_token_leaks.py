@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from shardctl.cli import main as cli_main
 from shardctl.cluster.config import RunConfig
 from shardctl.cluster.supervisor import Supervisor
 from shardctl.gateway.intents import Intents
+from shardctl.ports import unused_port
 from shardctl.sandbox import Sandbox, SandboxConfig
 from shardctl.worker.shard import Shard
 
@@ -55,12 +55,6 @@ def short_dir() -> Iterator[Path]:
         yield Path(tmp)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "shardctl.cli", *args], env=env,
                           capture_output=True, text=True, timeout=60, check=False)
@@ -74,7 +68,7 @@ async def test_a_full_run_never_prints_the_token() -> None:
         env.pop("DISCORD_TOKEN", None)
         outputs: list[tuple[str, str]] = []
         async with Sandbox(sandbox_config()) as sb:
-            metrics_port = free_port()
+            metrics_port = unused_port()
             args = ["run", "--token", TOKEN, "--api-url", sb.api_url, "--processes", "2",
                     "--identify-interval", "0.2", "--log-level", "DEBUG",
                     "--state-file", str(run_dir / "state.json")]

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from shardctl.cli import main
 from shardctl.cluster.limiter_service import SessionLimiterService
 from shardctl.ipc.limiter import LimiterClient
+from shardctl.ports import unused_port
 
 
 @pytest.fixture
@@ -96,14 +97,6 @@ async def test_standalone_service_paces_a_client_and_stops_cleanly(short_dir: Pa
         await process.aclose()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _run_against(limiter: str, short_dir: Path) -> tuple[int | None, str, float]:
     """``shardctl run --limiter LIMITER`` on the built-in sandbox: (exit code, stderr, s)."""
     env = {**os.environ, "SHARDCTL_RUNTIME_DIR": str(short_dir)}
@@ -139,7 +132,7 @@ def _error_line(err: str) -> str:
 @pytest.mark.anyio
 @pytest.mark.slow
 async def test_run_with_a_limiter_nobody_serves_fails_fast_naming_it(short_dir: Path) -> None:
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{unused_port()}"
     code, err, took = await _run_against(endpoint, short_dir)
     assert code == 2, err
     assert took < 20  # the sandbox's start, then the 2 s wait, not forever

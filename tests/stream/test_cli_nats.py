@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from shardctl.stream.server import free_port
+from shardctl.ports import unused_port
 
 pytestmark = pytest.mark.anyio
 
@@ -34,7 +34,7 @@ async def test_shardctl_nats_serves_jetstream_with_its_data_where_asked(tmp_path
                                                                         ) -> None:
     import nats
 
-    port = free_port()
+    port = unused_port()
     url = f"nats://127.0.0.1:{port}"
     args = [sys.executable, "-m", "shardctl.cli", "nats", "--port", str(port),
             "--store-dir", str(tmp_path / "js")]

@@ -134,9 +134,9 @@ async def test_a_bad_request_is_refused_with_a_reason(nats_server: NatsServer) -
 
 
 async def test_send_to_a_nats_nobody_runs_exits_3() -> None:
-    from shardctl.stream.server import free_port
+    from shardctl.ports import unused_port
 
-    code, _, err = await send("status", "--stream", f"nats://127.0.0.1:{free_port()}",
+    code, _, err = await send("status", "--stream", f"nats://127.0.0.1:{unused_port()}",
                               "--status", "idle", "--timeout", "1")
     assert code == 3, err
     assert "cannot reach NATS" in err and "Traceback" not in err

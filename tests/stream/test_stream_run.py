@@ -34,8 +34,9 @@ from streamkit import (
     terminate,
 )
 
+from shardctl.ports import unused_port
 from shardctl.sandbox import Sandbox
-from shardctl.stream.server import NatsCluster, NatsServer, free_port
+from shardctl.stream.server import NatsCluster, NatsServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -125,7 +126,7 @@ async def test_a_nats_outage_of_ten_seconds_pauses_the_shards_and_loses_nothing(
     supervisor's /metrics show the outage and the recovery."""
     url = nats_server.url
     log = tmp_path / "run.log"
-    port = free_port()
+    port = unused_port()
     with short_dir() as run_dir:
         async with Sandbox(sandbox_config(8)) as sb, anyio.create_task_group() as tg:
             run = await start_run(run_args(sb, run_dir / "state.json", url,
@@ -253,7 +254,7 @@ async def test_a_stop_during_a_nats_outage_saves_what_the_stream_stored(
     state = None
     with short_dir() as run_dir:
         async with Sandbox(sandbox_config(4)) as sb, anyio.create_task_group() as tg:
-            port = free_port()
+            port = unused_port()
             args = run_args(sb, run_dir / "state.json", url, "--metrics-port", str(port))
             env = env_with_runtime(run_dir)
             first = await start_run(args, env, tmp_path / "first.log")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import anyio
 import pytest
 
 from shardctl.errors import ConfigurationError, PayloadError
+from shardctl.ports import unused_port
 from shardctl.worker.shard import CommandResult, Shard
 
 TOKEN = "unit-test-token.xyz"
@@ -58,17 +58,10 @@ async def test_commands_on_a_closed_shard_return_errors() -> None:
         assert not ok and error is not None and "not connected" in error
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 @pytest.mark.anyio
 async def test_unreachable_gateway_without_auto_reconnect_returns() -> None:
     events: list[str] = []
-    s = shard(gateway=f"ws://127.0.0.1:{_free_port()}/", auto_reconnect=False,
+    s = shard(gateway=f"ws://127.0.0.1:{unused_port()}/", auto_reconnect=False,
               output=lambda sh, name, data: events.append(name))
     with anyio.fail_after(5):
         await s.connect()
@@ -77,7 +70,7 @@ async def test_unreachable_gateway_without_auto_reconnect_returns() -> None:
 
 @pytest.mark.anyio
 async def test_shutdown_interrupts_the_reconnect_backoff() -> None:
-    s = shard(gateway=f"ws://127.0.0.1:{_free_port()}/")
+    s = shard(gateway=f"ws://127.0.0.1:{unused_port()}/")
     async with anyio.create_task_group() as tg:
         tg.start_soon(s.connect)
         with anyio.fail_after(5):

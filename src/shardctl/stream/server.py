@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from types import TracebackType
 from typing import Final
 
 from shardctl.errors import ConfigurationError
+from shardctl.ports import unused_port
 from shardctl.stream._nats import INSTALL_HINT
 
 DEFAULT_PORT: Final = 4222
@@ -43,12 +43,6 @@ def binary() -> str:
     if found is None:
         raise ConfigurationError(f"no nats-server executable found: {INSTALL_HINT}")
     return found
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def server_args(store_dir: Path, *, host: str, port: int, monitor_port: int | None = None,
@@ -77,8 +71,8 @@ class NatsServer:
                  routes: Sequence[int] = (), log_file: Path | None = None) -> None:
         self.store_dir = store_dir
         self.host = host
-        self.port = free_port(host) if port is None else port
-        self.monitor_port = free_port(host)
+        self.port = unused_port(host) if port is None else port
+        self.monitor_port = unused_port(host)
         self.name = name
         self.cluster_port = cluster_port
         self.routes = tuple(routes)
@@ -152,7 +146,7 @@ class NatsCluster:
     """``size`` servers on loopback routed to each other (each its own store directory)."""
 
     def __init__(self, base_dir: Path, size: int = 3, *, log_dir: Path | None = None) -> None:
-        cluster_ports = [free_port() for _ in range(size)]
+        cluster_ports = [unused_port() for _ in range(size)]
         self.servers = [
             NatsServer(base_dir / f"n{i}", name=f"n{i}", cluster_port=cluster_ports[i],
                        routes=[p for j, p in enumerate(cluster_ports) if j != i],
