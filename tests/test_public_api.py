@@ -22,8 +22,9 @@ ALLOWED: dict[str, set[str]] = {
     # _lazy: a standard-library-only leaf (PEP 562 exports of a package __init__).
     "sandbox": {"errors", "gateway", "sandbox", "_lazy"},
     "cluster": {"errors", "gateway", "ipc", "cluster", "_version", "stream"},
-    # the durable stream: NATS lives here only (imported lazily, stream/_nats.py)
-    "stream": {"errors", "gateway", "ipc", "stream"},
+    # the durable stream: NATS lives here only (imported lazily, stream/_nats.py); ports: a
+    # standard-library-only leaf (the port a local nats-server binds)
+    "stream": {"errors", "gateway", "ipc", "stream", "ports"},
 }
 
 
