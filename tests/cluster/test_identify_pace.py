@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import signal
-import statistics
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -28,6 +27,7 @@ import anyio.abc
 import pytest
 from clusterkit import TOKEN, short_dir
 
+from shardctl.gateway.pacing import DEFAULT_MARGIN
 from shardctl.sandbox import Sandbox, SandboxConfig
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -84,7 +84,12 @@ async def start_up(cfg: SandboxConfig, processes: int, *extra: str) -> Pace:
     first = {}
     for r in identifies:
         first.setdefault(r.shard_id, r.at)
-    rtt = statistics.median(r.at - first[r.shard_id] for r in readies)
+    # The last READY came the sandbox's own IDENTIFY -> READY time after its shard's
+    # IDENTIFY (the sandbox stamps both): that time is the sandbox's, not the pace's, so the
+    # ideal takes the last shard's own rather than the median (one slow READY of the last
+    # round on a loaded machine counted against the pace: 1.025x, seen once).
+    last = max(readies, key=lambda r: r.at)
+    rtt = last.at - first[last.shard_id]
     ideal = (math.ceil(shards / mc) - 1) * cfg.identify_interval + rtt
     pace = Pace(max(r.at for r in readies) - min(r.at for r in identifies), ideal, op9)
     print(f"first IDENTIFY -> last READY {pace.span:.3f} s, ideal {pace.ideal:.3f} s, "
@@ -94,13 +99,18 @@ async def start_up(cfg: SandboxConfig, processes: int, *extra: str) -> Pace:
 
 async def test_a_jittery_loop_stamping_gateway_sees_no_identify_too_fast() -> None:
     # 64 shards / 4 processes / max_concurrency 4 / 0.2 s, every frame read 0-15 ms late.
-    # Every gap pays the margin (17 ms): 15 gaps make the span 1.09x the ideal 3 s.
+    # Every gap pays the margin (17 ms): 15 gaps make the span 1.09x the ideal 3 s.  A slot
+    # lost on the way costs a whole interval (+0.2 s, 1.16x); the bound is half of one over
+    # the margins (1.12x), the rest being what a loaded 2-core machine adds (1.10x left it
+    # 30 ms: exceeded once in CI).
     cfg = SandboxConfig(shard_count=64, max_concurrency=4, identify_interval=0.2,
                         arrival_jitter_ms=JITTER_MS, guilds_per_shard=1, members_per_guild=5,
                         heartbeat_interval_ms=41250, session_start_total=100_000, seed=13)
     pace = await start_up(cfg, 4)
     assert pace.op9 == 0, pace
-    assert pace.ratio <= 1.10, pace
+    gaps = math.ceil(cfg.shard_count / cfg.max_concurrency) - 1
+    margins = gaps * DEFAULT_MARGIN.base(cfg.identify_interval)
+    assert pace.span <= pace.ideal + margins + cfg.identify_interval / 2, pace
 
 
 async def test_at_discords_pace_the_start_up_takes_the_ideal_span_without_op9() -> None:

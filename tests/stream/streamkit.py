@@ -4,13 +4,11 @@ the stream holds."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
-import tempfile
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -18,22 +16,13 @@ import anyio.abc
 import orjson
 from anyio.streams.text import TextReceiveStream
 
+from runkit import short_dir  # noqa: F401  (the stream tests import it from here)
 from shardctl.sandbox import Blast, Sandbox, SandboxConfig
 from shardctl.stream.consumer import StreamConsumer
 
 TOKEN = "sandbox-token"
 
 Key = tuple[int, int]
-
-
-@contextmanager
-def short_dir() -> Iterator[Path]:
-    """ipc:// paths must stay under 107 bytes: pytest's tmp_path can be too deep."""
-    path = Path(tempfile.mkdtemp(prefix="sn-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def sandbox_config(shards: int) -> SandboxConfig:
@@ -194,6 +183,27 @@ async def stored(url: str, wanted: set[Key], durable: str = "audit") -> Counter[
 
 def log_has(log: Path, text: str) -> bool:
     return text in log.read_text(errors="replace")
+
+
+async def pulling(url: str, durable: str, readers: int) -> None:
+    """Return once ``readers`` fetches wait on ``durable``: every reader process is taking
+    events (started before that, one may get none of a short burst)."""
+    import nats
+    import nats.errors
+    import nats.js.errors
+
+    nc = await nats.connect(servers=url.split(","))
+    try:
+        while True:
+            try:
+                info = await nc.jetstream().consumer_info("SHARDCTL", durable)
+                if (info.num_waiting or 0) >= readers:
+                    return
+            except (nats.js.errors.NotFoundError, nats.errors.Error):
+                pass  # not created yet by the first reader
+            await anyio.sleep(0.1)
+    finally:
+        await nc.close()
 
 
 async def stored_count(url: str, t: str = "MESSAGE_CREATE") -> int:

@@ -22,6 +22,7 @@ from streamkit import (
     kill9,
     log_has,
     metrics_when,
+    pulling,
     redelivered,
     run_args,
     sandbox_config,
@@ -232,6 +233,8 @@ async def test_two_consumer_processes_with_one_durable_split_the_events(
                     await all_ready(sb, 4)
                 async with stream_reader(url, "group", tmp_path / "a.err") as a, \
                         stream_reader(url, "group", tmp_path / "b.err") as b:
+                    with anyio.fail_after(30):
+                        await pulling(url, "group", 2)
                     sent = await start_blast(sb, 1_000, tg)
                     with anyio.fail_after(60):
                         while not sent <= a.seen.keys() | b.seen.keys():
