@@ -97,20 +97,31 @@ async def start_up(cfg: SandboxConfig, processes: int, *extra: str) -> Pace:
     return pace
 
 
+#: What a loaded 2-core machine may add to a start-up beyond the margins (seconds, or a tenth
+#: of the interval when that is more): the workers run at nice 10 beside the sandbox.
+LOAD_ALLOWANCE = 0.1
+
+
+def paced_span(pace: Pace, cfg: SandboxConfig) -> float:
+    """The longest start-up that lost no slot: the ideal, every gap's margin, and the load's
+    allowance.  A lost slot costs a whole interval more than this allows (the allowance is
+    at most half of one).  Fixed ratios (1.10x, 1.02x) left 30 ms and 105 ms for the load and
+    failed in CI and with one core busy."""
+    interval = cfg.identify_interval
+    gaps = math.ceil(cfg.shard_count / cfg.max_concurrency) - 1
+    allowance = min(max(LOAD_ALLOWANCE, interval / 10), interval / 2)
+    return pace.ideal + gaps * DEFAULT_MARGIN.base(interval) + allowance
+
+
 async def test_a_jittery_loop_stamping_gateway_sees_no_identify_too_fast() -> None:
     # 64 shards / 4 processes / max_concurrency 4 / 0.2 s, every frame read 0-15 ms late.
-    # Every gap pays the margin (17 ms): 15 gaps make the span 1.09x the ideal 3 s.  A slot
-    # lost on the way costs a whole interval (+0.2 s, 1.16x); the bound is half of one over
-    # the margins (1.12x), the rest being what a loaded 2-core machine adds (1.10x left it
-    # 30 ms: exceeded once in CI).
+    # Every gap pays the margin (17 ms): 15 gaps make the span 1.09x the ideal 3 s.
     cfg = SandboxConfig(shard_count=64, max_concurrency=4, identify_interval=0.2,
                         arrival_jitter_ms=JITTER_MS, guilds_per_shard=1, members_per_guild=5,
                         heartbeat_interval_ms=41250, session_start_total=100_000, seed=13)
     pace = await start_up(cfg, 4)
     assert pace.op9 == 0, pace
-    gaps = math.ceil(cfg.shard_count / cfg.max_concurrency) - 1
-    margins = gaps * DEFAULT_MARGIN.base(cfg.identify_interval)
-    assert pace.span <= pace.ideal + margins + cfg.identify_interval / 2, pace
+    assert pace.span <= paced_span(pace, cfg), pace
 
 
 async def test_at_discords_pace_the_start_up_takes_the_ideal_span_without_op9() -> None:
@@ -121,4 +132,4 @@ async def test_at_discords_pace_the_start_up_takes_the_ideal_span_without_op9() 
                         heartbeat_interval_ms=41250, session_start_total=100_000, seed=13)
     pace = await start_up(cfg, 4)
     assert pace.op9 == 0, pace
-    assert pace.ratio <= 1.02, pace
+    assert pace.span <= paced_span(pace, cfg), pace
