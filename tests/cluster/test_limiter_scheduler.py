@@ -352,13 +352,17 @@ def test_the_margin_policy_refuses_what_is_not_a_margin() -> None:
             IdentifyMargin(**bad)  # type: ignore[arg-type]
 
 
+def two_buckets(margin: IdentifyMargin) -> IdentifyScheduler[int]:
+    """A scheduler with max_concurrency 2 at Discord's 5 s, under ``margin``."""
+    return IdentifyScheduler[int](
+        now=0.0, limits=Limits(max_concurrency=2, interval=5.0, margin=margin), last_grants={})
+
+
 def test_an_op9_widens_every_bucket_from_the_gaps_being_waited_out() -> None:
     """The lag behind an op 9 is the gateway's: bucket 1 need not be answered with op 9
     before it waits longer too."""
     margin = IdentifyMargin(floor=0.25)
-    s = IdentifyScheduler[int](now=0.0,
-                               limits=Limits(max_concurrency=2, interval=5.0, margin=margin),
-                               last_grants={})
+    s = two_buckets(margin)
     for shard in range(4):
         s.request(shard, shard)
     assert [g.shard_id for g in s.poll(0.0)] == [0, 1]
@@ -372,9 +376,7 @@ def test_an_op9_widens_every_bucket_from_the_gaps_being_waited_out() -> None:
 
 def test_an_op9_under_the_widened_margin_widens_further_a_late_one_does_not() -> None:
     margin = IdentifyMargin(floor=0.25)
-    s = IdentifyScheduler[int](now=0.0,
-                               limits=Limits(max_concurrency=2, interval=5.0, margin=margin),
-                               last_grants={})
+    s = two_buckets(margin)
     for shard in range(4):
         s.request(shard, shard)
     assert [g.shard_id for g in s.poll(0.0)] == [0, 1]  # both gaps had the base margin
@@ -387,9 +389,7 @@ def test_an_op9_under_the_widened_margin_widens_further_a_late_one_does_not() ->
 
 def test_every_bucket_narrows_back_when_the_widened_one_does() -> None:
     margin = IdentifyMargin(floor=0.25, decay_after=2)
-    s = IdentifyScheduler[int](now=0.0,
-                               limits=Limits(max_concurrency=2, interval=5.0, margin=margin),
-                               last_grants={})
+    s = two_buckets(margin)
     s.identify_rejected(0)
     for key in range(4):
         s.request(key, 2 * key)  # all in bucket 0
@@ -442,9 +442,7 @@ def test_a_zero_margin_still_widens_on_op9() -> None:
 
 
 def test_a_max_concurrency_change_keeps_the_widest_margin_for_every_new_bucket() -> None:
-    s = IdentifyScheduler[int](now=0.0,
-                               limits=Limits(max_concurrency=2, interval=5.0,
-                                             margin=IdentifyMargin(floor=0.25)), last_grants={})
+    s = two_buckets(IdentifyMargin(floor=0.25))
     s.identify_rejected(1)
     s.update(0.0, max_concurrency=4)
     assert s.margins() == {0: 0.5, 1: 0.5, 2: 0.5, 3: 0.5}

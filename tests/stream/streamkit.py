@@ -190,7 +190,6 @@ async def pulling(url: str, durable: str, readers: int) -> None:
     events (started before that, one may get none of a short burst)."""
     import nats
     import nats.errors
-    import nats.js.errors
 
     nc = await nats.connect(servers=url.split(","))
     try:
@@ -199,8 +198,8 @@ async def pulling(url: str, durable: str, readers: int) -> None:
                 info = await nc.jetstream().consumer_info("SHARDCTL", durable)
                 if (info.num_waiting or 0) >= readers:
                     return
-            except (nats.js.errors.NotFoundError, nats.errors.Error):
-                pass  # not created yet by the first reader
+            except nats.errors.Error:
+                pass  # not created yet by the first reader (NotFoundError is one)
             await anyio.sleep(0.1)
     finally:
         await nc.close()
