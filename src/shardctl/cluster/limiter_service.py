@@ -558,9 +558,11 @@ class SessionLimiterService:
         # often the loop wakes: a probe per held grant per wake-up (every message) filled a
         # 2,500-shard worker's queue, and the grants and pongs behind them were dropped.
         for (client_id, _), _, at in list(self.scheduler.holding()):
-            if client_id in gone or now < self._probe_due(client_id, at):
+            if now - at < self._probe_interval or client_id in gone:
                 continue
             client = self._clients.get(client_id)
+            if client is not None and now - client.last_probe < self._probe_interval:
+                continue
             if client is not None:
                 client.last_probe = now
             if client is None or not service.probe(client.peer):
@@ -571,15 +573,13 @@ class SessionLimiterService:
         """When the first holder is due a probe (see :meth:`_probe_holders`).  Exactly then:
         waking a probe interval after *now* found a holder a hair short of due and put its
         probe off by another interval, and a dead holder's bucket waited for it."""
-        return min((self._probe_due(client_id, at)
-                    for (client_id, _), _, at in self.scheduler.holding()), default=None)
-
-    def _probe_due(self, client_id: str, held_since: float) -> float:
-        """When a holder is next probed: a probe interval after its grant began, and after
-        the client's last probe (one per client per interval, however many it holds)."""
-        client = self._clients.get(client_id)
-        last = held_since if client is None else max(held_since, client.last_probe)
-        return last + self._probe_interval
+        due = None
+        for (client_id, _), _, at in self.scheduler.holding():
+            client = self._clients.get(client_id)
+            last = at if client is None else max(at, client.last_probe)
+            when = last + self._probe_interval
+            due = when if due is None else min(due, when)
+        return due
 
     def _liveness_deadline(self) -> float | None:
         # O(clients + holds) per wake-up: the loop wakes after every message, and a sort of
