@@ -44,6 +44,7 @@ async def main(args: argparse.Namespace) -> None:
             print(json.dumps({"pid": os.getpid(),
                               "workers": [s.pid for s in sup.slots],
                               "events": sup.endpoints["events"],
+                              "events_batch": sup.endpoints["events_batch"],
                               "control": sup.endpoints["control"],
                               "metrics": metrics}), flush=True)
             async for _ in signals:

@@ -31,6 +31,8 @@ INTENTS = int(Intents.GUILDS | Intents.GUILD_MESSAGES | Intents.MESSAGE_CONTENT
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 ROOT = Path(__file__).resolve().parent.parent
+#: which endpoint the consumer process reads: "batch" (events-batch, the default) or "events"
+BUS_MODE = os.environ.get("BENCH_BUS", "batch")
 
 
 @dataclass(slots=True)
@@ -185,10 +187,18 @@ class Cluster:
     control: str = ""
     #: the supervisor's /metrics port (``cluster(metrics=True)``)
     metrics: int | None = None
+    events_batch: str = ""
 
     @property
     def pids(self) -> list[int]:
         return [self.supervisor, *self.workers]
+
+    def consumer_args(self) -> list[str]:
+        """``consumer_proc``'s endpoint: events-batch (a batched ``Consumer``), or with
+        ``BENCH_BUS=events`` the per-event endpoint, to compare the two."""
+        if BUS_MODE == "events":
+            return ["--endpoint", self.events]
+        return ["--endpoint", self.events_batch, "--batched"]
 
 
 @asynccontextmanager
@@ -207,7 +217,8 @@ async def cluster(sb: Sandbox | Fleet, *, processes: int, identify_interval: flo
                          *(("--metrics",) if metrics else ())) as proc:
             ready = await proc.expect("workers", ready_timeout)
             yield Cluster(proc, ready["pid"], ready["workers"], ready["events"],
-                          ready.get("control", ""), ready.get("metrics"))
+                          ready.get("control", ""), ready.get("metrics"),
+                          ready.get("events_batch", ""))
 
 
 async def wait_subscribed(sb: Sandbox, consumer: Child, shard_id: int = 0) -> None:

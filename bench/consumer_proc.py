@@ -40,7 +40,7 @@ async def main(args: argparse.Namespace) -> None:
     parse = args.parse
     freeze_startup_heap()  # as the cluster's processes do: no full collection of imports
     async with Consumer(args.endpoint, types=["MESSAGE_CREATE", PROBE],
-                        hwm=1_000_000) as bus:
+                        hwm=1_000_000, batched=args.batched) as bus:
         print(json.dumps({"open": 1}), flush=True)
         probed = False
         async with anyio.create_task_group() as tg:
@@ -88,6 +88,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--idle", type=float, default=10.0)
     p.add_argument("--stamps", default="")
     p.add_argument("--parse", action="store_true", help="read each event's d (orjson)")
+    p.add_argument("--batched", action="store_true", help="--endpoint is events-batch")
     p.add_argument("--stay", action="store_true", help="keep running after the report")
     return p.parse_args()
 

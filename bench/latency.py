@@ -55,7 +55,7 @@ async def measure(seconds: float) -> dict[str, float]:
         async with Sandbox(cfg) as sb, \
                 cluster(sb, processes=WORKERS, identify_interval=0.05) as c:
             total = int(RATE / SHARDS * seconds) * SHARDS
-            async with child("consumer_proc", "--endpoint", c.events, "--expect",
+            async with child("consumer_proc", *c.consumer_args(), "--expect",
                              str(total), "--idle", "5", "--stamps", str(stamps)) as consumer:
                 await wait_subscribed(sb, consumer)
                 first_record = len(sb.record)

@@ -108,7 +108,7 @@ async def run_pipeline(regime: Regime, seconds: float) -> dict[str, Any]:
         stamps = Path(tmp) / "stamps"
         async with Sandbox(sandbox_config(regime)) as sb, \
                 cluster(sb, processes=WORKERS, identify_interval=0.05) as c, \
-                child("consumer_proc", "--endpoint", c.events, "--expect", str(total),
+                child("consumer_proc", *c.consumer_args(), "--expect", str(total),
                       "--idle", "5", "--parse", "--stamps", str(stamps)) as consumer:
             await wait_subscribed(sb, consumer)
             got = await paced(sb, regime, seconds, [*c.pids, consumer.pid],

@@ -42,7 +42,7 @@ async def run_one(per_shard: int, url: str | None, nats_pid: int | None) -> dict
     expect = SHARDS * per_shard
     async with Sandbox(sandbox_config()) as sb, \
             cluster(sb, processes=WORKERS, identify_interval=0.05, stream=url) as c, \
-            child("consumer_proc", "--endpoint", c.events, "--expect", str(expect),
+            child("consumer_proc", *c.consumer_args(), "--expect", str(expect),
                   "--idle", "30", "--stay") as consumer:
         await wait_subscribed(sb, consumer)
         await anyio.sleep(0.5)  # let the READY burst's garbage settle

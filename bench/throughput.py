@@ -83,7 +83,7 @@ async def run_cluster(compression: str, per_shard: int, workers: int = WORKERS
     async with Sandbox(sandbox_config()) as sb, \
             cluster(sb, processes=workers, identify_interval=0.05,
                     compression=compression) as c, \
-            child("consumer_proc", "--endpoint", c.events, "--expect", str(expect),
+            child("consumer_proc", *c.consumer_args(), "--expect", str(expect),
                   "--idle", "10", "--parse") as consumer:
         await wait_subscribed(sb, consumer)
         await anyio.sleep(0.5)  # let the READY burst's garbage settle

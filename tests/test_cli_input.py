@@ -304,6 +304,8 @@ _CASES: dict[str, tuple[list[str], str, st.SearchStrategy[str]]] = {
     "run --compression": _case(_RUN, "--compression",
                                _not_one_of("zlib-stream", "zstd-stream", "none")),
     "run --events-endpoint": _case(_RUN, "--events-endpoint", _endpoints(bind=True)),
+    "run --events-batch-endpoint": _case(_RUN, "--events-batch-endpoint",
+                                         _endpoints(bind=True)),
     "run --control-endpoint": _case(_RUN, "--control-endpoint", _endpoints(bind=True)),
     "run --limiter": _case(_RUN, "--limiter", _endpoints(bind=False)),
     "run --log-level": _case(_RUN, "--log-level",

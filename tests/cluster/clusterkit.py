@@ -51,10 +51,12 @@ class ConsumerProcess:
 
 
 @asynccontextmanager
-async def consumer_process(endpoint: str, *types: str,
-                           keys: Path | None = None) -> AsyncIterator[ConsumerProcess]:
-    """``keys``: a CURVE key directory; the consumer uses its ``consumer`` key."""
-    args = [sys.executable, "-m", "shardctl.cli", "events", "--endpoint", endpoint]
+async def consumer_process(endpoint: str, *types: str, keys: Path | None = None,
+                           batched: bool = False) -> AsyncIterator[ConsumerProcess]:
+    """``keys``: a CURVE key directory; the consumer uses its ``consumer`` key.
+    ``batched``: ``endpoint`` is events-batch."""
+    args = [sys.executable, "-m", "shardctl.cli", "events", "--endpoint", endpoint,
+            *(["--batched"] if batched else [])]
     if keys is not None:
         args += ["--keys", str(keys)]
     for t in types:

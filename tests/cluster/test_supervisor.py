@@ -65,6 +65,23 @@ async def test_every_event_reaches_a_consumer_process_exactly_once() -> None:
             assert not sb.violations
 
 
+async def test_a_batched_consumer_process_gets_every_event_exactly_once_too() -> None:
+    with short_dir() as run_dir:
+        async with Sandbox(sandbox_config(8)) as sb, supervisor(sb, run_dir, 2) as sup:
+            with anyio.fail_after(30):
+                await sup.wait_ready()
+            assert sup.endpoints["events_batch"] == f"ipc://{run_dir}/events-batch.sock"
+            async with consumer_process(sup.endpoints["events_batch"], "MESSAGE_CREATE",
+                                        batched=True) as consumer:
+                with anyio.fail_after(10):
+                    await sup.wait_subscribed(batched=True)
+                sent = await push_messages(sb, list(range(8)), 100)
+                with anyio.fail_after(30):
+                    await consumer.wait_for(8 * 100)
+                assert consumer.seen == expected(sent)
+            assert not sb.violations
+
+
 async def test_the_first_identifies_wait_until_every_shard_has_asked() -> None:
     # Workers boot at different moments; the limiter's start gate lets every bucket start
     # together, so no bucket's queue starts late (cluster/supervisor.py, START_GATE_QUIET).

@@ -20,6 +20,7 @@ from shardctl.ipc.consumer import Consumer, Gap
 from shardctl.ipc.events import (
     Event,
     batch_header,
+    decode_batch,
     encode_record,
     lifecycle_payload,
     subscription_prefix,
@@ -557,3 +558,122 @@ async def test_a_pause_never_outlasts_max_pause(ipc_dir: Path) -> None:
 def test_high_water_must_fit_the_backlog() -> None:
     with pytest.raises(ValueError, match="high_water"):
         EventPublisher("ipc:///tmp/x", max_backlog=10, high_water=11)
+
+
+# -- events-batch: one message per worker batch ------------------------------------------------
+
+
+@asynccontextmanager
+async def batch_bus(ipc_dir: Path, **fwd_kwargs: Any) -> AsyncIterator[EventForwarder]:
+    async with bus(ipc_dir, batch_outbound=f"ipc://{ipc_dir}/batch", **fwd_kwargs) as fwd:
+        yield fwd
+
+
+async def batch_subscribed(fwd: EventForwarder, count: int, *pubs: EventPublisher) -> None:
+    with anyio.fail_after(5):
+        await fwd.wait_subscribed(b"", count, batched=True)
+        for pub in pubs:
+            await pub.wait_subscribed()
+
+
+async def test_a_batched_consumer_gets_every_event_in_order_a_batch_per_message(
+        ipc_dir: Path) -> None:
+    n = 2000
+    async with batch_bus(ipc_dir) as fwd:
+        assert fwd.batch_outbound is not None
+        pubs = [publisher(fwd, worker=0), publisher(fwd, worker=1)]
+        raw = zmq.Context.instance().socket(zmq.SUB)  # ZeroMQ's defaults, as any language
+        try:
+            raw.setsockopt(zmq.SUBSCRIBE, b"")
+            raw.connect(fwd.batch_outbound)
+            async with running(*pubs), \
+                    Consumer(fwd.batch_outbound, batched=True) as consumer:
+                consumer.open()
+                await batch_subscribed(fwd, 2, *pubs)
+                async with anyio.create_task_group() as tg:
+                    for pub, shards in zip(pubs, [(0, 2), (1, 3)], strict=True):
+                        tg.start_soon(burst, pub, shards, n)
+                    got = await take(consumer, 4 * n, within=60)
+                messages = []
+                with anyio.fail_after(10):
+                    while sum(len(decode_batch(m)) for m in messages) < 4 * n:
+                        try:
+                            messages.append(raw.recv(zmq.NOBLOCK))
+                        except zmq.Again:
+                            await anyio.sleep(0.01)
+        finally:
+            raw.close(linger=0)
+    assert_exactly_once_in_order(got, [0, 1, 2, 3], n)
+    assert consumer.missed == 0 and consumer.malformed == 0
+    assert all(e.bus_seq == e.seq and e.epoch == fwd.epoch for e in got)
+    # the publisher's batches of up to 64 events arrive whole: far fewer messages than events
+    assert len(messages) <= 4 * n // 16
+    assert [(e.shard, e.seq) for m in messages for e in decode_batch(m)] == [
+        (e.shard, e.seq) for e in got]
+
+
+async def test_both_endpoints_carry_the_same_numbering(ipc_dir: Path) -> None:
+    async with batch_bus(ipc_dir) as fwd:
+        assert fwd.batch_outbound is not None
+        pub = publisher(fwd)
+        async with running(pub), Consumer(fwd.outbound) as each, \
+                Consumer(fwd.batch_outbound, batched=True) as batched:
+            await subscribed(fwd, each, pub)
+            batched.open()
+            await batch_subscribed(fwd, 1)
+            for seq in range(1, 41):
+                t = ("MESSAGE_CREATE", "TYPING_START")[seq % 2]
+                pub.publish(seq % 3, t, seq, frame(t, seq))
+            pub.flush_nowait()
+            await fwd.publish("SHARD_RESHARD", 1, lifecycle_payload({"x": 1}))
+            per_event, per_batch = await take(each, 41), await take(batched, 41)
+    assert [(e.type, e.shard, e.seq, e.bus_seq, e.raw) for e in per_batch] == [
+        (e.type, e.shard, e.seq, e.bus_seq, e.raw) for e in per_event]
+    assert [(e.shard, e.seq) for e in per_batch if e.type == "SHARD_RESHARD"] == [(1, None)]
+
+
+async def test_a_batched_consumer_filters_here_and_never_sees_what_the_bus_dropped(
+        ipc_dir: Path) -> None:
+    async with batch_bus(ipc_dir) as fwd:
+        assert fwd.batch_outbound is not None
+        pub = publisher(fwd, shards=[0, 1])
+        async with running(pub), Consumer(fwd.batch_outbound, types=["MESSAGE_CREATE"],
+                                          shards=[0], batched=True) as consumer:
+            consumer.open()
+            await batch_subscribed(fwd, 1, pub)
+            # another type, another shard, a replay (7-10 again), a shard not the worker's
+            for seq in [*range(1, 11), 7, 8, 9, 10, 11, 12]:
+                t = ("TYPING_START", "MESSAGE_CREATE")[seq % 2]
+                pub.publish(0, t, seq, frame(t, seq))
+                pub.publish(1, "MESSAGE_CREATE", seq, frame("MESSAGE_CREATE", seq))
+            pub.publish(7, "MESSAGE_CREATE", 1, frame("MESSAGE_CREATE", 1))
+            pub.flush_nowait()
+            got = await take(consumer, 6)
+    assert [(e.type, e.shard, e.seq) for e in got] == [
+        ("MESSAGE_CREATE", 0, s) for s in (1, 3, 5, 7, 9, 11)]
+    assert [e.bus_seq for e in got] == list(range(1, 7))
+    assert consumer.missed == 0 and fwd.stats.foreign == 1
+
+
+async def test_a_malformed_batch_still_hands_batched_consumers_what_went_out(
+        ipc_dir: Path) -> None:
+    async with batch_bus(ipc_dir) as fwd:
+        assert fwd.batch_outbound is not None
+        broken = zmq.Context.instance().socket(zmq.PUB)
+        try:
+            broken.connect(fwd.inbound)
+            key = new_publish_key()
+            fwd.publishers.authorize(1, key, [0])  # a worker with a bug, but ours
+            good = b"".join(encode_record("MESSAGE_CREATE", 0, seq, 1, frame("MESSAGE_CREATE", seq))
+                            for seq in (1, 2))
+            async with Consumer(fwd.batch_outbound, batched=True) as consumer:
+                consumer.open()
+                await batch_subscribed(fwd, 1)
+                with anyio.fail_after(5):
+                    while fwd.stats.malformed == 0:  # the PUB's slow joiner: resend
+                        broken.send(batch_header(3, 1, key) + good + b"garbage")
+                        await anyio.sleep(0.01)
+                got = await take(consumer, 2)
+        finally:
+            broken.close(linger=0)
+    assert [(e.seq, e.bus_seq) for e in got] == [(1, 1), (2, 2)]

@@ -21,7 +21,7 @@ import zmq
 
 from shardctl.ipc.bus import EventForwarder, EventPublisher
 from shardctl.ipc.consumer import Consumer
-from shardctl.ipc.events import BUS_CLOSING_TYPE, HEADER
+from shardctl.ipc.events import BUS_CLOSING_TYPE, HEADER, decode_batch
 from shardctl.ipc.publishers import new_publish_key
 
 pytestmark = pytest.mark.anyio
@@ -58,7 +58,8 @@ async def forwarding(ipc_dir: Path, out_hwm: int = 100_000,
         tuple[EventForwarder, EventPublisher]]:
     progress = Progress()
     fwd = EventForwarder(f"ipc://{ipc_dir}/in", f"ipc://{ipc_dir}/out", nodrop=False,
-                         out_hwm=out_hwm, on_progress=progress.notify)
+                         out_hwm=out_hwm, on_progress=progress.notify,
+                         batch_outbound=f"ipc://{ipc_dir}/batch")
     fwd.progress = progress  # type: ignore[attr-defined]
     fwd.last_seq.update(resumed or {})  # as the supervisor seeds it from the state file
     async with anyio.create_task_group() as tg:
@@ -72,12 +73,12 @@ async def forwarding(ipc_dir: Path, out_hwm: int = 100_000,
 
 
 @contextmanager
-def plain_sub(endpoint: str) -> Iterator[zmq.Socket[bytes]]:
+def plain_sub(endpoint: str, topic: bytes = TOPIC) -> Iterator[zmq.Socket[bytes]]:
     """Every option at ZeroMQ's default (RCVHWM 1,000)."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.SUB)
     try:
-        sock.setsockopt(zmq.SUBSCRIBE, TOPIC)
+        sock.setsockopt(zmq.SUBSCRIBE, topic)
         sock.connect(endpoint)
         yield sock
     finally:
@@ -134,6 +135,40 @@ async def test_drain_hands_a_lagging_default_sub_everything_it_holds(ipc_dir: Pa
                 stop.set()
     assert reading[0] == list(range(1, n + 1))
     assert took > 0.3, "the drain returned before the consumer could have read it all"
+
+
+def read_batches(sock: zmq.Socket[bytes], stop: threading.Event, rate: float) -> list[int]:
+    """Events-batch: seqs read (padding skipped), at most ``rate`` events a second."""
+    got: list[int] = []
+    while True:
+        if not sock.poll(200):
+            if stop.is_set():
+                return got
+            continue
+        got.extend(e.seq or 0 for e in decode_batch(sock.recv()) if e.type != BUS_CLOSING_TYPE)
+        stop.wait(64 / rate)
+
+
+async def test_drain_hands_a_lagging_batch_reader_everything_it_holds(ipc_dir: Path) -> None:
+    n = 12_000
+    async with forwarding(ipc_dir) as (fwd, pub):
+        assert fwd.batch_outbound is not None
+        with plain_sub(fwd.batch_outbound, b"") as sub:
+            with anyio.fail_after(5):
+                await fwd.wait_subscribed(b"", batched=True)
+            await publish(fwd, pub, 0, range(1, n + 1))
+            stop = threading.Event()
+            async with anyio.create_task_group() as tg:
+                reading: list[list[int]] = []
+
+                async def reader() -> None:
+                    reading.append(await anyio.to_thread.run_sync(read_batches, sub, stop,
+                                                                  20_000))
+
+                tg.start_soon(reader)
+                assert await fwd.drain(20)
+                stop.set()
+    assert reading[0] == list(range(1, n + 1))
 
 
 async def test_a_drain_that_runs_out_returns_false_within_its_bound(ipc_dir: Path) -> None:

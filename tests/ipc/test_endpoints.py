@@ -219,3 +219,14 @@ def test_check_free_tells_a_held_ipc_endpoint_before_binding(
         assert (short_tmp / "e.sock").exists()  # the holder keeps its socket file
     holder.close(0)
     endpoints.check_free(endpoints.tcp_endpoint(5555))  # tcp: known only when bound
+
+
+@pytest.mark.parametrize(("events", "batch"), [
+    ("ipc:///run/shardctl/events.sock", "ipc:///run/shardctl/events-batch.sock"),
+    ("ipc:///tmp/bus", "ipc:///tmp/bus-batch"),
+    ("tcp://127.0.0.1:5555", "tcp://127.0.0.1:*"),
+    ("tcp://[::1]:5555", "tcp://[::1]:*"),
+    ("inproc://events", "inproc://events-batch"),
+])
+def test_events_batch_binds_beside_the_events_endpoint(events: str, batch: str) -> None:
+    assert endpoints.batch_companion(events) == batch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import orjson
@@ -154,3 +155,65 @@ def test_event_equality_and_repr_hides_payload() -> None:
     assert a == Event("T", 1, 2, 3, b"{}")
     assert a != Event("T", 1, 3, 3, b"{}")
     assert "bytes" in repr(a)
+
+
+# -- consumer batches (events-batch) ---------------------------------------------------------
+
+
+def stamped(t: str, shard: int, seq: int, bus_seq: int) -> bytes:
+    """A record as the forwarder leaves it in a batch: bus_seq and epoch stamped."""
+    record = bytearray(encode_record(t, shard, seq, 5, b'{"s":%d}' % seq, session=9))
+    h = events.RECORD.size + len(t) + 1
+    events.BUS.pack_into(record, h + events.BUS_OFFSET, bus_seq, 77)
+    return bytes(record)
+
+
+def test_a_consumer_batch_has_the_worker_batch_layout_with_version_2_and_no_key() -> None:
+    records = [stamped("MESSAGE_CREATE", 3, 10, 1), stamped("TYPING_START", 4, 11, 1)]
+    batch = events.consumer_batch(records, worker=2)
+    assert batch[0] == 2 and batch[1] == 0
+    assert struct.unpack_from(">HI", batch, 2) == (2, 2)
+    assert batch[8:40] == bytes(32)
+    assert batch[40:] == b"".join(records)
+    got = events.decode_batch(batch)
+    assert [(e.type, e.shard, e.seq, e.bus_seq, e.epoch, e.raw) for e in got] == [
+        ("MESSAGE_CREATE", 3, 10, 1, 77, b'{"s":10}'), ("TYPING_START", 4, 11, 1, 77, b'{"s":11}')]
+    assert got == [decode_event(r[events.RECORD.size:]) for r in records]
+
+
+def test_decode_batch_keeps_only_the_types_asked_for() -> None:
+    batch = events.consumer_batch([stamped("MESSAGE_CREATE", 0, 1, 1),
+                                   stamped("TYPING_START", 0, 2, 1),
+                                   stamped("MESSAGE_CREATE", 0, 3, 2)])
+    got = events.decode_batch(batch, frozenset({b"MESSAGE_CREATE"}))
+    assert [(e.type, e.seq) for e in got] == [("MESSAGE_CREATE", 1), ("MESSAGE_CREATE", 3)]
+
+
+def test_a_consumer_batch_holds_1_to_64_events() -> None:
+    with pytest.raises(ValueError, match="1-64"):
+        events.consumer_batch([])
+    with pytest.raises(ValueError, match="1-64"):
+        events.consumer_batch([stamped("A", 0, i, i) for i in range(1, 66)])
+
+
+def test_a_version_1_message_is_not_a_batch_and_says_so() -> None:
+    v1 = encode_event("MESSAGE_CREATE", 0, 1, 1, PAYLOAD)
+    with pytest.raises(ProtocolError, match="version-1 event"):
+        events.decode_batch(v1 + bytes(40))
+
+
+@pytest.mark.parametrize("cut", [1, 5, 20, 39])
+def test_truncated_or_padded_batches_raise_protocol_error(cut: int) -> None:
+    batch = events.consumer_batch([stamped("MESSAGE_CREATE", 0, 1, 1),
+                                   stamped("MESSAGE_CREATE", 0, 2, 2)])
+    with pytest.raises(ProtocolError):
+        events.decode_batch(batch[:-cut])
+    with pytest.raises(ProtocolError, match="trailing"):
+        events.decode_batch(batch + b"x" * cut)
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_decode_as_a_batch_or_raise_protocol_error(junk: bytes) -> None:
+    for message in (junk, bytes([2, 0, 0, 3]) + bytes(36) + junk):
+        with contextlib.suppress(ProtocolError):
+            events.decode_batch(message)

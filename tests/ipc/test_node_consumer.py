@@ -55,11 +55,12 @@ def ipc_dir() -> Iterator[Path]:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("batched", [False, True], ids=["events", "events-batch"])
 async def test_node_consumer_reads_the_documented_frames(node_consumer: Path,
-                                                         ipc_dir: Path) -> None:
+                                                         ipc_dir: Path, batched: bool) -> None:
     seen: list[Event] = []
     fwd = EventForwarder(f"ipc://{ipc_dir}/in", f"ipc://{ipc_dir}/out",
-                         on_batch=seen.extend)
+                         on_batch=seen.extend, batch_outbound=f"ipc://{ipc_dir}/batch")
     key = new_publish_key()
     fwd.publishers.authorize(0, key, [7, 2**32 - 1])
     pub = EventPublisher(fwd.inbound, publish_key=key)
@@ -76,11 +77,15 @@ async def test_node_consumer_reads_the_documented_frames(node_consumer: Path,
         await tg.start(fwd.run)
         await tg.start(pub.run)
         async with await anyio.open_process(
-                [NODE, str(node_consumer / "consumer.js"), fwd.outbound, *types],
+                [NODE, str(node_consumer / "consumer.js"),
+                 *(["--batched", str(fwd.batch_outbound)] if batched else [fwd.outbound]),
+                 *types],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
             try:
                 with anyio.fail_after(20):
-                    for t in types:
+                    if batched:
+                        await fwd.wait_subscribed(b"", batched=True)
+                    for t in types if not batched else ():
                         await fwd.wait_subscribed(subscription_prefix(t))
                     await pub.wait_subscribed()
                 for shard, t, seq, payload in events:

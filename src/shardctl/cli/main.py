@@ -324,11 +324,14 @@ def _checked_stream(check: str) -> Callable[..., Any]:
               help="Shard id to print; repeat for several (default: all).")
 @click.option("--count", "-n", type=click.IntRange(min=1), default=None,
               help="Exit after printing this many events.")
+@click.option("--batched", is_flag=True,
+              help="--endpoint is the supervisor's events-batch endpoint (one message per "
+                   "batch; README \"Batched consumers\").")
 @click.option("--keys", type=click.Path(file_okay=False, path_type=Path), default=None,
               envvar="SHARDCTL_KEYS", show_envvar=True,
               help="CURVE key directory: server.key and clients/consumer.key_secret")
 def events_command(endpoint: str | None, types: tuple[str, ...], shards: tuple[int, ...],
-                   count: int | None, keys: Path | None = None, *,
+                   count: int | None, keys: Path | None = None, *, batched: bool = False,
                    stream: str | None = None, durable: str = "shardctl-events",
                    stream_name: str = "SHARDCTL", stream_prefix: str = "shardctl",
                    ack_wait: float = 30.0) -> None:
@@ -372,7 +375,7 @@ def events_command(endpoint: str | None, types: tuple[str, ...], shards: tuple[i
         raise click.BadParameter(str(exc), param_hint="--keys") from None
     try:
         consumer = Consumer(endpoint, types=types or None, shards=shards or None,
-                            on_gap=report_gap, curve=curve)
+                            on_gap=report_gap, curve=curve, batched=batched)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--type") from None
 
@@ -548,6 +551,10 @@ def _leaf(error: BaseException) -> BaseException:
 @_margin_options
 @click.option("--events-endpoint", default=None, metavar="ENDPOINT", type=Endpoint(bind=True),
               help="where consumers subscribe  [default: ipc://<runtime dir>/events.sock]")
+@click.option("--events-batch-endpoint", default=None, metavar="ENDPOINT",
+              type=Endpoint(bind=True),
+              help="where batched consumers subscribe: one message per worker batch  "
+                   "[default: beside --events-endpoint, ipc://<runtime dir>/events-batch.sock]")
 @click.option("--control-endpoint", default=None, metavar="ENDPOINT", type=Endpoint(bind=True),
               help="the workers' control channel  [default: ipc://<runtime dir>/control.sock]")
 @click.option("--limiter", default=None, metavar="ENDPOINT", type=Endpoint(),
@@ -596,6 +603,7 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
                 shard_ids: str | None, intents: str, compression: str,
                 identify_interval: float, events_endpoint: str | None,
                 control_endpoint: str | None, limiter: str | None, state_file: Path | None,
+                events_batch_endpoint: str | None = None,
                 limiter_timeout: float = 5.0, drain_timeout: float = 30.0,
                 keys: Path | None = None,
                 remote_workers: int = 0, insecure_loopback: bool = False,
@@ -624,6 +632,7 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
     metrics = None if metrics_port is None else (metrics_host, metrics_port)
     check_run(token=token, api_url=api_url, keys=keys, state_file=state_file, metrics=metrics,
               bind_endpoints={"--events-endpoint": events_endpoint,
+                              "--events-batch-endpoint": events_batch_endpoint,
                               "--control-endpoint": control_endpoint})
     display = Display(choose_mode(log_format, isatty=sys.stdout.isatty()))
     logformat.configure(log_level, log_format, handler=display.log_handler())
@@ -640,7 +649,7 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
             "identify_interval": identify_interval,
             "identify_margin_ms": identify_margin_ms,
             "identify_margin_percent": identify_margin_percent,
-            "events_endpoint": events_endpoint,
+            "events_endpoint": events_endpoint, "events_batch_endpoint": events_batch_endpoint,
             "control_endpoint": control_endpoint, "limiter": limiter, "state_file": state_file,
             "limiter_timeout": limiter_timeout, "drain_timeout": drain_timeout,
             "ignore_session_start_limit": ignore_session_start_limit,

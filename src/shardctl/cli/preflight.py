@@ -113,7 +113,10 @@ def _check_default_endpoints_free(run_dir: Path,
     say so before starting, not after asking Discord."""
     from shardctl.ipc import endpoints
 
-    names = ["events.sock" if bind_endpoints.get("--events-endpoint") is None else None,
+    default_events = bind_endpoints.get("--events-endpoint") is None
+    names = ["events.sock" if default_events else None,
+             "events-batch.sock" if default_events and bind_endpoints.get(
+                 "--events-batch-endpoint") is None else None,
              "control.sock" if bind_endpoints.get("--control-endpoint") is None else None]
     for name in filter(None, names):
         try:

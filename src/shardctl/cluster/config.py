@@ -54,6 +54,9 @@ class RunConfig:
     identify_margin_percent: float = DEFAULT_MARGIN_PERCENT
     large_threshold: int = 50
     events_endpoint: str | None = None
+    #: Events-batch (one message per worker batch, README "Batched consumers"); None: next
+    #: to ``events_endpoint`` (``events-batch.sock``, or another port on its tcp host).
+    events_batch_endpoint: str | None = None
     control_endpoint: str | None = None
     #: A remote limiter service (``shardctl limiter``); None runs one in the supervisor.
     limiter: str | None = None

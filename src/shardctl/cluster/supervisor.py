@@ -340,9 +340,11 @@ class Supervisor:
                 tg.start_soon(self._open_start_gate, self.limiter, must_identify)
         else:
             await tg.start(self._configure_remote_limiter, limiter_ep, info)
+        events_ep = self.config.events_endpoint or endpoints.ipc_endpoint("events.sock", run_dir)
         forwarder = self._forwarder = EventForwarder(
-            remote.service_endpoint(control_ep, "events-in", run_dir),
-            self.config.events_endpoint or endpoints.ipc_endpoint("events.sock", run_dir),
+            remote.service_endpoint(control_ep, "events-in", run_dir), events_ep,
+            batch_outbound=(self.config.events_batch_endpoint
+                            or endpoints.batch_companion(events_ep)),
             # A slow consumer must not stall the cluster: it loses events at its high-water
             # mark and sees the loss as bus_seq gaps (DESIGN.md §3).
             nodrop=False, on_batch=self._batch_hook, on_progress=self._on_bus_progress,
@@ -363,6 +365,7 @@ class Supervisor:
                         "slot; use --keys or ipc:// to keep them out", self._control.endpoint)
         tg.start_soon(self._control_loop, self._control)
         self.endpoints = {"limiter": limiter_ep, "events": forwarder.outbound,
+                          "events_batch": forwarder.batch_outbound or "",
                           "events_in": forwarder.inbound, "control": self._control.endpoint}
         if self._output is not None:
             await tg.start(self._fanout.feed, self._output)
@@ -942,10 +945,11 @@ class Supervisor:
         """Wait until ``predicate(status())`` holds (re-checked on every state report)."""
         await self._wait_for(lambda: predicate(self.status()))
 
-    async def wait_subscribed(self, prefix: bytes = b"") -> None:
-        """Return once a consumer holds this subscription (b"" = everything)."""
+    async def wait_subscribed(self, prefix: bytes = b"", *, batched: bool = False) -> None:
+        """Return once a consumer holds this subscription (b"" = everything; ``batched``:
+        a consumer on events-batch)."""
         assert self._forwarder is not None
-        await self._forwarder.wait_subscribed(prefix)
+        await self._forwarder.wait_subscribed(prefix, batched=batched)
 
     async def wait_ready(self) -> None:
         """Return once every shard is READY and its READY has gone out on the event bus."""

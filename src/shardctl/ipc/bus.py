@@ -73,6 +73,8 @@ from shardctl.ipc.events import (
     BUS,
     BUS_CLOSING_TYPE,
     BUS_OFFSET,
+    CONSUMER_BATCH_MAX,
+    CONSUMER_BATCH_VERSION,
     HAS_SEQ,
     HEADER,
     HEADER_SIZE,
@@ -84,6 +86,7 @@ from shardctl.ipc.events import (
     VERSION,
     Event,
     batch_header,
+    consumer_batch,
     decode_event,
     encode_event,
     encode_record,
@@ -499,6 +502,43 @@ def _decodable(frames: list[bytes]) -> list[Event]:
     return events
 
 
+def _as_batch(message: bytes, tlen: int) -> bytes:
+    """One consumer message (of a type ``tlen`` bytes long) as a consumer batch of one."""
+    return consumer_batch([RECORD.pack(len(message), tlen, 0) + message])
+
+
+def _records_end(batch: bytearray, count: int) -> int:
+    """Where the first malformed record of a worker batch starts (its end if none): the
+    hot loop handled every record before it (off the hot path, as ``_odd_record``)."""
+    off, n = BATCH_HEADER.size, len(batch)
+    for _ in range(count):
+        if off + RECORD.size > n:
+            return off
+        mlen, tlen, _ = RECORD.unpack_from(batch, off)
+        start = off + RECORD.size
+        h = start + tlen + 1
+        if (start + mlen > n or not 0 < tlen <= MAX_TYPE_LEN
+                or mlen < tlen + 1 + HEADER_SIZE or batch[h - 1] != 0
+                or batch[h] != VERSION):
+            return off
+        off = start + mlen
+    return off
+
+
+def _split_batch(buf: bytearray, end: int, dropped: set[int], worker: int) -> list[bytes]:
+    """Consumer batches of the records of ``buf`` before ``end`` but the ``dropped``
+    ones, at most CONSUMER_BATCH_MAX each (off the hot path: a batch with replays, foreign
+    or malformed records, or too many)."""
+    mv, records, off = memoryview(buf), [], BATCH_HEADER.size
+    while off < end:
+        stop = off + RECORD.size + RECORD.unpack_from(buf, off)[0]
+        if off not in dropped:
+            records.append(mv[off:stop])
+        off = stop
+    return [consumer_batch(records[i:i + CONSUMER_BATCH_MAX], worker)
+            for i in range(0, len(records), CONSUMER_BATCH_MAX)]
+
+
 class EventSink(Protocol):
     """Where every forwarded event goes too, in order (the durable stream,
     :mod:`shardctl.stream.publisher`): ``put`` gets each batch's events as forwarded (decoded
@@ -555,9 +595,12 @@ class EventForwarder:
                  on_progress: Callable[[], None] | None = None, drop_duplicates: bool = True,
                  epoch: int | None = None, curve: CurveServer | None = None,
                  max_batch_bytes: int = MAX_BATCH_BYTES,
-                 resume_url_allowed: Callable[[str], bool] | None = None) -> None:
+                 resume_url_allowed: Callable[[str], bool] | None = None,
+                 batch_outbound: str | None = None) -> None:
         self.inbound = inbound
         self.outbound = outbound
+        #: events-batch: the same events, one message per worker batch (None: not bound)
+        self.batch_outbound = batch_outbound
         self._context = context
         self._curve = curve
         self._nodrop = nodrop
@@ -582,6 +625,9 @@ class EventForwarder:
         self._holders: Counter[bytes] = Counter()
         self._counters: dict[bytes, int] = {}
         self._out: zmq.Socket[bytes] | None = None
+        self._bout: zmq.Socket[bytes] | None = None
+        #: consumers subscribed on events-batch (each holds the empty prefix)
+        self.batch_subscribers = 0
         self._changed: anyio.Event | None = None
         #: who may publish which shards (the supervisor authorizes every assignment)
         self.publishers = PublishGrants()
@@ -615,22 +661,18 @@ class EventForwarder:
         # LINGER ran out, everything the socket held has left this process (drain()).
         out_ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         sin = ctx.socket(zmq.SUB)
-        sout = out_ctx.socket(zmq.XPUB)
+        sout = self._out_socket(out_ctx, self._out_hwm)
+        # A batch holds at most CONSUMER_BATCH_MAX events: a pipe of this many batches holds
+        # no more events than events-out's, so the drain's SentMarks window covers both.
+        bout = (None if self.batch_outbound is None
+                else self._out_socket(out_ctx, max(1, self._out_hwm // CONSUMER_BATCH_MAX)))
+        outs = [sock for sock in (sout, bout) if sock is not None]
         self._done = anyio.Event()
         try:
             sin.setsockopt(zmq.RCVHWM, self._in_hwm)
             sin.setsockopt(zmq.MAXMSGSIZE, self._max_batch_bytes)
             sin.setsockopt(zmq.LINGER, 0)
             sin.setsockopt(zmq.SUBSCRIBE, b"")
-            sout.setsockopt(zmq.SNDHWM, self._out_hwm)
-            sout.setsockopt(zmq.LINGER, 0)
-            # Subscriptions are applied by _read_subscriptions, which adds BUS_CLOSING for
-            # every consumer: the padding a drain sends last must reach each pipe.
-            sout.setsockopt(zmq.XPUB_MANUAL, 1)
-            # Consumers send only subscriptions (event type prefixes) upstream.
-            sout.setsockopt(zmq.MAXMSGSIZE, SUBSCRIPTION_MAX_BYTES)
-            if self._nodrop:
-                sout.setsockopt(zmq.XPUB_NODROP, 1)
             for shard, seq in self.last_seq.items():
                 self.sent_marks.seed(shard, seq)  # sessions this run RESUMEs
                 if shard in self.last_session and shard not in self.session_tags:
@@ -642,26 +684,51 @@ class EventForwarder:
                     endpoints.bind(sin, self.inbound, curve=for_socket(self._curve, "events_in")))
                 self.outbound = binds.enter_context(endpoints.bind(
                     sout, self.outbound, curve=for_socket(self._curve, "events_out")))
-                self._out = sout
-                aout = zmq.asyncio.Socket.from_socket(sout)
+                if bout is not None and self.batch_outbound is not None:
+                    self.batch_outbound = binds.enter_context(endpoints.bind(
+                        bout, self.batch_outbound,
+                        curve=for_socket(self._curve, "events_out")))
+                self._out, self._bout = sout, bout
                 with anyio.CancelScope() as self._halt:
                     async with Readable(sin) as readable, anyio.create_task_group() as tg:
-                        tg.start_soon(self._read_subscriptions, sout, aout)
+                        tg.start_soon(self._read_subscriptions, sout, self._subscription)
+                        if bout is not None:
+                            tg.start_soon(self._read_subscriptions, bout,
+                                          self._batch_subscription)
                         task_status.started()
                         await self._pump(sin, readable)
                 # Only drain() ends the pump: nothing is forwarded from here on.
-                self._out = None
+                self._out = self._bout = None
                 sin.close()
-                padded = self._send_closing(sout)
-                self.drained = await self._linger_out(sout, out_ctx) and padded
+                padded = self._send_closing(sout, bout)
+                self.drained = await self._linger_out(outs, out_ctx) and padded
         finally:
-            self._out = None
+            self._out = self._bout = None
             sin.close()
-            sout.close(linger=0)
+            for sock in outs:
+                sock.close(linger=0)
             if not out_ctx.closed:
                 stop_authenticator(out_ctx)
                 out_ctx.term()
             self._done.set()
+
+    def _out_socket(self, ctx: zmq.Context[zmq.Socket[bytes]], hwm: int) -> zmq.Socket[bytes]:
+        """An XPUB for consumers: events-out, or events-batch."""
+        sock = ctx.socket(zmq.XPUB)
+        try:
+            sock.setsockopt(zmq.SNDHWM, hwm)
+            sock.setsockopt(zmq.LINGER, 0)
+            # Subscriptions are applied by _read_subscriptions, which adds BUS_CLOSING for
+            # every consumer: the padding a drain sends last must reach each pipe.
+            sock.setsockopt(zmq.XPUB_MANUAL, 1)
+            # Consumers send only subscriptions (event type prefixes) upstream.
+            sock.setsockopt(zmq.MAXMSGSIZE, SUBSCRIPTION_MAX_BYTES)
+            if self._nodrop:
+                sock.setsockopt(zmq.XPUB_NODROP, 1)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        return sock
 
     async def drain(self, bound: float, *,
                     clock: Callable[[], float] = time.monotonic) -> bool:
@@ -686,7 +753,7 @@ class EventForwarder:
         (:mod:`shardctl.ipc.unsent`): what to save when a drain ran out of time."""
         return self.sent_marks.safe_seqs(self._counters)
 
-    def _send_closing(self, sout: zmq.Socket[bytes]) -> bool:
+    def _send_closing(self, sout: zmq.Socket[bytes], bout: zmq.Socket[bytes] | None) -> bool:
         """Padding frames, last on every consumer's pipe; False if a pipe was full.
 
         Two libzmq behaviours drop the last bytes of a connection that closes while its
@@ -695,9 +762,13 @@ class EventForwarder:
         the connection end drops what it had not yet read from its socket.  Padding larger
         than both, last, leaves only padding to lose.  A full pipe (a consumer SNDHWM
         behind) would drop it: then nothing is vouched for (NODROP turns that into an
-        EAGAIN here instead of a silent drop).
+        EAGAIN here instead of a silent drop).  Events-batch gets the same frames, one per
+        batch.
         """
-        sout.setsockopt(zmq.XPUB_NODROP, 1)
+        outs = [(sock, batched) for sock, batched in ((sout, False), (bout, True))
+                if sock is not None]
+        for sock, _ in outs:
+            sock.setsockopt(zmq.XPUB_NODROP, 1)
         tb = type_bytes(BUS_CLOSING_TYPE)
         key = tb + b"\0" + PREFIX.pack(VERSION, 0)
         payload = lifecycle_payload({"padding": "." * _CLOSING_FRAME})
@@ -706,20 +777,22 @@ class EventForwarder:
             frame = encode_event(BUS_CLOSING_TYPE, 0, None, time.time_ns(), payload,
                                  bus_seq=bus_seq, epoch=self.epoch)
             try:
-                sout.send(frame, zmq.NOBLOCK)
+                for sock, batched in outs:
+                    sock.send(_as_batch(frame, len(tb)) if batched else frame, zmq.NOBLOCK)
             except zmq.Again:
                 return False
             self._counters[key] = bus_seq
         return True
 
-    async def _linger_out(self, sout: zmq.Socket[bytes],
+    async def _linger_out(self, outs: list[zmq.Socket[bytes]],
                           out_ctx: zmq.Context[zmq.Socket[bytes]]) -> bool:
         timeout, clock = self._drain_for, self._clock
 
         def close() -> float:
             stop_authenticator(out_ctx)  # its thread's socket would hold term() forever
             started = clock()
-            sout.close(linger=int(timeout * 1000))
+            for sock in outs:
+                sock.close(linger=int(timeout * 1000))
             out_ctx.term()  # returns once all is sent, or at the linger's end
             return clock() - started
 
@@ -728,9 +801,12 @@ class EventForwarder:
         # timeout may have been cut short, so only one clearly early counts as complete.
         return took < timeout - min(0.1, timeout / 10)
 
-    async def wait_subscribed(self, prefix: bytes, consumers: int = 1) -> None:
-        """Return once ``consumers`` consumers hold exactly this subscription prefix."""
-        while self._holders.get(prefix, 0) < consumers:
+    async def wait_subscribed(self, prefix: bytes, consumers: int = 1, *,
+                              batched: bool = False) -> None:
+        """Return once ``consumers`` consumers hold exactly this subscription prefix (on
+        events-batch with ``batched``: any prefix)."""
+        while (self.batch_subscribers if batched
+               else self._holders.get(prefix, 0)) < consumers:
             if self._changed is None or self._changed.is_set():
                 self._changed = anyio.Event()
             await self._changed.wait()
@@ -775,23 +851,49 @@ class EventForwarder:
         bus_seq = self._counters.get(key, 0) + 1
         message = encode_event(t, shard, None, time.time_ns(), payload, bus_seq=bus_seq,
                                epoch=self.epoch)
-        retry = _RETRY_MIN
-        while True:
-            sout = self._out
-            if sout is None:
-                raise RuntimeError("the forwarder is not running")
-            try:
-                sout.send(message, zmq.NOBLOCK)
-                break
-            except zmq.Again:
-                await anyio.sleep(retry)
-                retry = min(retry * 2, _RETRY_MAX)
+        if self._out is None:
+            raise RuntimeError("the forwarder is not running")
+        if self.subscriptions:
+            await self._send_out(lambda: self._out, message)
+        if self.batch_subscribers:
+            await self._send_out(lambda: self._bout, _as_batch(message, len(key) - 6))
         self._counters[key] = bus_seq
         self.stats.events += 1
         if self.sink is not None or self.on_batch is not None:
             self._delivered([decode_event(message)])  # the stream gets our own events too
 
     # -- internals ---------------------------------------------------------------------------
+
+    async def _send_out(self, out: Callable[[], zmq.Socket[bytes] | None],
+                        message: bytes | bytearray | memoryview) -> None:
+        """Send one message on the consumer socket ``out()`` returns, waiting while a
+        consumer's pipe is full (XPUB_NODROP); RuntimeError once the forwarder stopped."""
+        retry = _RETRY_MIN
+        blocked_since: float | None = None
+        while True:
+            sock = out()
+            if sock is None:
+                raise RuntimeError("the forwarder is not running")
+            try:
+                sock.send(message, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                pass
+            blocked_since = self._blocked(blocked_since)
+            await anyio.sleep(retry)
+            retry = min(retry * 2, _RETRY_MAX)
+
+    def _blocked(self, since: float | None) -> float:
+        """Count a refused send; warn every _STALL_WARNING seconds of one stall."""
+        self.stats.blocked += 1
+        now = time.monotonic()
+        if since is None:
+            return now
+        if now - since >= _STALL_WARNING:
+            log.warning("event forwarder: a consumer has not read for %.0f s; "
+                        "workers are held back (XPUB_NODROP)", _STALL_WARNING)
+            return now
+        return since
 
     async def _pump(self, sin: zmq.Socket[bytes], readable: Readable) -> None:
         while True:
@@ -846,24 +948,20 @@ class EventForwarder:
         # the frames as forwarded, for the in-process hook and the stream
         frames: list[bytes] | None = (
             [] if self.on_batch is not None or self.sink is not None else None)
+        buf = bytearray(batch)
+        #: offsets of the records not forwarded (replays, foreign shards)
+        dropped: set[int] = set()
         try:
-            buf = bytearray(batch)
             off, remaining = BATCH_HEADER.size, count
             blocked_since: float | None = None
             retry = _RETRY_MIN
             while True:
                 off, remaining = self._forward_some(batch, buf, off, remaining, frames,
-                                                    allowed=allowed, worker=worker)
+                                                    dropped=dropped, allowed=allowed,
+                                                    worker=worker)
                 if not remaining:
                     break
-                self.stats.blocked += 1
-                now = time.monotonic()
-                if blocked_since is None:
-                    blocked_since = now
-                elif now - blocked_since >= _STALL_WARNING:
-                    blocked_since = now
-                    log.warning("event forwarder: a consumer has not read for %.0f s; "
-                                "workers are held back (XPUB_NODROP)", _STALL_WARNING)
+                blocked_since = self._blocked(blocked_since)
                 # XPUB_NODROP said EAGAIN: a consumer's pipe is full (see _RETRY_MIN).
                 await anyio.sleep(retry)
                 retry = min(retry * 2, _RETRY_MAX)
@@ -873,11 +971,27 @@ class EventForwarder:
         except (ProtocolError, struct.error) as exc:
             # A broken worker must never take the supervisor down: drop the rest of the batch.
             self._malformed(exc)
+            await self._send_batches(buf, _records_end(buf, count), count, dropped, worker)
             if frames and self.sink is not None:
                 # what went out on the bus goes into the stream too (not to on_batch, as ever)
                 self.sink.put(_decodable(frames))
             return
+        await self._send_batches(buf, off, count, dropped, worker)
         self._delivered(events)
+
+    async def _send_batches(self, buf: bytearray, end: int, count: int, dropped: set[int],
+                            worker: int) -> None:
+        """Events-batch: the records of ``buf`` up to ``end`` as forwarded (stamped in
+        place), but for the ``dropped`` ones; the whole buffer in one message when it can."""
+        if self._bout is None or not self.batch_subscribers:
+            return
+        if not dropped and end == len(buf) and 0 < count <= CONSUMER_BATCH_MAX:
+            buf[0] = CONSUMER_BATCH_VERSION
+            buf[BATCH_HEADER.size - BATCH_KEY_SIZE:BATCH_HEADER.size] = bytes(BATCH_KEY_SIZE)
+            await self._send_out(lambda: self._bout, buf)
+            return
+        for message in _split_batch(buf, end, dropped, worker):
+            await self._send_out(lambda: self._bout, message)
 
     def _delivered(self, events: list[Event] | None) -> None:
         """A batch is out on the bus: the stream, the in-process hook (one decode for both:
@@ -925,22 +1039,20 @@ class EventForwarder:
         return True
 
     def _forward_some(self, batch: bytes, buf: bytearray, off: int, remaining: int,
-                      frames: list[bytes] | None, *, allowed: frozenset[int], worker: int
-                      ) -> tuple[int, int]:
-        """The hot loop: forward records until done or the out socket is full.
+                      frames: list[bytes] | None, *, dropped: set[int],
+                      allowed: frozenset[int], worker: int) -> tuple[int, int]:
+        """The hot loop: stamp records in ``buf`` and send each on events-out (when anyone
+        subscribes there) until done or the out socket is full.
 
         Only records of ``allowed`` shards (the sender's) go on; the others are dropped
-        before they touch anything.  Returns (offset, records remaining); remaining > 0
-        means EAGAIN (XPUB_NODROP).
+        before they touch anything (their offsets go into ``dropped``).  Returns (offset,
+        records remaining); remaining > 0 means EAGAIN (XPUB_NODROP).
         """
         sout = self._out
         assert sout is not None
-        send = sout.send
-        counters = self._counters
-        last_seq = self.last_seq
-        tags = self.session_tags
-        stats = self.stats
-        epoch = self.epoch
+        send = sout.send if self.subscriptions else None
+        counters, last_seq, tags = self._counters, self.last_seq, self.session_tags
+        stats, epoch = self.stats, self.epoch
         mv, n = memoryview(buf), len(batch)
         record_size, header_size, mask = RECORD.size, HEADER_SIZE, self.sent_marks.mask
         while remaining:
@@ -953,6 +1065,7 @@ class EventForwarder:
             if (end > n or not 0 < tlen <= MAX_TYPE_LEN or h + header_size > end
                     or batch[h - 1] != 0 or version != VERSION or shard not in allowed):
                 self._odd_record(batch, off, allowed, worker)  # raises unless foreign
+                dropped.add(off)
                 off, remaining = end, remaining - 1
                 continue
             jump = ready = False
@@ -965,15 +1078,17 @@ class EventForwarder:
                         jump = True
                     elif self._drop_duplicates and not ready:
                         stats.duplicates += 1
+                        dropped.add(off)
                         off, remaining = end, remaining - 1
                         continue
             key = batch[start:h + 5]  # type NUL version shard: one counter per (type, shard)
             bus_seq = counters.get(key, 0) + 1
             BUS.pack_into(buf, h + BUS_OFFSET, bus_seq, epoch)
-            try:
-                send(mv[start:end], zmq.NOBLOCK)
-            except zmq.Again:
-                return off, remaining
+            if send is not None:
+                try:
+                    send(mv[start:end], zmq.NOBLOCK)
+                except zmq.Again:
+                    return off, remaining
             counters[key] = bus_seq
             if flags & HAS_SEQ:
                 if jump:
@@ -1061,8 +1176,22 @@ class EventForwarder:
             del self._holders[topic]
         return len(self.subscriptions) != before
 
+    def _batch_subscription(self, bout: zmq.Socket[bytes], msg: bytes) -> bool:
+        """Events-batch: a consumer's subscription (the empty prefix; nothing else ever
+        matches a batch, whose first byte is its version) or its end."""
+        if msg[:1] == b"\x01":
+            bout.setsockopt(zmq.SUBSCRIBE, msg[1:])
+            self.batch_subscribers += 1
+        elif msg[:1] == b"\x00" and self.batch_subscribers > 0:
+            bout.setsockopt(zmq.UNSUBSCRIBE, msg[1:])
+            self.batch_subscribers -= 1
+        else:
+            return False
+        return True
+
     async def _read_subscriptions(self, sout: zmq.Socket[bytes],
-                                  aout: zmq.asyncio.Socket) -> None:
+                                  apply: Callable[[zmq.Socket[bytes], bytes], bool]) -> None:
+        aout = zmq.asyncio.Socket.from_socket(sout)
         while True:
             await wait_socket(aout, _POLL_MS * 4, zmq.POLLIN)
             changed = False
@@ -1071,7 +1200,7 @@ class EventForwarder:
                     msg = sout.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                changed = self._subscription(sout, msg) or changed
+                changed = apply(sout, msg) or changed
                 if self._changed is not None:  # a waiter may count holders of one prefix
                     self._changed.set()
             if changed:

@@ -173,6 +173,18 @@ def ipc_endpoint(name: str, directory: Path | None = None) -> str:
     return f"ipc://{ipc_path(name, directory)}"
 
 
+def batch_companion(events: str) -> str:
+    """Where events-batch binds beside the events endpoint ``events``: ``NAME-batch.EXT``
+    in the same directory for ``ipc://``, another free port of the same host for ``tcp://``."""
+    parsed = parse_endpoint(events)
+    if parsed.transport == "ipc":
+        path = Path(parsed.address)
+        return f"ipc://{path.with_name(f'{path.stem}-batch{path.suffix}')}"
+    if parsed.transport == "tcp":
+        return tcp_endpoint(None, parsed.host or LOOPBACK_HOST)
+    return f"{events}-batch"
+
+
 def tcp_endpoint(port: int | None = None, host: str = LOOPBACK_HOST) -> str:
     """``tcp://host:port``; ``port=None`` binds a free port (read the result of :func:`bind`)."""
     if host != "*" and ":" in host:

@@ -59,6 +59,19 @@ events-in could send them (:mod:`shardctl.ipc.publishers`).  A batch is at most
 :data:`MAX_BATCH_BYTES`.  :class:`~shardctl.ipc.bus.BatchBuilder` writes batches from
 :func:`encode_record`; :class:`~shardctl.ipc.bus.EventForwarder` is their one reader.
 
+Consumer batch (events-batch XPUB → consumer SUB, subscribed to the empty prefix): ONE
+frame carrying up to :data:`CONSUMER_BATCH_MAX` events, for consumers that would rather pay
+one receive per batch than one per event (README "Batched consumers")::
+
+    header         40 bytes, the worker batch header's layout: version = 2, reserved (0),
+                   u16 event count, u32 worker slot, 32 bytes of zero
+    then per event the worker batch's record: u32 length, u8 type length, u32 session tag,
+                   and the consumer message exactly as above (bus_seq and epoch stamped)
+
+so the forwarder stamps a worker batch in place and sends it whole.  The first byte (2)
+cannot start a version-1 message (which starts with an ASCII type), so a reader that mixes
+the endpoints up fails loudly.
+
 The session tag is there so that a seq is only ever compared with seqs of its own session:
 the forwarder drops a dispatch whose ``s`` is not above the last one forwarded as a replay,
 and without the tag a new session whose READY never reached the bus (its batch refused or
@@ -70,7 +83,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Container, Sequence
 from typing import Any, Final
 
 import orjson
@@ -120,6 +133,11 @@ BATCH_KEY_SIZE: Final = 32
 MAX_BATCH_BYTES: Final = 72 * 2**20
 #: per-event prefix inside a batch: message length, type length, session tag
 RECORD: Final = struct.Struct(">IBI")
+#: the consumer batch's version (first byte): it shares BATCH_HEADER's layout
+CONSUMER_BATCH_VERSION: Final = 2
+#: events in one consumer batch at most: a larger worker batch goes out in parts, so a
+#: consumer pipe of ``out_hwm // CONSUMER_BATCH_MAX`` batches holds at most ``out_hwm`` events
+CONSUMER_BATCH_MAX: Final = 64
 _U32: Final = 0xFFFFFFFF
 
 
@@ -280,6 +298,59 @@ def decode_event(message: bytes) -> Event:
     return Event(t, shard, seq if flags & HAS_SEQ else None, received_ns,
                  message[tlen + 1 + HEADER_SIZE:], bus_seq=bus_seq, epoch=epoch,
                  overlap=bool(flags & OVERLAP))
+
+
+def consumer_batch(records: Sequence[bytes | memoryview], worker: int = 0) -> bytes:
+    """A consumer batch of ``records`` (RECORD prefix + stamped consumer message each)."""
+    if not 0 < len(records) <= CONSUMER_BATCH_MAX:
+        raise ValueError(f"a consumer batch holds 1-{CONSUMER_BATCH_MAX} events")
+    head = BATCH_HEADER.pack(CONSUMER_BATCH_VERSION, 0, len(records),
+                             _check_u32(worker, "worker"), bytes(BATCH_KEY_SIZE))
+    return head + b"".join(records)
+
+
+def decode_batch(message: bytes, types: Container[bytes] | None = None) -> list[Event]:
+    """Parse one consumer batch: its events of ``types`` (type names as ASCII bytes; None:
+    every one).  ProtocolError if it is not a version-2 batch (a version-1 message, from the
+    per-event endpoint, says so) or a record is malformed (nothing of it is returned)."""
+    if len(message) < BATCH_HEADER.size:
+        raise ProtocolError("consumer batch shorter than its header")
+    version, _, count = BATCH_HEADER.unpack_from(message, 0)[:3]
+    if version != CONSUMER_BATCH_VERSION:
+        hint = " (a version-1 event: read it with decode_event)" if version > 0x20 else ""
+        raise ProtocolError(f"unknown consumer batch version {version}{hint}")
+    off, n, events = BATCH_HEADER.size, len(message), []
+    names: dict[bytes, str] = {}
+    try:
+        for _ in range(count):
+            mlen, tlen, _ = RECORD.unpack_from(message, off)
+            start = off + RECORD.size
+            h = start + tlen + 1
+            end = start + mlen
+            if end > n or not 0 < tlen <= MAX_TYPE_LEN or message[h - 1] != 0 \
+                    or h + HEADER_SIZE > end:
+                raise ProtocolError("malformed event record in consumer batch")
+            off = end
+            tb = message[start:h - 1]
+            if types is not None and tb not in types:
+                continue
+            version, shard, flags, _, seq, received_ns, bus_seq, epoch = HEADER.unpack_from(
+                message, h)
+            if version != VERSION:
+                raise ProtocolError(f"unknown event message version {version}")
+            name = names.get(tb)
+            if name is None:
+                name = names[tb] = tb.decode("ascii")
+            events.append(Event(name, shard, seq if flags & HAS_SEQ else None, received_ns,
+                                message[h + HEADER_SIZE:end], bus_seq=bus_seq, epoch=epoch,
+                                overlap=bool(flags & OVERLAP)))
+    except struct.error:
+        raise ProtocolError("consumer batch ends inside a record") from None
+    except UnicodeDecodeError:
+        raise ProtocolError("event type is not ASCII") from None
+    if off != n:
+        raise ProtocolError("trailing bytes after the last event of a consumer batch")
+    return events
 
 
 def batch_records(batch: bytes) -> list[tuple[str, int, int]]:
