@@ -677,3 +677,27 @@ async def test_a_malformed_batch_still_hands_batched_consumers_what_went_out(
         finally:
             broken.close(linger=0)
     assert [(e.seq, e.bus_seq) for e in got] == [(1, 1), (2, 2)]
+
+
+async def test_next_batch_hands_out_everything_received_in_order(ipc_dir: Path) -> None:
+    n = 500
+    async with batch_bus(ipc_dir) as fwd:
+        assert fwd.batch_outbound is not None
+        pub = publisher(fwd)
+        async with running(pub), Consumer(fwd.batch_outbound, batched=True) as consumer:
+            consumer.open()
+            await batch_subscribed(fwd, 1, pub)
+            await burst(pub, [0, 1], n)
+            got: list[Event] = []
+            sizes = []
+            with anyio.fail_after(10):
+                async for events in consumer.batches():
+                    assert events, "a batch is never empty"
+                    got += events
+                    sizes.append(len(events))
+                    if len(got) >= 2 * n:
+                        consumer.close()  # ends the iteration
+    assert_exactly_once_in_order(got, [0, 1], n)
+    assert max(sizes) > 1 and len(got) == 2 * n
+    with pytest.raises(StopAsyncIteration):
+        await consumer.next_batch()

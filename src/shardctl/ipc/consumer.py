@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Literal
@@ -210,6 +210,31 @@ class Consumer:
         queue = self._queue
         if queue:
             return queue.popleft()
+        await self._fill()
+        return queue.popleft()
+
+    async def next_batch(self) -> list[Event]:
+        """Every event received and not yet handed out (at least one; waits for it): one
+        ``await`` for many events, where ``async for`` costs one per event.  Order, gaps
+        and replay flags as with ``async for``; StopAsyncIteration once closed."""
+        if not self._queue:
+            await self._fill()
+        events = list(self._queue)
+        self._queue.clear()
+        return events
+
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        """``next_batch()`` until the consumer is closed: ``async for events in
+        bus.batches()``."""
+        while True:
+            try:
+                yield await self.next_batch()
+            except StopAsyncIteration:
+                return
+
+    async def _fill(self) -> None:
+        """Return once the queue holds an event; StopAsyncIteration once closed."""
+        queue = self._queue
         while True:
             if self._closed:
                 raise StopAsyncIteration
@@ -227,7 +252,7 @@ class Consumer:
                 self._drain()
                 if queue:
                     self._unyielded = True
-                    return queue.popleft()
+                    return
             if self._readable is None:
                 assert self._sock is not None
                 self._readable = Readable(self._sock)
