@@ -321,29 +321,30 @@ def decode_batch(message: bytes, types: Container[bytes] | None = None) -> list[
         raise ProtocolError(f"unknown consumer batch version {version}{hint}")
     off, n, events = BATCH_HEADER.size, len(message), []
     names: dict[bytes, str] = {}
+    # locals: this loop runs once per event a consumer receives
+    record, header, size = RECORD.unpack_from, HEADER.unpack_from, RECORD.size
+    append = events.append
     try:
         for _ in range(count):
-            mlen, tlen, _ = RECORD.unpack_from(message, off)
-            start = off + RECORD.size
+            mlen, tlen, _ = record(message, off)
+            start = off + size
             h = start + tlen + 1
-            end = start + mlen
-            if end > n or not 0 < tlen <= MAX_TYPE_LEN or message[h - 1] != 0 \
-                    or h + HEADER_SIZE > end:
+            off = start + mlen
+            if off > n or not 0 < tlen <= MAX_TYPE_LEN or message[h - 1] != 0 \
+                    or h + HEADER_SIZE > off:
                 raise ProtocolError("malformed event record in consumer batch")
-            off = end
             tb = message[start:h - 1]
             if types is not None and tb not in types:
                 continue
-            version, shard, flags, _, seq, received_ns, bus_seq, epoch = HEADER.unpack_from(
-                message, h)
+            version, shard, flags, _, seq, received_ns, bus_seq, epoch = header(message, h)
             if version != VERSION:
                 raise ProtocolError(f"unknown event message version {version}")
             name = names.get(tb)
             if name is None:
                 name = names[tb] = tb.decode("ascii")
-            events.append(Event(name, shard, seq if flags & HAS_SEQ else None, received_ns,
-                                message[h + HEADER_SIZE:end], bus_seq=bus_seq, epoch=epoch,
-                                overlap=bool(flags & OVERLAP)))
+            append(Event(name, shard, seq if flags & HAS_SEQ else None, received_ns,
+                         message[h + HEADER_SIZE:off], bus_seq=bus_seq, epoch=epoch,
+                         overlap=flags & OVERLAP != 0))
     except struct.error:
         raise ProtocolError("consumer batch ends inside a record") from None
     except UnicodeDecodeError:
