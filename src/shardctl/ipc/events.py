@@ -319,7 +319,8 @@ def decode_batch(message: bytes, types: Container[bytes] | None = None) -> list[
     if version != CONSUMER_BATCH_VERSION:
         hint = " (a version-1 event: read it with decode_event)" if version > 0x20 else ""
         raise ProtocolError(f"unknown consumer batch version {version}{hint}")
-    off, n, events = BATCH_HEADER.size, len(message), []
+    off, n = BATCH_HEADER.size, len(message)
+    events: list[Event] = []
     names: dict[bytes, str] = {}
     # locals: this loop runs once per event a consumer receives
     record, header, size = RECORD.unpack_from, HEADER.unpack_from, RECORD.size
