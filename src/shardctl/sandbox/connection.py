@@ -14,6 +14,7 @@ import contextlib
 import math
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -63,11 +64,13 @@ REIDENTIFY_MIN_DELAY: Final = 1.0
 class StampedServerConnection(ServerConnection):
     """A websockets server connection that notes when each client message reached the host.
 
-    Used with ``arrival_stamp="kernel"`` only: rules with a deadline (IDENTIFY pacing above
-    all) then judge a frame by the kernel's receive time (:mod:`shardctl.sandbox.arrival`)
-    where the platform gives one, else the loop's time in the iteration that read the bytes,
-    not by when the handler got round to it.  Kinder than a busy real server, which stamps
-    a frame when its loop reads it (the default, ``loop``).
+    Every sandbox socket is one.  Each complete message gets the kernel's receive time
+    (:mod:`shardctl.sandbox.arrival`) where the platform gives one, else the loop's time in
+    the iteration that read the bytes.  Rules with a deadline (IDENTIFY pacing above all)
+    judge a frame by it only with ``arrival_stamp="kernel"``, kinder than a busy real server,
+    which stamps a frame when its loop reads it (the default, ``loop``); either way the
+    records carry it as ``received``, so a test can tell the client's pace from this
+    machine's own lateness in reading it.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -86,6 +89,17 @@ class StampedServerConnection(ServerConnection):
             now = self.loop.time()
             self.arrivals.append(now if self._stamped is None else self._stamped.arrival(now))
         super().process_event(event)
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """When the client frame being handled counts as arrived (``at``, what rules judge), when
+    it reached this host (``received``) and the jitter drawn for it: ``at - jitter -
+    received`` is how late this machine's loop read it (0 with ``arrival_stamp="kernel"``)."""
+
+    at: float
+    received: float
+    jitter: float = 0.0
 
 
 class Connection:
@@ -114,6 +128,8 @@ class Connection:
         self.last_send_at = -math.inf
         self.op9_resumable = False
         self.sent_op9 = False
+        #: the client frame being handled (set before each ``on_message`` from ``run``)
+        self.arrived: Arrival | None = None
         self._scope: anyio.CancelScope | None = None
 
     # -- recording helpers ------------------------------------------------------------------
@@ -228,9 +244,10 @@ class Connection:
             if raw is None:
                 await self.on_timers(anyio.current_time())
             else:
-                await self.on_message(raw, await self._arrival())
+                self.arrived = await self._arrival()
+                await self.on_message(raw, self.arrived.at)
 
-    async def _arrival(self) -> float:
+    async def _arrival(self) -> Arrival:
         """When the frame just read counts as arrived (``SandboxConfig.arrival_stamp``).
 
         ``loop``: now, when this handler reads it, late by whatever else the loop was doing,
@@ -241,15 +258,17 @@ class Connection:
         (The stamp is the draw, not the timer's wake-up: this machine's own scheduling
         noise is already in the loop stamp once.)
         """
-        stamp = (self.ws.arrivals.popleft()
-                 if isinstance(self.ws, StampedServerConnection) and self.ws.arrivals
-                 else anyio.current_time())
+        now = anyio.current_time()
+        received = (self.ws.arrivals.popleft()
+                    if isinstance(self.ws, StampedServerConnection) and self.ws.arrivals
+                    else now)
+        stamp = received if self.sb.config.arrival_stamp == "kernel" else now
         jitter = self.sb.config.arrival_jitter_ms
+        delay = 0.0
         if jitter > 0:
             delay = self.sb.arrival_rng.uniform(0.0, jitter / 1000.0)
-            stamp += delay
             await anyio.sleep(delay)
-        return stamp
+        return Arrival(stamp + delay, received, delay)
 
     def on_closed(self, exc: ConnectionClosed) -> None:
         if self.closed or self.sb.stopping:
@@ -449,7 +468,7 @@ class Connection:
         bucket, gap = sb.pacer.key(shard_id), sb.pacer.gap(shard_id, now)
         if not sb.pacer.try_acquire(shard_id, now):
             self.rec("identify_rejected", at=now, reason="pacing", bucket=bucket, gap=gap,
-                     path=self.path)
+                     path=self.path, **self.arrival_details(now))
             self.violation("identify_pacing",
                            f"bucket {bucket} identified again after {gap:.3f} s "
                            f"< {cfg.identify_interval} s")
@@ -472,11 +491,19 @@ class Connection:
         self.payload_compress = ident.compress and self.compressor is None
         self.check_order(shard_id, num_shards)
         self.rec("identify", at=now, session_id=session.id, bucket=bucket, gap=gap,
-                 path=self.path,
+                 path=self.path, **self.arrival_details(now),
                  shard=[shard_id, num_shards], intents=ident.intents, compress=ident.compress,
                  properties=ident.properties)
         await commands.start_session(self, session)
         self.schedule("ready", now)
+
+    def arrival_details(self, now: float) -> dict[str, float]:
+        """``received`` and ``jitter`` of the frame stamped ``now`` (see :class:`Arrival`),
+        for its record; none for a frame handed in some other way."""
+        arrived = self.arrived
+        if arrived is None or arrived.at != now:
+            return {}
+        return {"received": arrived.received, "jitter": arrived.jitter}
 
     def count_attempt_after_fatal(self) -> None:
         """Checklist 37: after 4004/4010-4014, at most one more attempt, never a loop."""

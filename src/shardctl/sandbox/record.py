@@ -4,8 +4,8 @@ Every record wakes :meth:`Recorder.wait_for`, so tests wait for a condition ("a 
 the resume path") instead of sleeping.  Kinds (``Record.kind``):
 
 ``rest`` (path, status), ``connect`` (path: "connect"|"resume", query), ``hello``,
-``identify`` (accepted; bucket, gap, session_id, intents, shard, path),
-``identify_rejected`` (reason, bucket, gap), ``ready`` (session_id, seq),
+``identify`` (accepted; bucket, gap, session_id, intents, shard, path, received, jitter),
+``identify_rejected`` (reason, bucket, gap; received, jitter), ``ready`` (session_id, seq),
 ``resume`` (session_id, seq, path), ``resume_rejected`` (reason), ``resumed`` (seq, replayed),
 ``heartbeat`` (d, gap, since_hello, first, expected), ``heartbeat_ack``,
 ``heartbeat_request``, ``client_close`` (code, reason), ``server_close`` (code, reason),

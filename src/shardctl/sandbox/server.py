@@ -156,9 +156,7 @@ class Sandbox:
     def _serve_options(self) -> dict[str, Any]:
         return {"process_request": self._rest, "compression": None, "ping_interval": None,
                 "close_timeout": 2.0, "max_size": 1 << 20, "server_header": "shardctl-sandbox",
-                "create_connection": (StampedServerConnection
-                                      if self.config.arrival_stamp == "kernel"
-                                      else ServerConnection)}
+                "create_connection": StampedServerConnection}
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> bool | None:
