@@ -108,6 +108,9 @@ _POLL_MS: Final = 250
 #: batches (worker side) or events (forwarder side) handled before yielding to other tasks
 _DRAIN_BUDGET: Final = 256
 _READY_TOPIC: Final = b"READY"
+_READY_LEN: Final = len(_READY_TOPIC)
+#: the part of a record's HEADER the forwarder routes by: version, shard, flags, seq
+_ROUTE: Final = struct.Struct(">BIB2xQ")
 #: seconds a full consumer pipe may hold the forwarder before each warning
 _STALL_WARNING: Final = 5.0
 #: Retry pacing after XPUB_NODROP's EAGAIN (seconds, doubling).  An XPUB always reports
@@ -1055,13 +1058,14 @@ class EventForwarder:
         stats, epoch = self.stats, self.epoch
         mv, n = memoryview(buf), len(batch)
         record_size, header_size, mask = RECORD.size, HEADER_SIZE, self.sent_marks.mask
+        route = _ROUTE.unpack_from
         while remaining:
             mlen, tlen, tag = RECORD.unpack_from(batch, off)
             start = off + record_size
             end = start + mlen
             h = start + tlen + 1
             # struct.error past the batch's end: malformed (the caller catches it)
-            version, shard, flags, _, seq, _, _, _ = HEADER.unpack_from(batch, h)
+            version, shard, flags, seq = route(batch, h)
             if (end > n or not 0 < tlen <= MAX_TYPE_LEN or h + header_size > end
                     or batch[h - 1] != 0 or version != VERSION or shard not in allowed):
                 self._odd_record(batch, off, allowed, worker)  # raises unless foreign
@@ -1070,7 +1074,7 @@ class EventForwarder:
                 continue
             jump = ready = False
             if flags & HAS_SEQ:
-                ready = batch[start:h - 1] == _READY_TOPIC
+                ready = tlen == _READY_LEN and batch[start:h - 1] == _READY_TOPIC
                 last = (last_seq.get(shard) if tags.get(shard, tag) == tag
                         else self._other_session(shard, ready))
                 if last is not None and seq != last + 1:
