@@ -117,3 +117,10 @@ def test_the_built_in_limiter_paces_by_this_run_and_budgets_by_discord() -> None
     assert config.limits(start) == Limits(
         max_concurrency=16, interval=0.2, remaining=990, total=1000, reset_after=3600.0,
         margin=IdentifyMargin(floor=0.03, relative=0.02))
+
+
+@pytest.mark.parametrize("window", [-1.0, 100.5, math.nan, math.inf])
+def test_an_events_batch_window_outside_zero_to_100_ms_is_refused(window: float) -> None:
+    with pytest.raises(ConfigurationError, match="--events-batch-window-ms"):
+        RunConfig(token="t", events_batch_window_ms=window)
+    assert RunConfig(token="t", events_batch_window_ms=100).events_batch_window_ms == 100

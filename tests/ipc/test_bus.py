@@ -701,3 +701,21 @@ async def test_next_batch_hands_out_everything_received_in_order(ipc_dir: Path) 
     assert max(sizes) > 1 and len(got) == 2 * n
     with pytest.raises(StopAsyncIteration):
         await consumer.next_batch()
+
+
+async def test_a_window_coalesces_a_trickle_into_fewer_messages_in_order(ipc_dir: Path) -> None:
+    n = 60
+    async with batch_bus(ipc_dir, batch_window=0.02) as fwd:
+        assert fwd.batch_outbound is not None
+        pub = publisher(fwd)
+        async with running(pub), Consumer(fwd.batch_outbound, batched=True) as consumer:
+            consumer.open()
+            await batch_subscribed(fwd, 1, pub)
+            for seq in range(1, n + 1):  # one event per worker batch, as at a steady load
+                pub.publish(0, "MESSAGE_CREATE", seq, frame("MESSAGE_CREATE", seq))
+                pub.flush_nowait()
+                await pub.flush()
+            got = await take(consumer, n)
+    assert [e.seq for e in got] == list(range(1, n + 1))
+    assert consumer.missed == 0
+    assert fwd.outlet.events == n and fwd.outlet.messages < n // 2

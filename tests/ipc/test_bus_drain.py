@@ -54,12 +54,13 @@ class Progress:
 
 @asynccontextmanager
 async def forwarding(ipc_dir: Path, out_hwm: int = 100_000,
-                     resumed: dict[int, int] | None = None) -> AsyncIterator[
+                     resumed: dict[int, int] | None = None,
+                     batch_window: float = 0.0) -> AsyncIterator[
         tuple[EventForwarder, EventPublisher]]:
     progress = Progress()
     fwd = EventForwarder(f"ipc://{ipc_dir}/in", f"ipc://{ipc_dir}/out", nodrop=False,
                          out_hwm=out_hwm, on_progress=progress.notify,
-                         batch_outbound=f"ipc://{ipc_dir}/batch")
+                         batch_outbound=f"ipc://{ipc_dir}/batch", batch_window=batch_window)
     fwd.progress = progress  # type: ignore[attr-defined]
     fwd.last_seq.update(resumed or {})  # as the supervisor seeds it from the state file
     async with anyio.create_task_group() as tg:
@@ -169,6 +170,25 @@ async def test_drain_hands_a_lagging_batch_reader_everything_it_holds(ipc_dir: P
                 assert await fwd.drain(20)
                 stop.set()
     assert reading[0] == list(range(1, n + 1))
+
+
+async def test_a_drain_sends_what_the_batching_window_still_holds(ipc_dir: Path) -> None:
+    async with forwarding(ipc_dir, batch_window=60.0) as (fwd, pub):  # a window never ending
+        assert fwd.batch_outbound is not None
+        with plain_sub(fwd.batch_outbound, b"") as sub:
+            with anyio.fail_after(5):
+                await fwd.wait_subscribed(b"", batched=True)
+            for seq in range(1, 11):
+                pub.publish(0, "MESSAGE_CREATE", seq, payload(seq))
+                pub.flush_nowait()
+                await pub.flush()
+            await fwd.progress.until(  # type: ignore[attr-defined]
+                lambda: fwd.outlet.held == 10)
+            assert await fwd.drain(5)
+            stop = threading.Event()
+            stop.set()
+            got = read_batches(sub, stop, 1e9)
+    assert got == list(range(1, 11))
 
 
 async def test_a_drain_that_runs_out_returns_false_within_its_bound(ipc_dir: Path) -> None:

@@ -34,6 +34,8 @@ MAX_IDENTIFY_INTERVAL: Final = 3600.0
 DEFAULT_DRAIN_TIMEOUT: Final = 30.0
 #: A stop must end: libzmq's LINGER is a 32-bit count of milliseconds, and an hour is plenty.
 MAX_DRAIN_TIMEOUT: Final = 3600.0
+#: The longest events-batch window (ms): coalescing is worth a little latency, not a lot.
+MAX_BATCH_WINDOW_MS: Final = 100.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,9 @@ class RunConfig:
     #: Events-batch (one message per worker batch, README "Batched consumers"); None: next
     #: to ``events_endpoint`` (``events-batch.sock``, or another port on its tcp host).
     events_batch_endpoint: str | None = None
+    #: How long events-batch holds a small worker batch for others to join it (ms; 0: never):
+    #: fewer, fuller messages at a steady load, for at most this much latency.
+    events_batch_window_ms: float = 0.0
     control_endpoint: str | None = None
     #: A remote limiter service (``shardctl limiter``); None runs one in the supervisor.
     limiter: str | None = None
@@ -129,6 +134,10 @@ class RunConfig:
                                    insecure_loopback=self.insecure_loopback)
         check_margin_ms(self.identify_margin_ms)
         check_margin_percent(self.identify_margin_percent)
+        if not 0 <= self.events_batch_window_ms <= MAX_BATCH_WINDOW_MS:  # nan fails too
+            raise ConfigurationError(
+                f"--events-batch-window-ms must be from 0 to {MAX_BATCH_WINDOW_MS:g} "
+                f"(got {self.events_batch_window_ms})")
 
     @property
     def identify_margin(self) -> IdentifyMargin:

@@ -345,6 +345,7 @@ class Supervisor:
             remote.service_endpoint(control_ep, "events-in", run_dir), events_ep,
             batch_outbound=(self.config.events_batch_endpoint
                             or endpoints.batch_companion(events_ep)),
+            batch_window=self.config.events_batch_window_ms / 1000,
             # A slow consumer must not stall the cluster: it loses events at its high-water
             # mark and sees the loss as bus_seq gaps (DESIGN.md §3).
             nodrop=False, on_batch=self._batch_hook, on_progress=self._on_bus_progress,

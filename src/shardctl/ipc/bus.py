@@ -66,6 +66,7 @@ from anyio.abc import TaskStatus
 
 from shardctl.errors import ProtocolError
 from shardctl.ipc import endpoints
+from shardctl.ipc.batch_out import BatchOutlet, as_batch
 from shardctl.ipc.events import (
     BATCH_HEADER,
     BATCH_KEY_SIZE,
@@ -74,7 +75,6 @@ from shardctl.ipc.events import (
     BUS_CLOSING_TYPE,
     BUS_OFFSET,
     CONSUMER_BATCH_MAX,
-    CONSUMER_BATCH_VERSION,
     HAS_SEQ,
     HEADER,
     HEADER_SIZE,
@@ -86,7 +86,6 @@ from shardctl.ipc.events import (
     VERSION,
     Event,
     batch_header,
-    consumer_batch,
     decode_event,
     encode_event,
     encode_record,
@@ -505,11 +504,6 @@ def _decodable(frames: list[bytes]) -> list[Event]:
     return events
 
 
-def _as_batch(message: bytes, tlen: int) -> bytes:
-    """One consumer message (of a type ``tlen`` bytes long) as a consumer batch of one."""
-    return consumer_batch([RECORD.pack(len(message), tlen, 0) + message])
-
-
 def _records_end(batch: bytearray, count: int) -> int:
     """Where the first malformed record of a worker batch starts (its end if none): the
     hot loop handled every record before it (off the hot path, as ``_odd_record``)."""
@@ -526,20 +520,6 @@ def _records_end(batch: bytearray, count: int) -> int:
             return off
         off = start + mlen
     return off
-
-
-def _split_batch(buf: bytearray, end: int, dropped: set[int], worker: int) -> list[bytes]:
-    """Consumer batches of the records of ``buf`` before ``end`` but the ``dropped``
-    ones, at most CONSUMER_BATCH_MAX each (off the hot path: a batch with replays, foreign
-    or malformed records, or too many)."""
-    mv, records, off = memoryview(buf), [], BATCH_HEADER.size
-    while off < end:
-        stop = off + RECORD.size + RECORD.unpack_from(buf, off)[0]
-        if off not in dropped:
-            records.append(mv[off:stop])
-        off = stop
-    return [consumer_batch(records[i:i + CONSUMER_BATCH_MAX], worker)
-            for i in range(0, len(records), CONSUMER_BATCH_MAX)]
 
 
 class EventSink(Protocol):
@@ -599,7 +579,7 @@ class EventForwarder:
                  epoch: int | None = None, curve: CurveServer | None = None,
                  max_batch_bytes: int = MAX_BATCH_BYTES,
                  resume_url_allowed: Callable[[str], bool] | None = None,
-                 batch_outbound: str | None = None) -> None:
+                 batch_outbound: str | None = None, batch_window: float = 0.0) -> None:
         self.inbound = inbound
         self.outbound = outbound
         #: events-batch: the same events, one message per worker batch (None: not bound)
@@ -629,6 +609,9 @@ class EventForwarder:
         self._counters: dict[bytes, int] = {}
         self._out: zmq.Socket[bytes] | None = None
         self._bout: zmq.Socket[bytes] | None = None
+        #: what goes out on events-batch, and when (a window coalesces small batches)
+        self.outlet = BatchOutlet(lambda message: self._send_out(lambda: self._bout, message),
+                                  window=batch_window)
         #: consumers subscribed on events-batch (each holds the empty prefix)
         self.batch_subscribers = 0
         self._changed: anyio.Event | None = None
@@ -698,6 +681,8 @@ class EventForwarder:
                         if bout is not None:
                             tg.start_soon(self._read_subscriptions, bout,
                                           self._batch_subscription)
+                            if self.outlet.window > 0:
+                                tg.start_soon(self.outlet.run)
                         task_status.started()
                         await self._pump(sin, readable)
                 # Only drain() ends the pump: nothing is forwarded from here on.
@@ -772,6 +757,13 @@ class EventForwarder:
                 if sock is not None]
         for sock, _ in outs:
             sock.setsockopt(zmq.XPUB_NODROP, 1)
+        held = self.outlet.take_held()  # what the batching window still held goes first
+        try:
+            for message in held:
+                if bout is not None:
+                    bout.send(message, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
         tb = type_bytes(BUS_CLOSING_TYPE)
         key = tb + b"\0" + PREFIX.pack(VERSION, 0)
         payload = lifecycle_payload({"padding": "." * _CLOSING_FRAME})
@@ -781,7 +773,7 @@ class EventForwarder:
                                  bus_seq=bus_seq, epoch=self.epoch)
             try:
                 for sock, batched in outs:
-                    sock.send(_as_batch(frame, len(tb)) if batched else frame, zmq.NOBLOCK)
+                    sock.send(as_batch(frame, len(tb)) if batched else frame, zmq.NOBLOCK)
             except zmq.Again:
                 return False
             self._counters[key] = bus_seq
@@ -859,7 +851,7 @@ class EventForwarder:
         if self.subscriptions:
             await self._send_out(lambda: self._out, message)
         if self.batch_subscribers:
-            await self._send_out(lambda: self._bout, _as_batch(message, len(key) - 6))
+            await self.outlet.event(message, len(key) - 6)
         self._counters[key] = bus_seq
         self.stats.events += 1
         if self.sink is not None or self.on_batch is not None:
@@ -985,16 +977,9 @@ class EventForwarder:
     async def _send_batches(self, buf: bytearray, end: int, count: int, dropped: set[int],
                             worker: int) -> None:
         """Events-batch: the records of ``buf`` up to ``end`` as forwarded (stamped in
-        place), but for the ``dropped`` ones; the whole buffer in one message when it can."""
-        if self._bout is None or not self.batch_subscribers:
-            return
-        if not dropped and end == len(buf) and 0 < count <= CONSUMER_BATCH_MAX:
-            buf[0] = CONSUMER_BATCH_VERSION
-            buf[BATCH_HEADER.size - BATCH_KEY_SIZE:BATCH_HEADER.size] = bytes(BATCH_KEY_SIZE)
-            await self._send_out(lambda: self._bout, buf)
-            return
-        for message in _split_batch(buf, end, dropped, worker):
-            await self._send_out(lambda: self._bout, message)
+        place), but for the ``dropped`` ones (:class:`~shardctl.ipc.batch_out.BatchOutlet`)."""
+        if self._bout is not None and self.batch_subscribers:
+            await self.outlet.batch(buf, end, count, dropped, worker)
 
     def _delivered(self, events: list[Event] | None) -> None:
         """A batch is out on the bus: the stream, the in-process hook (one decode for both:
