@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 
 from bench.common import (
+    BATCH_WINDOW_MS,
     INTENTS,
     Figure,
     child,
@@ -107,7 +108,8 @@ async def run_pipeline(regime: Regime, seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         stamps = Path(tmp) / "stamps"
         async with Sandbox(sandbox_config(regime)) as sb, \
-                cluster(sb, processes=WORKERS, identify_interval=0.05) as c, \
+                cluster(sb, processes=WORKERS, identify_interval=0.05,
+                        batch_window_ms=BATCH_WINDOW_MS) as c, \
                 child("consumer_proc", *c.consumer_args(), "--expect", str(total),
                       "--idle", "5", "--parse", "--stamps", str(stamps)) as consumer:
             await wait_subscribed(sb, consumer)
