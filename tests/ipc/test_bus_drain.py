@@ -102,17 +102,25 @@ async def publish(fwd: EventForwarder, pub: EventPublisher, shard: int,
         lambda: fwd.last_seq.get(shard) == seqs[-1])
 
 
-def read_all(sock: zmq.Socket[bytes], stop: threading.Event, rate: float) -> list[int]:
-    """Seqs read, at most ``rate`` a second, until nothing came for a while after ``stop``."""
+def read_all(sock: zmq.Socket[bytes], stop: threading.Event, rate: float, *,
+             batched: bool = False) -> list[int]:
+    """Seqs read, at most ``rate`` a second, until nothing came for a while after ``stop``;
+    ``batched``: events-batch's frames (padding skipped)."""
     got: list[int] = []
+    paced = 0
     while True:
         if not sock.poll(200):
             if stop.is_set():
                 return got
             continue
-        got.append(HEADER.unpack_from(sock.recv(), len(TOPIC))[4])
-        if len(got) % 100 == 0:
-            stop.wait(100 / rate)  # the reading pace of a slow consumer
+        message = sock.recv()
+        if batched:
+            got.extend(e.seq or 0 for e in decode_batch(message) if e.type != BUS_CLOSING_TYPE)
+        else:
+            got.append(HEADER.unpack_from(message, len(TOPIC))[4])
+        if len(got) - paced >= 64:
+            stop.wait((len(got) - paced) / rate)  # the reading pace of a slow consumer
+            paced = len(got)
 
 
 async def test_drain_hands_a_lagging_default_sub_everything_it_holds(ipc_dir: Path) -> None:
@@ -138,18 +146,6 @@ async def test_drain_hands_a_lagging_default_sub_everything_it_holds(ipc_dir: Pa
     assert took > 0.3, "the drain returned before the consumer could have read it all"
 
 
-def read_batches(sock: zmq.Socket[bytes], stop: threading.Event, rate: float) -> list[int]:
-    """Events-batch: seqs read (padding skipped), at most ``rate`` events a second."""
-    got: list[int] = []
-    while True:
-        if not sock.poll(200):
-            if stop.is_set():
-                return got
-            continue
-        got.extend(e.seq or 0 for e in decode_batch(sock.recv()) if e.type != BUS_CLOSING_TYPE)
-        stop.wait(64 / rate)
-
-
 async def test_drain_hands_a_lagging_batch_reader_everything_it_holds(ipc_dir: Path) -> None:
     n = 12_000
     async with forwarding(ipc_dir) as (fwd, pub):
@@ -163,8 +159,8 @@ async def test_drain_hands_a_lagging_batch_reader_everything_it_holds(ipc_dir: P
                 reading: list[list[int]] = []
 
                 async def reader() -> None:
-                    reading.append(await anyio.to_thread.run_sync(read_batches, sub, stop,
-                                                                  20_000))
+                    reading.append(await anyio.to_thread.run_sync(
+                        lambda: read_all(sub, stop, 20_000, batched=True)))
 
                 tg.start_soon(reader)
                 assert await fwd.drain(20)
@@ -187,7 +183,7 @@ async def test_a_drain_sends_what_the_batching_window_still_holds(ipc_dir: Path)
             assert await fwd.drain(5)
             stop = threading.Event()
             stop.set()
-            got = read_batches(sub, stop, 1e9)
+            got = read_all(sub, stop, 1e9, batched=True)
     assert got == list(range(1, 11))
 
 
