@@ -70,6 +70,9 @@ async def test_metrics_are_served_and_follow_the_workers_reports() -> None:
     assert got[("shardctl_worker_up", (("worker", "1"),))] == 1
     assert got[("shardctl_bus_forwarded_total", ())] >= 20
     assert got[("shardctl_bus_upstream_gaps_total", ())] == 0
+    # no consumer on events-batch here: nothing is sent there
+    assert got[("shardctl_bus_batch_messages_total", ())] == 0
+    assert got[("shardctl_bus_batch_subscribers", ())] == 0
     assert 0 <= got[("shardctl_shard_heartbeat_latency_seconds", (("shard", "0"),))] < 1
     for bucket in ("0", "1", "2", "3"):  # 15 ms + 1 % of 0.2 s, and no op 9
         label = (("bucket", bucket),)

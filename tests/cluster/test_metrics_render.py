@@ -86,7 +86,8 @@ def with_services(sup: Supervisor) -> Supervisor:
                                 rejections=lambda: {1: 3})
     sup.limiter = SimpleNamespace(scheduler=scheduler)  # type: ignore[assignment]
     sup._forwarder = SimpleNamespace(stats=SimpleNamespace(  # type: ignore[assignment]
-        events=12, upstream_gaps=1, duplicates=2, malformed=3, refused=4, foreign=5, blocked=6))
+        events=12, upstream_gaps=1, duplicates=2, malformed=3, refused=4, foreign=5, blocked=6),
+        outlet=SimpleNamespace(messages=11), batch_subscribers=2)
     sup._stream = SimpleNamespace(acked=7, duplicates=8, stalls=9, pending=10,  # type: ignore[assignment]
                                   connected=True)
     return sup

@@ -79,6 +79,9 @@ async def test_a_batched_consumer_process_gets_every_event_exactly_once_too() ->
                 with anyio.fail_after(30):
                     await consumer.wait_for(8 * 100)
                 assert consumer.seen == expected(sent)
+                outlet = sup._forwarder.outlet if sup._forwarder is not None else None
+                assert outlet is not None and outlet.events >= 8 * 100
+                assert 0 < outlet.messages <= outlet.events
             assert not sb.violations
 
 

@@ -199,8 +199,12 @@ def _bus(sup: Supervisor) -> Iterator[Family]:
                  "Batches dropped without a worker's current publish key"),
                 ("foreign", stats.foreign,
                  "Events dropped: their shard is not the publishing worker's"),
-                ("blocked", stats.blocked, "Sends refused by a full consumer pipe")):
+                ("blocked", stats.blocked, "Sends refused by a full consumer pipe"),
+                ("batch_messages", forwarder.outlet.messages,
+                 "Frames sent on events-batch (each carries up to 64 events)")):
             yield Family.single(f"shardctl_bus_{name}_total", "counter", doc, value)
+        yield Family.single("shardctl_bus_batch_subscribers", "gauge",
+                            "Consumers subscribed on events-batch", forwarder.batch_subscribers)
     yield Family.single("shardctl_listener_drops_total", "counter",
                         "In-process events dropped by a full listener buffer",
                         sup.listener_drops)
