@@ -11,7 +11,7 @@ from shardctl.ipc.events import decode_batch, encode_event, encode_record
 
 pytestmark = pytest.mark.anyio
 
-WINDOW = 0.05
+WINDOW = 0.2
 
 
 def worker_batch(*seqs: int, shard: int = 0) -> bytearray:

@@ -705,7 +705,7 @@ async def test_next_batch_hands_out_everything_received_in_order(ipc_dir: Path) 
 
 async def test_a_window_coalesces_a_trickle_into_fewer_messages_in_order(ipc_dir: Path) -> None:
     n = 60
-    async with batch_bus(ipc_dir, batch_window=0.02) as fwd:
+    async with batch_bus(ipc_dir, batch_window=0.2) as fwd:
         assert fwd.batch_outbound is not None
         pub = publisher(fwd)
         async with running(pub), Consumer(fwd.batch_outbound, batched=True) as consumer:
