@@ -45,7 +45,7 @@ def record_of(message: bytes, tlen: int) -> bytes:
     return RECORD.pack(len(message), tlen, 0) + message
 
 
-def batch_records(buf: bytearray, end: int, dropped: set[int]) -> list[memoryview]:
+def kept_records(buf: bytearray, end: int, dropped: set[int]) -> list[memoryview]:
     """The records of a worker batch before ``end`` but the ``dropped`` ones."""
     mv, records, off = memoryview(buf), [], BATCH_HEADER.size
     while off < end:
@@ -96,13 +96,13 @@ class BatchOutlet:
             buf[BATCH_HEADER.size - BATCH_KEY_SIZE:BATCH_HEADER.size] = bytes(BATCH_KEY_SIZE)
             async with self._lock:
                 await self._flush()
-                await self._put(buf, count)
+                await self._put(buf)
             return
-        records = batch_records(buf, end, dropped)
+        records = kept_records(buf, end, dropped)
         if self.window <= 0:
             async with self._lock:
                 for message in chunks(records, worker):
-                    await self._put(message, -1)
+                    await self._put(message)
             return
         await self._hold(records)
 
@@ -110,7 +110,7 @@ class BatchOutlet:
         """One event of the supervisor's own: after everything held, or held with it."""
         if self.window <= 0:
             async with self._lock:
-                await self._put(as_batch(message, tlen), 1)
+                await self._put(as_batch(message, tlen))
             return
         await self._hold([record_of(message, tlen)])
 
@@ -146,9 +146,9 @@ class BatchOutlet:
         while self._held:
             records = self._held[:CONSUMER_BATCH_MAX]
             del self._held[:CONSUMER_BATCH_MAX]
-            await self._put(consumer_batch(records), len(records))
+            await self._put(consumer_batch(records))
 
-    async def _put(self, message: bytes | bytearray, count: int) -> None:
+    async def _put(self, message: bytes | bytearray) -> None:
         await self._send(message)
         self.messages += 1
-        self.events += count if count >= 0 else int.from_bytes(message[2:4], "big")
+        self.events += BATCH_HEADER.unpack_from(message)[2]  # the frame's own count

@@ -91,6 +91,7 @@ from shardctl.ipc.events import (
     encode_record,
     lifecycle_payload,
     ready_session,
+    record_bounds,
     session_tag,
     type_bytes,
 )
@@ -507,18 +508,15 @@ def _decodable(frames: list[bytes]) -> list[Event]:
 def _records_end(batch: bytearray, count: int) -> int:
     """Where the first malformed record of a worker batch starts (its end if none): the
     hot loop handled every record before it (off the hot path, as ``_odd_record``)."""
-    off, n = BATCH_HEADER.size, len(batch)
+    off = BATCH_HEADER.size
     for _ in range(count):
-        if off + RECORD.size > n:
+        try:
+            h, end = record_bounds(batch, off)
+        except ProtocolError:
             return off
-        mlen, tlen, _ = RECORD.unpack_from(batch, off)
-        start = off + RECORD.size
-        h = start + tlen + 1
-        if (start + mlen > n or not 0 < tlen <= MAX_TYPE_LEN
-                or mlen < tlen + 1 + HEADER_SIZE or batch[h - 1] != 0
-                or batch[h] != VERSION):
+        if batch[h] != VERSION:
             return off
-        off = start + mlen
+        off = end
     return off
 
 
@@ -757,11 +755,11 @@ class EventForwarder:
                 if sock is not None]
         for sock, _ in outs:
             sock.setsockopt(zmq.XPUB_NODROP, 1)
-        held = self.outlet.take_held()  # what the batching window still held goes first
+        # what the batching window still held goes first
+        held = self.outlet.take_held() if bout is not None else []
         try:
             for message in held:
-                if bout is not None:
-                    bout.send(message, zmq.NOBLOCK)
+                cast(zmq.Socket[bytes], bout).send(message, zmq.NOBLOCK)
         except zmq.Again:
             return False
         tb = type_bytes(BUS_CLOSING_TYPE)
@@ -842,7 +840,8 @@ class EventForwarder:
     async def publish(self, t: str, shard: int, payload: bytes) -> None:
         """Publish an event of the supervisor's own (no gateway ``s``), numbered like the
         rest; waits while a consumer's pipe is full (XPUB_NODROP)."""
-        key = type_bytes(t) + b"\0" + struct.pack(">BI", VERSION, shard)
+        tb = type_bytes(t)
+        key = tb + b"\0" + struct.pack(">BI", VERSION, shard)
         bus_seq = self._counters.get(key, 0) + 1
         message = encode_event(t, shard, None, time.time_ns(), payload, bus_seq=bus_seq,
                                epoch=self.epoch)
@@ -851,7 +850,7 @@ class EventForwarder:
         if self.subscriptions:
             await self._send_out(lambda: self._out, message)
         if self.batch_subscribers:
-            await self.outlet.event(message, len(key) - 6)
+            await self.outlet.event(message, len(tb))
         self._counters[key] = bus_seq
         self.stats.events += 1
         if self.sink is not None or self.on_batch is not None:
@@ -1104,12 +1103,7 @@ class EventForwarder:
     def _odd_record(self, batch: bytes, off: int, allowed: frozenset[int], worker: int) -> None:
         """Off the hot path: ProtocolError for a malformed record; else it is well formed
         but of a shard the sender does not run, which is dropped alone."""
-        mlen, tlen, _ = RECORD.unpack_from(batch, off)
-        start = off + RECORD.size
-        h = start + tlen + 1
-        if (start + mlen > len(batch) or not 0 < tlen <= MAX_TYPE_LEN
-                or mlen < tlen + 1 + HEADER_SIZE or batch[h - 1] != 0):
-            raise ProtocolError("malformed event record in batch")
+        h, _ = record_bounds(batch, off)
         version, shard = HEADER.unpack_from(batch, h)[:2]
         if version != VERSION:
             raise ProtocolError(f"unknown event version {version}")

@@ -365,19 +365,26 @@ def batch_records(batch: bytes) -> list[tuple[str, int, int]]:
     count = BATCH_HEADER.unpack_from(batch, 0)[2]
     off, out = BATCH_HEADER.size, []
     for _ in range(count):
-        try:
-            mlen, tlen, _ = RECORD.unpack_from(batch, off)
-        except struct.error:
-            raise ProtocolError("worker batch ends inside a record") from None
-        start = off + RECORD.size
-        h = start + tlen + 1
-        if (start + mlen > len(batch) or not 0 < tlen <= MAX_TYPE_LEN
-                or mlen < tlen + 1 + HEADER_SIZE or batch[h - 1] != 0):
-            raise ProtocolError("malformed event record in batch")
+        h, end = record_bounds(batch, off)
         shard = HEADER.unpack_from(batch, h)[1]
-        out.append((batch[start:h - 1].decode("ascii", "replace"), shard, h))
-        off = start + mlen
+        out.append((batch[off + RECORD.size:h - 1].decode("ascii", "replace"), shard, h))
+        off = end
     return out
+
+
+def record_bounds(batch: bytes | bytearray, off: int) -> tuple[int, int]:
+    """(offset of its HEADER, offset after it) of the worker batch record at ``off``;
+    ProtocolError unless it is well formed (its version is the caller's to check)."""
+    try:
+        mlen, tlen, _ = RECORD.unpack_from(batch, off)
+    except struct.error:
+        raise ProtocolError("worker batch ends inside a record") from None
+    start = off + RECORD.size
+    h = start + tlen + 1
+    if (start + mlen > len(batch) or not 0 < tlen <= MAX_TYPE_LEN
+            or mlen < tlen + 1 + HEADER_SIZE or batch[h - 1] != 0):
+        raise ProtocolError("malformed event record in batch")
+    return h, start + mlen
 
 
 def mark_overlap(batch: bytes, received_until_ns: int | None = None) -> bytes:
