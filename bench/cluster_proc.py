@@ -35,6 +35,7 @@ async def main(args: argparse.Namespace) -> None:
                               compression=compression, intents=Intents(args.intents),
                               runtime_dir=run_dir, state_file=run_dir / "state.json",
                               events_batch_window_ms=args.batch_window_ms,
+                              publish_window_ms=args.publish_window_ms,
                               stream=stream) as sup, anyio.create_task_group() as tg:
             metrics = None
             if args.metrics:
@@ -63,6 +64,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--batch-window-ms", type=float, default=0.0,
                    help="--events-batch-window-ms")
+    p.add_argument("--publish-window-ms", type=float, default=0.0, help="--publish-window-ms")
     p.add_argument("--stream", default="", help="also into this NATS JetStream (--stream)")
     p.add_argument("--metrics", action="store_true",
                    help="serve /metrics on a free loopback port (printed as \"metrics\")")

@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BUS_MODE = os.environ.get("BENCH_BUS", "batch")
 #: figure 6's events-batch window (ms): steady load is where coalescing pays
 BATCH_WINDOW_MS = float(os.environ.get("BENCH_BATCH_WINDOW_MS", "0"))
+#: figure 6's coalesced run: the workers' window (ms, ``--publish-window-ms``)
+PUBLISH_WINDOW_MS = float(os.environ.get("BENCH_PUBLISH_WINDOW_MS", "2"))
 
 
 @dataclass(slots=True)
@@ -208,16 +210,19 @@ async def cluster(sb: Sandbox | Fleet, *, processes: int, identify_interval: flo
                   compression: str = "zlib-stream", intents: int = INTENTS,
                   ready_timeout: float = 120.0, nice: int = 0,
                   stream: str | None = None, metrics: bool = False,
-                  batch_window_ms: float = 0.0) -> AsyncIterator[Cluster]:
+                  batch_window_ms: float = 0.0,
+                  publish_window_ms: float = 0.0) -> AsyncIterator[Cluster]:
     """``nice``: run the cluster at a lower priority than the sandbox (which plays Discord,
     whose servers never share a CPU with the bot); ``metrics``: serve /metrics too;
-    ``batch_window_ms``: events-batch's window (``--events-batch-window-ms``)."""
+    ``batch_window_ms``: events-batch's window (``--events-batch-window-ms``);
+    ``publish_window_ms``: the workers' (``--publish-window-ms``)."""
     with short_dir() as run_dir:
         async with child("cluster_proc", "--api-url", sb.api_url, "--processes",
                          str(processes), "--identify-interval", str(identify_interval),
                          "--compression", compression, "--intents", str(intents),
                          "--run-dir", str(run_dir), "--nice", str(nice),
                          "--batch-window-ms", str(batch_window_ms),
+                         "--publish-window-ms", str(publish_window_ms),
                          *(("--stream", stream) if stream else ()),
                          *(("--metrics",) if metrics else ())) as proc:
             ready = await proc.expect("workers", ready_timeout)

@@ -308,6 +308,8 @@ _CASES: dict[str, tuple[list[str], str, st.SearchStrategy[str]]] = {
                                          _endpoints(bind=True)),
     "run --events-batch-window-ms": _case(_RUN, "--events-batch-window-ms", st.sampled_from(
         ["-1", "101", "nan", "inf", "1ms"])),
+    "run --publish-window-ms": _case(_RUN, "--publish-window-ms", st.sampled_from(
+        ["-1", "101", "nan", "inf", "1ms"])),
     "run --control-endpoint": _case(_RUN, "--control-endpoint", _endpoints(bind=True)),
     "run --limiter": _case(_RUN, "--limiter", _endpoints(bind=False)),
     "run --log-level": _case(_RUN, "--log-level",

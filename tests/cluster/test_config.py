@@ -120,7 +120,9 @@ def test_the_built_in_limiter_paces_by_this_run_and_budgets_by_discord() -> None
 
 
 @pytest.mark.parametrize("window", [-1.0, 100.5, math.nan, math.inf])
-def test_an_events_batch_window_outside_zero_to_100_ms_is_refused(window: float) -> None:
-    with pytest.raises(ConfigurationError, match="--events-batch-window-ms"):
-        RunConfig(token="t", events_batch_window_ms=window)
-    assert RunConfig(token="t", events_batch_window_ms=100).events_batch_window_ms == 100
+@pytest.mark.parametrize("field", ["events_batch_window_ms", "publish_window_ms"])
+def test_a_batching_window_outside_zero_to_100_ms_is_refused(field: str, window: float) -> None:
+    flag = "--" + field.replace("_", "-")
+    with pytest.raises(ConfigurationError, match=f"{flag} must be from 0 to 100 "):
+        RunConfig(token="t", **{field: window})
+    assert getattr(RunConfig(token="t", **{field: 100}), field) == 100

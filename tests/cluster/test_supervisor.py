@@ -85,6 +85,34 @@ async def test_a_batched_consumer_process_gets_every_event_exactly_once_too() ->
             assert not sb.violations
 
 
+async def test_a_publish_window_sends_a_trickle_in_fewer_batches_and_loses_nothing() -> None:
+    """``--publish-window-ms``: the workers hold events for others to travel with them.
+    Events 10 ms apart each went alone (one batch per loop pass); with a 100 ms window the
+    next event takes a batch along once it is 50 ms old, so batches hold several."""
+    with short_dir() as run_dir:
+        async with Sandbox(sandbox_config(2)) as sb, \
+                Supervisor(token=TOKEN, api_url=sb.api_url, processes=1, identify_interval=0.2,
+                           runtime_dir=run_dir, state_file=run_dir / "state.json",
+                           publish_window_ms=100) as sup:
+            with anyio.fail_after(30):
+                await sup.wait_ready()
+            async with consumer_process(sup.endpoints["events_batch"], "MESSAGE_CREATE",
+                                        batched=True) as consumer:
+                with anyio.fail_after(10):
+                    await sup.wait_subscribed(batched=True)
+                assert sup._forwarder is not None
+                batches = sup._forwarder.stats.batches
+                sent: dict[int, list[int]] = {0: []}
+                for _ in range(40):
+                    sent[0] += (await push_messages(sb, [0], 1))[0]
+                    await anyio.sleep(0.01)  # the load's shape: a trickle, not a burst
+                with anyio.fail_after(30):
+                    await consumer.wait_for(40)
+                assert consumer.seen == expected(sent)
+                assert sup._forwarder.stats.batches - batches <= 20
+            assert not sb.violations
+
+
 async def test_the_first_identifies_wait_until_every_shard_has_asked() -> None:
     # Workers boot at different moments; the limiter's start gate lets every bucket start
     # together, so no bucket's queue starts late (cluster/supervisor.py, START_GATE_QUIET).

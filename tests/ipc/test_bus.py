@@ -120,6 +120,15 @@ def test_batch_is_due_max_delay_after_its_first_event() -> None:
     assert not b.due(200.0)
 
 
+def test_a_window_batch_is_ripe_once_half_its_window_old() -> None:
+    b = BatchBuilder(max_events=64, max_delay=0.002)
+    assert not b.ripe(100.0)  # empty
+    b.add(b"r", now=100.0)
+    assert not b.ripe(100.0009)
+    assert b.ripe(100.001)
+    assert not BatchBuilder(max_delay=0.0).ripe(0.0)  # no window: the loop pass decides
+
+
 # -- publisher ---------------------------------------------------------------------------------
 
 
@@ -146,6 +155,30 @@ async def test_partial_batch_is_flushed_after_max_delay(ipc_dir: Path) -> None:
             assert pub.sent == 0
             got = await take(consumer, 3, within=5)
             assert [e.seq for e in got] == [1, 2, 3]
+
+
+async def test_a_window_batch_goes_with_the_first_event_that_finds_it_half_a_window_old(
+        ipc_dir: Path) -> None:
+    """At a steady load the next event takes the batch along: its window's timer, a wake-up
+    of its own, is cancelled and never fires."""
+    now = 0.0
+    async with bus(ipc_dir) as fwd:
+        pub = publisher(fwd, max_delay=60.0, clock=lambda: now)
+        async with running(pub), Consumer(fwd.outbound) as consumer:
+            await subscribed(fwd, consumer, pub)
+            batches = fwd.stats.batches
+            for seq, at in enumerate((0.0, 10.0, 29.9), 1):
+                now = at
+                pub.publish(0, "TYPING_START", seq, frame("TYPING_START", seq))
+            assert (pub.sent, pub.backlog) == (0, 3)
+            assert pub._timer is not None  # the window's end, should nobody come
+            now = 30.0
+            pub.publish(0, "TYPING_START", 4, frame("TYPING_START", 4))
+            assert (pub.sent, pub.backlog) == (4, 0)
+            assert pub._timer is None
+            got = await take(consumer, 4, within=5)
+            assert [e.seq for e in got] == [1, 2, 3, 4]
+            assert fwd.stats.batches == batches + 1
 
 
 async def test_by_default_events_published_together_go_as_one_batch_after_the_loop_pass(

@@ -38,7 +38,7 @@ ASSIGNMENT = Assignment(
     token="t0k", gateway_url="wss://gateway.example/", shard_count=4, intents=513,
     compression="zlib-stream", limiter="ipc:///run/limiter.sock", events="ipc:///run/in.sock",
     shards=(ShardAssignment(0, "abc", "wss://resume.example/", 41), ShardAssignment(1)),
-    worker=2, publish_key=bytes(range(32)))
+    worker=2, publish_key=bytes(range(32)), publish_window=0.002)
 
 REPORT = ShardReport(3, "ready", "abc", "wss://resume.example/", 42, 0.041, 7, 1700000000.5,
                      None, {"MESSAGE_CREATE": 5})
@@ -128,6 +128,10 @@ def test_a_long_typed_message_travels_in_the_same_parts_as_its_dict_body() -> No
     ("command", {"id": "c", "name": "x", "args": []}, "supervisor",
      "'command': field 'args' must be an object"),
     ("assign", {"shards": []}, "supervisor", "'assign'"),
+    ("assign", {**ASSIGNMENT.to_body(), "publish_window": 0.5}, "supervisor",
+     "publish_window 0.5 is not 0-0.1 s"),
+    ("assign", {**ASSIGNMENT.to_body(), "publish_window": "2ms"}, "supervisor",
+     "publish_window '2ms'"),
 ])
 def test_a_malformed_message_is_one_line_naming_kind_and_field(
         kind: str, body: dict[str, Any], receiver: ControlKind, match: str) -> None:

@@ -559,6 +559,11 @@ def _leaf(error: BaseException) -> BaseException:
               show_default=True, metavar="MS",
               help="how long events-batch holds a small batch for others to join it: fewer "
                    "messages at a steady load, for at most this much latency (0: never)")
+@click.option("--publish-window-ms", type=FiniteFloat(min=0, max=100), default=0.0,
+              show_default=True, metavar="MS",
+              help="how long a worker holds an event for others to travel with it: fewer "
+                   "messages and wake-ups on every hop at a steady load, for at most this "
+                   "much latency on both endpoints (0: never)")
 @click.option("--control-endpoint", default=None, metavar="ENDPOINT", type=Endpoint(bind=True),
               help="the workers' control channel  [default: ipc://<runtime dir>/control.sock]")
 @click.option("--limiter", default=None, metavar="ENDPOINT", type=Endpoint(),
@@ -608,7 +613,7 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
                 identify_interval: float, events_endpoint: str | None,
                 control_endpoint: str | None, limiter: str | None, state_file: Path | None,
                 events_batch_endpoint: str | None = None,
-                events_batch_window_ms: float = 0.0,
+                events_batch_window_ms: float = 0.0, publish_window_ms: float = 0.0,
                 limiter_timeout: float = 5.0, drain_timeout: float = 30.0,
                 keys: Path | None = None,
                 remote_workers: int = 0, insecure_loopback: bool = False,
@@ -656,6 +661,7 @@ def run_command(*, token: str | None, api_url: str | None, processes: int | None
             "identify_margin_percent": identify_margin_percent,
             "events_endpoint": events_endpoint, "events_batch_endpoint": events_batch_endpoint,
             "events_batch_window_ms": events_batch_window_ms,
+            "publish_window_ms": publish_window_ms,
             "control_endpoint": control_endpoint, "limiter": limiter, "state_file": state_file,
             "limiter_timeout": limiter_timeout, "drain_timeout": drain_timeout,
             "ignore_session_start_limit": ignore_session_start_limit,

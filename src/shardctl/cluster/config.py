@@ -62,6 +62,10 @@ class RunConfig:
     #: How long events-batch holds a small worker batch for others to join it (ms; 0: never):
     #: fewer, fuller messages at a steady load, for at most this much latency.
     events_batch_window_ms: float = 0.0
+    #: How long a worker holds an event for others to travel with it to the supervisor (ms;
+    #: 0: never): fewer messages on every hop at a steady load, for at most this much
+    #: latency on both endpoints (README "Batched consumers").
+    publish_window_ms: float = 0.0
     control_endpoint: str | None = None
     #: A remote limiter service (``shardctl limiter``); None runs one in the supervisor.
     limiter: str | None = None
@@ -134,10 +138,11 @@ class RunConfig:
                                    insecure_loopback=self.insecure_loopback)
         check_margin_ms(self.identify_margin_ms)
         check_margin_percent(self.identify_margin_percent)
-        if not 0 <= self.events_batch_window_ms <= MAX_BATCH_WINDOW_MS:  # nan fails too
-            raise ConfigurationError(
-                f"--events-batch-window-ms must be from 0 to {MAX_BATCH_WINDOW_MS:g} "
-                f"(got {self.events_batch_window_ms})")
+        for flag, window in (("--events-batch-window-ms", self.events_batch_window_ms),
+                             ("--publish-window-ms", self.publish_window_ms)):
+            if not 0 <= window <= MAX_BATCH_WINDOW_MS:  # nan fails too
+                raise ConfigurationError(
+                    f"{flag} must be from 0 to {MAX_BATCH_WINDOW_MS:g} (got {window})")
 
     @property
     def identify_margin(self) -> IdentifyMargin:

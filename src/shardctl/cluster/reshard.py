@@ -220,7 +220,7 @@ class Reshard:
             shards=tuple(ShardAssignment(i) for i in slot.shard_ids),
             large_threshold=sup.config.large_threshold, beat_interval=sup._beat_interval,
             supervisor_timeout=max(10.0, sup._liveness_timeout * 2), worker=slot.index,
-            publish_key=key)
+            publish_key=key, publish_window=sup.config.publish_window_ms / 1000)
 
     def on_state(self, slot: WorkerSlot, state: wire.State) -> None:
         """A new-set worker's state report: its shards' progress, or why it failed."""

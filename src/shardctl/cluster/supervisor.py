@@ -733,7 +733,8 @@ class Supervisor:
             shards=shards, large_threshold=self.config.large_threshold,
             beat_interval=self._beat_interval,
             supervisor_timeout=max(10.0, self._liveness_timeout * 2),
-            worker=slot.index, publish_key=key)
+            worker=slot.index, publish_key=key,
+            publish_window=self.config.publish_window_ms / 1000)
 
     # ------------------------------------------------------------------ control channel
 

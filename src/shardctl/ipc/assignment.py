@@ -12,10 +12,13 @@ latest assignment (:mod:`shardctl.ipc.publishers`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from shardctl.errors import ProtocolError
 from shardctl.ipc.publishers import PUBLISH_KEY_SIZE
+
+#: The longest publish window an assignment may set, in seconds (``--publish-window-ms``).
+MAX_PUBLISH_WINDOW: Final = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,9 @@ class Assignment:
     #: every assignment).
     worker: int = 0
     publish_key: bytes = field(default=bytes(PUBLISH_KEY_SIZE), repr=False)
+    #: Seconds an event may wait in the worker for others to travel with it (``run
+    #: --publish-window-ms``; 0: a batch goes at the end of the loop pass that made it).
+    publish_window: float = 0.0
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -60,6 +66,7 @@ class Assignment:
             "large_threshold": self.large_threshold, "presence": self.presence,
             "beat_interval": self.beat_interval, "supervisor_timeout": self.supervisor_timeout,
             "worker": self.worker, "publish_key": self.publish_key.hex(),
+            "publish_window": self.publish_window,
         }
 
     @classmethod
@@ -81,7 +88,8 @@ class Assignment:
                 large_threshold=_int(body.get("large_threshold", 50)), presence=presence,
                 beat_interval=_num(body.get("beat_interval", 1.0)),
                 supervisor_timeout=_num(body.get("supervisor_timeout", 10.0)),
-                worker=_slot(body["worker"]), publish_key=_key(body["publish_key"]))
+                worker=_slot(body["worker"]), publish_key=_key(body["publish_key"]),
+                publish_window=_window(body.get("publish_window", 0.0)))
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"malformed assignment (field {exc})") from None
 
@@ -120,6 +128,13 @@ def _key(value: Any) -> bytes:
     if len(key) != PUBLISH_KEY_SIZE:
         raise TypeError(f"publish_key is not {PUBLISH_KEY_SIZE} bytes")
     return key
+
+
+def _window(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not 0 <= value <= MAX_PUBLISH_WINDOW:  # nan fails too
+        raise TypeError(f"publish_window {value!r} is not 0-{MAX_PUBLISH_WINDOW:g} s")
+    return float(value)
 
 
 def _num(value: Any) -> float:

@@ -67,12 +67,6 @@ REPORT_GAP: Final = 0.1
 EXIT_OK: Final = 0
 EXIT_SUPERVISOR_LOST: Final = 3
 EXIT_BAD_ASSIGNMENT: Final = 4
-#: Seconds an open event batch may wait for more events (EventPublisher ``max_delay``; 0: it
-#: goes at the end of the loop pass that produced it).  Measured at steady load (README
-#: "Benchmarks", figure 6), a 1 ms window cut the supervisor's CPU per event by ~25 % and the
-#: consumer's by ~10 %, but the workers paid about as much in timer wake-ups, and it added
-#: ~1.2 ms to the p50 and ~2 ms to the p99 latency: so no window by default.
-BATCH_WINDOW: Final = 0.0
 
 
 class _ShardInfo:
@@ -96,15 +90,13 @@ class Worker:
     def __init__(self, control_endpoint: str, index: int | None, *,
                  clock: Callable[[], float] = time.monotonic,
                  curve: CurveClient | None = None, secret: str | None = None,
-                 parent: int | None = None, batch_window: float = BATCH_WINDOW,
-                 own_process: bool = False) -> None:
+                 parent: int | None = None, own_process: bool = False) -> None:
         # ``curve``: client keys for a supervisor that runs CURVE; every channel uses them.
         # ``secret``: the per-spawn secret of a worker the supervisor spawned (its stdin).
         # ``own_process``: the process ends with this worker, so its stop may change what is
         # process-wide (the garbage collector, see _stop_shards).
         self._curve = curve
         self._secret = secret
-        self._batch_window = batch_window
         self._limiter: LimiterClient | None = None
         self._control = ControlClient(control_endpoint, curve=curve)
         self._index = index
@@ -151,7 +143,7 @@ class Worker:
     async def _serve(self, assignment: Assignment) -> None:
         publisher = self._publisher = EventPublisher(
             assignment.events, curve=self._curve, worker=assignment.worker,
-            publish_key=assignment.publish_key, max_delay=self._batch_window)
+            publish_key=assignment.publish_key, max_delay=assignment.publish_window)
         async with anyio.create_task_group() as tg:
             await tg.start(publisher.run)
             async with LimiterClient(assignment.limiter, curve=self._curve) as limiter, \
