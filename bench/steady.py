@@ -13,7 +13,8 @@ pipeline adds to latency (worker receive stamp → consumer receive, one clock).
 supervisor's CPU per event is printed against the floor of any forwarding process at the
 same rate: libzmq's own C proxy, one message per event (:mod:`bench.hop_floor`).  Last,
 16 x 250/s again with the workers' batching window (``--publish-window-ms``,
-``BENCH_PUBLISH_WINDOW_MS``, default 2): what coalescing saves and what latency it costs.
+``BENCH_PUBLISH_WINDOW_MS``, default 2): what coalescing saves and what latency it costs
+(full runs only).
 """
 
 from __future__ import annotations
@@ -171,6 +172,8 @@ async def run(quick: bool) -> list[Figure]:
             Figure(f"{name} events lost", got["lost"], "events", None, "0", 0,
                    compare="value"),
         ]
+    if quick:  # its cluster's start-up would take --quick past two minutes
+        return figures
     return figures + await coalesced(REGIMES[0], refs[REGIMES[0]], seconds)
 
 
