@@ -396,7 +396,8 @@ class EventPublisher:
 
     def _seal_when_due(self) -> None:
         """The batching window's timer: seal the open batch once it is due, or wait for
-        the rest of its window (a full batch sealed meanwhile left a younger one open)."""
+        the rest of its window (the loop's clock may run a hair ahead of ours).  A batch
+        that went earlier (full, ripe, urgent) took its timer with it (flush_nowait)."""
         self._timer = None
         if self._sock is None or self._loop is None:
             return
