@@ -16,6 +16,7 @@ from shardctl.errors import ConfigurationError
 from shardctl.gateway.intents import Intents
 from shardctl.gateway.limits import Limits
 from shardctl.gateway.pacing import DEFAULT_MARGIN, IdentifyMargin
+from shardctl.ipc.assignment import MAX_PUBLISH_WINDOW
 from shardctl.ipc.control import check_control_endpoint
 from shardctl.stream.settings import StreamSettings
 
@@ -34,8 +35,9 @@ MAX_IDENTIFY_INTERVAL: Final = 3600.0
 DEFAULT_DRAIN_TIMEOUT: Final = 30.0
 #: A stop must end: libzmq's LINGER is a 32-bit count of milliseconds, and an hour is plenty.
 MAX_DRAIN_TIMEOUT: Final = 3600.0
-#: The longest events-batch window (ms): coalescing is worth a little latency, not a lot.
-MAX_BATCH_WINDOW_MS: Final = 100.0
+#: The longest batching window, events-batch's or the workers' (ms): coalescing is worth a
+#: little latency, not a lot.
+MAX_BATCH_WINDOW_MS: Final = MAX_PUBLISH_WINDOW * 1000  # the assignment checks it again
 
 
 @dataclass(frozen=True, slots=True)

@@ -300,7 +300,7 @@ class EventPublisher:
                 self._timer = self._loop.call_later(builder.max_delay, self._seal_when_due)
         now = self._clock()
         if builder.add(encode_record(tb, shard, seq, ns, payload, session=session), now) \
-                or urgent or t in LIFECYCLE_TYPES or builder.ripe(now):
+                or urgent or t in LIFECYCLE_TYPES or (builder.max_delay and builder.ripe(now)):
             self.flush_nowait()
 
     def set_credential(self, worker: int, publish_key: bytes) -> None:
