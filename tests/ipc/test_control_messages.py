@@ -38,7 +38,8 @@ ASSIGNMENT = Assignment(
     token="t0k", gateway_url="wss://gateway.example/", shard_count=4, intents=513,
     compression="zlib-stream", limiter="ipc:///run/limiter.sock", events="ipc:///run/in.sock",
     shards=(ShardAssignment(0, "abc", "wss://resume.example/", 41), ShardAssignment(1)),
-    worker=2, publish_key=bytes(range(32)), publish_window=0.002)
+    worker=2, publish_key=bytes(range(32)), publish_window=0.002, epoch=0xC0FFEE,
+    counters=((b"MESSAGE_CREATE\0\x01\x00\x00\x00\x00", 41), (b"READY\0\x01\x00\x00\x00\x01", 1)))
 
 REPORT = ShardReport(3, "ready", "abc", "wss://resume.example/", 42, 0.041, 7, 1700000000.5,
                      None, {"MESSAGE_CREATE": 5})
@@ -132,6 +133,15 @@ def test_a_long_typed_message_travels_in_the_same_parts_as_its_dict_body() -> No
      "publish_window 0.5 is not 0-0.1 s"),
     ("assign", {**ASSIGNMENT.to_body(), "publish_window": "2ms"}, "supervisor",
      "publish_window '2ms'"),
+    ("assign", {**ASSIGNMENT.to_body(), "epoch": -1}, "supervisor", "epoch -1 is not a u32"),
+    ("assign", {**ASSIGNMENT.to_body(), "counters": [["zz", 1]]}, "supervisor",
+     "counters key is not hex"),
+    ("assign", {**ASSIGNMENT.to_body(), "counters": [["4100", 1]]}, "supervisor",
+     "is not a counter key"),
+    ("assign", {**ASSIGNMENT.to_body(), "counters": [[b"A\0\x01\0\0\0\0".hex(), -2]]},
+     "supervisor", "is not a counter key and a bus_seq"),
+    ("assign", {**ASSIGNMENT.to_body(), "counters": [1]}, "supervisor",
+     "not a \\[key, bus_seq\\] pair"),
 ])
 def test_a_malformed_message_is_one_line_naming_kind_and_field(
         kind: str, body: dict[str, Any], receiver: ControlKind, match: str) -> None:

@@ -200,6 +200,10 @@ def _bus(sup: Supervisor) -> Iterator[Family]:
                 ("foreign", stats.foreign,
                  "Events dropped: their shard is not the publishing worker's"),
                 ("blocked", stats.blocked, "Sends refused by a full consumer pipe"),
+                ("stamped_batches", stats.stamped,
+                 "Worker-stamped batches forwarded untouched"),
+                ("restamped_batches", stats.restamped,
+                 "Worker-stamped batches that did not continue the bus: renumbered here"),
                 ("batch_messages", forwarder.outlet.messages,
                  "Frames sent on events-batch (each carries up to 64 events)")):
             yield Family.single(f"shardctl_bus_{name}_total", "counter", doc, value)

@@ -734,7 +734,10 @@ class Supervisor:
             beat_interval=self._beat_interval,
             supervisor_timeout=max(10.0, self._liveness_timeout * 2),
             worker=slot.index, publish_key=key,
-            publish_window=self.config.publish_window_ms / 1000)
+            publish_window=self.config.publish_window_ms / 1000,
+            # the worker numbers its own events from where the bus stands (ipc/watermarks.py)
+            epoch=self._forwarder.epoch,
+            counters=self._forwarder.counters_of({s.id for s in shards}))
 
     # ------------------------------------------------------------------ control channel
 

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from shardctl.errors import ProtocolError
 from shardctl.ipc.publishers import PUBLISH_KEY_SIZE
+from shardctl.ipc.watermarks import is_counter_key
 
 #: The longest publish window an assignment may set, in seconds (``--publish-window-ms``).
 MAX_PUBLISH_WINDOW: Final = 0.1
@@ -56,6 +57,11 @@ class Assignment:
     #: Seconds an event may wait in the worker for others to travel with it (``run
     #: --publish-window-ms``; 0: a batch goes at the end of the loop pass that made it).
     publish_window: float = 0.0
+    #: The supervisor run's epoch when this worker numbers its own events (None: the
+    #: forwarder does), and the forwarder's bus_seq counters (key → last forwarded) of these
+    #: shards to continue from (ipc/watermarks.py).
+    epoch: int | None = None
+    counters: tuple[tuple[bytes, int], ...] = ()
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -66,7 +72,8 @@ class Assignment:
             "large_threshold": self.large_threshold, "presence": self.presence,
             "beat_interval": self.beat_interval, "supervisor_timeout": self.supervisor_timeout,
             "worker": self.worker, "publish_key": self.publish_key.hex(),
-            "publish_window": self.publish_window,
+            "publish_window": self.publish_window, "epoch": self.epoch,
+            "counters": [[key.hex(), bus_seq] for key, bus_seq in self.counters],
         }
 
     @classmethod
@@ -89,7 +96,9 @@ class Assignment:
                 beat_interval=_num(body.get("beat_interval", 1.0)),
                 supervisor_timeout=_num(body.get("supervisor_timeout", 10.0)),
                 worker=_slot(body["worker"]), publish_key=_key(body["publish_key"]),
-                publish_window=_window(body.get("publish_window", 0.0)))
+                publish_window=_window(body.get("publish_window", 0.0)),
+                epoch=_opt_u32(body.get("epoch")),
+                counters=tuple(_counter(c) for c in body.get("counters", ())))
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"malformed assignment (field {exc})") from None
 
@@ -118,6 +127,27 @@ def _slot(value: Any) -> int:
     if not 0 <= _int(value) <= 0xFFFFFFFF:
         raise TypeError(f"worker {value} is not a u32")
     return int(value)
+
+
+def _opt_u32(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not 0 <= _int(value) <= 0xFFFFFFFF:
+        raise TypeError(f"epoch {value} is not a u32")
+    return int(value)
+
+
+def _counter(value: Any) -> tuple[bytes, int]:
+    """One [key hex, last bus_seq] pair of the ``counters`` field."""
+    if not isinstance(value, list) or len(value) != 2:
+        raise TypeError("counters entry is not a [key, bus_seq] pair")
+    try:
+        key = bytes.fromhex(_str(value[0]))
+    except ValueError:
+        raise TypeError("counters key is not hex") from None
+    if not is_counter_key(key) or _int(value[1]) < 0:
+        raise TypeError(f"counters entry {value!r} is not a counter key and a bus_seq")
+    return key, int(value[1])
 
 
 def _key(value: Any) -> bytes:

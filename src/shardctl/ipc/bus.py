@@ -55,7 +55,7 @@ import random
 import struct
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
 
@@ -85,6 +85,7 @@ from shardctl.ipc.events import (
     MAX_TYPE_LEN,
     PREFIX,
     RECORD,
+    STAMPED_BATCH_VERSION,
     VERSION,
     Event,
     batch_header,
@@ -101,6 +102,7 @@ from shardctl.ipc.publishers import PublishGrants
 from shardctl.ipc.readable import Readable
 from shardctl.ipc.security import CurveClient, CurveServer, for_socket, stop_authenticator
 from shardctl.ipc.unsent import ENGINE_MARGIN, SentMarks, shard_of_key
+from shardctl.ipc.watermarks import Stamper, Watermarks, continues, read
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,10 @@ _POLL_MS: Final = 250
 _DRAIN_BUDGET: Final = 256
 _READY_TOPIC: Final = b"READY"
 _READY_LEN: Final = len(_READY_TOPIC)
+#: a record's first field: the length of the consumer message that follows
+_LENGTH: Final = struct.Struct(">I")
+#: worker batches the forwarder reads: stamped by the forwarder, or by the worker
+_BATCH_VERSIONS: Final = frozenset({BATCH_VERSION, STAMPED_BATCH_VERSION})
 #: the part of a record's HEADER the forwarder routes by: version, shard, flags, seq
 _ROUTE: Final = struct.Struct(">BIB2xQ")
 #: seconds a full consumer pipe may hold the forwarder before each warning
@@ -170,6 +176,9 @@ class BatchBuilder:
         self._records: list[bytes] = []
         self._bytes = 0
         self._first_at = 0.0
+        #: set when the worker stamps its own events: batches go as version 4 with the
+        #: trailer it sums up (ipc/watermarks.py)
+        self.stamper: Stamper | None = None
         self.credential(worker, key)
 
     def __len__(self) -> int:
@@ -206,8 +215,12 @@ class BatchBuilder:
     def seal(self) -> tuple[bytes, int]:
         """The batch frame and its event count; the builder is empty afterwards."""
         records, self._records, self._bytes = self._records, [], 0
-        head = BATCH_HEADER.pack(BATCH_VERSION, 0, len(records), self._worker, self._key)
-        return head + b"".join(records), len(records)
+        if self.stamper is None:
+            head = BATCH_HEADER.pack(BATCH_VERSION, 0, len(records), self._worker, self._key)
+            return head + b"".join(records), len(records)
+        head = BATCH_HEADER.pack(STAMPED_BATCH_VERSION, 0, len(records), self._worker,
+                                 self._key)
+        return head + b"".join(records) + self.stamper.seal(), len(records)
 
 
 # -- worker side -----------------------------------------------------------------------------
@@ -231,12 +244,16 @@ class EventPublisher:
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock_ns: Callable[[], int] = time.time_ns,
                  curve: CurveClient | None = None, worker: int = 0,
-                 publish_key: bytes = bytes(BATCH_KEY_SIZE)) -> None:
+                 publish_key: bytes = bytes(BATCH_KEY_SIZE),
+                 stamper: Stamper | None = None) -> None:
         self.endpoint = endpoint
         self._context = context
         self._curve = curve
         self._builder = BatchBuilder(max_events=max_events, max_delay=max_delay,
                                      max_bytes=max_bytes, worker=worker, key=publish_key)
+        #: numbers this worker's events itself (None: the forwarder does, version 3)
+        self.stamper = stamper
+        self._builder.stamper = stamper
         self._max_backlog = max_backlog
         if high_water is None:
             high_water = min(DEFAULT_HIGH_WATER, max_backlog)
@@ -289,6 +306,15 @@ class EventPublisher:
             tb = self._type_cache[t] = type_bytes(t)
         ns = self._wall_ns() if received_at_ns is None else received_at_ns
         builder = self._builder
+        stamper = self.stamper
+        if stamper is None:
+            record = encode_record(tb, shard, seq, ns, payload, session=session)
+        else:
+            bus_seq = stamper.stamp(tb, shard, session, seq, tb == _READY_TOPIC)
+            if not bus_seq:
+                return  # a RESUME replayed what this session already published
+            record = encode_record(tb, shard, seq, ns, payload, session=session,
+                                   bus_seq=bus_seq, epoch=stamper.epoch)
         if not len(builder):
             if self._loop is not None and builder.max_delay == 0:
                 # Sealed once the loop has run everything that is ready now: a callback,
@@ -299,8 +325,8 @@ class EventPublisher:
                 # a later event takes it along first (BatchBuilder.ripe).
                 self._timer = self._loop.call_later(builder.max_delay, self._seal_when_due)
         now = self._clock()
-        if builder.add(encode_record(tb, shard, seq, ns, payload, session=session), now) \
-                or urgent or t in LIFECYCLE_TYPES or (builder.max_delay and builder.ripe(now)):
+        if builder.add(record, now) or urgent or t in LIFECYCLE_TYPES \
+                or (builder.max_delay and builder.ripe(now)):
             self.flush_nowait()
 
     def set_credential(self, worker: int, publish_key: bytes) -> None:
@@ -501,6 +527,11 @@ class ForwarderStats:
     foreign: int = 0
     #: times a shard's events came from a new session whose READY the bus never saw
     unseen_sessions: int = 0
+    #: worker-stamped batches forwarded untouched (ipc/watermarks.py)
+    stamped: int = 0
+    #: worker-stamped batches that did not continue where the forwarder stood: stamped
+    #: again here, event by event
+    restamped: int = 0
 
 
 BatchHook = Callable[[Sequence[Event]], None]
@@ -746,6 +777,12 @@ class EventForwarder:
         await self._done.wait()
         return self.drained
 
+    def counters_of(self, shards: Collection[int]) -> tuple[tuple[bytes, int], ...]:
+        """The bus_seq counters (key → last forwarded) of ``shards``: where a worker that
+        numbers their events itself continues (ipc/watermarks.py)."""
+        return tuple((key, bus_seq) for key, bus_seq in self._counters.items()
+                     if shard_of_key(key) in shards)
+
     def unsent_bound(self) -> dict[int, int]:
         """Per shard, a seq that no message events-out may still hold is at or below
         (:mod:`shardctl.ipc.unsent`): what to save when a drain ran out of time."""
@@ -936,7 +973,7 @@ class EventForwarder:
         if len(batch) < BATCH_HEADER.size:
             return None, 0, None
         version, _, count, worker, key = BATCH_HEADER.unpack_from(batch, 0)
-        if version != BATCH_VERSION:
+        if version not in _BATCH_VERSIONS:
             return None, 0, None
         return worker, count, self.publishers.check(worker, key)
 
@@ -951,6 +988,18 @@ class EventForwarder:
             if diverted is None:
                 return
             batch = diverted
+        n = len(batch)
+        if batch[0] == STAMPED_BATCH_VERSION:
+            try:
+                marks = read(batch, BATCH_HEADER.size)
+            except ProtocolError as exc:
+                self._malformed(exc)
+                return
+            if self._fast(worker, marks, count, allowed):
+                await self._forward_stamped(batch, marks, count, worker)
+                return
+            self.stats.restamped += 1  # stamped again here, event by event
+            n = marks.end
         # the frames as forwarded, for the in-process hook and the stream
         frames: list[bytes] | None = (
             [] if self.on_batch is not None or self.sink is not None else None)
@@ -962,7 +1011,7 @@ class EventForwarder:
             blocked_since: float | None = None
             retry = _RETRY_MIN
             while True:
-                off, remaining = self._forward_some(batch, buf, off, remaining, frames,
+                off, remaining = self._forward_some(batch, buf, off, remaining, frames, n=n,
                                                     dropped=dropped, allowed=allowed,
                                                     worker=worker)
                 if not remaining:
@@ -971,7 +1020,7 @@ class EventForwarder:
                 # XPUB_NODROP said EAGAIN: a consumer's pipe is full (see _RETRY_MIN).
                 await anyio.sleep(retry)
                 retry = min(retry * 2, _RETRY_MAX)
-            if off != len(batch):
+            if off != n:
                 raise ProtocolError("trailing bytes after the last event of a batch")
             events = [decode_event(frame) for frame in frames] if frames else None
         except (ProtocolError, struct.error) as exc:
@@ -984,6 +1033,60 @@ class EventForwarder:
             return
         await self._send_batches(buf, off, count, dropped, worker)
         self._delivered(events)
+
+    def _fast(self, worker: int, marks: Watermarks, count: int,
+              allowed: frozenset[int]) -> bool:
+        """Whether a stamped batch may go on untouched (ipc/watermarks.py): it continues
+        exactly where this forwarder stands, and nothing here must read its events one by one
+        (the stream and the in-process hook decode them; a reshard's detour rewrites them)."""
+        return (marks.epoch == self.epoch and self.sink is None and self.on_batch is None
+                and worker not in self._diverted
+                and continues(marks, count, allowed, counters=self._counters,
+                              last_seq=self.last_seq, tags=self.session_tags))
+
+    async def _forward_stamped(self, batch: bytes, marks: Watermarks, count: int,
+                               worker: int) -> None:
+        """A stamped batch that continues where the forwarder stands: its records as they
+        are, then what it forwarded, learnt from its trailer -- no per-event Python but the
+        one send each per-event consumers need."""
+        end = marks.end
+        if self.subscriptions:
+            off, retry, blocked_since = BATCH_HEADER.size, _RETRY_MIN, None
+            while (off := self._send_records(batch, off, end)) < end:
+                blocked_since = self._blocked(blocked_since)
+                await anyio.sleep(retry)  # XPUB_NODROP said EAGAIN (see _RETRY_MIN)
+                retry = min(retry * 2, _RETRY_MAX)
+        if self._bout is not None and self.batch_subscribers:
+            await self.outlet.batch(bytearray(memoryview(batch)[:end]), end, count, set(),
+                                    worker)
+        counters, last_seq = self._counters, self.last_seq
+        sent, every = self.sent_marks, self.sent_marks.every
+        for key, records, bus_seq, seq in marks.keys:
+            counters[key] = bus_seq
+            if seq and (bus_seq - 1) // every != (bus_seq - records - 1) // every:
+                sent.note(key, bus_seq, seq)  # a mark fell in this batch: its last one's
+        for shard, _, _, last, records, _ in marks.shards:
+            if records:
+                last_seq[shard] = last
+        self.stats.events += count
+        self.stats.stamped += 1
+        self._delivered(None)
+
+    def _send_records(self, batch: bytes, off: int, end: int) -> int:
+        """Send each record's message on events-out from ``off``; where it stopped (``end``:
+        all sent; earlier: the socket is full)."""
+        sout = self._out
+        assert sout is not None
+        send, mv, size, length = sout.send, memoryview(batch), RECORD.size, _LENGTH.unpack_from
+        while off < end:
+            start = off + size
+            stop = start + length(batch, off)[0]
+            try:
+                send(mv[start:stop], zmq.NOBLOCK)
+            except zmq.Again:
+                return off
+            off = stop
+        return off
 
     async def _send_batches(self, buf: bytearray, end: int, count: int, dropped: set[int],
                             worker: int) -> None:
@@ -1038,10 +1141,11 @@ class EventForwarder:
         return True
 
     def _forward_some(self, batch: bytes, buf: bytearray, off: int, remaining: int,
-                      frames: list[bytes] | None, *, dropped: set[int],
+                      frames: list[bytes] | None, *, n: int, dropped: set[int],
                       allowed: frozenset[int], worker: int) -> tuple[int, int]:
-        """The hot loop: stamp records in ``buf`` and send each on events-out (when anyone
-        subscribes there) until done or the out socket is full.
+        """The hot loop: stamp records in ``buf`` (those before ``n``: a stamped batch's
+        trailer follows them) and send each on events-out (when anyone subscribes there)
+        until done or the out socket is full.
 
         Only records of ``allowed`` shards (the sender's) go on; the others are dropped
         before they touch anything (their offsets go into ``dropped``).  Returns (offset,
@@ -1052,7 +1156,7 @@ class EventForwarder:
         send = sout.send if self.subscriptions else None
         counters, last_seq, tags = self._counters, self.last_seq, self.session_tags
         stats, epoch = self.stats, self.epoch
-        mv, n = memoryview(buf), len(batch)
+        mv = memoryview(buf)
         record_size, header_size, mask = RECORD.size, HEADER_SIZE, self.sent_marks.mask
         route = _ROUTE.unpack_from
         while remaining:

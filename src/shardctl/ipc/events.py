@@ -53,7 +53,12 @@ Worker batch (worker XPUB → supervisor SUB): ONE frame per batch, internal to 
         the consumer message exactly as above, with bus_seq and epoch zero
 
 so the supervisor's hot path is: check the header once per batch, unpack 9 bytes per event,
-patch 12 bytes, send a slice -- no JSON, no per-event objects (DESIGN.md §3).  Version 1
+patch 12 bytes, send a slice -- no JSON, no per-event objects (DESIGN.md §3).
+
+A stamped worker batch (version 4) is the same but for two things: the records carry the
+bus_seq and epoch the worker stamped from its assignment's counters, and a trailer that sums
+the batch up follows the last record (:mod:`shardctl.ipc.watermarks`), so the forwarder checks
+O(keys + shards) per batch instead of reading each event.  Version 1
 and 2 batches (no worker and key; no session tags) are refused: anyone who can reach
 events-in could send them (:mod:`shardctl.ipc.publishers`).  A batch is at most
 :data:`MAX_BATCH_BYTES`.  :class:`~shardctl.ipc.bus.BatchBuilder` writes batches from
@@ -124,6 +129,8 @@ BUS: Final = struct.Struct(">QI")
 PREFIX: Final = struct.Struct(">BI")
 #: worker batches: version 2 carries the publisher's slot and publish key, 3 session tags
 BATCH_VERSION: Final = 3
+#: a version 3 batch stamped by its worker, with a watermark trailer (ipc/watermarks.py)
+STAMPED_BATCH_VERSION: Final = 4
 BATCH_HEADER: Final = struct.Struct(">BBHI32s")
 #: bytes of the publish key in a batch header (shardctl.ipc.publishers.PUBLISH_KEY_SIZE)
 BATCH_KEY_SIZE: Final = 32
@@ -255,12 +262,14 @@ def session_tag(session_id: str | None) -> int:
 
 
 def encode_record(t: str | bytes, shard: int, seq: int | None, received_at_ns: int,
-                  payload: bytes, *, session: int = 0) -> bytes:
+                  payload: bytes, *, session: int = 0, bus_seq: int = 0,
+                  epoch: int = 0) -> bytes:
     """One event as it sits inside a worker batch (RECORD prefix + consumer message);
-    ``session`` is the :func:`session_tag` of the event's gateway session."""
+    ``session`` is the :func:`session_tag` of the event's gateway session, ``bus_seq`` and
+    ``epoch`` are stamped by a worker that numbers its own events (version 4 batches)."""
     tb = t if isinstance(t, bytes) else type_bytes(t)
     flags = 0 if seq is None else HAS_SEQ
-    head = HEADER.pack(VERSION, shard, flags, 0, seq or 0, received_at_ns, 0, 0)
+    head = HEADER.pack(VERSION, shard, flags, 0, seq or 0, received_at_ns, bus_seq, epoch)
     return b"".join((RECORD.pack(len(tb) + 1 + HEADER_SIZE + len(payload), len(tb), session),
                      tb, b"\0", head, payload))
 

@@ -85,7 +85,9 @@ class SentMarks:
             keys[key][0] = counters.get(key, 0)
 
     def note(self, key: bytes, bus_seq: int, seq: int) -> None:
-        """Mark message ``bus_seq`` of ``key`` (call when ``(bus_seq - 1) & mask == 0``)."""
+        """Mark message ``bus_seq`` of ``key``: the forwarder notes each one where
+        ``(bus_seq - 1) & mask == 0``, and for a worker-stamped batch that holds such a
+        message, its key's last one (marks then stay at least one per ``every`` messages)."""
         entry = self._keys.get(key)
         shard = shard_of_key(key)
         if entry is None:

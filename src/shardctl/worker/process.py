@@ -41,6 +41,7 @@ from shardctl.ipc.control_messages import (
 from shardctl.ipc.events import lifecycle_payload, session_tag
 from shardctl.ipc.limiter import LimiterClient
 from shardctl.ipc.security import CurveClient
+from shardctl.ipc.watermarks import Stamper
 from shardctl.worker.parent import parent_gone
 from shardctl.worker.shard import CommandResult, Shard
 from shardctl.worker.stopping import close_in_groups
@@ -143,7 +144,9 @@ class Worker:
     async def _serve(self, assignment: Assignment) -> None:
         publisher = self._publisher = EventPublisher(
             assignment.events, curve=self._curve, worker=assignment.worker,
-            publish_key=assignment.publish_key, max_delay=assignment.publish_window)
+            publish_key=assignment.publish_key, max_delay=assignment.publish_window,
+            stamper=None if assignment.epoch is None else Stamper(
+                assignment.epoch, dict(assignment.counters), _sessions(assignment)))
         async with anyio.create_task_group() as tg:
             await tg.start(publisher.run)
             async with LimiterClient(assignment.limiter, curve=self._curve) as limiter, \
@@ -281,6 +284,8 @@ class Worker:
                 # Its key before its shards: their first events must carry it.
                 if self._publisher is not None:
                     self._publisher.set_credential(more.worker, more.publish_key)
+                    if self._publisher.stamper is not None:
+                        self._publisher.stamper.adopt(dict(more.counters), _sessions(more))
                 self._start_shards(more, shards_tg)
 
     async def _stop_shards(self, code: int, shards_tg: anyio.abc.TaskGroup) -> None:
@@ -371,6 +376,13 @@ _COMMANDS: Final[dict[str, Callable[..., Any]]] = {
     "request_guild_members": Shard.request_guild_members,
     "fetch_guild_members": Shard.fetch_guild_members,
 }
+
+def _sessions(assignment: Assignment) -> list[tuple[int, int, int]]:
+    """(shard, session tag, seq) of each session the assignment RESUMEs: the seq up to
+    which a replay was forwarded already (the stamper drops it)."""
+    return [(s.id, session_tag(s.session_id), s.seq) for s in assignment.shards
+            if s.session_id is not None and s.seq is not None]
+
 
 _GUILD_EVENTS: Final = frozenset({"READY", "GUILD_CREATE", "GUILD_DELETE"})
 

@@ -1,0 +1,330 @@
+"""Worker-stamped batches (issue 14: "workers write the final consumer frames").
+
+The worker numbers its own events and sums each batch up in a trailer; the forwarder sends a
+batch on untouched when the trailer says it continues where the forwarder stands, and stamps
+it event by event otherwise.  The contract is that consumers cannot tell: for any run of
+events -- replays, gaps, new sessions, lifecycle events, several shards and types -- the
+frames on both consumer endpoints and what the forwarder learns (last seq, session, counters)
+are those of the forwarder stamping everything itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from shardctl.errors import ProtocolError
+from shardctl.ipc.bus import EventForwarder, EventPublisher
+from shardctl.ipc.events import (
+    BATCH_HEADER,
+    STAMPED_BATCH_VERSION,
+    VERSION,
+    decode_batch,
+    session_tag,
+)
+from shardctl.ipc.publishers import new_publish_key
+from shardctl.ipc.watermarks import (
+    LOOK,
+    Stamper,
+    Watermarks,
+    continues,
+    counter_key,
+    read,
+)
+
+pytestmark = pytest.mark.anyio
+
+EPOCH = 0x5EED
+SHARDS = (0, 1, 2)
+TYPES = ("MESSAGE_CREATE", "TYPING_START")
+WORKER = 1
+
+
+class FakeOut:
+    """A consumer socket: keeps what is sent (a copy: the forwarder reuses its buffers)."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, data: Any, flags: int = 0) -> None:
+        self.sent.append(bytes(data))
+
+
+def forwarder(key: bytes, **seeded: dict[int, Any]) -> tuple[EventForwarder, FakeOut, FakeOut]:
+    """A forwarder whose consumer sockets are fakes, with a per-event and a batched
+    consumer subscribed, seeded as a supervisor seeds it from its state file."""
+    fwd = EventForwarder("ipc:///unused-in", "ipc:///unused-out", epoch=EPOCH)
+    fwd.publishers.authorize(WORKER, key, SHARDS)
+    out, bout = FakeOut(), FakeOut()
+    fwd._out, fwd._bout = out, bout  # type: ignore[assignment]
+    fwd.subscriptions.add(b"")
+    fwd.batch_subscribers = 1
+    for name, value in seeded.items():
+        getattr(fwd, name).update(value)
+    return fwd, out, bout
+
+
+def sealed(pub: EventPublisher) -> list[bytes]:
+    """Every batch the publisher sealed (it has no socket: they wait in its backlog)."""
+    pub.flush_nowait()
+    batches = [batch for batch, _ in pub._pending]
+    pub._pending.clear()
+    return batches
+
+
+def frame(t: str, seq: int, session: str) -> bytes:
+    d = (b'{"session_id":"%s","resume_gateway_url":"wss://r.example/"}' % session.encode()
+         if t == "READY" else b"{}")
+    return b'{"op":0,"s":%d,"t":"%s","d":%s}' % (seq, t.encode(), d)
+
+
+@dataclass
+class Gateway:
+    """Each shard's session and seq as a gateway would number them."""
+
+    sessions: dict[int, str] = field(default_factory=lambda: {s: f"s{s}-0" for s in SHARDS})
+    seqs: dict[int, int] = field(default_factory=lambda: dict.fromkeys(SHARDS, 0))
+    restarts: int = 0
+
+
+# One step of a run: (what, shard, type index, how far back a replay goes)
+steps = st.lists(st.tuples(
+    st.sampled_from(["event", "event", "event", "replay", "gap", "ready", "lifecycle",
+                     "flush"]),
+    st.sampled_from(SHARDS), st.integers(0, len(TYPES) - 1), st.integers(0, 3)),
+    max_size=120)
+
+
+def play(pubs: Sequence[EventPublisher], script: list[tuple[str, int, int, int]],
+         gw: Gateway) -> list[list[bytes]]:
+    """Publish ``script`` identically on every publisher; the batches each sealed."""
+    out: list[list[bytes]] = [[] for _ in pubs]
+
+    def publish(shard: int, t: str, seq: int | None, payload: bytes) -> None:
+        tag = session_tag(gw.sessions[shard])
+        for pub in pubs:
+            pub.publish(shard, t, seq, payload, received_at_ns=seq or 7, session=tag)
+
+    for what, shard, t_index, back in script:
+        t = TYPES[t_index]
+        if what == "flush":
+            for i, pub in enumerate(pubs):
+                out[i] += sealed(pub)
+            continue
+        if what == "lifecycle":
+            publish(shard, "SHARD_RESUMED", None, b'{"d":null}')
+            continue
+        if what == "ready":
+            gw.restarts += 1
+            gw.sessions[shard] = f"s{shard}-{gw.restarts}"
+            gw.seqs[shard] = 0
+            t = "READY"
+        if what == "gap":
+            gw.seqs[shard] += 2
+        seq = gw.seqs[shard] + 1
+        if what == "replay":
+            seq = max(1, gw.seqs[shard] - back)
+        gw.seqs[shard] = max(gw.seqs[shard], seq)
+        publish(shard, t, seq, frame(t, seq, gw.sessions[shard]))
+    for i, pub in enumerate(pubs):
+        out[i] += sealed(pub)
+    return out
+
+
+async def run_both(script: list[tuple[str, int, int, int]], *, seed_shard0: bool
+                   ) -> tuple[EventForwarder, FakeOut, FakeOut, EventForwarder, FakeOut, FakeOut,
+                              EventPublisher]:
+    key = new_publish_key()
+    gw = Gateway()
+    seeded: dict[str, dict[int, Any]] = {}
+    sessions: list[tuple[int, int, int]] = []
+    if seed_shard0:  # shard 0 RESUMEs a saved session at seq 5
+        gw.seqs[0] = 5
+        seeded = {"last_seq": {0: 5}, "last_session": {0: ("s0-0", "wss://r.example/")},
+                  "session_tags": {0: session_tag("s0-0")}}
+        sessions = [(0, session_tag("s0-0"), 5)]
+    plain = EventPublisher("ipc:///unused", worker=WORKER, publish_key=key)
+    stamped = EventPublisher("ipc:///unused", worker=WORKER, publish_key=key,
+                             stamper=Stamper(EPOCH, {}, sessions))
+    plain_batches, stamped_batches = play([plain, stamped], script, gw)
+    ref, ref_out, ref_bout = forwarder(key, **seeded)
+    fwd, out, bout = forwarder(key, **seeded)
+    for batch in plain_batches:
+        await ref.forward(batch)
+    for batch in stamped_batches:
+        assert batch[0] == STAMPED_BATCH_VERSION
+        await fwd.forward(batch)
+    return ref, ref_out, ref_bout, fwd, out, bout, stamped
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(script=steps, seed_shard0=st.booleans())
+async def test_consumers_cannot_tell_a_worker_stamped_batch_from_one_the_forwarder_stamped(
+        script: list[tuple[str, int, int, int]], seed_shard0: bool) -> None:
+    ref, ref_out, ref_bout, fwd, out, bout, stamped = await run_both(
+        script, seed_shard0=seed_shard0)
+    assert out.sent == ref_out.sent
+    assert bout.sent == ref_bout.sent
+    assert fwd.last_seq == ref.last_seq
+    assert fwd.last_session == ref.last_session
+    assert fwd.session_tags == ref.session_tags
+    assert fwd._counters == ref._counters
+    assert fwd.stats.events == ref.stats.events
+    assert fwd.stats.upstream_gaps == ref.stats.upstream_gaps
+    # the worker dropped the replays the forwarder would have dropped
+    assert stamped.stamper is not None
+    assert stamped.stamper.replays + fwd.stats.duplicates == ref.stats.duplicates
+    assert fwd.stats.stamped + fwd.stats.restamped == fwd.stats.batches
+
+
+async def test_a_steady_run_goes_through_untouched_after_its_ready() -> None:
+    """The fast path is the normal case: after the batch that starts a session (the
+    forwarder reads that one), every batch continues and none is stamped again."""
+    script = [("ready", 0, 0, 0), ("ready", 1, 0, 0), ("flush", 0, 0, 0)]
+    for _ in range(20):
+        script += [("event", 0, 0, 0), ("event", 0, 1, 0), ("lifecycle", 0, 0, 0),
+                   ("event", 1, 0, 0), ("flush", 0, 0, 0)]
+    ref, ref_out, _, fwd, out, _, _ = await run_both(script, seed_shard0=False)
+    assert out.sent == ref_out.sent
+    assert fwd.stats.restamped == 1  # the READY's batch
+    assert fwd.stats.stamped == fwd.stats.batches - 1 >= 20
+    assert fwd.last_seq == ref.last_seq == {0: 41, 1: 21}
+
+
+async def test_a_resumed_session_goes_through_untouched_from_its_first_batch() -> None:
+    script = [("event", 0, 0, 0), ("event", 0, 1, 0), ("flush", 0, 0, 0)] * 5
+    _, _, ref_bout, fwd, _, bout, _ = await run_both(script, seed_shard0=True)
+    assert bout.sent == ref_bout.sent
+    assert fwd.stats.stamped == fwd.stats.batches == 5
+    assert [e.seq for m in bout.sent for e in decode_batch(m)] == list(range(6, 16))
+
+
+async def test_a_worker_numbering_from_stale_counters_is_renumbered_here() -> None:
+    """A respawn that raced the dead worker's last batch: the new worker's counters are one
+    behind what was forwarded.  Its batches are stamped again, so no bus_seq repeats."""
+    key = new_publish_key()
+    fwd, _, bout = forwarder(key, last_seq={0: 5}, session_tags={0: session_tag("a")},
+                             last_session={0: ("a", "wss://r.example/")})
+    mc = counter_key(b"MESSAGE_CREATE", 0, VERSION)
+    fwd._counters[mc] = 5
+    pub = EventPublisher("ipc:///unused", worker=WORKER, publish_key=key,
+                         stamper=Stamper(EPOCH, {mc: 4}, [(0, session_tag("a"), 5)]))
+    for seq in (6, 7):
+        pub.publish(0, "MESSAGE_CREATE", seq, frame("MESSAGE_CREATE", seq, "a"),
+                    session=session_tag("a"))
+    for batch in sealed(pub):
+        await fwd.forward(batch)
+    assert [e.bus_seq for m in bout.sent for e in decode_batch(m)] == [6, 7]
+    assert fwd.stats.restamped == 1 and fwd.stats.stamped == 0
+
+
+async def test_a_batch_of_another_supervisor_run_is_stamped_again() -> None:
+    key = new_publish_key()
+    fwd, _, bout = forwarder(key)
+    pub = EventPublisher("ipc:///unused", worker=WORKER, publish_key=key,
+                         stamper=Stamper(EPOCH + 1))
+    pub.publish(0, "SHARD_CONNECTED", None, b'{"d":null}')
+    for batch in sealed(pub):
+        await fwd.forward(batch)
+    assert [(e.bus_seq, e.epoch) for m in bout.sent for e in decode_batch(m)] == [(1, EPOCH)]
+    assert fwd.stats.restamped == 1
+
+
+async def test_a_stamped_batch_naming_another_worker_s_shard_is_read_event_by_event() -> None:
+    key = new_publish_key()
+    fwd, out, _ = forwarder(key)
+    pub = EventPublisher("ipc:///unused", worker=WORKER, publish_key=key, stamper=Stamper(EPOCH))
+    pub.publish(0, "SHARD_CONNECTED", None, b'{"d":null}')
+    pub.publish(9, "SHARD_CONNECTED", None, b'{"d":null}')  # not this worker's
+    for batch in sealed(pub):
+        await fwd.forward(batch)
+    assert len(out.sent) == 1
+    assert fwd.stats.foreign == 1 and fwd.stats.stamped == 0
+
+
+# -- the pure parts ----------------------------------------------------------------------------
+
+
+def test_a_trailer_reads_back_what_was_summed_up() -> None:
+    stamper = Stamper(42, {counter_key(b"MESSAGE_CREATE", 3, VERSION): 9})
+    assert stamper.stamp(b"MESSAGE_CREATE", 3, 77, 20, False) == 10
+    assert stamper.stamp(b"SHARD_RESUMED", 3, 0, None, False) == 1
+    assert stamper.stamp(b"MESSAGE_CREATE", 3, 77, 21, False) == 11
+    assert stamper.stamp(b"READY", 4, 88, 1, True) == 1
+    head = b"h" * BATCH_HEADER.size
+    marks = read(head + b"records" + stamper.seal(), BATCH_HEADER.size)
+    mc, resumed = counter_key(b"MESSAGE_CREATE", 3, VERSION), counter_key(b"SHARD_RESUMED", 3,
+                                                                          VERSION)
+    assert marks == Watermarks(
+        42, ((mc, 2, 11, 21), (resumed, 1, 1, 0), (counter_key(b"READY", 4, VERSION), 1, 1, 1)),
+        ((3, 77, 20, 21, 2, 0), (4, 88, 1, 1, 1, LOOK)), BATCH_HEADER.size + 7)
+    # the next batch sums up only its own records
+    assert stamper.stamp(b"MESSAGE_CREATE", 3, 77, 22, False) == 12
+    marks = read(head + stamper.seal(), BATCH_HEADER.size)
+    assert marks.keys == ((mc, 1, 12, 22),) and marks.shards == ((3, 77, 22, 22, 1, 0),)
+
+
+def test_a_batch_holding_two_sessions_of_a_shard_is_looked_at() -> None:
+    stamper = Stamper(1)
+    stamper.stamp(b"MESSAGE_CREATE", 0, 5, 8, False)
+    stamper.stamp(b"MESSAGE_CREATE", 0, 6, 2, False)  # a new session whose READY is not here
+    assert read(bytes(BATCH_HEADER.size) + stamper.seal(), BATCH_HEADER.size).shards[0][5] == LOOK
+
+
+@given(st.binary(max_size=200), st.integers(0, 400))
+def test_a_broken_trailer_is_a_protocol_error_never_a_crash(tail: bytes, cut: int) -> None:
+    stamper = Stamper(1)
+    stamper.stamp(b"T", 0, 0, 1, False)
+    good = bytes(BATCH_HEADER.size) + stamper.seal()
+    for batch in (bytes(BATCH_HEADER.size) + tail, good[:cut] + tail):
+        try:
+            marks = read(batch, BATCH_HEADER.size)
+        except ProtocolError:
+            continue
+        assert BATCH_HEADER.size <= marks.end <= len(batch)
+
+
+def test_continues_only_from_where_the_forwarder_stands() -> None:
+    mc = counter_key(b"MESSAGE_CREATE", 0, VERSION)
+    marks = Watermarks(1, ((mc, 2, 12, 31),), ((0, 5, 30, 31, 2, 0),), 0)
+    state = {"counters": {mc: 10}, "last_seq": {0: 29}, "tags": {0: 5}}
+    assert continues(marks, 2, frozenset({0}), **state)
+    assert not continues(marks, 3, frozenset({0}), **state)  # the header's count disagrees
+    assert not continues(marks, 2, frozenset({1}), **state)  # not the sender's shard
+    assert not continues(marks, 2, frozenset({0}), **{**state, "counters": {mc: 9}})
+    assert not continues(marks, 2, frozenset({0}), **{**state, "last_seq": {0: 28}})
+    assert not continues(marks, 2, frozenset({0}), **{**state, "tags": {0: 6}})
+    assert not continues(marks, 2, frozenset({0}), **{**state, "tags": {}})
+    gap = Watermarks(1, ((mc, 2, 12, 32),), ((0, 5, 30, 32, 2, 0),), 0)
+    assert not continues(gap, 2, frozenset({0}), **state)
+    look = Watermarks(1, ((mc, 2, 12, 31),), ((0, 5, 30, 31, 2, LOOK),), 0)
+    assert not continues(look, 2, frozenset({0}), **state)
+
+
+def test_a_stamper_continues_the_handed_over_counters_and_drops_replays() -> None:
+    mc = b"MESSAGE_CREATE"
+    stamper = Stamper(1, {counter_key(mc, 0, VERSION): 41}, [(0, 9, 100)])
+    assert stamper.stamp(mc, 0, 9, 100, False) == 0  # already forwarded in this session
+    assert stamper.stamp(mc, 0, 9, 101, False) == 42
+    assert stamper.stamp(mc, 0, 9, 101, False) == 0
+    assert stamper.stamp(mc, 1, 3, 1, False) == 1  # a shard of its own numbering
+    assert stamper.stamp(b"READY", 0, 10, 1, True) == 1  # a new session starts over
+    assert stamper.stamp(mc, 0, 10, 2, False) == 43
+    assert stamper.stamp(mc, 0, 9, 102, False) == 44  # another session's seq: not compared
+    assert stamper.replays == 2
+    # an adoption adds shards; keys this worker writes keep its own numbering
+    stamper.adopt({counter_key(mc, 0, VERSION): 7, counter_key(b"READY", 5, VERSION): 3},
+                  [(5, 1, 2), (0, 1, 1)])
+    assert stamper.stamp(mc, 0, 9, 103, False) == 45
+    assert stamper.stamp(b"READY", 5, 1, 3, False) == 4
+    assert stamper.stamp(mc, 5, 1, 2, False) == 0
+
+
+def test_counter_keys_are_subscription_prefixes() -> None:
+    assert counter_key(b"MESSAGE_CREATE", 3, VERSION) == (
+        b"MESSAGE_CREATE\0" + bytes((VERSION,)) + (3).to_bytes(4, "big"))
