@@ -19,6 +19,7 @@ from statekit import reported_supervisor
 from shardctl.cluster.metrics import render, snapshot
 from shardctl.cluster.supervisor import ShardStatus, Supervisor
 from shardctl.ipc import control_messages as wire
+from shardctl.ipc.bus import ForwarderStats
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -85,9 +86,9 @@ def with_services(sup: Supervisor) -> Supervisor:
     scheduler = SimpleNamespace(remaining=990, total=1000, margins=lambda: {0: 0.02, 1: 0.5},
                                 rejections=lambda: {1: 3})
     sup.limiter = SimpleNamespace(scheduler=scheduler)  # type: ignore[assignment]
-    sup._forwarder = SimpleNamespace(stats=SimpleNamespace(  # type: ignore[assignment]
-        events=12, upstream_gaps=1, duplicates=2, malformed=3, refused=4, foreign=5, blocked=6),
-        outlet=SimpleNamespace(messages=11), batch_subscribers=2)
+    sup._forwarder = SimpleNamespace(stats=ForwarderStats(  # type: ignore[assignment]
+        events=12, upstream_gaps=1, duplicates=2, malformed=3, refused=4, foreign=5, blocked=6,
+        stamped=13, restamped=14), outlet=SimpleNamespace(messages=11), batch_subscribers=2)
     sup._stream = SimpleNamespace(acked=7, duplicates=8, stalls=9, pending=10,  # type: ignore[assignment]
                                   connected=True)
     return sup

@@ -588,6 +588,11 @@ class EventForwarder:
     whose ``s`` was already forwarded, so a resume replay is never published twice.  READY
     starts a new session and always passes.
 
+    A worker that numbers its own events sends stamped batches (version 4,
+    :mod:`shardctl.ipc.watermarks`): one that continues exactly where the forwarder stands
+    goes on untouched, and its trailer says what ``last_seq`` and the counters become; any
+    other is stamped here event by event, as above, so consumers see the same frames.
+
     ``resume_url_allowed`` judges the ``resume_gateway_url`` of each READY: a session whose
     URL it refuses is not noted (``last_session``), so nobody RESUMEs it.
 
