@@ -25,6 +25,7 @@ from shardctl.ipc.events import (
     STAMPED_BATCH_VERSION,
     VERSION,
     decode_batch,
+    decode_event,
     session_tag,
 )
 from shardctl.ipc.publishers import new_publish_key
@@ -83,6 +84,11 @@ def frame(t: str, seq: int, session: str) -> bytes:
     return b'{"op":0,"s":%d,"t":"%s","d":%s}' % (seq, t.encode(), d)
 
 
+def records(frames: list[bytes]) -> bytes:
+    """What events-batch frames carry, without where each frame ends."""
+    return b"".join(m[BATCH_HEADER.size:] for m in frames)
+
+
 @dataclass
 class Gateway:
     """Each shard's session and seq as a gateway would number them."""
@@ -136,7 +142,8 @@ def play(pubs: Sequence[EventPublisher], script: list[tuple[str, int, int, int]]
     return out
 
 
-async def run_both(script: list[tuple[str, int, int, int]], *, seed_shard0: bool
+async def run_both(script: list[tuple[str, int, int, int]], *, seed_shard0: bool,
+                   max_events: int = 64
                    ) -> tuple[EventForwarder, FakeOut, FakeOut, EventForwarder, FakeOut, FakeOut,
                               EventPublisher]:
     key = new_publish_key()
@@ -148,9 +155,10 @@ async def run_both(script: list[tuple[str, int, int, int]], *, seed_shard0: bool
         seeded = {"last_seq": {0: 5}, "last_session": {0: ("s0-0", "wss://r.example/")},
                   "session_tags": {0: session_tag("s0-0")}}
         sessions = [(0, session_tag("s0-0"), 5)]
-    plain = EventPublisher("ipc:///unused", worker=WORKER, publish_key=key)
+    plain = EventPublisher("ipc:///unused", worker=WORKER, publish_key=key,
+                           max_events=max_events)
     stamped = EventPublisher("ipc:///unused", worker=WORKER, publish_key=key,
-                             stamper=Stamper(EPOCH, {}, sessions))
+                             max_events=max_events, stamper=Stamper(EPOCH, {}, sessions))
     plain_batches, stamped_batches = play([plain, stamped], script, gw)
     ref, ref_out, ref_bout = forwarder(key, **seeded)
     fwd, out, bout = forwarder(key, **seeded)
@@ -163,13 +171,16 @@ async def run_both(script: list[tuple[str, int, int, int]], *, seed_shard0: bool
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(script=steps, seed_shard0=st.booleans())
+@given(script=steps, seed_shard0=st.booleans(), max_events=st.sampled_from([3, 64, 100]))
 async def test_consumers_cannot_tell_a_worker_stamped_batch_from_one_the_forwarder_stamped(
-        script: list[tuple[str, int, int, int]], seed_shard0: bool) -> None:
+        script: list[tuple[str, int, int, int]], seed_shard0: bool, max_events: int) -> None:
     ref, ref_out, ref_bout, fwd, out, bout, stamped = await run_both(
-        script, seed_shard0=seed_shard0)
+        script, seed_shard0=seed_shard0, max_events=max_events)
     assert out.sent == ref_out.sent
-    assert bout.sent == ref_bout.sent
+    # the same records on events-batch; where frames end may differ (the worker batches what
+    # it did not drop as a replay, the forwarder what it was sent)
+    assert records(bout.sent) == records(ref_bout.sent)
+    assert all(0 < len(decode_batch(m)) <= 64 for m in bout.sent)
     assert fwd.last_seq == ref.last_seq
     assert fwd.last_session == ref.last_session
     assert fwd.session_tags == ref.session_tags
@@ -179,72 +190,107 @@ async def test_consumers_cannot_tell_a_worker_stamped_batch_from_one_the_forward
     # the worker dropped the replays the forwarder would have dropped
     assert stamped.stamper is not None
     assert stamped.stamper.replays + fwd.stats.duplicates == ref.stats.duplicates
-    assert fwd.stats.stamped + fwd.stats.restamped == fwd.stats.batches
+    assert fwd.stats.stamped + fwd.stats.restamped + fwd.stats.small == fwd.stats.batches
 
 
 async def test_a_steady_run_goes_through_untouched_after_its_ready() -> None:
     """The fast path is the normal case: after the batch that starts a session (the
     forwarder reads that one), every batch continues and none is stamped again."""
     script = [("ready", 0, 0, 0), ("ready", 1, 0, 0), ("flush", 0, 0, 0)]
-    for _ in range(20):
-        script += [("event", 0, 0, 0), ("event", 0, 1, 0), ("lifecycle", 0, 0, 0),
-                   ("event", 1, 0, 0), ("flush", 0, 0, 0)]
+    for _ in range(20):  # 9 events a batch (a lifecycle event seals it) for 6 entries
+        script += [("event", 0, 0, 0)] * 3 + [("event", 0, 1, 0)] * 2 + [
+            ("event", 1, 0, 0)] * 3 + [("lifecycle", 0, 0, 0)]
     ref, ref_out, _, fwd, out, _, _ = await run_both(script, seed_shard0=False)
     assert out.sent == ref_out.sent
-    assert fwd.stats.restamped == 1  # the READY's batch
-    assert fwd.stats.stamped == fwd.stats.batches - 1 >= 20
-    assert fwd.last_seq == ref.last_seq == {0: 41, 1: 21}
+    assert fwd.stats.restamped + fwd.stats.small == 1  # the READYs' batch
+    assert fwd.stats.stamped == fwd.stats.batches - 1 == 20
+    assert fwd.last_seq == ref.last_seq == {0: 101, 1: 61}
+
+
+async def test_a_batch_with_fewer_events_than_trailer_entries_is_read_event_by_event(
+        ) -> None:
+    """One event on each of three shards: six trailer entries for three events, which cost
+    less read one by one; the frames are the same."""
+    script = [("ready", shard, 0, 0) for shard in SHARDS] + [("flush", 0, 0, 0)]
+    script += [*[("event", shard, 0, 0) for shard in SHARDS], ("flush", 0, 0, 0)] * 5
+    script += [("event", 0, 0, 0)] * 4  # four events of one (type, shard): two entries
+    _, ref_out, ref_bout, fwd, out, bout, _ = await run_both(script, seed_shard0=False)
+    assert out.sent == ref_out.sent and bout.sent == ref_bout.sent
+    assert (fwd.stats.small, fwd.stats.stamped, fwd.stats.restamped) == (1 + 5, 1, 0)
 
 
 async def test_a_resumed_session_goes_through_untouched_from_its_first_batch() -> None:
-    script = [("event", 0, 0, 0), ("event", 0, 1, 0), ("flush", 0, 0, 0)] * 5
+    script = [("event", 0, 0, 0), ("event", 0, 1, 0), ("event", 0, 1, 0),
+              ("flush", 0, 0, 0)] * 5
     _, _, ref_bout, fwd, _, bout, _ = await run_both(script, seed_shard0=True)
     assert bout.sent == ref_bout.sent
     assert fwd.stats.stamped == fwd.stats.batches == 5
-    assert [e.seq for m in bout.sent for e in decode_batch(m)] == list(range(6, 16))
+    assert [e.seq for m in bout.sent for e in decode_batch(m)] == list(range(6, 21))
+
+
+async def test_a_large_batch_reaches_batch_consumers_in_frames_of_64() -> None:
+    script = [("event", 0, 0, 0), ("event", 0, 1, 0)] * 105
+    _, ref_out, ref_bout, fwd, out, bout, _ = await run_both(script, seed_shard0=True,
+                                                             max_events=256)
+    assert fwd.stats.batches == 1 and fwd.stats.stamped == 1
+    assert out.sent == ref_out.sent
+    assert bout.sent == ref_bout.sent
+    assert [len(decode_batch(m)) for m in bout.sent] == [64, 64, 64, 18]
+    assert [e.seq for m in bout.sent for e in decode_batch(m)] == list(range(6, 216))
 
 
 async def test_a_worker_numbering_from_stale_counters_is_renumbered_here() -> None:
     """A respawn that raced the dead worker's last batch: the new worker's counters are one
     behind what was forwarded.  Its batches are stamped again, so no bus_seq repeats."""
     key = new_publish_key()
-    fwd, _, bout = forwarder(key, last_seq={0: 5}, session_tags={0: session_tag("a")},
-                             last_session={0: ("a", "wss://r.example/")})
+    fwd, _, bout = resumed_at_5(key)
     mc = counter_key(b"MESSAGE_CREATE", 0, VERSION)
     fwd._counters[mc] = 5
     pub = EventPublisher("ipc:///unused", worker=WORKER, publish_key=key,
                          stamper=Stamper(EPOCH, {mc: 4}, [(0, session_tag("a"), 5)]))
-    for seq in (6, 7):
-        pub.publish(0, "MESSAGE_CREATE", seq, frame("MESSAGE_CREATE", seq, "a"),
-                    session=session_tag("a"))
+    publish_from_6(pub, n=2)
     for batch in sealed(pub):
         await fwd.forward(batch)
     assert [e.bus_seq for m in bout.sent for e in decode_batch(m)] == [6, 7]
     assert fwd.stats.restamped == 1 and fwd.stats.stamped == 0
 
 
+def resumed_at_5(key: bytes) -> tuple[EventForwarder, FakeOut, FakeOut]:
+    """A forwarder that RESUMEs shard 0's session "a" at seq 5."""
+    return forwarder(key, last_seq={0: 5}, session_tags={0: session_tag("a")},
+                     last_session={0: ("a", "wss://r.example/")})
+
+
+def publish_from_6(pub: EventPublisher, shard: int = 0, n: int = 3) -> None:
+    for seq in range(6, 6 + n):
+        pub.publish(shard, "MESSAGE_CREATE", seq, frame("MESSAGE_CREATE", seq, "a"),
+                    session=session_tag("a"))
+
+
 async def test_a_batch_of_another_supervisor_run_is_stamped_again() -> None:
     key = new_publish_key()
-    fwd, _, bout = forwarder(key)
+    fwd, _, bout = resumed_at_5(key)
     pub = EventPublisher("ipc:///unused", worker=WORKER, publish_key=key,
-                         stamper=Stamper(EPOCH + 1))
-    pub.publish(0, "SHARD_CONNECTED", None, b'{"d":null}')
+                         stamper=Stamper(EPOCH + 1, {}, [(0, session_tag("a"), 5)]))
+    publish_from_6(pub)
     for batch in sealed(pub):
         await fwd.forward(batch)
-    assert [(e.bus_seq, e.epoch) for m in bout.sent for e in decode_batch(m)] == [(1, EPOCH)]
+    assert [(e.bus_seq, e.epoch) for m in bout.sent for e in decode_batch(m)] == [
+        (1, EPOCH), (2, EPOCH), (3, EPOCH)]
     assert fwd.stats.restamped == 1
 
 
 async def test_a_stamped_batch_naming_another_worker_s_shard_is_read_event_by_event() -> None:
     key = new_publish_key()
-    fwd, out, _ = forwarder(key)
-    pub = EventPublisher("ipc:///unused", worker=WORKER, publish_key=key, stamper=Stamper(EPOCH))
-    pub.publish(0, "SHARD_CONNECTED", None, b'{"d":null}')
-    pub.publish(9, "SHARD_CONNECTED", None, b'{"d":null}')  # not this worker's
+    fwd, out, _ = resumed_at_5(key)
+    pub = EventPublisher("ipc:///unused", worker=WORKER, publish_key=key,
+                         stamper=Stamper(EPOCH, {}, [(0, session_tag("a"), 5)]))
+    publish_from_6(pub)
+    publish_from_6(pub, shard=9)  # not this worker's shard
     for batch in sealed(pub):
         await fwd.forward(batch)
-    assert len(out.sent) == 1
-    assert fwd.stats.foreign == 1 and fwd.stats.stamped == 0
+    assert [decode_event(m).shard for m in out.sent] == [0, 0, 0]
+    assert fwd.stats.foreign == 3 and fwd.stats.restamped == 1
 
 
 # -- the pure parts ----------------------------------------------------------------------------

@@ -102,7 +102,7 @@ from shardctl.ipc.publishers import PublishGrants
 from shardctl.ipc.readable import Readable
 from shardctl.ipc.security import CurveClient, CurveServer, for_socket, stop_authenticator
 from shardctl.ipc.unsent import ENGINE_MARGIN, SentMarks, shard_of_key
-from shardctl.ipc.watermarks import Stamper, Watermarks, continues, read
+from shardctl.ipc.watermarks import Stamper, Watermarks, continues, footer, read
 
 log = logging.getLogger(__name__)
 
@@ -532,6 +532,9 @@ class ForwarderStats:
     #: worker-stamped batches that did not continue where the forwarder stood: stamped
     #: again here, event by event
     restamped: int = 0
+    #: worker-stamped batches with fewer events than trailer entries (keys + shards): read
+    #: event by event, which costs less then and sends the same frames
+    small: int = 0
 
 
 BatchHook = Callable[[Sequence[Event]], None]
@@ -996,15 +999,13 @@ class EventForwarder:
         n = len(batch)
         if batch[0] == STAMPED_BATCH_VERSION:
             try:
-                marks = read(batch, BATCH_HEADER.size)
+                marks, n = self._route(batch, count, worker, allowed)
             except ProtocolError as exc:
                 self._malformed(exc)
                 return
-            if self._fast(worker, marks, count, allowed):
+            if marks is not None:
                 await self._forward_stamped(batch, marks, count, worker)
                 return
-            self.stats.restamped += 1  # stamped again here, event by event
-            n = marks.end
         # the frames as forwarded, for the in-process hook and the stream
         frames: list[bytes] | None = (
             [] if self.on_batch is not None or self.sink is not None else None)
@@ -1038,6 +1039,20 @@ class EventForwarder:
             return
         await self._send_batches(buf, off, count, dropped, worker)
         self._delivered(events)
+
+    def _route(self, batch: bytes, count: int, worker: int, allowed: frozenset[int]
+               ) -> tuple[Watermarks | None, int]:
+        """A stamped batch's trailer when the batch may go on untouched (else None: it is
+        read event by event), and where its records end."""
+        entries, end = footer(batch, BATCH_HEADER.size)
+        if count < entries:
+            self.stats.small += 1  # fewer events than its trailer has entries
+            return None, end
+        marks = read(batch, BATCH_HEADER.size)
+        if self._fast(worker, marks, count, allowed):
+            return marks, end
+        self.stats.restamped += 1  # stamped again here, event by event
+        return None, end
 
     def _fast(self, worker: int, marks: Watermarks, count: int,
               allowed: frozenset[int]) -> bool:
