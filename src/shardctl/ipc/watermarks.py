@@ -9,11 +9,19 @@ from the counters the worker's assignment hands over (:class:`Stamper`), followe
 trailer that sums the batch up (the format below).  The forwarder checks the
 trailer against its own record of what it forwarded -- O(keys + shards) per batch -- and,
 when everything continues exactly where it stands (:func:`continues`), sends the records on
-untouched and learns its progress from the trailer (:func:`apply`).  When anything does not
-line up (a respawn that raced the dead worker's last batch, a replay, a new session, a
-reshard's staged set, a stream that must see each event), it stamps that batch itself, as
-for version 3.  Either way consumers receive the same bytes: the fast path can only ever be
-an optimisation, never a second truth.
+untouched and learns its progress from the trailer.  When anything does not line up (a
+respawn that raced the dead worker's last batch, a replay, a new session, a reshard's staged
+set, a stream that must see each event), it stamps that batch itself, as for version 3; so
+it does a batch with fewer events than trailer entries, which costs less read that way.
+Either way consumers receive the same bytes: the fast path can only ever be an
+optimisation, never a second truth.
+
+What the forwarder checks is the trailer (its shards are the sender's, its numbers continue
+the bus, its count is the header's), not each record: the framing of the records an
+assigned worker wrote is taken as it comes.  Only an assigned worker's batch gets this far
+(its publish key is checked first, :mod:`shardctl.ipc.publishers`), and the worker builds
+the records and their trailer from the same calls (tests/ipc/test_watermarks.py holds the
+two paths' output equal).
 
 Trailer (after the last record, big-endian)::
 
