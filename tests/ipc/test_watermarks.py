@@ -293,6 +293,22 @@ async def test_a_stamped_batch_naming_another_worker_s_shard_is_read_event_by_ev
     assert fwd.stats.foreign == 3 and fwd.stats.restamped == 1
 
 
+async def test_a_stamped_batch_with_a_broken_trailer_is_dropped_and_the_bus_goes_on() -> None:
+    key = new_publish_key()
+    fwd, out, _ = resumed_at_5(key)
+    pub = EventPublisher("ipc:///unused", worker=WORKER, publish_key=key,
+                         stamper=Stamper(EPOCH, {}, [(0, session_tag("a"), 5)]))
+    publish_from_6(pub)
+    broken = sealed(pub)[0][:-3]  # its footer cut short
+    await fwd.forward(broken)
+    assert fwd.stats.malformed == 1 and out.sent == []
+    plain = EventPublisher("ipc:///unused", worker=WORKER, publish_key=key)
+    publish_from_6(plain)  # the same events again, as a version 3 batch
+    for batch in sealed(plain):
+        await fwd.forward(batch)
+    assert [decode_event(m).seq for m in out.sent] == [6, 7, 8]
+
+
 # -- the pure parts ----------------------------------------------------------------------------
 
 
