@@ -88,7 +88,8 @@ def with_services(sup: Supervisor) -> Supervisor:
     sup.limiter = SimpleNamespace(scheduler=scheduler)  # type: ignore[assignment]
     sup._forwarder = SimpleNamespace(stats=ForwarderStats(  # type: ignore[assignment]
         events=12, upstream_gaps=1, duplicates=2, malformed=3, refused=4, foreign=5, blocked=6,
-        stamped=13, restamped=14), outlet=SimpleNamespace(messages=11), batch_subscribers=2)
+        stamped=13, restamped=14, rebased=15), outlet=SimpleNamespace(messages=11),
+        batch_subscribers=2)
     sup._stream = SimpleNamespace(acked=7, duplicates=8, stalls=9, pending=10,  # type: ignore[assignment]
                                   connected=True)
     return sup

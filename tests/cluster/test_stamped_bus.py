@@ -14,7 +14,8 @@ from clusterkit import TOKEN, push_messages, short_dir
 
 from shardctl.cluster.supervisor import Supervisor
 from shardctl.ipc.consumer import Consumer
-from shardctl.ipc.events import Event
+from shardctl.ipc.events import VERSION, Event
+from shardctl.ipc.watermarks import counter_key
 from shardctl.sandbox import Sandbox, SandboxConfig
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -73,3 +74,38 @@ async def test_stamped_batches_go_through_untouched_and_a_respawn_numbers_on() -
     # last batch may make each of its shards' keys need one renumbering here, no more.
     assert fwd.stats.stamped - stamped >= 10
     assert fwd.stats.restamped - restamped <= len(victim.shard_ids)
+
+
+async def test_a_worker_out_of_step_is_rebased_over_the_control_channel() -> None:
+    """The bus moves ahead of a worker's numbering (as a respawn that raced the dead
+    worker's last batch would): the supervisor renumbers its batches, sends it a rebase, and
+    its batches then go through untouched again, numbered on without a gap."""
+    config = SandboxConfig(shard_count=2, max_concurrency=2, identify_interval=0.2,
+                           heartbeat_interval_ms=2000, guilds_per_shard=2, session_ttl=60.0)
+    with short_dir() as run_dir:
+        async with Sandbox(config) as sb, \
+                Supervisor(token=TOKEN, api_url=sb.api_url, processes=1,
+                           identify_interval=0.2, runtime_dir=run_dir,
+                           state_file=run_dir / "state.json") as sup:
+            with anyio.fail_after(30):
+                await sup.wait_ready()
+            fwd = sup._forwarder
+            assert fwd is not None
+            got: list[Event] = []
+            async with Consumer(sup.endpoints["events_batch"], batched=True) as consumer:
+                consumer.open()
+                with anyio.fail_after(10):
+                    await sup.wait_subscribed(batched=True)
+                fwd._counters[counter_key(b"MESSAGE_CREATE", 0, VERSION)] = 1000
+                sent = 0
+                with anyio.fail_after(30):
+                    while not fwd.stats.rebased:  # until a batch big enough to compare
+                        sent += len((await push_messages(sb, [0], 20))[0])
+                        await read_until(consumer, got, sent)
+                    stamped = fwd.stats.stamped
+                    while fwd.stats.stamped == stamped:  # the worker has moved
+                        sent += len((await push_messages(sb, [0], 20))[0])
+                        await read_until(consumer, got, sent)
+    numbers = [e.bus_seq for e in got if e.type == "MESSAGE_CREATE"]
+    assert numbers == list(range(1001, 1001 + sent))
+    assert fwd.stats.rebased == 1

@@ -21,6 +21,7 @@ from shardctl.ipc.control_messages import (
     Message,
     Operation,
     OperationUpdate,
+    Rebase,
     Register,
     Reply,
     ReportNow,
@@ -41,6 +42,7 @@ ASSIGNMENT = Assignment(
     worker=2, publish_key=bytes(range(32)), publish_window=0.002, epoch=0xC0FFEE,
     counters=((b"MESSAGE_CREATE\0\x01\x00\x00\x00\x00", 41), (b"READY\0\x01\x00\x00\x00\x01", 1)))
 
+MC_KEY = b"MESSAGE_CREATE\0\x01\x00\x00\x00\x00"
 REPORT = ShardReport(3, "ready", "abc", "wss://resume.example/", 42, 0.041, 7, 1700000000.5,
                      None, {"MESSAGE_CREATE": 5})
 
@@ -63,6 +65,8 @@ CASES: list[tuple[Message, ControlKind, str, dict[str, Any]]] = [
                  "args": {"presence": {"status": "idle"}}}),
     (Stop(4009), "supervisor", "stop", {"code": 4009}),
     (ReportNow(), "supervisor", "report", {}),
+    (Rebase(3, ((MC_KEY, -2),)), "supervisor", "rebase",
+     {"generation": 3, "deltas": [[MC_KEY.hex(), -2]]}),
     (StatusQuery(), "peer", "status", {}),
     (Generic("status", {"shards": [], "workers": [], "summary": {}}), "supervisor", "status",
      {"shards": [], "workers": [], "summary": {}}),
@@ -134,6 +138,11 @@ def test_a_long_typed_message_travels_in_the_same_parts_as_its_dict_body() -> No
     ("assign", {**ASSIGNMENT.to_body(), "publish_window": "2ms"}, "supervisor",
      "publish_window '2ms'"),
     ("assign", {**ASSIGNMENT.to_body(), "epoch": -1}, "supervisor", "epoch -1 is not a u32"),
+    ("rebase", {"generation": 256, "deltas": []}, "supervisor", "'generation' must be 0-255"),
+    ("rebase", {"generation": 1}, "supervisor", "'deltas' must be a list"),
+    ("rebase", {"generation": 1, "deltas": [["41", 1]]}, "supervisor", "not a counter key"),
+    ("rebase", {"generation": 1, "deltas": [[MC_KEY.hex(), "1"]]}, "supervisor",
+     "must be a \\[key, delta\\] pair"),
     ("assign", {**ASSIGNMENT.to_body(), "counters": [["zz", 1]]}, "supervisor",
      "counters key is not hex"),
     ("assign", {**ASSIGNMENT.to_body(), "counters": [["4100", 1]]}, "supervisor",

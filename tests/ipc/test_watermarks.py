@@ -267,6 +267,38 @@ def publish_from_6(pub: EventPublisher, shard: int = 0, n: int = 3) -> None:
                     session=session_tag("a"))
 
 
+async def test_a_worker_out_of_step_is_rebased_and_then_goes_untouched() -> None:
+    """The forwarder renumbers a batch whose numbering is one behind, asks the worker to add
+    one (a new generation), renumbers what the worker sent meanwhile without asking again,
+    and lets the worker's batches through untouched once it has caught up."""
+    key = new_publish_key()
+    fwd, _, bout = resumed_at_5(key)
+    mc = counter_key(b"MESSAGE_CREATE", 0, VERSION)
+    fwd._counters[mc] = 5
+    asked: list[tuple[int, int, dict[bytes, int]]] = []
+    fwd.on_misaligned = lambda *call: asked.append(call)
+    pub = EventPublisher("ipc:///unused", worker=WORKER, publish_key=key,
+                         stamper=Stamper(EPOCH, {mc: 4}, [(0, session_tag("a"), 5)]))
+    publish_from_6(pub)
+    for batch in sealed(pub):
+        await fwd.forward(batch)
+    assert asked == [(WORKER, 1, {mc: 1})]
+    for seq in range(9, 12):  # in flight before the worker hears of it
+        pub.publish(0, "MESSAGE_CREATE", seq, frame("MESSAGE_CREATE", seq, "a"),
+                    session=session_tag("a"))
+    in_flight = sealed(pub)
+    pub.rebase(*asked[0][1:])
+    for seq in range(12, 15):
+        pub.publish(0, "MESSAGE_CREATE", seq, frame("MESSAGE_CREATE", seq, "a"),
+                    session=session_tag("a"))
+    for batch in [*in_flight, *sealed(pub)]:
+        await fwd.forward(batch)
+    assert len(asked) == 1
+    assert (fwd.stats.restamped, fwd.stats.stamped, fwd.stats.rebased) == (2, 1, 1)
+    assert [e.bus_seq for m in bout.sent for e in decode_batch(m)] == list(range(6, 15))
+    assert {m[1] for m in bout.sent} == {0}  # the generation stays between worker and bus
+
+
 async def test_a_batch_of_another_supervisor_run_is_stamped_again() -> None:
     key = new_publish_key()
     fwd, _, bout = resumed_at_5(key)
@@ -385,6 +417,15 @@ def test_a_stamper_continues_the_handed_over_counters_and_drops_replays() -> Non
     assert stamper.stamp(mc, 0, 9, 103, False) == 45
     assert stamper.stamp(b"READY", 5, 1, 3, False) == 4
     assert stamper.stamp(mc, 5, 1, 2, False) == 0
+
+
+def test_a_rebase_moves_written_and_handed_over_keys_alike() -> None:
+    mc, ready = counter_key(b"MESSAGE_CREATE", 0, VERSION), counter_key(b"READY", 0, VERSION)
+    stamper = Stamper(1, {mc: 10, ready: 1})
+    assert stamper.stamp(b"MESSAGE_CREATE", 0, 3, 5, False) == 11
+    stamper.shift({mc: 4, ready: -1})
+    assert stamper.stamp(b"MESSAGE_CREATE", 0, 3, 6, False) == 16
+    assert stamper.stamp(b"READY", 0, 4, 1, True) == 1
 
 
 def test_counter_keys_are_subscription_prefixes() -> None:

@@ -204,6 +204,8 @@ def _bus(sup: Supervisor) -> Iterator[Family]:
                  "Worker-stamped batches forwarded untouched"),
                 ("restamped_batches", stats.restamped,
                  "Worker-stamped batches that did not continue the bus: renumbered here"),
+                ("rebases", stats.rebased,
+                 "Workers asked to move their event numbering back in step with the bus"),
                 ("batch_messages", forwarder.outlet.messages,
                  "Frames sent on events-batch (each carries up to 64 events)")):
             yield Family.single(f"shardctl_bus_{name}_total", "counter", doc, value)

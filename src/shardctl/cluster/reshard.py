@@ -213,6 +213,7 @@ class Reshard:
         assert sup.info is not None and sup._forwarder is not None
         key = new_publish_key()
         sup._forwarder.publishers.authorize(slot.index, key, slot.shard_ids)
+        sup._forwarder.new_publisher(slot.index)
         return Assignment(
             token=sup.config.token, gateway_url=sup.info.url, shard_count=self.new_shards,
             intents=int(sup.config.intents), compression=sup.config.compression,
@@ -220,7 +221,11 @@ class Reshard:
             shards=tuple(ShardAssignment(i) for i in slot.shard_ids),
             large_threshold=sup.config.large_threshold, beat_interval=sup._beat_interval,
             supervisor_timeout=max(10.0, sup._liveness_timeout * 2), worker=slot.index,
-            publish_key=key, publish_window=sup.config.publish_window_ms / 1000)
+            publish_key=key, publish_window=sup.config.publish_window_ms / 1000,
+            # It numbers its own events; the old set's, on the same keys, go on until the
+            # switch, so its numbering is out of step after it and the forwarder rebases it.
+            epoch=sup._forwarder.epoch,
+            counters=sup._forwarder.counters_of(set(slot.shard_ids)))
 
     def on_state(self, slot: WorkerSlot, state: wire.State) -> None:
         """A new-set worker's state report: its shards' progress, or why it failed."""

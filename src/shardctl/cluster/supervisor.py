@@ -350,6 +350,7 @@ class Supervisor:
             # mark and sees the loss as bus_seq gaps (DESIGN.md §3).
             nodrop=False, on_batch=self._batch_hook, on_progress=self._on_bus_progress,
             curve=curve, resume_url_allowed=self._resume_allowed)
+        forwarder.on_misaligned = self._rebase_worker
         forwarder.last_seq.update({r.shard_id: r.seq for r in resumable.values()})
         # the pair the bus resumes from, as one record, even before the session's READY
         forwarder.last_session.update(
@@ -680,6 +681,14 @@ class Supervisor:
                 self._execute_one(action)
         return respawn
 
+    def _rebase_worker(self, worker: int, generation: int, deltas: dict[bytes, int]) -> None:
+        """The forwarder found ``worker``'s event numbering out of step with the bus: tell it
+        by how much (ipc/watermarks.py).  Lost on the way, it only costs speed: the
+        forwarder keeps renumbering that worker's batches."""
+        slot = next((s for s in self.slots if s.index == worker), None)
+        if self._control is not None and slot is not None and slot.peer is not None:
+            self._control.send(slot.peer, wire.Rebase(generation, tuple(deltas.items())))
+
     def _execute_one(self, action: Kill | Send | Lost | NoAdopter | Adopt | Assign) -> None:
         slot = next(s for s in self.slots if s.index == action.worker)
         if isinstance(action, Kill):
@@ -726,6 +735,8 @@ class Supervisor:
         key = new_publish_key()
         self._forwarder.publishers.authorize(slot.index, key, slot.shard_ids,
                                              same_process=same_process)
+        if not same_process:
+            self._forwarder.new_publisher(slot.index)
         return Assignment(
             token=self.config.token, gateway_url=self.info.url, shard_count=self.shard_count,
             intents=int(self.config.intents), compression=self.config.compression,

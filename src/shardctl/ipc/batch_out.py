@@ -117,6 +117,7 @@ class BatchOutlet:
         whole = not dropped and end == len(buf) and 0 < count <= CONSUMER_BATCH_MAX
         if whole and (self.window <= 0 or count >= _WHOLE):
             buf[0] = CONSUMER_BATCH_VERSION  # the worker batch becomes the message
+            buf[1] = 0  # reserved for consumers (a stamped batch's generation)
             buf[BATCH_HEADER.size - BATCH_KEY_SIZE:BATCH_HEADER.size] = bytes(BATCH_KEY_SIZE)
             async with self._lock:
                 await self._flush()

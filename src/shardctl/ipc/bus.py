@@ -55,7 +55,7 @@ import random
 import struct
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
 
@@ -177,8 +177,9 @@ class BatchBuilder:
         self._bytes = 0
         self._first_at = 0.0
         #: set when the worker stamps its own events: batches go as version 4 with the
-        #: trailer it sums up (ipc/watermarks.py)
+        #: trailer it sums up (ipc/watermarks.py), ``generation`` in the reserved byte
         self.stamper: Stamper | None = None
+        self.generation = 0
         self.credential(worker, key)
 
     def __len__(self) -> int:
@@ -218,8 +219,8 @@ class BatchBuilder:
         if self.stamper is None:
             head = BATCH_HEADER.pack(BATCH_VERSION, 0, len(records), self._worker, self._key)
             return head + b"".join(records), len(records)
-        head = BATCH_HEADER.pack(STAMPED_BATCH_VERSION, 0, len(records), self._worker,
-                                 self._key)
+        head = BATCH_HEADER.pack(STAMPED_BATCH_VERSION, self.generation, len(records),
+                                 self._worker, self._key)
         return head + b"".join(records) + self.stamper.seal(), len(records)
 
 
@@ -328,6 +329,16 @@ class EventPublisher:
         if builder.add(record, now) or urgent or t in LIFECYCLE_TYPES \
                 or (builder.max_delay and builder.ripe(now)):
             self.flush_nowait()
+
+    def rebase(self, generation: int, deltas: Mapping[bytes, int]) -> None:
+        """The supervisor found this worker's numbering out of step: the open batch goes
+        as it is, later ones are numbered with ``deltas`` added and carry ``generation``
+        (the forwarder renumbers the older ones it still gets)."""
+        if self.stamper is None:
+            return
+        self.flush_nowait()
+        self.stamper.shift(deltas)
+        self._builder.generation = generation
 
     def set_credential(self, worker: int, publish_key: bytes) -> None:
         """A new assignment's credential: batches sealed from now on carry it (those sealed
@@ -535,6 +546,8 @@ class ForwarderStats:
     #: worker-stamped batches with fewer events than trailer entries (keys + shards): read
     #: event by event, which costs less then and sends the same frames
     small: int = 0
+    #: times a worker was asked to move its numbering back in step with the bus
+    rebased: int = 0
 
 
 BatchHook = Callable[[Sequence[Event]], None]
@@ -688,6 +701,11 @@ class EventForwarder:
         self._batch_done: anyio.Event | None = None
         #: every forwarded frame also goes here (None: the bus only)
         self.sink: EventSink | None = None
+        #: worker → the generation of its stamped batches that follow its last rebase
+        self._generations: dict[int, int] = {}
+        #: called (worker, generation, key → delta) when a worker's numbering is out of step
+        #: with the bus: the supervisor sends it a rebase (ipc/watermarks.py)
+        self.on_misaligned: Callable[[int, int, dict[bytes, int]], None] | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Bind both sockets, signal started, forward until cancelled or :meth:`drain`."""
@@ -996,15 +1014,15 @@ class EventForwarder:
             if diverted is None:
                 return
             batch = diverted
-        n = len(batch)
+        n, realign = len(batch), None
         if batch[0] == STAMPED_BATCH_VERSION:
             try:
-                marks, n = self._route(batch, count, worker, allowed)
+                realign, fast, n = self._route(batch, count, worker, allowed)
             except ProtocolError as exc:
                 self._malformed(exc)
                 return
-            if marks is not None:
-                await self._forward_stamped(batch, marks, count, worker)
+            if fast and realign is not None:
+                await self._forward_stamped(batch, realign, count, worker)
                 return
         # the frames as forwarded, for the in-process hook and the stream
         frames: list[bytes] | None = (
@@ -1039,20 +1057,46 @@ class EventForwarder:
             return
         await self._send_batches(buf, off, count, dropped, worker)
         self._delivered(events)
+        if realign is not None:
+            self._realign(worker, realign, allowed)
 
     def _route(self, batch: bytes, count: int, worker: int, allowed: frozenset[int]
-               ) -> tuple[Watermarks | None, int]:
-        """A stamped batch's trailer when the batch may go on untouched (else None: it is
-        read event by event), and where its records end."""
+               ) -> tuple[Watermarks | None, bool, int]:
+        """Where a stamped batch goes: (its trailer, True) when it may go on untouched;
+        (its trailer, False) when it is read event by event and its numbering is then to be
+        compared with the bus (:meth:`_realign`); (None, False) when it is read event by
+        event and no more.  And where its records end."""
         entries, end = footer(batch, BATCH_HEADER.size)
         if count < entries:
             self.stats.small += 1  # fewer events than its trailer has entries
-            return None, end
+            return None, False, end
         marks = read(batch, BATCH_HEADER.size)
         if self._fast(worker, marks, count, allowed):
-            return marks, end
+            return marks, True, end
         self.stats.restamped += 1  # stamped again here, event by event
-        return None, end
+        # Numbered before the worker's last rebase (the rebase is on its way), or detoured
+        # by a reshard: nothing to learn about its numbering from it.
+        current = (batch[1] == self._generations.get(worker, 0)
+                   and worker not in self._diverted)
+        return (marks if current else None), False, end
+
+    def _realign(self, worker: int, marks: Watermarks, allowed: frozenset[int]) -> None:
+        """After a stamped batch was stamped again here: where its worker's numbering of
+        each key differs from the bus's, ask it (``on_misaligned``) to add the difference,
+        marking its batches with a new generation from then on.  Its batches in flight
+        meanwhile are renumbered here and move both numberings alike, so the difference
+        taken now still holds when the worker applies it."""
+        counters = self._counters
+        deltas = {key: counters.get(key, 0) - bus_seq for key, _, bus_seq, _ in marks.keys
+                  if shard_of_key(key) in allowed and counters.get(key, 0) != bus_seq}
+        if deltas and self.on_misaligned is not None:
+            generation = self._generations[worker] = (self._generations.get(worker, 0) + 1) & 0xFF
+            self.stats.rebased += 1
+            self.on_misaligned(worker, generation, deltas)
+
+    def new_publisher(self, worker: int) -> None:
+        """``worker`` is a new process (an assignment): its batches start at generation 0."""
+        self._generations.pop(worker, None)
 
     def _fast(self, worker: int, marks: Watermarks, count: int,
               allowed: frozenset[int]) -> bool:

@@ -12,7 +12,9 @@ Worker → supervisor: ``register`` {worker, secret} from a worker the superviso
 worker on another host (it proves itself with its CURVE ``worker`` key); ``beat`` {},
 ``state`` {shards: [...]}, ``reply`` {id, ok, error, retry_after, value}.  Supervisor →
 worker: ``assign`` {...}, ``beat`` {}, ``command`` {id, shard, name, args}, ``stop`` {code},
-``report`` {} (send a ``state`` now, not at the next beat: a reshard's catch-up).
+``report`` {} (send a ``state`` now, not at the next beat: a reshard's catch-up),
+``rebase`` {generation, deltas} (the worker's event numbering is out of step with the bus:
+ipc/watermarks.py).
 Any peer (``shardctl status``, not only workers) may send ``status`` {}; the supervisor
 answers ``status`` {shards: [...], workers: [...], summary: {...}} without taking the peer
 for a worker -- in full to an operator, and with ``redacted: true`` and states and counts
@@ -80,7 +82,7 @@ log = logging.getLogger(__name__)
 VERSION: Final = b"SC1"
 KINDS: Final = frozenset(
     {"register", "beat", "state", "reply", "assign", "command", "stop", "status", "part",
-     "request", "response", "operation", "report"}
+     "request", "response", "operation", "report", "rebase"}
 )
 #: One control message's body; anything longer travels in parts.
 MAX_BODY_BYTES: Final = 1 << 20

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Literal, TypeAlias
 
 from shardctl.errors import ProtocolError
 from shardctl.ipc.assignment import Assignment
+from shardctl.ipc.watermarks import is_counter_key
 
 __all__ = [
     "Assign",
@@ -168,6 +169,22 @@ class Stop:
 
 
 @dataclass(frozen=True, slots=True)
+class Rebase:
+    """Supervisor → worker: your event numbering is out of step with the bus; add each
+    key's delta to it and mark batches from now on with ``generation``
+    (ipc/watermarks.py)."""
+
+    KIND: ClassVar = "rebase"
+    generation: int
+    #: (counter key, delta) pairs
+    deltas: tuple[tuple[bytes, int], ...]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"generation": self.generation,
+                "deltas": [[key.hex(), delta] for key, delta in self.deltas]}
+
+
+@dataclass(frozen=True, slots=True)
 class ReportNow:
     """Supervisor → worker: send a state report now, not at the next interval (a reshard's
     catch-up waits for each old worker's latest seqs)."""
@@ -261,7 +278,8 @@ class Generic:
     body: Mapping[str, Any]
 
 
-Message: TypeAlias = (Register | Beat | State | Reply | Assign | Command | Stop | ReportNow
+Message: TypeAlias = (Register | Beat | State | Reply | Assign | Command | Stop | Rebase
+                      | ReportNow
                       | StatusQuery | Request | Response | Operation | OperationUpdate | Generic)
 ControlKind: TypeAlias = Literal["supervisor", "peer"]
 
@@ -372,6 +390,29 @@ def _command(body: Mapping[str, Any]) -> Command:
                    _object(body, "args") or {})
 
 
+def _rebase(body: Mapping[str, Any]) -> Rebase:
+    generation, deltas = _int(body, "generation"), body.get("deltas")
+    assert generation is not None
+    if not 0 <= generation <= 0xFF:
+        raise ProtocolError("field 'generation' must be 0-255")
+    if not isinstance(deltas, list):
+        raise ProtocolError("field 'deltas' must be a list")
+    return Rebase(generation, tuple(map(_delta, deltas)))
+
+
+def _delta(item: object) -> tuple[bytes, int]:
+    if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+            and type(item[1]) is int):
+        raise ProtocolError("each of 'deltas' must be a [key, delta] pair")
+    try:
+        key = bytes.fromhex(item[0])
+    except ValueError:
+        raise ProtocolError("a key of 'deltas' is not hex") from None
+    if not is_counter_key(key):
+        raise ProtocolError("a key of 'deltas' is not a counter key")
+    return key, item[1]
+
+
 def _stop(body: Mapping[str, Any]) -> Stop:
     # Never refused: a stop the worker cannot read is still a stop.
     code = body.get("code")
@@ -386,5 +427,5 @@ _FROM_PEER: dict[str, _Parser] = {
 }
 _FROM_SUPERVISOR: dict[str, _Parser] = {
     "assign": _assign, "beat": lambda _: Beat(), "command": _command, "stop": _stop,
-    "report": lambda _: ReportNow(),
+    "report": lambda _: ReportNow(), "rebase": _rebase,
 }

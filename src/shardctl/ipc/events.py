@@ -55,10 +55,11 @@ Worker batch (worker XPUB → supervisor SUB): ONE frame per batch, internal to 
 so the supervisor's hot path is: check the header once per batch, unpack 9 bytes per event,
 patch 12 bytes, send a slice -- no JSON, no per-event objects (DESIGN.md §3).
 
-A stamped worker batch (version 4) is the same but for two things: the records carry the
-bus_seq and epoch the worker stamped from its assignment's counters, and a trailer that sums
-the batch up follows the last record (:mod:`shardctl.ipc.watermarks`), so the forwarder checks
-O(keys + shards) per batch instead of reading each event.  Version 1
+A stamped worker batch (version 4) is the same but for three things: the records carry the
+bus_seq and epoch the worker stamped from its assignment's counters, a trailer that sums the
+batch up follows the last record (:mod:`shardctl.ipc.watermarks`), so the forwarder checks
+O(keys + shards) per batch instead of reading each event, and the header's reserved byte is
+the generation of the worker's numbering (its rebases so far, mod 256).  Version 1
 and 2 batches (no worker and key; no session tags) are refused: anyone who can reach
 events-in could send them (:mod:`shardctl.ipc.publishers`).  A batch is at most
 :data:`MAX_BATCH_BYTES`.  :class:`~shardctl.ipc.bus.BatchBuilder` writes batches from

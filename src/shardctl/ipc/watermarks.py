@@ -16,6 +16,13 @@ it does a batch with fewer events than trailer entries, which costs less read th
 Either way consumers receive the same bytes: the fast path can only ever be an
 optimisation, never a second truth.
 
+A worker whose numbering is out of step (a reshard's new set, whose counters went stale
+while the old set ran on; a respawn that raced the dead worker's last batch) is told by how
+much: the forwarder takes the difference per key after renumbering one of its batches, the
+supervisor sends it (control message ``rebase``), and the worker adds it and marks its later
+batches with a new generation (the batch header's reserved byte), so the forwarder knows
+which of them were numbered before the worker heard of it.
+
 What the forwarder checks is the trailer (its shards are the sender's, its numbers continue
 the bus, its count is the header's), not each record: the framing of the records an
 assigned worker wrote is taken as it comes.  Only an assigned worker's batch gets this far
@@ -183,6 +190,15 @@ class Stamper:
             self._counters.setdefault(key, bus_seq)
         for shard, tag, seq in sessions:
             self._shards.setdefault(shard, [tag, seq, 0, 0, 0, 0, 0, 0])
+
+    def shift(self, deltas: Mapping[bytes, int]) -> None:
+        """Move each key's numbering by its delta (the forwarder found it out of step)."""
+        for k in self._keys.values():
+            k[1] += deltas.get(k[0], 0)
+        written = {k[0] for k in self._keys.values()}
+        for key, delta in deltas.items():
+            if key not in written:
+                self._counters[key] = self._counters.get(key, 0) + delta
 
     def stamp(self, tb: bytes, shard: int, tag: int, seq: int | None,
               starts_session: bool) -> int:

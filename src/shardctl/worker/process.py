@@ -30,6 +30,7 @@ from shardctl.ipc.control import ControlClient, ControlMessage, MessageTooLargeE
 from shardctl.ipc.control_messages import (
     Assign,
     Beat,
+    Rebase,
     Register,
     Reply,
     ReportNow,
@@ -275,6 +276,10 @@ class Worker:
                 continue
             if isinstance(typed, ReportNow):
                 self._report_now.set()
+                continue
+            if isinstance(typed, Rebase):
+                if self._publisher is not None:
+                    self._publisher.rebase(typed.generation, dict(typed.deltas))
                 continue
             if isinstance(typed, Stop):
                 return RESUMABLE_CLOSE if typed.code is None else typed.code
