@@ -239,6 +239,25 @@ async def test_a_large_batch_reaches_batch_consumers_in_frames_of_64() -> None:
     assert [e.seq for m in bout.sent for e in decode_batch(m)] == list(range(6, 216))
 
 
+def resumed_at_5(key: bytes) -> tuple[EventForwarder, FakeOut, FakeOut]:
+    """A forwarder that RESUMEs shard 0's session "a" at seq 5."""
+    return forwarder(key, last_seq={0: 5}, session_tags={0: session_tag("a")},
+                     last_session={0: ("a", "wss://r.example/")})
+
+
+def stamped_from_5(key: bytes, counters: dict[bytes, int] | None = None, *,
+                   epoch: int = EPOCH) -> EventPublisher:
+    """A worker's publisher that numbers its own events and RESUMEs session "a" at 5."""
+    return EventPublisher("ipc:///unused", worker=WORKER, publish_key=key,
+                          stamper=Stamper(epoch, counters, [(0, session_tag("a"), 5)]))
+
+
+def publish_from_6(pub: EventPublisher, shard: int = 0, n: int = 3) -> None:
+    for seq in range(6, 6 + n):
+        pub.publish(shard, "MESSAGE_CREATE", seq, frame("MESSAGE_CREATE", seq, "a"),
+                    session=session_tag("a"))
+
+
 async def test_a_worker_numbering_from_stale_counters_is_renumbered_here() -> None:
     """A respawn that raced the dead worker's last batch: the new worker's counters are one
     behind what was forwarded.  Its batches are stamped again, so no bus_seq repeats."""
@@ -246,25 +265,12 @@ async def test_a_worker_numbering_from_stale_counters_is_renumbered_here() -> No
     fwd, _, bout = resumed_at_5(key)
     mc = counter_key(b"MESSAGE_CREATE", 0, VERSION)
     fwd._counters[mc] = 5
-    pub = EventPublisher("ipc:///unused", worker=WORKER, publish_key=key,
-                         stamper=Stamper(EPOCH, {mc: 4}, [(0, session_tag("a"), 5)]))
+    pub = stamped_from_5(key, {mc: 4})
     publish_from_6(pub, n=2)
     for batch in sealed(pub):
         await fwd.forward(batch)
     assert [e.bus_seq for m in bout.sent for e in decode_batch(m)] == [6, 7]
     assert fwd.stats.restamped == 1 and fwd.stats.stamped == 0
-
-
-def resumed_at_5(key: bytes) -> tuple[EventForwarder, FakeOut, FakeOut]:
-    """A forwarder that RESUMEs shard 0's session "a" at seq 5."""
-    return forwarder(key, last_seq={0: 5}, session_tags={0: session_tag("a")},
-                     last_session={0: ("a", "wss://r.example/")})
-
-
-def publish_from_6(pub: EventPublisher, shard: int = 0, n: int = 3) -> None:
-    for seq in range(6, 6 + n):
-        pub.publish(shard, "MESSAGE_CREATE", seq, frame("MESSAGE_CREATE", seq, "a"),
-                    session=session_tag("a"))
 
 
 async def test_a_worker_out_of_step_is_rebased_and_then_goes_untouched() -> None:
@@ -277,8 +283,7 @@ async def test_a_worker_out_of_step_is_rebased_and_then_goes_untouched() -> None
     fwd._counters[mc] = 5
     asked: list[tuple[int, int, dict[bytes, int]]] = []
     fwd.on_misaligned = lambda *call: asked.append(call)
-    pub = EventPublisher("ipc:///unused", worker=WORKER, publish_key=key,
-                         stamper=Stamper(EPOCH, {mc: 4}, [(0, session_tag("a"), 5)]))
+    pub = stamped_from_5(key, {mc: 4})
     publish_from_6(pub)
     for batch in sealed(pub):
         await fwd.forward(batch)
@@ -302,8 +307,7 @@ async def test_a_worker_out_of_step_is_rebased_and_then_goes_untouched() -> None
 async def test_a_batch_of_another_supervisor_run_is_stamped_again() -> None:
     key = new_publish_key()
     fwd, _, bout = resumed_at_5(key)
-    pub = EventPublisher("ipc:///unused", worker=WORKER, publish_key=key,
-                         stamper=Stamper(EPOCH + 1, {}, [(0, session_tag("a"), 5)]))
+    pub = stamped_from_5(key, epoch=EPOCH + 1)
     publish_from_6(pub)
     for batch in sealed(pub):
         await fwd.forward(batch)
@@ -315,8 +319,7 @@ async def test_a_batch_of_another_supervisor_run_is_stamped_again() -> None:
 async def test_a_stamped_batch_naming_another_worker_s_shard_is_read_event_by_event() -> None:
     key = new_publish_key()
     fwd, out, _ = resumed_at_5(key)
-    pub = EventPublisher("ipc:///unused", worker=WORKER, publish_key=key,
-                         stamper=Stamper(EPOCH, {}, [(0, session_tag("a"), 5)]))
+    pub = stamped_from_5(key)
     publish_from_6(pub)
     publish_from_6(pub, shard=9)  # not this worker's shard
     for batch in sealed(pub):
@@ -328,8 +331,7 @@ async def test_a_stamped_batch_naming_another_worker_s_shard_is_read_event_by_ev
 async def test_a_stamped_batch_with_a_broken_trailer_is_dropped_and_the_bus_goes_on() -> None:
     key = new_publish_key()
     fwd, out, _ = resumed_at_5(key)
-    pub = EventPublisher("ipc:///unused", worker=WORKER, publish_key=key,
-                         stamper=Stamper(EPOCH, {}, [(0, session_tag("a"), 5)]))
+    pub = stamped_from_5(key)
     publish_from_6(pub)
     broken = sealed(pub)[0][:-3]  # its footer cut short
     await fwd.forward(broken)
