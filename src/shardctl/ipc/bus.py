@@ -1014,15 +1014,16 @@ class EventForwarder:
             if diverted is None:
                 return
             batch = diverted
-        n, realign = len(batch), None
+        #: a stamped batch's trailer, to compare its numbering with the bus's afterwards
+        n, marks = len(batch), None
         if batch[0] == STAMPED_BATCH_VERSION:
             try:
-                realign, fast, n = self._route(batch, count, worker, allowed)
+                marks, fast, n = self._route(batch, count, worker, allowed)
             except ProtocolError as exc:
                 self._malformed(exc)
                 return
-            if fast and realign is not None:
-                await self._forward_stamped(batch, realign, count, worker)
+            if fast and marks is not None:
+                await self._forward_stamped(batch, marks, count, worker)
                 return
         # the frames as forwarded, for the in-process hook and the stream
         frames: list[bytes] | None = (
@@ -1057,8 +1058,8 @@ class EventForwarder:
             return
         await self._send_batches(buf, off, count, dropped, worker)
         self._delivered(events)
-        if realign is not None:
-            self._realign(worker, realign, allowed)
+        if marks is not None:
+            self._realign(worker, marks, allowed)
 
     def _route(self, batch: bytes, count: int, worker: int, allowed: frozenset[int]
                ) -> tuple[Watermarks | None, bool, int]:
