@@ -22,9 +22,11 @@ current assignment (worker batch version 2, :mod:`shardctl.ipc.events`; the keys
 :mod:`shardctl.ipc.publishers`).  The forwarder checks it once per batch, in constant time,
 and forwards only the events of that worker's own shards; everything else is dropped before
 it touches ``last_seq``, ``last_session`` or a consumer, counted and logged once per claimed
-worker.  This worker → supervisor format is internal to shardctl (both ends ship together:
-version 1 batches are refused); the consumer-facing format (README "Event bus wire
-format") is unchanged.  Every batch is bounded by ``ZMQ_MAXMSGSIZE`` on events-in.
+worker.  (A batch the worker numbered itself, version 4, that goes on untouched is checked
+by its trailer's shards, not event by event: :mod:`shardctl.ipc.watermarks`.)  This
+worker → supervisor format is internal to shardctl (both ends ship together: version 1
+batches are refused); the consumer-facing format (README "Event bus wire format") is
+unchanged.  Every batch is bounded by ``ZMQ_MAXMSGSIZE`` on events-in.
 
 Loss policy, end to end:
 
