@@ -82,22 +82,47 @@ class Received:
 async def stream(sb: Sandbox, sent: list[int], started: anyio.Event,
                  switched: anyio.Event) -> None:
     """16,000 MESSAGE_CREATE over 32 guilds, routed as the sandbox's ``routing`` says."""
-    guilds = list(sb.world.guilds.values())
-    assert len(guilds) == GUILDS
+    assert len(sb.world.guilds) == GUILDS
     for n in range(MESSAGES):
         if n == BEFORE_RESHARD:
             started.set()
         if n == BEFORE_SWITCH_MAX:
             await switched.wait()  # the rest after the switch, whenever it comes
-        guild = guilds[n % GUILDS]
-        mid = 1_300_000_000_000_000_000 + n
-        await sb.broadcast("MESSAGE_CREATE", {
-            "id": str(mid), "guild_id": str(guild.id),
-            "channel_id": str(guild.text_channel_id), "content": f"m{n}",
-            "author": {"id": "1200000000000000001", "username": "someone"}})
-        sent.append(mid)
+        sent.append(await message(sb, n))
         if n % CHUNK == CHUNK - 1:
             await anyio.sleep(0.04)  # the stream's pace (~2,000/s), not a synchronisation
+
+
+async def message(sb: Sandbox, n: int) -> int:
+    """MESSAGE_CREATE number ``n``, in guild ``n % GUILDS``; its id."""
+    guild = list(sb.world.guilds.values())[n % GUILDS]
+    mid = 1_300_000_000_000_000_000 + n
+    await sb.broadcast("MESSAGE_CREATE", {
+        "id": str(mid), "guild_id": str(guild.id),
+        "channel_id": str(guild.text_channel_id), "content": f"m{n}",
+        "author": {"id": "1200000000000000001", "username": "someone"}})
+    return mid
+
+
+async def until_rebased_and_untouched(sup: Supervisor, sb: Sandbox, received: Received,
+                                      sent: list[int]) -> None:
+    """The new set numbers its own events from counters that went stale while the old set
+    ran on: once its detour (the OVERLAP tail) ends, the supervisor rebases it and its
+    batches go through untouched.  Sends chunks of messages until both happened."""
+    forwarder = sup._forwarder
+    assert forwarder is not None
+
+    async def chunk() -> None:
+        ids = [await message(sb, len(sent) + i) for i in range(CHUNK)]
+        sent.extend(ids)
+        await received.wait_for(set(ids))
+        await anyio.sleep(0.2)  # the stream's pace while the detour lasts (~12 s)
+
+    while not forwarder.stats.rebased:
+        await chunk()
+    stamped = forwarder.stats.stamped
+    while forwarder.stats.stamped == stamped:
+        await chunk()
 
 
 @pytest.mark.parametrize("routing", ["every", "newest"])
@@ -159,6 +184,7 @@ async def test_reshard_8_to_16_under_load_loses_nothing_and_marks_the_overlap(
                 while len(sent) < MESSAGES:
                     await received.changed.wait()
                 await received.wait_for(set(sent))
+                await until_rebased_and_untouched(sup, sb, received, sent)
             status = await anyio.run_process(
                 [sys.executable, "-m", "shardctl.cli", "status", "--json",
                  "--control-endpoint", sup.endpoints["control"], "--timeout", "30"],
