@@ -97,7 +97,7 @@ class Assignment:
                 supervisor_timeout=_num(body.get("supervisor_timeout", 10.0)),
                 worker=_slot(body["worker"]), publish_key=_key(body["publish_key"]),
                 publish_window=_window(body.get("publish_window", 0.0)),
-                epoch=_opt_u32(body.get("epoch")),
+                epoch=_epoch(body.get("epoch")),
                 counters=tuple(_counter(c) for c in body.get("counters", ())))
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"malformed assignment (field {exc})") from None
@@ -129,7 +129,7 @@ def _slot(value: Any) -> int:
     return int(value)
 
 
-def _opt_u32(value: Any) -> int | None:
+def _epoch(value: Any) -> int | None:
     if value is None:
         return None
     if not 0 <= _int(value) <= 0xFFFFFFFF:

@@ -104,7 +104,7 @@ from shardctl.ipc.publishers import PublishGrants
 from shardctl.ipc.readable import Readable
 from shardctl.ipc.security import CurveClient, CurveServer, for_socket, stop_authenticator
 from shardctl.ipc.unsent import ENGINE_MARGIN, SentMarks, shard_of_key
-from shardctl.ipc.watermarks import Stamper, Watermarks, continues, footer, read
+from shardctl.ipc.watermarks import Stamper, Watermarks, continues, counter_key, footer, read
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +254,6 @@ class EventPublisher:
         self._curve = curve
         self._builder = BatchBuilder(max_events=max_events, max_delay=max_delay,
                                      max_bytes=max_bytes, worker=worker, key=publish_key)
-        #: numbers this worker's events itself (None: the forwarder does, version 3)
-        self.stamper = stamper
         self._builder.stamper = stamper
         self._max_backlog = max_backlog
         if high_water is None:
@@ -285,6 +283,11 @@ class EventPublisher:
         self.sent = 0
 
     @property
+    def stamper(self) -> Stamper | None:
+        """What numbers this worker's events itself (None: the forwarder does, version 3)."""
+        return self._builder.stamper
+
+    @property
     def subscribed(self) -> bool:
         """Whether the supervisor's subscription has arrived (sends are held until it has)."""
         return bool(self._topics)
@@ -309,7 +312,7 @@ class EventPublisher:
             tb = self._type_cache[t] = type_bytes(t)
         ns = self._wall_ns() if received_at_ns is None else received_at_ns
         builder = self._builder
-        stamper = self.stamper
+        stamper = builder.stamper
         if stamper is None:
             record = encode_record(tb, shard, seq, ns, payload, session=session)
         else:
@@ -918,7 +921,7 @@ class EventForwarder:
         """Publish an event of the supervisor's own (no gateway ``s``), numbered like the
         rest; waits while a consumer's pipe is full (XPUB_NODROP)."""
         tb = type_bytes(t)
-        key = tb + b"\0" + struct.pack(">BI", VERSION, shard)
+        key = counter_key(tb, shard)
         bus_seq = self._counters.get(key, 0) + 1
         message = encode_event(t, shard, None, time.time_ns(), payload, bus_seq=bus_seq,
                                epoch=self.epoch)
@@ -1070,6 +1073,8 @@ class EventForwarder:
         compared with the bus (:meth:`_realign`); (None, False) when it is read event by
         event and no more.  And where its records end."""
         entries, end = footer(batch, BATCH_HEADER.size)
+        if self.sink is not None or self.on_batch is not None:
+            return None, False, end  # they decode each event: read it event by event
         if count < entries:
             self.stats.small += 1  # fewer events than its trailer has entries
             return None, False, end
@@ -1104,10 +1109,8 @@ class EventForwarder:
     def _fast(self, worker: int, marks: Watermarks, count: int,
               allowed: frozenset[int]) -> bool:
         """Whether a stamped batch may go on untouched (ipc/watermarks.py): it continues
-        exactly where this forwarder stands, and nothing here must read its events one by one
-        (the stream and the in-process hook decode them; a reshard's detour rewrites them)."""
-        return (marks.epoch == self.epoch and self.sink is None and self.on_batch is None
-                and worker not in self._diverted
+        exactly where this forwarder stands, and no reshard's detour rewrites its events."""
+        return (marks.epoch == self.epoch and worker not in self._diverted
                 and continues(marks, count, allowed, counters=self._counters,
                               last_seq=self.last_seq, tags=self.session_tags))
 

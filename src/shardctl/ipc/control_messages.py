@@ -279,8 +279,8 @@ class Generic:
 
 
 Message: TypeAlias = (Register | Beat | State | Reply | Assign | Command | Stop | Rebase
-                      | ReportNow
-                      | StatusQuery | Request | Response | Operation | OperationUpdate | Generic)
+                      | ReportNow | StatusQuery | Request | Response | Operation
+                      | OperationUpdate | Generic)
 ControlKind: TypeAlias = Literal["supervisor", "peer"]
 
 

@@ -51,7 +51,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from shardctl.errors import ProtocolError
-from shardctl.ipc.events import VERSION
+from shardctl.ipc.events import PREFIX, VERSION
+from shardctl.ipc.unsent import shard_of_key
 
 _KEY: Final = struct.Struct(">HQQ")
 _SHARD: Final = struct.Struct(">IIQQHB")
@@ -62,18 +63,15 @@ _KEY_MIN, _KEY_MAX = 7, 70
 LOOK: Final = 1
 
 
-def counter_key(tb: bytes, shard: int, version: int) -> bytes:
-    """The forwarder's counter key of (type, shard): also a subscription prefix."""
-    return tb + b"\0" + struct.pack(">BI", version, shard)
+def counter_key(tb: bytes, shard: int, version: int = VERSION) -> bytes:
+    """The forwarder's counter key of (type, shard): also its subscription prefix
+    (:func:`~shardctl.ipc.events.subscription_prefix`, from a type already in bytes)."""
+    return tb + b"\0" + PREFIX.pack(version, shard)
 
 
 def is_counter_key(key: bytes) -> bool:
     """Whether ``key`` has a counter key's shape (the type's characters are not checked)."""
     return _KEY_MIN <= len(key) <= _KEY_MAX and key[-6] == 0
-
-
-def key_shard(key: bytes) -> int:
-    return int.from_bytes(key[-4:], "big")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +137,7 @@ def continues(marks: Watermarks, count: int, allowed: frozenset[int], *,
     the last one forwarded, in the same session, without a gap or a new session."""
     total = 0
     for key, records, last_bus, _ in marks.keys:
-        if counters.get(key, 0) != last_bus - records or key_shard(key) not in allowed:
+        if counters.get(key, 0) != last_bus - records or shard_of_key(key) not in allowed:
             return False
         total += records
     if total != count:
@@ -226,7 +224,7 @@ class Stamper:
                 sh[7] = LOOK
         k = self._keys.get((tb, shard))
         if k is None:
-            key = counter_key(tb, shard, VERSION)
+            key = counter_key(tb, shard)
             k = self._keys[(tb, shard)] = [key, self._counters.pop(key, 0), 0, 0]
         bus_seq: int = k[1] + 1
         k[1] = bus_seq

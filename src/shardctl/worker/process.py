@@ -382,6 +382,7 @@ _COMMANDS: Final[dict[str, Callable[..., Any]]] = {
     "fetch_guild_members": Shard.fetch_guild_members,
 }
 
+
 def _sessions(assignment: Assignment) -> list[tuple[int, int, int]]:
     """(shard, session tag, seq) of each session the assignment RESUMEs: the seq up to
     which a replay was forwarded already (the stamper drops it)."""
