@@ -19,6 +19,7 @@ from anyio.streams.text import TextReceiveStream
 
 from runkit import short_dir  # noqa: F401  (the cluster tests import it from here)
 from shardctl.sandbox import Sandbox
+from shardctl.sandbox.blast import Blast
 
 TOKEN = "sandbox-token"
 
@@ -100,6 +101,19 @@ async def push_messages(sb: Sandbox, shard_ids: list[int], count: int) -> dict[i
                                  "channel_id": str(guild.text_channel_id), "content": f"m{i}"}
             sent[shard_id] += await sb.dispatch(shard_id, "MESSAGE_CREATE", d)
     return sent
+
+
+async def blast(sb: Sandbox, count: int) -> set[tuple[int, int]]:
+    """``count`` MESSAGE_CREATE per shard, as fast as the sockets take them: the workers
+    read many frames at once, so their batches hold several events per shard.  The
+    (shard, seq) sent."""
+    run = Blast(sb, count)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run.run)
+        await run.prepared.wait()
+        run.go()
+    return {(shard, seq) for shard, (first, last) in run.sent.items()
+            for seq in range(first, last + 1)}
 
 
 def env_with_runtime(run_dir: Path) -> dict[str, str]:

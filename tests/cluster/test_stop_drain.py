@@ -27,13 +27,20 @@ import anyio.to_thread
 import orjson
 import pytest
 import zmq
-from clusterkit import TOKEN, env_with_runtime, push_messages, resumes, short_dir, terminate
+from clusterkit import (
+    TOKEN,
+    blast,
+    env_with_runtime,
+    push_messages,
+    resumes,
+    short_dir,
+    terminate,
+)
 
 from shardctl.cluster.supervisor import Supervisor
 from shardctl.ipc.consumer import Consumer
 from shardctl.ipc.events import HEADER, Event
 from shardctl.sandbox import Sandbox, SandboxConfig
-from shardctl.sandbox.blast import Blast
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -146,17 +153,6 @@ class FastSeen:
 
 def flat(sent: dict[int, list[int]]) -> set[tuple[int, int]]:
     return {(shard, seq) for shard, seqs in sent.items() for seq in seqs}
-
-
-async def blast(sb: Sandbox, count: int) -> set[tuple[int, int]]:
-    """``count`` MESSAGE_CREATE per shard, as fast as the sockets take them."""
-    run = Blast(sb, count)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(run.run)
-        await run.prepared.wait()
-        run.go()
-    return {(shard, seq) for shard, (first, last) in run.sent.items()
-            for seq in range(first, last + 1)}
 
 
 async def start_run(args: list[str], env: dict[str, str], log: Path) -> anyio.abc.Process:

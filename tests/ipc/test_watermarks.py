@@ -304,6 +304,36 @@ async def test_a_worker_out_of_step_is_rebased_and_then_goes_untouched() -> None
     assert {m[1] for m in bout.sent} == {0}  # the generation stays between worker and bus
 
 
+async def test_a_worker_sending_one_event_at_a_time_is_rebased_at_its_first_batch(
+        ) -> None:
+    """A quiet worker's batches are all small (one event, two trailer entries), so their
+    trailer is not read; the first event's number still shows the worker out of step."""
+    key = new_publish_key()
+    fwd, _, bout = resumed_at_5(key)
+    mc = counter_key(b"MESSAGE_CREATE", 0, VERSION)
+    fwd._counters[mc] = 5
+    asked: list[tuple[int, int, dict[bytes, int]]] = []
+    fwd.on_misaligned = lambda *call: asked.append(call)
+    pub = stamped_from_5(key, {mc: 2})
+
+    async def one(seq: int) -> None:
+        pub.publish(0, "MESSAGE_CREATE", seq, frame("MESSAGE_CREATE", seq, "a"),
+                    session=session_tag("a"))
+        [batch] = sealed(pub)
+        await fwd.forward(batch)
+
+    await one(6)
+    assert asked == [(WORKER, 1, {mc: 3})]
+    assert (fwd.stats.restamped, fwd.stats.small) == (1, 0)
+    await one(7)  # in flight before the worker hears of it: renumbered, not asked again
+    pub.rebase(*asked[0][1:])
+    for seq in range(8, 11):
+        await one(seq)
+    assert len(asked) == 1
+    assert (fwd.stats.restamped, fwd.stats.small, fwd.stats.rebased) == (2, 3, 1)
+    assert [e.bus_seq for m in bout.sent for e in decode_batch(m)] == list(range(6, 11))
+
+
 async def test_a_batch_of_another_supervisor_run_is_stamped_again() -> None:
     key = new_publish_key()
     fwd, _, bout = resumed_at_5(key)

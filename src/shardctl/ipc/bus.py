@@ -548,8 +548,9 @@ class ForwarderStats:
     #: worker-stamped batches that did not continue where the forwarder stood: stamped
     #: again here, event by event
     restamped: int = 0
-    #: worker-stamped batches with fewer events than trailer entries (keys + shards): read
-    #: event by event, which costs less then and sends the same frames
+    #: worker-stamped batches with fewer events than trailer entries (keys + shards) whose
+    #: first event continues the bus: read event by event, which costs less then and sends
+    #: the same frames (one whose first event does not is counted as ``restamped``)
     small: int = 0
     #: times a worker was asked to move its numbering back in step with the bus
     rebased: int = 0
@@ -1075,11 +1076,11 @@ class EventForwarder:
         entries, end = footer(batch, BATCH_HEADER.size)
         if self.sink is not None or self.on_batch is not None:
             return None, False, end  # they decode each event: read it event by event
-        if count < entries:
+        if count < entries and self._first_continues(batch):
             self.stats.small += 1  # fewer events than its trailer has entries
             return None, False, end
         marks = read(batch, BATCH_HEADER.size)
-        if self._fast(worker, marks, count, allowed):
+        if count >= entries and self._fast(worker, marks, count, allowed):
             return marks, True, end
         self.stats.restamped += 1  # stamped again here, event by event
         # Numbered before the worker's last rebase (the rebase is on its way), or detoured
@@ -1087,6 +1088,23 @@ class EventForwarder:
         current = (batch[1] == self._generations.get(worker, 0)
                    and worker not in self._diverted)
         return (marks if current else None), False, end
+
+    def _first_continues(self, batch: bytes) -> bool:
+        """Whether a batch's first record carries the bus_seq the forwarder would give it:
+        a small batch's one check, so that a worker that only ever sends a few events at a
+        time is still found out of step (and rebased) at its first batch, not its first
+        large one.  Its key is a slice of the record; reading the whole trailer would cost
+        more than the events."""
+        off = BATCH_HEADER.size
+        if len(batch) < off + RECORD.size:
+            return False
+        tlen = batch[off + 4]
+        key = off + RECORD.size
+        head = key + tlen + 1
+        if len(batch) < head + HEADER_SIZE:
+            return False
+        bus_seq = BUS.unpack_from(batch, head + BUS_OFFSET)[0]
+        return bool(bus_seq == self._counters.get(batch[key:head + PREFIX.size], 0) + 1)
 
     def _realign(self, worker: int, marks: Watermarks, allowed: frozenset[int]) -> None:
         """After a stamped batch was stamped again here: where its worker's numbering of
