@@ -16,11 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 
 from shardctl.ipc.bus import EventForwarder, EventPublisher
-from shardctl.ipc.events import Event, lifecycle_payload, subscription_prefix
+from shardctl.ipc.consumer import Consumer
+from shardctl.ipc.events import Event, lifecycle_payload, session_tag, subscription_prefix
 from shardctl.ipc.publishers import new_publish_key
+from shardctl.ipc.watermarks import Stamper
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node-consumer"
 NODE = shutil.which("node")
@@ -103,4 +106,57 @@ async def test_node_consumer_reads_the_documented_frames(node_consumer: Path,
         tg.cancel_scope.cancel()
     expected = [e.to_json_line().decode() for e in seen if e.type in types]
     assert len(expected) == 3
+    assert out.decode("utf-8").splitlines() == expected
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("batched", [False, True], ids=["events", "events-batch"])
+async def test_node_consumer_reads_a_batch_the_supervisor_forwarded_untouched(
+        node_consumer: Path, ipc_dir: Path, batched: bool) -> None:
+    """A worker that numbers its own events (ipc/watermarks.py): its batch continues the
+    bus, so the forwarder sends its records as the worker wrote them.  The Node consumer
+    prints the same lines as ``shardctl.Consumer`` reading the same endpoint."""
+    epoch, shard, tag = 0x5EED, 7, session_tag("a")
+    fwd = EventForwarder(f"ipc://{ipc_dir}/in", f"ipc://{ipc_dir}/out", epoch=epoch,
+                         batch_outbound=f"ipc://{ipc_dir}/batch")
+    fwd.last_seq[shard], fwd.session_tags[shard] = 5, tag  # RESUMEd at seq 5
+    key = new_publish_key()
+    fwd.publishers.authorize(0, key, [shard])
+    pub = EventPublisher(fwd.inbound, publish_key=key,
+                         stamper=Stamper(epoch, sessions=[(shard, tag, 5)]))
+    types = ["MESSAGE_CREATE", "TYPING_START"]
+    endpoint = str(fwd.batch_outbound if batched else fwd.outbound)
+    assert NODE is not None
+    async with anyio.create_task_group() as tg, \
+            Consumer(endpoint, types, batched=batched) as ours:
+        await tg.start(fwd.run)
+        await tg.start(pub.run)
+        async with await anyio.open_process(
+                [NODE, str(node_consumer / "consumer.js"),
+                 *(["--batched", endpoint] if batched else [endpoint]), *types],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+            try:
+                with anyio.fail_after(20):
+                    for t in types[:1] if batched else types:  # ours and the Node one's
+                        await fwd.wait_subscribed(subscription_prefix(t), 2, batched=batched)
+                    await pub.wait_subscribed()
+                for seq in range(6, 14):
+                    t = types[seq % 3 == 0]
+                    pub.publish(shard, t, seq, b'{"op":0,"s":%d,"t":"%s","d":{"n":%d}}'
+                                % (seq, t.encode(), seq), session=tag)
+                pub.flush_nowait()
+                assert proc.stdout is not None
+                out = b""
+                with anyio.fail_after(10):
+                    async for chunk in proc.stdout:
+                        out += chunk
+                        if out.count(b"\n") == 8:
+                            break
+                    expected = [(await ours.__anext__()).to_json_line().decode()
+                                for _ in range(8)]
+            finally:
+                proc.kill()
+        tg.cancel_scope.cancel()
+    assert (fwd.stats.stamped, fwd.stats.restamped, fwd.stats.small) == (1, 0, 0)
+    assert [orjson.loads(line)["seq"] for line in expected] == list(range(6, 14))
     assert out.decode("utf-8").splitlines() == expected
