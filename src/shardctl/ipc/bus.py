@@ -1098,7 +1098,7 @@ class EventForwarder:
         off = BATCH_HEADER.size
         if len(batch) < off + RECORD.size:
             return False
-        tlen = batch[off + 4]
+        tlen = RECORD.unpack_from(batch, off)[1]
         key = off + RECORD.size
         head = key + tlen + 1
         if len(batch) < head + HEADER_SIZE:
