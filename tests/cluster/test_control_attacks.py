@@ -248,6 +248,40 @@ async def test_strangers_flooding_status_never_keep_a_respawned_worker_out() -> 
                 context.term()
 
 
+async def test_a_status_request_read_during_a_stop_is_answered_not_a_crash() -> None:
+    """The stop of ``async with Supervisor`` takes new requests no more, but the control
+    loop still reads while the workers close: a ``status`` read then (an operator watching
+    the stop, or a stranger's flood still queued) is answered; it once failed an assertion
+    and took the whole stop down."""
+    with short_dir() as run_dir:
+        config = SandboxConfig(shard_count=2, max_concurrency=2, identify_interval=0.2,
+                               heartbeat_interval_ms=2000, guilds_per_shard=1, token=TOKEN)
+        context = zmq.Context()
+        ask = context.socket(zmq.DEALER)
+        ask.setsockopt(zmq.LINGER, 0)
+        try:
+            async with Sandbox(config) as sb:
+                sup = Supervisor(token=TOKEN, api_url=sb.api_url, processes=1,
+                                 identify_interval=0.2, runtime_dir=run_dir,
+                                 state_file=run_dir / "state.json")
+                await sup.__aenter__()
+                try:
+                    with anyio.fail_after(30):
+                        await sup.wait_ready()
+                    ask.connect(sup.endpoints["control"])
+                    ask.send_multipart([b"SC1", b"status", b"{}"])  # sync: no task switch
+                finally:
+                    # read by the control loop only once the stop has begun
+                    await sup.__aexit__(None, None, None)
+            reply = ask.recv_multipart(zmq.NOBLOCK) if ask.poll(5000) else None
+        finally:
+            ask.close()
+            context.term()
+    assert reply is not None, "the status request was not answered during the stop"
+    assert reply[:2] == [b"SC1", b"status"]
+    assert TOKEN.encode() not in b"".join(reply)
+
+
 # -- with CURVE keys -------------------------------------------------------------------------
 
 

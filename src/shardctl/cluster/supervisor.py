@@ -175,7 +175,10 @@ class Supervisor:
         self.shard_count = 0
         self.slots: list[WorkerSlot] = []
         self._status: dict[int, ShardStatus] = {}
+        #: the services' task group; None once stopping (no new requests or operations)
         self._tg: anyio.abc.TaskGroup | None = None
+        #: the same task group until it is closed: status is answered during a stop too
+        self._answers_tg: anyio.abc.TaskGroup | None = None
         self._forwarder: EventForwarder | None = None
         #: with --stream: every forwarded event goes here, and its acks are "forwarded"
         self._stream: StreamPublisher | None = None
@@ -265,7 +268,7 @@ class Supervisor:
             session_file.load_workers(self.state_file), ids))
         tg = anyio.create_task_group()
         await tg.__aenter__()
-        self._tg = tg
+        self._tg = self._answers_tg = tg
         try:
             await self._start_services(tg, info, resumable, len(ids) - len(resumable))
             self._checkpoint = Checkpointer(self._checkpoint_snapshot, self._write_checkpoint,
@@ -598,6 +601,7 @@ class Supervisor:
                 tg.cancel_scope.cancel()
                 await tg.__aexit__(None, None, None)
         finally:
+            self._answers_tg = None
             self._close_sockets()
             self._fanout.close()
 
@@ -822,8 +826,11 @@ class Supervisor:
         # In full to operators (a CURVE operator key, or this user on the private ipc
         # endpoint); states and counts only to anyone else (cluster/status_report.py).
         # Built in a thread from a copy (cluster/status_answers.py): not on this loop.
-        assert self._tg is not None
-        self._status_answers.answer(self._tg, control, peer, full=role == Role.OPERATOR)
+        # A stop answers too (an operator watching its drain asks): the control loop runs
+        # in the task group, so it is there whenever a request is read.
+        assert self._answers_tg is not None
+        self._status_answers.answer(self._answers_tg, control, peer,
+                                    full=role == Role.OPERATOR)
 
     def _status_snapshot(self, full: bool) -> StatusSnapshot:
         workers = [replace(slot, shard_ids=list(slot.shard_ids)) for slot in self.slots]
