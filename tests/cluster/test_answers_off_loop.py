@@ -71,7 +71,7 @@ async def serving(probe: LoopProbe) -> AsyncIterator[tuple[Supervisor, httpx.Asy
         control = ControlServer(f"ipc://{run_dir / 'control.sock'}")
         try:
             async with anyio.create_task_group() as tg:
-                sup._tg = tg
+                sup._tg = sup._answers_tg = tg
                 sup._control = control
                 port = await tg.start(serve_metrics, sup, 0)
                 tg.start_soon(sup._control_loop, control)
