@@ -12,10 +12,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import orjson
 import pytest
 
@@ -57,6 +59,33 @@ def ipc_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@asynccontextmanager
+async def node_reading(node_consumer: Path, endpoint: str, batched: bool,
+                       types: list[str]) -> AsyncIterator[anyio.abc.Process]:
+    """The Node example consumer on ``endpoint``, killed on the way out."""
+    assert NODE is not None
+    async with await anyio.open_process(
+            [NODE, str(node_consumer / "consumer.js"),
+             *(["--batched", endpoint] if batched else [endpoint]), *types],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        try:
+            yield proc
+        finally:
+            proc.kill()
+
+
+async def lines(proc: anyio.abc.Process, count: int) -> list[str]:
+    """The first ``count`` lines the process prints."""
+    assert proc.stdout is not None
+    out = b""
+    with anyio.fail_after(10):
+        async for chunk in proc.stdout:
+            out += chunk
+            if out.count(b"\n") >= count:
+                break
+    return out.decode("utf-8").splitlines()
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("batched", [False, True], ids=["events", "events-batch"])
 async def test_node_consumer_reads_the_documented_frames(node_consumer: Path,
@@ -75,38 +104,25 @@ async def test_node_consumer_reads_the_documented_frames(node_consumer: Path,
         (7, "SHARD_DISCONNECT", None, lifecycle_payload({"code": 4009, "resumable": True})),
         (2**32 - 1, "MESSAGE_CREATE", 2**53, b'{"op":0,"s":1,"t":"MESSAGE_CREATE","d":[1,2]}'),
     ]
-    assert NODE is not None
+    endpoint = str(fwd.batch_outbound if batched else fwd.outbound)
     async with anyio.create_task_group() as tg:
         await tg.start(fwd.run)
         await tg.start(pub.run)
-        async with await anyio.open_process(
-                [NODE, str(node_consumer / "consumer.js"),
-                 *(["--batched", str(fwd.batch_outbound)] if batched else [fwd.outbound]),
-                 *types],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
-            try:
-                with anyio.fail_after(20):
-                    if batched:
-                        await fwd.wait_subscribed(b"", batched=True)
-                    for t in types if not batched else ():
-                        await fwd.wait_subscribed(subscription_prefix(t))
-                    await pub.wait_subscribed()
-                for shard, t, seq, payload in events:
-                    pub.publish(shard, t, seq, payload)
-                pub.flush_nowait()
-                assert proc.stdout is not None
-                out = b""
-                with anyio.fail_after(10):
-                    async for chunk in proc.stdout:
-                        out += chunk
-                        if out.count(b"\n") == 3:
-                            break
-            finally:
-                proc.kill()
+        async with node_reading(node_consumer, endpoint, batched, types) as proc:
+            with anyio.fail_after(20):
+                if batched:
+                    await fwd.wait_subscribed(b"", batched=True)
+                for t in types if not batched else ():
+                    await fwd.wait_subscribed(subscription_prefix(t))
+                await pub.wait_subscribed()
+            for shard, t, seq, payload in events:
+                pub.publish(shard, t, seq, payload)
+            pub.flush_nowait()
+            printed = await lines(proc, 3)
         tg.cancel_scope.cancel()
     expected = [e.to_json_line().decode() for e in seen if e.type in types]
     assert len(expected) == 3
-    assert out.decode("utf-8").splitlines() == expected
+    assert printed == expected
 
 
 @pytest.mark.anyio
@@ -126,37 +142,25 @@ async def test_node_consumer_reads_a_batch_the_supervisor_forwarded_untouched(
                          stamper=Stamper(epoch, sessions=[(shard, tag, 5)]))
     types = ["MESSAGE_CREATE", "TYPING_START"]
     endpoint = str(fwd.batch_outbound if batched else fwd.outbound)
-    assert NODE is not None
     async with anyio.create_task_group() as tg, \
             Consumer(endpoint, types, batched=batched) as ours:
         await tg.start(fwd.run)
         await tg.start(pub.run)
-        async with await anyio.open_process(
-                [NODE, str(node_consumer / "consumer.js"),
-                 *(["--batched", endpoint] if batched else [endpoint]), *types],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
-            try:
-                with anyio.fail_after(20):
-                    for t in types[:1] if batched else types:  # ours and the Node one's
-                        await fwd.wait_subscribed(subscription_prefix(t), 2, batched=batched)
-                    await pub.wait_subscribed()
-                for seq in range(6, 14):
-                    t = types[seq % 3 == 0]
-                    pub.publish(shard, t, seq, b'{"op":0,"s":%d,"t":"%s","d":{"n":%d}}'
-                                % (seq, t.encode(), seq), session=tag)
-                pub.flush_nowait()
-                assert proc.stdout is not None
-                out = b""
-                with anyio.fail_after(10):
-                    async for chunk in proc.stdout:
-                        out += chunk
-                        if out.count(b"\n") == 8:
-                            break
-                    expected = [(await ours.__anext__()).to_json_line().decode()
-                                for _ in range(8)]
-            finally:
-                proc.kill()
+        async with node_reading(node_consumer, endpoint, batched, types) as proc:
+            with anyio.fail_after(20):
+                for t in types[:1] if batched else types:  # ours and the Node one's
+                    await fwd.wait_subscribed(subscription_prefix(t), 2, batched=batched)
+                await pub.wait_subscribed()
+            for seq in range(6, 14):
+                t = types[seq % 3 == 0]
+                pub.publish(shard, t, seq, b'{"op":0,"s":%d,"t":"%s","d":{"n":%d}}'
+                            % (seq, t.encode(), seq), session=tag)
+            pub.flush_nowait()
+            printed = await lines(proc, 8)
+            with anyio.fail_after(10):
+                expected = [(await ours.__anext__()).to_json_line().decode()
+                            for _ in range(8)]
         tg.cancel_scope.cancel()
     assert (fwd.stats.stamped, fwd.stats.restamped, fwd.stats.small) == (1, 0, 0)
     assert [orjson.loads(line)["seq"] for line in expected] == list(range(6, 14))
-    assert out.decode("utf-8").splitlines() == expected
+    assert printed == expected

@@ -258,6 +258,19 @@ def publish_from_6(pub: EventPublisher, shard: int = 0, n: int = 3) -> None:
                     session=session_tag("a"))
 
 
+def out_of_step(worker_at: int) -> tuple[EventForwarder, FakeOut, EventPublisher,
+                                        list[tuple[int, int, dict[bytes, int]]]]:
+    """A forwarder that has forwarded shard 0's MESSAGE_CREATE up to bus_seq 5, a worker
+    whose numbering of it stands at ``worker_at``, and the rebases the forwarder asks for."""
+    key = new_publish_key()
+    fwd, _, bout = resumed_at_5(key)
+    mc = counter_key(b"MESSAGE_CREATE", 0, VERSION)
+    fwd._counters[mc] = 5
+    asked: list[tuple[int, int, dict[bytes, int]]] = []
+    fwd.on_misaligned = lambda *call: asked.append(call)
+    return fwd, bout, stamped_from_5(key, {mc: worker_at}), asked
+
+
 async def test_a_worker_numbering_from_stale_counters_is_renumbered_here() -> None:
     """A respawn that raced the dead worker's last batch: the new worker's counters are one
     behind what was forwarded.  Its batches are stamped again, so no bus_seq repeats."""
@@ -277,13 +290,8 @@ async def test_a_worker_out_of_step_is_rebased_and_then_goes_untouched() -> None
     """The forwarder renumbers a batch whose numbering is one behind, asks the worker to add
     one (a new generation), renumbers what the worker sent meanwhile without asking again,
     and lets the worker's batches through untouched once it has caught up."""
-    key = new_publish_key()
-    fwd, _, bout = resumed_at_5(key)
+    fwd, bout, pub, asked = out_of_step(4)
     mc = counter_key(b"MESSAGE_CREATE", 0, VERSION)
-    fwd._counters[mc] = 5
-    asked: list[tuple[int, int, dict[bytes, int]]] = []
-    fwd.on_misaligned = lambda *call: asked.append(call)
-    pub = stamped_from_5(key, {mc: 4})
     publish_from_6(pub)
     for batch in sealed(pub):
         await fwd.forward(batch)
@@ -308,13 +316,8 @@ async def test_a_worker_sending_one_event_at_a_time_is_rebased_at_its_first_batc
         ) -> None:
     """A quiet worker's batches are all small (one event, two trailer entries), so their
     trailer is not read; the first event's number still shows the worker out of step."""
-    key = new_publish_key()
-    fwd, _, bout = resumed_at_5(key)
+    fwd, bout, pub, asked = out_of_step(2)
     mc = counter_key(b"MESSAGE_CREATE", 0, VERSION)
-    fwd._counters[mc] = 5
-    asked: list[tuple[int, int, dict[bytes, int]]] = []
-    fwd.on_misaligned = lambda *call: asked.append(call)
-    pub = stamped_from_5(key, {mc: 2})
 
     async def one(seq: int) -> None:
         pub.publish(0, "MESSAGE_CREATE", seq, frame("MESSAGE_CREATE", seq, "a"),
