@@ -83,7 +83,8 @@ async def stream(sb: Sandbox, sent: list[int], started: anyio.Event,
     """MESSAGE_CREATE over 32 guilds, routed as the sandbox's ``routing`` says: 16,000 at
     least, and on until the switch, so events flow the whole time both sets run (the old
     set's move the bus past the counters the new set was handed, which is why the new set
-    is rebased after the switch)."""
+    is rebased after the switch; a pause before the new set started left nothing to
+    rebase)."""
     n = 0
     while n < MESSAGES or not switched.is_set():
         if n == BEFORE_RESHARD:
@@ -109,12 +110,13 @@ async def message(sb: Sandbox, n: int) -> int:
 async def until_in_step(sup: Supervisor, sb: Sandbox, received: Received,
                         sent: list[int]) -> None:
     """The new set numbers its own events from the counters it was handed when it started;
-    old-set events forwarded since then moved the bus past them, so once its detour (the
-    OVERLAP tail) ends it is rebased, and its batches continue the bus again: nothing of
-    it is renumbered any more.  The messages come one at a time, so the workers send
-    batches of one event, whose trailer the forwarder does not read (it costs more than the
-    event): their first event's number alone must show the set out of step.  Sends chunks
-    of messages until one went through without a renumbered batch."""
+    where old-set events forwarded since then moved the bus past them (the stream makes that
+    likely; the timing decides), it is rebased once its detour (the OVERLAP tail) ends, and
+    its batches continue the bus again: nothing of it is renumbered any more.  The messages
+    come one at a time, so the workers send batches of one event, whose trailer the
+    forwarder does not read (it costs more than the event): their first event's number
+    alone must show the set out of step.  Sends chunks of messages until one went through
+    without a renumbered batch."""
     forwarder = sup._forwarder
     assert forwarder is not None
 
@@ -144,7 +146,7 @@ async def watch_progress(sup: Supervisor, phases: list[tuple[str, str]]) -> None
         await sup.wait_until(lambda _, seen=operation: sup.operation != seen)
 
 
-@pytest.mark.timeout(300)  # its own phases are bounded within (60 + 120 s, the stop's 30 s)
+@pytest.mark.timeout(300)  # its phases have bounds of their own: 60 + 120 s, a 30 s drain
 @pytest.mark.parametrize("routing", ["every", "newest"])
 async def test_reshard_8_to_16_under_load_loses_nothing_and_marks_the_overlap(
         monkeypatch: pytest.MonkeyPatch, routing: str) -> None:
