@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 import anyio
+from websockets.protocol import State
 
 from shardctl.gateway.intents import Intents
 from shardctl.sandbox.compress import compress_payload
@@ -99,7 +100,11 @@ class Blast:
             await self._go.wait()
             transport = conn.ws.transport
             for chunk in chunks:
-                if conn.closed or transport.is_closing():
+                # A connection whose closing handshake began (the client closed it, as a
+                # worker stopping in a rolling restart does) takes no more data frames, and
+                # its transport may be half-closed already; the session replays what was
+                # not written when it RESUMEs (the frames are remembered above).
+                if conn.closed or transport.is_closing() or conn.ws.state is not State.OPEN:
                     break
                 transport.write(chunk)
                 await conn.ws.drain()
