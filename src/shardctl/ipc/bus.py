@@ -1076,11 +1076,12 @@ class EventForwarder:
         entries, end = footer(batch, BATCH_HEADER.size)
         if self.sink is not None or self.on_batch is not None:
             return None, False, end  # they decode each event: read it event by event
-        if count < entries and self._first_continues(batch):
-            self.stats.small += 1  # fewer events than its trailer has entries
+        small = count < entries  # fewer events than its trailer has entries
+        if small and self._first_continues(batch):
+            self.stats.small += 1
             return None, False, end
         marks = read(batch, BATCH_HEADER.size)
-        if count >= entries and self._fast(worker, marks, count, allowed):
+        if not small and self._fast(worker, marks, count, allowed):
             return marks, True, end
         self.stats.restamped += 1  # stamped again here, event by event
         # Numbered before the worker's last rebase (the rebase is on its way), or detoured
@@ -1096,15 +1097,13 @@ class EventForwarder:
         large one.  Its key is a slice of the record; reading the whole trailer would cost
         more than the events."""
         off = BATCH_HEADER.size
-        if len(batch) < off + RECORD.size:
-            return False
-        tlen = RECORD.unpack_from(batch, off)[1]
-        key = off + RECORD.size
-        head = key + tlen + 1
-        if len(batch) < head + HEADER_SIZE:
-            return False
-        bus_seq = BUS.unpack_from(batch, head + BUS_OFFSET)[0]
-        return bool(bus_seq == self._counters.get(batch[key:head + PREFIX.size], 0) + 1)
+        try:
+            h, _ = record_bounds(batch, off)
+        except ProtocolError:
+            return False  # read event by event, which reports it
+        bus_seq: int = BUS.unpack_from(batch, h + BUS_OFFSET)[0]
+        # type NUL version shard, as the event-by-event path keys its counters
+        return bus_seq == self._counters.get(batch[off + RECORD.size:h + PREFIX.size], 0) + 1
 
     def _realign(self, worker: int, marks: Watermarks, allowed: frozenset[int]) -> None:
         """After a stamped batch was stamped again here: where its worker's numbering of
