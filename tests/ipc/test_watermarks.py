@@ -274,11 +274,7 @@ def out_of_step(worker_at: int) -> tuple[EventForwarder, FakeOut, EventPublisher
 async def test_a_worker_numbering_from_stale_counters_is_renumbered_here() -> None:
     """A respawn that raced the dead worker's last batch: the new worker's counters are one
     behind what was forwarded.  Its batches are stamped again, so no bus_seq repeats."""
-    key = new_publish_key()
-    fwd, _, bout = resumed_at_5(key)
-    mc = counter_key(b"MESSAGE_CREATE", 0, VERSION)
-    fwd._counters[mc] = 5
-    pub = stamped_from_5(key, {mc: 4})
+    fwd, bout, pub, _ = out_of_step(4)
     publish_from_6(pub, n=2)
     for batch in sealed(pub):
         await fwd.forward(batch)
