@@ -38,6 +38,9 @@ def proxy(inbound: str, outbound: str) -> None:
     Python signal handler would never run while the proxy blocks in C)."""
     ctx = zmq.Context()
     xsub, xpub = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB)
+    for sock in (xsub, xpub):  # queue, never drop (libzmq's default is 1,000 messages)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
     xsub.bind(inbound)
     xpub.bind(outbound)
     zmq.proxy(xsub, xpub)

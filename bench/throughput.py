@@ -70,6 +70,10 @@ async def blast(sb: Sandbox, per_shard: int, pids: list[int], finished: Any
     span = max(1, report["last_ns"] - t0) / 1e9
     return {"count": count, "events_s": count / span, "cpu_us": (cpu1 - cpu0) * 1e6 / count
             if count else float("nan"), "cpu_s": cpu1 - cpu0, "span_s": span,
+            # what the sandbox sent: a shard whose session was not live when the blast
+            # started (between two connections) is not sent to, which no reader can count
+            "blasted": sum(last - first + 1 for first, last in b.sent.values()),
+            "blasted_shards": len(b.sent),
             "missed": report.get("missed", 0),
             "cpu_us_per_process": [round((b1 - a0) * 1e6 / max(1, count), 2)
                                    for a0, b1 in zip(per0, per1, strict=True)],
@@ -91,7 +95,10 @@ async def run_cluster(compression: str, per_shard: int, workers: int = WORKERS
         result = await blast(sb, per_shard, [*c.pids, consumer.pid],
                              lambda: consumer.expect("count", 300.0))
         result["violations"] = len(sb.violations)
-        result["lost"] = expect - result["count"]
+        result["lost"] = result["blasted"] - result["count"]
+        if result["blasted"] != expect:
+            log(f"  the sandbox sent {result['blasted']} events, not {expect}: "
+                f"{SHARDS - result['blasted_shards']} shard(s) not live at the start")
         return result
 
 
@@ -136,6 +143,16 @@ async def four_workers(per_shard: int) -> list[Figure]:
     ]
 
 
+async def with_floor(name: str, compression: str, per_shard: int, ref: dict[str, Any],
+                     got: dict[str, Any]) -> list[Figure]:
+    """The same blast through the least pipeline of this shape (:mod:`bench.floor`)."""
+    from bench import floor  # it builds on this module
+
+    low = await floor.measure(compression, SHARDS, None, per_shard)
+    log(f"  floor pipeline: {low['cpu_us']:.2f} µs/event ({floor.split(low)})")
+    return floor.rows(name, ref, got, low, limit="1.5x")
+
+
 def split(got: dict[str, Any], digits: int = 2) -> str:
     """µs per event: supervisor / workers / consumer (blast's pid order)."""
     per = got["cpu_us_per_process"]
@@ -157,6 +174,8 @@ async def run(quick: bool) -> list[Figure]:
             f"({split(got)}), supervisor {got['core_pct_per_process'][0]} % of a core, "
             f"lost {got['lost']}")
         short = compression.split("-")[0]
+        if not quick:
+            figures += await with_floor(f"1 {short}", compression, per_shard, ref, got)
         figures += [
             Figure(f"1 throughput {short}", round(got["events_s"]), "events/s",
                    round(ref["events_s"]), "informational (reference: the one-process loop)",
