@@ -31,8 +31,9 @@ QUICK_NOTE = ("--quick scales down: figure 1 sends 4,000 instead of 15,000 event
               "and skips its floor run; "
               "figure 2 runs only its jittery start-up (not Discord's pace nor 256 shards); "
               "figure 3 measures 400 instead of 1,000 idle shards and skips the 2,500-shard "
-              "5-minute soak; figure 4 runs 5 s instead of 20 s; figure 6 sends for 2.5 s "
-              "instead of 10 s and skips its floor and publish-window runs; figure 7 sends 1,000 "
+              "5-minute soak; figure 4 runs 5 s instead of 20 s and skips its floor run; "
+              "figure 6 sends for 2.5 s instead of 10 s and skips its floor and publish-window "
+              "runs; figure 7 sends 1,000 "
               "instead of 5,000 events per shard; "
               "figure 8 (10,000 shards for 10 minutes) is skipped.  Figure 5 is unchanged.")
 

@@ -38,7 +38,7 @@ import zmq
 import zmq.asyncio
 
 from bench import steady, throughput
-from bench.common import INTENTS, Figure, child
+from bench.common import INTENTS, Figure, child, percentile
 from bench.hop_floor import proxy
 from bench.reference import Shard, open_shard
 from shardctl.sandbox import Sandbox
@@ -48,6 +48,8 @@ _PR_SET_PDEATHSIG = 1
 BATCH = 64
 #: the consumer reports what it has after this long without a message
 IDLE_MS = 10_000
+#: digits of the receive stamp (ns) a stamping worker puts before each payload
+STAMP = 19
 
 
 # -- the pieces (child processes) ------------------------------------------------------------
@@ -75,9 +77,11 @@ async def worker(args: argparse.Namespace) -> None:
                   for i in range(args.first, args.first + args.shards)]
 
         async def pump(shard: Shard) -> None:
-            recv = shard.recv
+            recv, mono = shard.recv, time.monotonic_ns
             while True:
                 payload = await recv()
+                if args.stamp:  # the receive time, as figure 4's workers stamp it
+                    payload = b"%019d" % mono() + payload
                 if not pending:
                     loop.call_soon(flush)
                 pending.append(payload)
@@ -100,16 +104,28 @@ async def consumer(args: argparse.Namespace) -> None:
     sub.connect(args.sub)
     print(json.dumps({"open": 1}), flush=True)
     count, messages, loads, mono = 0, 0, orjson.loads, time.monotonic_ns
+    added: list[int] = []
     while count < args.expect:
         if not await sub.poll(IDLE_MS):
             break  # lost on the way: report what came (the figure counts it)
         messages += 1
+        now = mono()
         for payload in (await sub.recv(copy=False)).bytes.split(b"\n"):
+            if args.stamps:
+                added.append(now - int(payload[:STAMP]))
+                payload = payload[STAMP:]  # noqa: PLW2901
             obj = loads(payload)
             obj.get("d")
             if obj.get("t") == "MESSAGE_CREATE":
                 count += 1
+    if args.stamps:
+        _write_lines(args.stamps, added)
     print(json.dumps({"count": count, "messages": messages, "last_ns": mono()}), flush=True)
+
+
+def _write_lines(path: str, values: list[int]) -> None:
+    with open(path, "w") as f:
+        f.writelines(f"{v}\n" for v in values)
 
 
 def run_proxy(args: argparse.Namespace) -> None:
@@ -121,9 +137,11 @@ def run_proxy(args: argparse.Namespace) -> None:
 # -- the figure -------------------------------------------------------------------------------
 
 
-async def measure(compression: str, shards: int, paced_rate: float | None, per_shard: int
-                  ) -> dict[str, Any]:
-    """The floor pipeline on figure 1's blast (``paced_rate`` None) or figure 6's pace."""
+async def measure(compression: str, shards: int, paced_rate: float | None, per_shard: int,
+                  stamps: Path | None = None) -> dict[str, Any]:
+    """The floor pipeline on figure 1's blast (``paced_rate`` None) or figure 6's pace;
+    with ``stamps``, each event's worker receive → consumer receive (ns) is written there."""
+    stamping = ["--stamps", str(stamps)] if stamps else []
     expect = shards * per_shard
     regime = steady.Regime(shards, (paced_rate or 1.0) / shards)
     config = throughput.sandbox_config() if paced_rate is None else \
@@ -134,11 +152,12 @@ async def measure(compression: str, shards: int, paced_rate: float | None, per_s
                 child("floor", "proxy", "--inbound", inbound, "--outbound", outbound) as px:
             await px.expect("open")
             async with child("floor", "consumer", "--sub", outbound,
-                             "--expect", str(expect)) as reader:
+                             "--expect", str(expect), *stamping) as reader:
                 await reader.expect("open")
                 half = shards // 2
                 common = ["--url", sb.gateway_url, "--compress", compression, "--count",
-                          str(shards), "--intents", str(INTENTS), "--pub", inbound]
+                          str(shards), "--intents", str(INTENTS), "--pub", inbound,
+                          *(["--stamp"] if stamps else [])]
                 async with child("floor", "worker", *common, "--first", "0",
                                  "--shards", str(half)) as w1, \
                         child("floor", "worker", *common, "--first", str(half),
@@ -189,6 +208,16 @@ def split(got: dict[str, Any]) -> str:
             f"{got['events_per_message']} events a message{lost}")
 
 
+async def added_latency_p99(shards: int, rate: float, seconds: float) -> float:
+    """Figure 4's added latency (worker receive → consumer receive, ms, p99) through the
+    floor, at figure 4's rate; the first tenth of the samples is warm-up."""
+    with tempfile.TemporaryDirectory(prefix="floor-") as tmp:
+        path = Path(tmp) / "added"
+        await measure("zlib-stream", shards, rate, int(rate / shards * seconds), stamps=path)
+        added = [int(line) / 1e6 for line in path.read_text().split()]
+    return percentile(added[len(added) // 10:], 99)
+
+
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="role", required=True)
@@ -200,9 +229,11 @@ def parse() -> argparse.Namespace:
     w.add_argument("--count", type=int, required=True)
     w.add_argument("--intents", type=int, required=True)
     w.add_argument("--pub", required=True)
+    w.add_argument("--stamp", action="store_true", help="put the receive time before each")
     c = sub.add_parser("consumer")
     c.add_argument("--sub", required=True)
     c.add_argument("--expect", type=int, required=True)
+    c.add_argument("--stamps", default="", help="write each event's added latency (ns)")
     x = sub.add_parser("proxy")
     x.add_argument("--inbound", required=True)
     x.add_argument("--outbound", required=True)

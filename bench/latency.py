@@ -92,6 +92,20 @@ async def run(quick: bool) -> list[Figure]:
         f" ({got['samples']} samples, {got['received']}/{got['sent']} received); sandbox → "
         f"worker p50 {got['to_worker_p50_ms']:.2f} ms, p99 {got['to_worker_p99_ms']:.2f} ms; "
         f"worker → consumer p50 {got['added_p50_ms']:.2f} ms, p99 {got['added_p99_ms']:.2f} ms")
+    return [*rows(got), *([] if quick else await floor_figure(seconds))]
+
+
+async def floor_figure(seconds: float) -> list[Figure]:
+    """The same rate through the least pipeline of shardctl's shape (bench/floor.py)."""
+    from bench import floor  # it builds on this module (through figure 6)
+
+    p99 = await floor.added_latency_p99(SHARDS, RATE, seconds)
+    log(f"  floor pipeline: worker → consumer p99 {p99:.2f} ms")
+    return [Figure("4 floor added latency p99 (the least pipeline of this shape)",
+                   round(p99, 3), "ms", None, "informational (the limit above is 2 ms)")]
+
+
+def rows(got: dict[str, float]) -> list[Figure]:
     return [
         Figure("4 latency p50 (sandbox → consumer)", round(got["p50_ms"], 3), "ms", None,
                "informational", extra=got),

@@ -27,6 +27,7 @@ from bench.common import (
     log,
     wait_subscribed,
 )
+from shardctl.ipc.status import request_status
 from shardctl.sandbox import Blast, Sandbox, SandboxConfig
 
 SHARDS = 16
@@ -91,6 +92,7 @@ async def run_cluster(compression: str, per_shard: int, workers: int = WORKERS
                   "--idle", "10", "--parse") as consumer:
         await wait_subscribed(sb, consumer)
         await anyio.sleep(0.5)  # let the READY burst's garbage settle
+        since = len(sb.record)
         # order: supervisor, workers..., consumer (pipeline_rows reads it so)
         result = await blast(sb, per_shard, [*c.pids, consumer.pid],
                              lambda: consumer.expect("count", 300.0))
@@ -99,7 +101,28 @@ async def run_cluster(compression: str, per_shard: int, workers: int = WORKERS
         if result["blasted"] != expect:
             log(f"  the sandbox sent {result['blasted']} events, not {expect}: "
                 f"{SHARDS - result['blasted_shards']} shard(s) not live at the start")
+        if result["lost"] > 0:
+            await explain_loss(sb, c.control, since)
         return result
+
+
+#: what the sandbox saw of a connection's life (no dispatches, beats or warnings)
+_LIFE = frozenset({"blast", "connect", "identify", "identify_rejected", "ready", "resume",
+                   "resume_rejected", "resumed", "client_close", "server_close", "drop",
+                   "invalid_session", "reconnect", "fault", "violation"})
+
+
+async def explain_loss(sb: Sandbox, control: str, since: int) -> None:
+    """What a run that lost events leaves to go on: every connection's life in the
+    sandbox since the blast was prepared, and the supervisor's seq per shard (a shard stuck
+    below its blast's last s is the one that lost)."""
+    for rec in sb.record[since:]:
+        if rec.kind in _LIFE:
+            log(f"  sandbox: {rec.kind} shard {rec.shard_id} conn {rec.conn} {rec.details}")
+    with anyio.move_on_after(5.0):
+        body = await request_status(control)
+        log("  supervisor seq per shard: " + ", ".join(
+            f"{row['id']}:{row['state']}@{row['seq']}" for row in body["shards"]))
 
 
 async def run_reference(compression: str, per_shard: int) -> dict[str, Any]:
