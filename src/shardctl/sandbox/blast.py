@@ -9,7 +9,11 @@ large chunks, pausing only when the transport asks it to (flow control).
 The lock is held from the first compressed frame to the last written one because the
 compression context is shared with everything else the socket sends: a HEARTBEAT_ACK
 compressed in between would corrupt the client's inflater.  Keep blasts shorter than the
-heartbeat interval.
+heartbeat interval.  A heartbeat that arrives meanwhile is ACKed only after the blast, and
+the socket says nothing while the blast is prepared: a client that gives up on a silent
+socket sooner than that (shardctl's workers do after ~3 s at Discord's interval) closes it
+and RESUMEs.  Discord would replay the whole blast then; give the sandbox a
+``replay_buffer`` that holds it, or that RESUME finds it evicted.
 """
 
 from __future__ import annotations
