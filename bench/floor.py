@@ -38,7 +38,7 @@ import zmq
 import zmq.asyncio
 
 from bench import steady, throughput
-from bench.common import INTENTS, Figure, child, percentile
+from bench.common import INTENTS, Figure, child, log, percentile
 from bench.hop_floor import proxy
 from bench.reference import Shard, open_shard
 from shardctl.sandbox import Sandbox
@@ -183,6 +183,15 @@ async def measure(compression: str, shards: int, paced_rate: float | None, per_s
                     got["events_per_message"] = round(report["count"]
                                                       / max(1, report["messages"]), 1)
                     return got
+
+
+async def against(name: str, ref: dict[str, Any], got: dict[str, Any], *, compression: str,
+                  shards: int, paced_rate: float | None, per_shard: int, limit: str,
+                  digits: int = 2) -> list[Figure]:
+    """Figure 1's or 6's run again through the floor (:func:`measure`), and its rows."""
+    low = await measure(compression, shards, paced_rate, per_shard)
+    log(f"  floor pipeline: {low['cpu_us']:.{digits}f} µs/event ({split(low)})")
+    return rows(name, ref, got, low, limit=limit, digits=digits)
 
 
 def rows(name: str, ref: dict[str, Any], got: dict[str, Any], floor: dict[str, Any], *,

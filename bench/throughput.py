@@ -125,6 +125,8 @@ async def explain_loss(sb: Sandbox, control: str, since: int) -> None:
     for rec in sb.record[since:]:
         if rec.kind in _LIFE:
             log(f"  sandbox: {rec.kind} shard {rec.shard_id} conn {rec.conn} {rec.details}")
+    if not control:
+        return
     with anyio.move_on_after(5.0):
         body = await request_status(control)
         log("  supervisor seq per shard: " + ", ".join(
@@ -172,16 +174,6 @@ async def four_workers(per_shard: int) -> list[Figure]:
     ]
 
 
-async def with_floor(name: str, compression: str, per_shard: int, ref: dict[str, Any],
-                     got: dict[str, Any]) -> list[Figure]:
-    """The same blast through the least pipeline of this shape (:mod:`bench.floor`)."""
-    from bench import floor  # it builds on this module
-
-    low = await floor.measure(compression, SHARDS, None, per_shard)
-    log(f"  floor pipeline: {low['cpu_us']:.2f} µs/event ({floor.split(low)})")
-    return floor.rows(name, ref, got, low, limit="1.5x")
-
-
 def split(got: dict[str, Any], digits: int = 2) -> str:
     """µs per event: supervisor / workers / consumer (blast's pid order)."""
     per = got["cpu_us_per_process"]
@@ -203,8 +195,12 @@ async def run(quick: bool) -> list[Figure]:
             f"({split(got)}), supervisor {got['core_pct_per_process'][0]} % of a core, "
             f"lost {got['lost']}")
         short = compression.split("-")[0]
-        if not quick:
-            figures += await with_floor(f"1 {short}", compression, per_shard, ref, got)
+        if not quick:  # the same blast through the least pipeline of this shape
+            from bench import floor  # it builds on this module
+
+            figures += await floor.against(f"1 {short}", ref, got, compression=compression,
+                                           shards=SHARDS, paced_rate=None,
+                                           per_shard=per_shard, limit="1.5x")
         figures += [
             Figure(f"1 throughput {short}", round(got["events_s"]), "events/s",
                    round(ref["events_s"]), "informational (reference: the one-process loop)",
