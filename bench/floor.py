@@ -57,7 +57,7 @@ STAMP = 19
 
 async def worker(args: argparse.Namespace) -> None:
     """Open ``--first``..``--first + --shards - 1``; publish what they read, a message per
-    loop pass."""
+    loop pass or per ``BATCH`` payloads."""
     ctx = zmq.asyncio.Context()
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.SNDHWM, 0)
@@ -95,7 +95,7 @@ async def worker(args: argparse.Namespace) -> None:
 
 
 async def consumer(args: argparse.Namespace) -> None:
-    """Every payload parsed whole; ``{"count", "last_ns"}`` after ``--expect``
+    """Every payload parsed whole; ``{"count", "messages", "last_ns"}`` after ``--expect``
     MESSAGE_CREATE."""
     ctx = zmq.asyncio.Context()
     sub = ctx.socket(zmq.SUB)
@@ -143,9 +143,8 @@ async def measure(compression: str, shards: int, paced_rate: float | None, per_s
     with ``stamps``, each event's worker receive → consumer receive (ns) is written there."""
     stamping = ["--stamps", str(stamps)] if stamps else []
     expect = shards * per_shard
-    regime = steady.Regime(shards, (paced_rate or 1.0) / shards)
-    config = throughput.sandbox_config() if paced_rate is None else \
-        steady.sandbox_config(regime)
+    regime = None if paced_rate is None else steady.Regime(shards, paced_rate / shards)
+    config = throughput.sandbox_config() if regime is None else steady.sandbox_config(regime)
     with tempfile.TemporaryDirectory(prefix="floor-") as tmp:
         inbound, outbound = f"ipc://{Path(tmp) / 'in'}", f"ipc://{Path(tmp) / 'out'}"
         async with Sandbox(config) as sb, \
@@ -172,14 +171,16 @@ async def measure(compression: str, shards: int, paced_rate: float | None, per_s
                         report.update(await reader.expect("count", timeout))
                         return report
 
-                    if paced_rate is None:
+                    if regime is None:
                         got = await throughput.blast(sb, per_shard, pids,
                                                      lambda: finished(300.0))
+                        sent = got["blasted"]
                     else:
                         seconds = per_shard / regime.per_shard
                         got = await steady.paced(sb, regime, seconds, pids,
                                                  lambda: finished(seconds + 60.0))
-                    got["lost"] = got.get("blasted", got.get("sent", expect)) - report["count"]
+                        sent = got["sent"]
+                    got["lost"] = sent - report["count"]
                     got["events_per_message"] = round(report["count"]
                                                       / max(1, report["messages"]), 1)
                     return got
